@@ -1,0 +1,193 @@
+// keepstore's command line (Go `flag` semantics: -flag or --flag, -flag=value, -flag value;
+// booleans take no separate value). Order matters, as in the reference: -readonly and
+// -serialize apply to the volumes after them, and each -azure-storage-account-* or -s3-*
+// setting applies to the containers or buckets that follow. util.parseArgs cannot express
+// single-dash long flags or positional state, hence this small parser.
+import { readFileSync } from "node:fs";
+import { ConfigError, DEFAULTS, type DriverSpec, type KeepConfig, validateConfig } from "../shared/config.js";
+
+export interface ServerOptions {
+  config: KeepConfig;
+  listen: string;
+  pidFile?: string;
+  help: boolean;
+}
+
+const BOOL = new Set(["readonly", "serialize", "enforce-permissions", "never-delete", "help", "h", "s3-unsafe-delete"]);
+const VALUE = new Set([
+  "listen", "volume", "volumes", "blob-signing-key-file", "permission-key-file", "blob-signature-ttl", "permission-ttl",
+  "data-manager-token-file", "management-token-file", "trash-lifetime", "trash-check-interval", "max-buffers",
+  "max-requests", "pid", "cluster-id", "request-timeout",
+  "azure-storage-account-name", "azure-storage-account-key-file", "azure-storage-container-volume",
+  "azure-storage-replication", "azure-max-get-bytes", "azure-blob-endpoint",
+  "s3-bucket-volume", "s3-access-key-file", "s3-secret-key-file", "s3-endpoint", "s3-region", "s3-replication",
+  "s3-prefix-length", "s3-race-window",
+]);
+
+export const DEFAULT_LISTEN = "127.0.0.1:25107";
+export const DEFAULT_VOLUME = "./data/keep";
+
+export function parseFlags(argv: string[]): ServerOptions {
+  const c: KeepConfig = { ...DEFAULTS, volumes: [], trashEnabled: false };
+  let listen = DEFAULT_LISTEN;
+  let pidFile: string | undefined;
+  let help = false;
+  let readOnly = false;
+  let serialize = false;
+  let maxRequests: number | undefined;
+  const az = { account: "", keyFile: "", replication: 3, maxGetBytes: 64 * 1024 * 1024, endpoint: "" };
+  const s3 = { accessKeyFile: "", secretKeyFile: "", endpoint: "", region: "", replication: 2, prefixLength: 0, raceWindowMs: undefined as number | undefined, unsafeDelete: false };
+  const vol = (spec: DriverSpec & { replication: number }) =>
+    c.volumes.push({ ...spec, readOnly, storageClasses: ["default"] });
+
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    const m = /^--?([a-z0-9-]+)(?:=(.*))?$/s.exec(arg);
+    if (!m) throw new ConfigError(`unexpected argument ${JSON.stringify(arg)}: flags look like -name=value`);
+    const name = m[1] as string;
+    let value = m[2];
+    if (BOOL.has(name)) {
+      const b = value === undefined ? true : parseBool(name, value);
+      switch (name) {
+        case "readonly": readOnly = b; break;
+        case "serialize": serialize = b; break;
+        case "enforce-permissions": c.enforcePermissions = b; break;
+        case "never-delete": c.trashEnabled = !b; break;
+        case "s3-unsafe-delete": s3.unsafeDelete = b; break;
+        default: help = true;
+      }
+      continue;
+    }
+    if (!VALUE.has(name)) throw new ConfigError(`unknown flag -${name} (run with -help for the list)`);
+    if (value === undefined) {
+      value = argv[++i];
+      if (value === undefined) throw new ConfigError(`flag -${name} needs a value`);
+    }
+    switch (name) {
+      case "listen": listen = value; break;
+      case "volume":
+      case "volumes":
+        for (const root of value.split(",").filter(Boolean)) vol({ driver: "posix", root, serialize, replication: 1 });
+        break;
+      case "blob-signing-key-file":
+      case "permission-key-file": c.blobSigningKey = readSecret(value, name); break;
+      case "blob-signature-ttl":
+      case "permission-ttl": c.blobSigningTtlSeconds = parseIntFlag(name, value); break;
+      case "data-manager-token-file": c.systemRootToken = readSecret(value, name); break;
+      case "management-token-file": c.managementToken = readSecret(value, name); break;
+      case "trash-lifetime": c.trashLifetimeMs = parseDuration(name, value); break;
+      case "trash-check-interval": c.trashCheckIntervalMs = parseDuration(name, value); break;
+      case "request-timeout": c.requestTimeoutMs = parseDuration(name, value); break;
+      case "max-buffers": c.maxBuffers = parseIntFlag(name, value); break;
+      case "max-requests": maxRequests = parseIntFlag(name, value); break;
+      case "pid": pidFile = value; break;
+      case "cluster-id": c.clusterId = value; break;
+      case "azure-storage-account-name": az.account = value; break;
+      case "azure-storage-account-key-file": az.keyFile = value; break;
+      case "azure-storage-replication": az.replication = parseIntFlag(name, value); break;
+      case "azure-max-get-bytes": az.maxGetBytes = parseIntFlag(name, value); break;
+      case "azure-blob-endpoint": az.endpoint = value; break;
+      case "azure-storage-container-volume":
+        if (!az.account) throw new ConfigError(`-azure-storage-container-volume ${value}: give -azure-storage-account-name first`);
+        if (!az.keyFile) throw new ConfigError(`-azure-storage-container-volume ${value}: give -azure-storage-account-key-file first`);
+        vol({
+          driver: "azure",
+          accountName: az.account,
+          container: value,
+          endpoint: az.endpoint || undefined,
+          credential: { kind: "keyFile", path: az.keyFile },
+          maxGetBytes: az.maxGetBytes,
+          replication: az.replication,
+        });
+        break;
+      case "s3-access-key-file": s3.accessKeyFile = value; break;
+      case "s3-secret-key-file": s3.secretKeyFile = value; break;
+      case "s3-endpoint": s3.endpoint = value; break;
+      case "s3-region": s3.region = value; break;
+      case "s3-replication": s3.replication = parseIntFlag(name, value); break;
+      case "s3-prefix-length": s3.prefixLength = parseIntFlag(name, value); break;
+      case "s3-race-window": s3.raceWindowMs = parseDuration(name, value); break;
+      case "s3-bucket-volume":
+        if (!s3.endpoint && !s3.region) throw new ConfigError(`-s3-bucket-volume ${value}: give -s3-region or -s3-endpoint first`);
+        vol({
+          driver: "s3",
+          bucket: value,
+          region: s3.region || undefined,
+          endpoint: s3.endpoint || undefined,
+          accessKey: s3.accessKeyFile ? readSecret(s3.accessKeyFile, "s3-access-key-file") : undefined,
+          secretKey: s3.secretKeyFile ? readSecret(s3.secretKeyFile, "s3-secret-key-file") : undefined,
+          forcePathStyle: !!s3.endpoint,
+          prefixLength: s3.prefixLength,
+          raceWindowMs: s3.raceWindowMs,
+          unsafeDelete: s3.unsafeDelete,
+          replication: s3.replication,
+        });
+        break;
+    }
+  }
+  if (c.volumes.length === 0) vol({ driver: "posix", root: DEFAULT_VOLUME, serialize, replication: 1 });
+  c.maxRequests = maxRequests ?? 2 * c.maxBuffers;
+  if (help) return { config: c, listen, pidFile, help };
+  return { config: validateConfig(c), listen, pidFile, help };
+}
+
+function parseBool(name: string, v: string): boolean {
+  if (/^(1|t|true|T|TRUE|True)$/.test(v)) return true;
+  if (/^(0|f|false|F|FALSE|False)$/.test(v)) return false;
+  throw new ConfigError(`-${name}=${v}: expected true or false`);
+}
+
+function parseIntFlag(name: string, v: string): number {
+  if (!/^-?\d+$/.test(v.trim())) throw new ConfigError(`-${name}=${v}: expected a whole number`);
+  return Number(v);
+}
+
+const UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, "µs": 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** Go durations ("336h", "1h30m", "500ms", "0"); returns milliseconds. */
+export function parseDuration(name: string, v: string): number {
+  if (v === "0") return 0;
+  const re = /(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/gy;
+  let total = 0;
+  let pos = 0;
+  for (let m = re.exec(v); m; m = re.exec(v)) {
+    total += Number(m[1]) * (UNITS[m[2] as string] as number);
+    pos = re.lastIndex;
+  }
+  if (pos === 0 || pos !== v.length) throw new ConfigError(`-${name}=${v}: expected a duration such as 336h, 90m or 30s`);
+  return total;
+}
+
+/** A key or token file: one line; a trailing newline is ignored (as the seed documents). */
+function readSecret(path: string, flag: string): string {
+  try {
+    return readFileSync(path, "utf8").replace(/\r?\n$/, "");
+  } catch (err) {
+    throw new ConfigError(`-${flag} ${path}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? err})`);
+  }
+}
+
+export const USAGE = `Usage: keepstore [flags]
+  -listen host:port               address to serve (default ${DEFAULT_LISTEN})
+  -volume DIR                     a local directory volume; repeat for more (default ${DEFAULT_VOLUME})
+  -readonly[=false]               following volumes are read-only (or writable again)
+  -serialize[=false]              one reader/writer at a time on following volumes
+  -blob-signing-key-file FILE     key for +A signatures (synonym -permission-key-file)
+  -enforce-permissions            require valid signatures on GET/HEAD
+  -blob-signature-ttl SECONDS     signature lifetime (default 1209600; synonym -permission-ttl)
+  -data-manager-token-file FILE   admin token for index, trash, pull, touch, untrash
+  -management-token-file FILE     token for /metrics and /_health/ping
+  -never-delete[=false]           refuse to trash anything (default true)
+  -trash-lifetime DURATION        how long trashed blocks stay recoverable (default 0: delete at once)
+  -trash-check-interval DURATION  how often to empty expired trash (default 24h)
+  -max-buffers N                  blocks in flight at once (default 128)
+  -max-requests N                 concurrent requests before 503 (default 2 x max-buffers)
+  -request-timeout DURATION       per-request deadline (default 5m; index exempt)
+  -pid FILE                       write the process id here
+  -azure-storage-account-name NAME, -azure-storage-account-key-file FILE,
+  -azure-storage-container-volume NAME (repeatable), -azure-storage-replication N (default 3),
+  -azure-max-get-bytes N, -azure-blob-endpoint URL (e.g. Azurite's)
+  -s3-bucket-volume NAME (repeatable), -s3-region R, -s3-endpoint URL, -s3-access-key-file FILE,
+  -s3-secret-key-file FILE, -s3-replication N (default 2), -s3-prefix-length N, -s3-race-window DURATION,
+  -s3-unsafe-delete
+`;

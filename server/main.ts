@@ -1,0 +1,53 @@
+#!/usr/bin/env node
+// The keepstore executable: reference flags in, a Keep server out.
+import { mkdirSync, writeFileSync, rmSync } from "node:fs";
+import { ConfigError } from "../shared/config.js";
+import { createLogger } from "../shared/log.js";
+import { DEFAULT_VOLUME, USAGE, parseFlags } from "./flags.js";
+import { startKeepServer } from "./serve.js";
+
+const logger = createLogger({ level: process.env.KEEPFN_LOG_LEVEL ?? "info" });
+
+async function main(): Promise<void> {
+  const opts = parseFlags(process.argv.slice(2));
+  if (opts.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  for (const v of opts.config.volumes) {
+    if (v.driver === "posix" && v.root === DEFAULT_VOLUME) mkdirSync(v.root, { recursive: true });
+  }
+  const running = await startKeepServer(opts.config, opts.listen, { logger });
+  if (opts.pidFile) writeFileSync(opts.pidFile, `${process.pid}\n`);
+  for (const m of running.app.keep.mounts) logger.info({ mount: m.toJSON() }, "using volume");
+  logger.info({ url: running.url }, "keepstore listening");
+  if (process.stdout.isTTY || process.env.npm_lifecycle_event === "start") {
+    process.stderr.write(
+      `\nkeepstore is serving ${running.url}\n` +
+        `  put:  curl -sS -X PUT --data-binary 'hello' ${running.url}/5d41402abc4b2a76b9719d911017c592\n` +
+        `  get:  curl -sS ${running.url}/5d41402abc4b2a76b9719d911017c592+5\n` +
+        `  flags: npm start -- -help\n\n`,
+    );
+  }
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, "shutting down: finishing in-flight requests");
+    running.close().then(() => {
+      if (opts.pidFile) rmSync(opts.pidFile, { force: true });
+      process.exit(0);
+    });
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}
+
+main().catch((err) => {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`keepstore: ${err.message}\n`);
+    process.exit(2);
+  }
+  logger.fatal({ err }, "keepstore failed to start");
+  process.exit(1);
+});

@@ -1,0 +1,93 @@
+// node:http ↔ fetch: turn an IncomingMessage into a web Request (body streamed, aborted when
+// the client goes away) and write a web Response back with backpressure. No status logic.
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { Readable } from "node:stream";
+import type { FetchHandler } from "../shared/http/router.js";
+
+export function nodeListener(handler: FetchHandler, onError: (err: unknown) => void) {
+  return async (req: IncomingMessage, res: ServerResponse) => {
+    const abort = new AbortController();
+    // 'close' on the response fires when the socket closes before we finished: the client left.
+    res.on("close", () => {
+      if (!res.writableFinished) abort.abort(new Error("client disconnected"));
+    });
+    try {
+      const request = toRequest(req, abort.signal);
+      const response = await handler(request);
+      await writeResponse(response, res, abort.signal);
+    } catch (err) {
+      onError(err);
+      if (!res.headersSent) {
+        res.statusCode = 500;
+        res.end("internal server error\n");
+      } else res.destroy();
+    }
+  };
+}
+
+function toRequest(req: IncomingMessage, signal: AbortSignal): Request {
+  const headers = new Headers();
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    try {
+      headers.append(req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string);
+    } catch {
+      // A header value the Fetch API refuses (e.g. control characters) is dropped, not fatal.
+    }
+  }
+  const method = req.method ?? "GET";
+  const hasBody = method !== "GET" && method !== "HEAD";
+  // Keep the raw path: keepstore does not normalise it (PUT //x must be a 400, not a redirect).
+  const url = `http://${headers.get("host") ?? "localhost"}${req.url ?? "/"}`;
+  return new Request(safeUrl(url), {
+    method,
+    headers,
+    body: hasBody ? (Readable.toWeb(req) as ReadableStream<Uint8Array>) : undefined,
+    signal,
+    // Node's fetch requires duplex for streamed request bodies.
+    duplex: "half",
+  });
+}
+
+function safeUrl(url: string): string {
+  try {
+    return new URL(url).href;
+  } catch {
+    return "http://localhost/invalid-url";
+  }
+}
+
+async function writeResponse(response: Response, res: ServerResponse, signal: AbortSignal): Promise<void> {
+  const headers: Record<string, string> = {};
+  response.headers.forEach((v, k) => {
+    headers[k] = v;
+  });
+  res.writeHead(response.status, headers);
+  if (!response.body) {
+    res.end();
+    return;
+  }
+  const reader = response.body.getReader();
+  try {
+    for (;;) {
+      const r = await reader.read();
+      if (r.done) break;
+      if (!res.write(r.value)) {
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            res.off("drain", done);
+            res.off("close", done);
+            resolve();
+          };
+          res.on("drain", done);
+          res.on("close", done);
+        });
+      }
+      if (signal.aborted) throw signal.reason;
+    }
+    res.end();
+  } catch (err) {
+    await reader.cancel(err).catch(() => {});
+    // Headers are out: the only honest signal of a failed body is a cut connection.
+    res.destroy();
+  }
+}

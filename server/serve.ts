@@ -1,0 +1,60 @@
+// Runs the core behind node:http: listen, empty trash on a timer, shut down gracefully.
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { type AppDeps, type KeepApp, createKeepApp } from "../shared/app.js";
+import type { KeepConfig } from "../shared/config.js";
+import { nodeListener } from "./node-adapter.js";
+
+export interface RunningServer {
+  app: KeepApp;
+  server: Server;
+  url: string;
+  /** Stop accepting, let in-flight requests finish (up to graceMs), then close volumes. */
+  close(graceMs?: number): Promise<void>;
+}
+
+export async function startKeepServer(config: KeepConfig, listen: string, deps: AppDeps = {}): Promise<RunningServer> {
+  const app = await createKeepApp(config, deps);
+  const server = createServer(
+    { requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 },
+    nodeListener(app.handler, (err) => app.logger.error({ err }, "adapter error")),
+  );
+  const { host, port } = splitListen(listen);
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => resolve());
+  });
+  const addr = server.address() as AddressInfo;
+  const shownHost = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
+  let timer: NodeJS.Timeout | undefined;
+  if (config.trashEnabled && config.trashCheckIntervalMs > 0) {
+    timer = setInterval(() => {
+      app.emptyTrash().then(
+        (r) => app.logger.info({ reports: r }, "emptied trash"),
+        (err) => app.logger.error({ err }, "empty trash failed"),
+      );
+    }, config.trashCheckIntervalMs);
+    timer.unref();
+  }
+  return {
+    app,
+    server,
+    url: `http://${shownHost === "[::]" || shownHost === "0.0.0.0" ? "127.0.0.1" : shownHost}:${addr.port}`,
+    async close(graceMs = 30_000) {
+      if (timer) clearInterval(timer);
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      server.closeIdleConnections();
+      const grace = setTimeout(() => server.closeAllConnections(), graceMs);
+      await closed;
+      clearTimeout(grace);
+      await app.close();
+    },
+  };
+}
+
+/** "host:port", ":port" (all interfaces) or "[v6]:port". */
+export function splitListen(listen: string): { host?: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(listen);
+  if (!m) throw new Error(`-listen ${listen}: expected host:port or :port`);
+  return { host: m[1] ?? (m[2] || undefined), port: Number(m[3]) };
+}

@@ -1,0 +1,104 @@
+// Assembles the core from one KeepConfig: volumes → mounts → keepstore service, workers,
+// metrics and the fetch handler. Every host calls this and nothing else from shared/.
+import { type Clock, systemClock } from "./clock.js";
+import type { KeepConfig } from "./config.js";
+import { Keepstore } from "./keep/keepstore.js";
+import { RequestLimiter } from "./keep/limits.js";
+import { Mount, mountUuidFor } from "./keep/mount.js";
+import { PullWorker } from "./keep/pull-worker.js";
+import { TrashWorker } from "./keep/trash-worker.js";
+import { type Logger, createLogger } from "./log.js";
+import { KeepMetrics } from "./metrics.js";
+import { type FetchHandler, createKeepHandler } from "./http/router.js";
+import type { KeepServices } from "./http/context.js";
+import { createVolume } from "./volume/factory.js";
+import type { Volume, VolumeParams } from "./volume/volume.js";
+import type { DriverSpec } from "./config.js";
+
+export interface KeepApp extends KeepServices {
+  handler: FetchHandler;
+  limiter: RequestLimiter;
+  /** Run empty-trash on every trash-allowed mount (the timer/scheduled hosts call this). */
+  emptyTrash(opts?: { deadlineMs?: number; signal?: AbortSignal }): ReturnType<Keepstore["emptyTrash"]>;
+  close(): Promise<void>;
+}
+
+export interface AppDeps {
+  clock?: Clock;
+  logger?: Logger;
+  fetch?: typeof fetch;
+  /** Builds volumes; hosts may wrap it (e.g. to share credentials). */
+  createVolume?: (spec: DriverSpec, params: VolumeParams) => Promise<Volume>;
+}
+
+export async function createKeepApp(config: KeepConfig, deps: AppDeps = {}): Promise<KeepApp> {
+  const clock = deps.clock ?? systemClock;
+  const logger = deps.logger ?? createLogger();
+  const params: VolumeParams = {
+    clock,
+    signingTtlMs: config.blobSigningTtlSeconds * 1000,
+    trashLifetimeMs: config.trashLifetimeMs,
+  };
+  const make = deps.createVolume ?? createVolume;
+  const mounts: Mount[] = [];
+  for (const spec of config.volumes) {
+    const volume = await make(spec, params);
+    mounts.push(
+      new Mount({
+        uuid: spec.uuid ?? mountUuidFor(config.clusterId, volume.deviceId),
+        volume,
+        replication: spec.replication,
+        storageClasses: spec.storageClasses,
+        readOnly: spec.readOnly,
+        allowTrashWhenReadOnly: spec.allowTrashWhenReadOnly,
+        priority: spec.priority,
+      }),
+    );
+  }
+  const keep = new Keepstore({
+    mounts,
+    clock,
+    logger,
+    signingTtlMs: params.signingTtlMs,
+    trashEnabled: config.trashEnabled,
+    defaultStorageClasses: config.defaultStorageClasses,
+    maxBuffers: config.maxBuffers,
+  });
+  const trashWorker = new TrashWorker(keep.mounts, {
+    clock,
+    logger,
+    signingTtlMs: params.signingTtlMs,
+    enabled: config.trashEnabled,
+    concurrency: config.trashConcurrency,
+  });
+  const pullWorker = new PullWorker(keep.mounts, {
+    clock,
+    logger,
+    concurrency: config.pullConcurrency,
+    signingKey: config.blobSigningKey,
+    signingTtlSeconds: config.blobSigningTtlSeconds,
+    fetch: deps.fetch,
+  });
+  const limiter = new RequestLimiter(config.maxRequests, config.maxQueuedRequests);
+  const metrics = new KeepMetrics(keep.mounts, {
+    buffersInUse: () => keep.buffers.used,
+    maxBuffers: config.maxBuffers,
+    concurrent: () => limiter.active,
+    queued: () => limiter.queued,
+    maxConcurrent: config.maxRequests,
+    trashQueue: () => [trashWorker.queue.pending, trashWorker.queue.inProgress],
+    pullQueue: () => [pullWorker.queue.pending, pullWorker.queue.inProgress],
+  });
+  const services: KeepServices = { config, keep, trashWorker, pullWorker, metrics, clock, logger };
+  return {
+    ...services,
+    limiter,
+    handler: createKeepHandler(services, limiter),
+    emptyTrash: (opts) => keep.emptyTrash(opts),
+    async close() {
+      trashWorker.queue.replace([]);
+      pullWorker.queue.replace([]);
+      await Promise.all(keep.mounts.map((m) => m.volume.close?.()));
+    },
+  };
+}

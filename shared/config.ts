@@ -1,0 +1,110 @@
+// The one typed configuration object. Hosts build it from argv (server/) or app settings
+// (functions/, lambda/) at their edge; nothing below the hosts reads process.env or argv.
+
+export interface PosixVolumeSpec {
+  driver: "posix";
+  root: string;
+  serialize: boolean;
+}
+
+export interface AzureVolumeSpec {
+  driver: "azure";
+  accountName: string;
+  container: string;
+  /** Blob endpoint, e.g. https://<account>.blob.core.windows.net (or Azurite's URL). */
+  endpoint?: string;
+  /** Where the account key comes from. */
+  credential:
+    | { kind: "key"; key: string }
+    | { kind: "keyFile"; path: string }
+    | { kind: "keyVault"; vaultUrl: string; secretName: string; clientId?: string }
+    | { kind: "token"; clientId?: string };
+  maxGetBytes: number;
+  requestTimeoutMs?: number;
+}
+
+export interface S3VolumeSpec {
+  driver: "s3";
+  bucket: string;
+  region?: string;
+  endpoint?: string;
+  accessKey?: string;
+  secretKey?: string;
+  forcePathStyle?: boolean;
+  prefixLength: number;
+  raceWindowMs?: number;
+  unsafeDelete?: boolean;
+}
+
+export type DriverSpec = PosixVolumeSpec | AzureVolumeSpec | S3VolumeSpec;
+
+export type VolumeSpec = DriverSpec & {
+  /** Mount uuid; derived from the device when absent. */
+  uuid?: string;
+  readOnly: boolean;
+  allowTrashWhenReadOnly?: boolean;
+  replication: number;
+  storageClasses: string[];
+  priority?: number;
+};
+
+export interface KeepConfig {
+  clusterId: string;
+  volumes: VolumeSpec[];
+  /** BlobSigningKey; empty = locators are returned unsigned. */
+  blobSigningKey: string;
+  /** Collections.BlobSigning: require valid +A signatures on GET/HEAD. */
+  enforcePermissions: boolean;
+  blobSigningTtlSeconds: number;
+  /** SystemRootToken (the seed's data-manager token); empty = admin routes are open. */
+  systemRootToken: string;
+  /** ManagementToken for /metrics and /_health; empty = /metrics open, /_health 404. */
+  managementToken: string;
+  /** Collections.BlobTrash (the seed's -never-delete=false). */
+  trashEnabled: boolean;
+  trashLifetimeMs: number;
+  /** How often hosts with a timer run empty-trash; 0 = never. */
+  trashCheckIntervalMs: number;
+  maxBuffers: number;
+  maxRequests: number;
+  maxQueuedRequests: number;
+  requestTimeoutMs: number;
+  defaultStorageClasses: string[];
+  trashConcurrency: number;
+  pullConcurrency: number;
+}
+
+export const DEFAULTS: KeepConfig = {
+  clusterId: "zzzzz",
+  volumes: [],
+  blobSigningKey: "",
+  enforcePermissions: false,
+  blobSigningTtlSeconds: 1_209_600,
+  systemRootToken: "",
+  managementToken: "",
+  trashEnabled: false,
+  trashLifetimeMs: 0,
+  trashCheckIntervalMs: 24 * 3600_000,
+  maxBuffers: 128,
+  maxRequests: 256,
+  maxQueuedRequests: 128,
+  requestTimeoutMs: 5 * 60_000,
+  defaultStorageClasses: ["default"],
+  trashConcurrency: 4,
+  pullConcurrency: 4,
+};
+
+/** Cross-field checks every host applies; throws ConfigError naming the setting. */
+export function validateConfig(c: KeepConfig): KeepConfig {
+  if (c.enforcePermissions && !c.blobSigningKey)
+    throw new ConfigError("permissions are enforced but no blob signing key was given (-blob-signing-key-file)");
+  if (!(c.blobSigningTtlSeconds > 0)) throw new ConfigError("the blob signature TTL must be a positive number of seconds");
+  if (!(c.maxBuffers > 0)) throw new ConfigError("max-buffers must be greater than 0");
+  if (c.volumes.length === 0) throw new ConfigError("no volumes configured");
+  for (const v of c.volumes) if (!(v.replication >= 1)) v.replication = 1;
+  return c;
+}
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}

@@ -1,0 +1,44 @@
+// What every route handler gets: the request, its parsed URL, tokens, the signal that ends
+// when the client leaves or the deadline passes, and the response headers built so far.
+import type { Clock } from "../clock.js";
+import type { KeepConfig } from "../config.js";
+import { ForbiddenError, UnauthorizedError } from "../errors.js";
+import type { Keepstore } from "../keep/keepstore.js";
+import type { PullWorker } from "../keep/pull-worker.js";
+import type { TrashWorker } from "../keep/trash-worker.js";
+import type { Logger } from "../log.js";
+import { constantTimeEqual } from "../signature.js";
+import type { KeepMetrics } from "../metrics.js";
+
+export interface KeepServices {
+  config: KeepConfig;
+  keep: Keepstore;
+  trashWorker: TrashWorker;
+  pullWorker: PullWorker;
+  metrics: KeepMetrics;
+  clock: Clock;
+  logger: Logger;
+}
+
+export interface RequestContext {
+  req: Request;
+  url: URL;
+  path: string;
+  tokens: string[];
+  signal: AbortSignal;
+  headers: Headers;
+  requestId: string;
+  services: KeepServices;
+}
+
+/** Admin routes need SystemRootToken: none → 401, wrong → 403; open when it is unset. */
+export function requireAdmin(ctx: RequestContext): void {
+  requireToken(ctx, ctx.services.config.systemRootToken);
+}
+
+export function requireToken(ctx: RequestContext, expected: string): void {
+  if (!expected) return;
+  const token = ctx.tokens[0];
+  if (!token) throw new UnauthorizedError();
+  if (!constantTimeEqual(token, expected)) throw new ForbiddenError();
+}

@@ -1,0 +1,166 @@
+// The HTTP layer, written once over web-standard Request/Response. Hosts (server/,
+// functions/, lambda/) only translate their native requests into this function's terms.
+import { randomBytes } from "node:crypto";
+import { CancelledError, RouteNotFoundError } from "../errors.js";
+import { RequestLimiter } from "../keep/limits.js";
+import { tokensFromRequest } from "../tokens.js";
+import type { KeepServices, RequestContext } from "./context.js";
+import { errorResponse, statusFor } from "./error-response.js";
+import { deleteBlock, getBlock, putBlock, touchBlock, untrashBlock } from "./routes/blocks.js";
+import { index, mounts } from "./routes/listings.js";
+import { healthPing, metrics } from "./routes/ops.js";
+import { putPullList, putTrashList } from "./routes/work-lists.js";
+
+export type FetchHandler = (req: Request) => Promise<Response>;
+
+type Route = (ctx: RequestContext, m: RegExpExecArray) => Promise<Response> | Response;
+
+const L = "([0-9a-f]{32}.*)";
+const ROUTES: Array<[string[], RegExp, Route]> = [
+  [["GET", "HEAD"], new RegExp(`^/{1,2}${L}$`), (c, m) => getBlock(c, m[1] as string, c.req.method === "HEAD")],
+  [["PUT"], new RegExp(`^/${L}$`), (c, m) => putBlock(c, m[1] as string)],
+  [["TOUCH"], new RegExp(`^/${L}$`), (c, m) => touchBlock(c, m[1] as string)],
+  [["DELETE"], new RegExp(`^/${L}$`), (c, m) => deleteBlock(c, m[1] as string)],
+  [["PUT"], new RegExp(`^/untrash/${L}$`), (c, m) => untrashBlock(c, m[1] as string)],
+  [["GET", "HEAD"], /^\/index(?:\/([0-9a-f]{0,32}))?$/, (c, m) => index(c, m[1] ?? "")],
+  [["GET", "HEAD"], /^\/mounts$/, (c) => mounts(c)],
+  [["GET", "HEAD"], /^\/mounts\/([^/]+)\/blocks(?:\/([0-9a-f]{0,32}))?$/, (c, m) => index(c, m[2] ?? "", m[1])],
+  [["PUT"], /^\/pull$/, (c) => putPullList(c)],
+  [["PUT"], /^\/trash$/, (c) => putTrashList(c)],
+];
+
+/** Served before the request limiter, as the reference does. */
+const OPS_ROUTES: Array<[string[], RegExp, Route]> = [
+  [["GET"], /^\/_health\/ping$/, (c) => healthPing(c)],
+  [["GET", "HEAD"], /^\/metrics$/, (c) => metrics(c, false)],
+  [["GET", "HEAD"], /^\/metrics\.json$/, (c) => metrics(c, true)],
+];
+
+/** Paths whose work is not bounded by the request deadline (a big index can take minutes). */
+const NO_DEADLINE = /^\/(index|mounts\/[^/]+\/blocks)/;
+
+const CORS: Record<string, string> = {
+  "access-control-allow-methods": "GET, HEAD, PUT, OPTIONS",
+  "access-control-allow-origin": "*",
+  "access-control-allow-headers":
+    "Authorization, Content-Length, Content-Type, X-Keep-Desired-Replicas, X-Keep-Signature, X-Keep-Storage-Classes",
+  "access-control-expose-headers": "X-Keep-Locator, X-Keep-Replicas-Stored, X-Keep-Storage-Classes-Confirmed",
+  "access-control-max-age": "86486400",
+};
+
+export function createKeepHandler(services: KeepServices, limiter: RequestLimiter): FetchHandler {
+  const { logger, metrics: m } = services;
+  return async (req) => {
+    const started = performance.now();
+    const url = new URL(req.url);
+    const path = url.pathname;
+    const requestId = req.headers.get("x-request-id") || `req-${randomId(20)}`;
+    const headers = new Headers(CORS);
+    headers.set("x-request-id", requestId);
+    const deadline = NO_DEADLINE.test(path) ? undefined : deadlineSignal(services.config.requestTimeoutMs);
+    const signal = deadline ? AbortSignal.any([req.signal, deadline]) : req.signal;
+    const ctx: RequestContext = { req, url, path, tokens: tokensFromRequest(req, url), signal, headers, requestId, services };
+    let res: Response;
+    try {
+      res = await dispatch(ctx, limiter);
+    } catch (err) {
+      res = errorResponse(signal.aborted ? asCancel(signal) : err, headers);
+      const status = res.status;
+      if (status >= 500) logger.error({ err, requestId, method: req.method, path: redactPath(path) }, "request failed");
+    }
+    m.requestDuration.observe({ method: req.method, code: String(res.status) }, (performance.now() - started) / 1000);
+    logger.info({ requestId, method: req.method, path: redactPath(path), status: res.status }, "request");
+    return res;
+  };
+}
+
+async function dispatch(ctx: RequestContext, limiter: RequestLimiter): Promise<Response> {
+  const method = ctx.req.method;
+  if (method === "OPTIONS") return new Response(null, { status: 200, headers: ctx.headers });
+  for (const [methods, re, route] of OPS_ROUTES) {
+    const m = re.exec(ctx.path);
+    if (m && methods.includes(method)) return route(ctx, m);
+  }
+  const release = await limiter.admit(ctx.req.headers.has("origin") ? 1 : 0, ctx.signal);
+  let res: Response | undefined;
+  try {
+    for (const [methods, re, route] of ROUTES) {
+      const m = re.exec(ctx.path);
+      if (m && methods.includes(method)) {
+        res = await route(ctx, m);
+        break;
+      }
+    }
+  } catch (err) {
+    release();
+    throw err;
+  }
+  if (!res) {
+    release();
+    throw new RouteNotFoundError();
+  }
+  if (!res.body) {
+    release();
+    return res;
+  }
+  return holdUntilBodyDone(res, release);
+}
+
+/** A streamed response body keeps its request slot until it is fully sent or cancelled. */
+function holdUntilBodyDone(res: Response, release: () => void): Response {
+  if (!res.body) return res;
+  const reader = res.body.getReader();
+  let held = true;
+  const free = () => {
+    if (held) {
+      held = false;
+      release();
+    }
+  };
+  const body = new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        try {
+          const r = await reader.read();
+          if (r.done) {
+            free();
+            controller.close();
+          } else controller.enqueue(r.value);
+        } catch (err) {
+          free();
+          controller.error(err);
+        }
+      },
+      async cancel(reason) {
+        free();
+        await reader.cancel(reason);
+      },
+    },
+    { highWaterMark: 0 },
+  );
+  return new Response(body, { status: res.status, headers: res.headers });
+}
+
+function deadlineSignal(ms: number): AbortSignal | undefined {
+  if (!(ms > 0)) return undefined;
+  return AbortSignal.timeout(ms);
+}
+
+function asCancel(signal: AbortSignal): CancelledError {
+  return new CancelledError("request cancelled or timed out", { cause: signal.reason });
+}
+
+/** Signed locators in paths carry signatures; logs keep only the hash and size. */
+function redactPath(path: string): string {
+  return path.replace(/\+A[0-9a-f]{40}@[0-9a-f]{8}/g, "+A[redacted]");
+}
+
+function randomId(n: number): string {
+  const alphabet = "0123456789abcdefghijklmnopqrstuvwxyz";
+  const bytes = randomBytes(n);
+  let s = "";
+  for (const b of bytes) s += alphabet[b % 36];
+  return s;
+}
+
+export { statusFor };

@@ -1,0 +1,81 @@
+// GET/HEAD/PUT/TOUCH/DELETE of one block, and PUT /untrash/L (§1.3–§1.5).
+import { BadRequestError, MethodNotAllowedError } from "../../errors.js";
+import { EMPTY_HASH, parseLocator } from "../../locator.js";
+import { signLocator, verifyLocator } from "../../signature.js";
+import { iterableToStream, streamToIterable } from "../body.js";
+import { type RequestContext, requireAdmin } from "../context.js";
+
+export async function getBlock(ctx: RequestContext, locator: string, head: boolean): Promise<Response> {
+  const { config, keep, clock } = ctx.services;
+  ctx.headers.set("vary", "X-Keep-Signature");
+  const info = parseLocator(locator);
+  // Without a size a checksum mismatch could not be reported on GET (headers are sent first).
+  if (!head && info.size === undefined && info.hash !== EMPTY_HASH) throw new MethodNotAllowedError();
+  if (info.remote && !info.signed) throw new BadRequestError("remote cluster not configured");
+  if (config.enforcePermissions) {
+    verifyLocator(locator, ctx.tokens[0], clock, {
+      key: config.blobSigningKey,
+      ttlSeconds: config.blobSigningTtlSeconds,
+    });
+  }
+  const data = await keep.read(info.hash, info.size, ctx.signal);
+  const length = info.size ?? data.size;
+  if (head) {
+    // As the reference: HEAD reads and checks the whole block, so a corrupt copy is a 502.
+    for await (const _ of data.body) {
+      /* hash only */
+    }
+    ctx.headers.set("content-length", String(length));
+    return new Response(null, { status: 200, headers: ctx.headers });
+  }
+  ctx.headers.set("content-length", String(length));
+  ctx.headers.set("content-type", "application/octet-stream");
+  return new Response(iterableToStream(data.body), { status: 200, headers: ctx.headers });
+}
+
+export async function putBlock(ctx: RequestContext, locator: string): Promise<Response> {
+  const { config, keep, clock } = ctx.services;
+  const hash = parseLocator(locator).hash;
+  const cl = ctx.req.headers.get("content-length");
+  const contentLength = cl === null ? undefined : Number(cl);
+  if (contentLength !== undefined && !Number.isSafeInteger(contentLength)) throw new BadRequestError("invalid Content-Length");
+  const classes = (ctx.req.headers.get("x-keep-storage-classes") ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const result = await keep.write({
+    hash,
+    locator,
+    body: streamToIterable(ctx.req.body),
+    contentLength,
+    storageClasses: classes,
+    signal: ctx.signal,
+  });
+  const token = ctx.tokens[0] ?? "";
+  const signed = signLocator(result.locator, token, clock.now() / 1000 + config.blobSigningTtlSeconds, {
+    key: config.blobSigningKey,
+    ttlSeconds: config.blobSigningTtlSeconds,
+  });
+  ctx.headers.set("x-keep-replicas-stored", String(result.replicas));
+  ctx.headers.set("x-keep-storage-classes-confirmed", result.classesConfirmed);
+  ctx.headers.set("content-type", "text/plain; charset=utf-8");
+  return new Response(`${signed}\n`, { status: 200, headers: ctx.headers });
+}
+
+export async function touchBlock(ctx: RequestContext, locator: string): Promise<Response> {
+  requireAdmin(ctx);
+  await ctx.services.keep.touch(parseLocator(locator).hash);
+  return new Response(null, { status: 200, headers: ctx.headers });
+}
+
+export async function deleteBlock(ctx: RequestContext, locator: string): Promise<Response> {
+  requireAdmin(ctx);
+  await ctx.services.keep.trash(parseLocator(locator).hash);
+  return new Response(null, { status: 200, headers: ctx.headers });
+}
+
+export async function untrashBlock(ctx: RequestContext, locator: string): Promise<Response> {
+  requireAdmin(ctx);
+  await ctx.services.keep.untrash(parseLocator(locator).hash);
+  return new Response(null, { status: 200, headers: ctx.headers });
+}

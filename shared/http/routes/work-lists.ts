@@ -1,0 +1,74 @@
+// PUT /pull and PUT /trash from keep-balance (§1.8): validate, then replace the queue.
+// Unlike the reference (500 on bad JSON) a malformed list is the client's mistake: 400.
+import { BadRequestError, TooLargeError } from "../../errors.js";
+import type { PullRequest } from "../../keep/pull-worker.js";
+import type { TrashRequest } from "../../keep/trash-worker.js";
+import { parseLocator } from "../../locator.js";
+import { readCapped } from "../body.js";
+import { type RequestContext, requireAdmin } from "../context.js";
+
+/** keep-balance sends at most 100,000 entries of ~150 bytes; leave generous room. */
+const MAX_LIST_BYTES = 64 * 1024 * 1024;
+
+async function readList(ctx: RequestContext): Promise<unknown[]> {
+  const raw = await readCapped(ctx.req.body, MAX_LIST_BYTES);
+  if (!raw) throw new TooLargeError(`list too large: at most ${MAX_LIST_BYTES} bytes`);
+  // block_mtime is an int64 of nanoseconds: keep it exact by quoting it before JSON.parse.
+  const text = raw.toString("utf8").replace(/("block_mtime"\s*:\s*)(-?\d+)/g, '$1"$2"');
+  let list: unknown;
+  try {
+    list = JSON.parse(text);
+  } catch (err) {
+    throw new BadRequestError(`invalid JSON: ${(err as Error).message}`);
+  }
+  if (!Array.isArray(list)) throw new BadRequestError("expected a JSON array");
+  return list;
+}
+
+function field<T>(item: unknown, i: number, name: string, check: (v: unknown) => v is T, optional = false): T | undefined {
+  const v = (item as Record<string, unknown>)[name];
+  if (v === undefined && optional) return undefined;
+  if (!check(v)) throw new BadRequestError(`item ${i}: field ${name} is missing or has the wrong type`);
+  return v;
+}
+const isString = (v: unknown): v is string => typeof v === "string";
+const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every(isString);
+const isIntString = (v: unknown): v is string => typeof v === "string" && /^-?\d+$/.test(v);
+
+function itemLocator(item: unknown, i: number): { locator: string; hash: string; size?: number } {
+  if (typeof item !== "object" || item === null || Array.isArray(item)) throw new BadRequestError(`item ${i}: expected an object`);
+  const locator = field(item, i, "locator", isString) as string;
+  try {
+    return { locator, ...parseLocator(locator) };
+  } catch {
+    throw new BadRequestError(`item ${i}: invalid locator`);
+  }
+}
+
+export async function putTrashList(ctx: RequestContext): Promise<Response> {
+  requireAdmin(ctx);
+  const list = await readList(ctx);
+  const items: TrashRequest[] = list.map((item, i) => {
+    const { locator, hash } = itemLocator(item, i);
+    const mtime = field(item, i, "block_mtime", isIntString) as string;
+    return { locator, hash, blockMtimeNs: BigInt(mtime), mountUuid: field(item, i, "mount_uuid", isString, true) ?? "" };
+  });
+  ctx.services.trashWorker.queue.replace(items);
+  return new Response(null, { status: 200, headers: ctx.headers });
+}
+
+export async function putPullList(ctx: RequestContext): Promise<Response> {
+  requireAdmin(ctx);
+  const list = await readList(ctx);
+  const items: PullRequest[] = list.map((item, i) => {
+    const { locator, size } = itemLocator(item, i);
+    if (size === undefined) throw new BadRequestError(`item ${i}: locator has no size`);
+    const servers = field(item, i, "servers", isStringArray) as string[];
+    for (const s of servers) {
+      if (!/^https?:\/\/[^/]+\/?$/.test(s)) throw new BadRequestError(`item ${i}: server ${JSON.stringify(s)} is not scheme://host:port`);
+    }
+    return { locator, servers, mountUuid: field(item, i, "mount_uuid", isString, true) ?? "" };
+  });
+  ctx.services.pullWorker.queue.replace(items);
+  return new Response(null, { status: 200, headers: ctx.headers });
+}

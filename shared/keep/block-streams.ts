@@ -1,0 +1,151 @@
+// Stream helpers for block bodies: hash-verifying wrappers and a lock-step tee, so a block
+// flows from the client to every destination without ever being held whole in memory.
+import { createHash } from "node:crypto";
+import { BLOCK_SIZE } from "../locator.js";
+import { ChecksumMismatchError, ContentLengthMismatchError, HashMismatchError, TooLargeError } from "../errors.js";
+
+/**
+ * Upload side: yields the body while hashing it; after the last chunk, throws if the body
+ * exceeded 64 MiB (413), disagreed with Content-Length (400) or does not hash to `hash` (400).
+ * Consumers see the error before they could commit, so a bad upload never lands.
+ */
+export async function* verifiedUpload(
+  source: AsyncIterable<Uint8Array>,
+  hash: string,
+  locator: string,
+  contentLength: number | undefined,
+): AsyncGenerator<Uint8Array> {
+  const md5 = createHash("md5");
+  let total = 0;
+  for await (const chunk of source) {
+    total += chunk.length;
+    if (total > BLOCK_SIZE) throw new TooLargeError();
+    md5.update(chunk);
+    yield chunk;
+  }
+  if (contentLength && contentLength !== total)
+    throw new ContentLengthMismatchError(`content length ${contentLength} did not match specified data size ${total}`);
+  const got = md5.digest("hex");
+  if (got !== hash) throw new HashMismatchError(`content hash ${got} did not match specified locator ${locator}`);
+}
+
+/**
+ * Download side: yields stored bytes while hashing them, withholding the last chunk until
+ * the whole block has been checked, as the reference does: a corrupt copy ends the response
+ * short of Content-Length, so the client can never mistake it for good data.
+ */
+export async function* verifiedDownload(
+  source: AsyncIterable<Uint8Array>,
+  hash: string,
+  expectedSize: number,
+): AsyncGenerator<Uint8Array> {
+  const md5 = createHash("md5");
+  let total = 0;
+  let held: Uint8Array | undefined;
+  for await (const chunk of source) {
+    total += chunk.length;
+    if (total > expectedSize) throw new ChecksumMismatchError();
+    md5.update(chunk);
+    if (held) yield held;
+    held = chunk;
+  }
+  if (total !== expectedSize || md5.digest("hex") !== hash) throw new ChecksumMismatchError();
+  if (held) yield held;
+}
+
+/**
+ * Split one source into `n` iterables that advance in lock step: the next chunk is pulled
+ * only when every live consumer has asked for it, so memory stays at one chunk. A consumer
+ * that stops early is dropped; an error from the source reaches every consumer.
+ */
+export function lockstepTee(source: AsyncIterable<Uint8Array>, n: number): AsyncIterable<Uint8Array>[] {
+  if (n === 1) return [source];
+  const it = source[Symbol.asyncIterator]();
+  let live = n;
+  let waiting: Array<(r: Promise<IteratorResult<Uint8Array>>) => void> = [];
+  let done: Promise<IteratorResult<Uint8Array>> | undefined;
+
+  const maybePull = () => {
+    if (waiting.length < live || live === 0) return;
+    const batch = waiting;
+    waiting = [];
+    const next = done ?? it.next();
+    next.then(
+      (r) => {
+        if (r.done) done = next;
+      },
+      () => {
+        done = next;
+      },
+    );
+    for (const resolve of batch) resolve(next);
+  };
+
+  const branch = (): AsyncIterable<Uint8Array> => {
+    let finished = false;
+    const leave = () => {
+      if (finished) return;
+      finished = true;
+      live--;
+      if (live === 0) it.return?.().catch(() => {});
+      else maybePull();
+    };
+    return {
+      [Symbol.asyncIterator]: () => ({
+        next: () => {
+          if (finished) return Promise.resolve({ done: true, value: undefined });
+          const p = new Promise<IteratorResult<Uint8Array>>((resolve) => {
+            waiting.push((r) => resolve(r));
+          }).then((r) => r);
+          maybePull();
+          return p.then(
+            (r) => {
+              if (r.done) leave();
+              return r;
+            },
+            (err) => {
+              leave();
+              throw err;
+            },
+          );
+        },
+        return: () => {
+          leave();
+          return Promise.resolve({ done: true, value: undefined });
+        },
+      }),
+    };
+  };
+  return Array.from({ length: n }, branch);
+}
+
+/** Read all of `source` and compare it with `other`; drains `source` even after a difference. */
+export async function sameBytes(source: AsyncIterable<Uint8Array>, other: AsyncIterable<Uint8Array>): Promise<boolean> {
+  const theirs = other[Symbol.asyncIterator]();
+  let buf: Uint8Array = new Uint8Array(0);
+  let equal = true;
+  try {
+    for await (const chunk of source) {
+      let off = 0;
+      while (equal && off < chunk.length) {
+        if (buf.length === 0) {
+          const r = await theirs.next();
+          if (r.done) {
+            equal = false;
+            break;
+          }
+          buf = r.value;
+          continue;
+        }
+        const n = Math.min(buf.length, chunk.length - off);
+        if (Buffer.compare(buf.subarray(0, n), chunk.subarray(off, off + n)) !== 0) equal = false;
+        buf = buf.subarray(n);
+        off += n;
+      }
+    }
+    if (equal && buf.length === 0 && !(await theirs.next()).done) equal = false;
+    return equal && buf.length === 0;
+  } finally {
+    await theirs.return?.();
+  }
+}

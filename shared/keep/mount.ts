@@ -1,0 +1,74 @@
+// A mount is a volume as this server uses it: uuid, replication, storage classes, and
+// whether it may be written or trashed. Block order across mounts follows §5.2.
+import { createHash } from "node:crypto";
+import type { Volume } from "../volume/volume.js";
+
+export interface MountConfig {
+  uuid: string;
+  volume: Volume;
+  /** Replicas this mount stands for (cloud volumes are replicated by the provider). */
+  replication: number;
+  storageClasses: string[];
+  readOnly: boolean;
+  allowTrashWhenReadOnly?: boolean;
+  /** Higher priority mounts are read first. */
+  priority?: number;
+}
+
+export class Mount {
+  readonly uuid: string;
+  readonly volume: Volume;
+  readonly replication: number;
+  readonly storageClasses: string[];
+  readonly allowWrite: boolean;
+  readonly allowTrash: boolean;
+  readonly readOnly: boolean;
+  readonly priority: number;
+  /** The part of the uuid mixed into the rendezvous weight. */
+  private readonly weightKey: string;
+
+  constructor(c: MountConfig) {
+    this.uuid = c.uuid;
+    this.volume = c.volume;
+    this.replication = Math.max(1, c.replication);
+    this.storageClasses = c.storageClasses.length ? [...c.storageClasses] : ["default"];
+    this.readOnly = c.readOnly;
+    this.allowWrite = !c.readOnly;
+    this.allowTrash = !c.readOnly || !!c.allowTrashWhenReadOnly;
+    this.priority = c.priority ?? 0;
+    this.weightKey = c.uuid.length === 27 ? c.uuid.slice(12) : c.uuid;
+  }
+
+  weight(hash: string): string {
+    return createHash("md5").update(hash + this.weightKey).digest("hex");
+  }
+
+  toJSON() {
+    return {
+      uuid: this.uuid,
+      device_id: this.volume.deviceId,
+      allow_write: this.allowWrite,
+      allow_trash: this.allowTrash,
+      read_only: this.readOnly,
+      replication: this.replication,
+      storage_classes: Object.fromEntries(this.storageClasses.map((c) => [c, true])),
+    };
+  }
+}
+
+/** Priority descending, then rendezvous weight ascending (the keepstore order). */
+export function orderForBlock(mounts: readonly Mount[], hash: string): Mount[] {
+  const keyed = mounts.map((m) => ({ m, w: m.weight(hash) }));
+  keyed.sort((a, b) => b.m.priority - a.m.priority || (a.w < b.w ? -1 : a.w > b.w ? 1 : 0));
+  return keyed.map((k) => k.m);
+}
+
+export function byUuid(mounts: readonly Mount[]): Mount[] {
+  return [...mounts].sort((a, b) => (a.uuid < b.uuid ? -1 : a.uuid > b.uuid ? 1 : 0));
+}
+
+/** A stable mount uuid for a device, so restarts keep the uuids keep-balance has seen. */
+export function mountUuidFor(clusterId: string, deviceId: string): string {
+  const h = createHash("md5").update(deviceId).digest("hex").slice(0, 15);
+  return `${clusterId}-nyw5e-${h}`;
+}

@@ -1,0 +1,26 @@
+// Structured JSON logs (pino). Secrets never reach a log line: request headers that carry
+// tokens are redacted here, once, for every host.
+import { pino } from "pino";
+
+export type Logger = pino.Logger;
+
+export const REDACT_PATHS = [
+  "req.headers.authorization",
+  "req.headers.cookie",
+  "headers.authorization",
+  "headers.cookie",
+  "token",
+  "key",
+];
+
+export function createLogger(opts: { level?: string; destination?: pino.DestinationStream } = {}): Logger {
+  return pino(
+    { level: opts.level ?? "info", redact: { paths: REDACT_PATHS, censor: "[redacted]" }, base: undefined },
+    opts.destination,
+  );
+}
+
+/** A logger that drops everything, for tests that do not inspect logs. */
+export function silentLogger(): Logger {
+  return pino({ level: "silent" });
+}

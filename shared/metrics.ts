@@ -1,0 +1,75 @@
+// Prometheus metrics with the reference's names (§1.9), one registry per app instance.
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { Mount } from "./keep/mount.js";
+
+export class KeepMetrics {
+  readonly registry = new Registry();
+  readonly requestDuration: Histogram<"method" | "code">;
+
+  constructor(
+    mounts: Mount[],
+    sources: {
+      buffersInUse: () => number;
+      maxBuffers: number;
+      concurrent: () => number;
+      queued: () => number;
+      maxConcurrent: number;
+      trashQueue: () => [number, number];
+      pullQueue: () => [number, number];
+    },
+  ) {
+    const r = this.registry;
+    this.requestDuration = new Histogram({
+      name: "request_duration_seconds",
+      help: "Request duration by method and status",
+      labelNames: ["method", "code"],
+      buckets: [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      registers: [r],
+    });
+    const gauge = (name: string, help: string, get: () => number) =>
+      new Gauge({
+        name,
+        help,
+        registers: [r],
+        collect() {
+          this.set(get());
+        },
+      });
+    gauge("arvados_keepstore_bufferpool_max_buffers", "Maximum blocks in flight", () => sources.maxBuffers);
+    gauge("arvados_keepstore_bufferpool_inuse_buffers", "Blocks in flight", sources.buffersInUse);
+    gauge("arvados_keepstore_bufferpool_allocated_bytes", "Bytes reserved for blocks in flight", () => sources.buffersInUse() * 2 ** 26);
+    gauge("arvados_concurrent_requests", "Requests being served", sources.concurrent);
+    gauge("arvados_queued_requests", "Requests waiting to be served", sources.queued);
+    gauge("arvados_max_concurrent_requests", "Request limit", () => sources.maxConcurrent);
+    gauge("arvados_keepstore_trash_queue_pending_entries", "Trash list entries waiting", () => sources.trashQueue()[0]);
+    gauge("arvados_keepstore_trash_queue_inprogress_entries", "Trash list entries in progress", () => sources.trashQueue()[1]);
+    gauge("arvados_keepstore_pull_queue_pending_entries", "Pull list entries waiting", () => sources.pullQueue()[0]);
+    gauge("arvados_keepstore_pull_queue_inprogress_entries", "Pull list entries in progress", () => sources.pullQueue()[1]);
+
+    // Volume counters live in each driver's VolumeStats; copied at scrape time by the first
+    // of the three counters to be collected (registration order is collection order).
+    const errs = new Counter({ name: "arvados_keepstore_volume_errors", help: "Volume errors", labelNames: ["device_id", "error_type"], registers: [] });
+    const io = new Counter({ name: "arvados_keepstore_volume_io_bytes", help: "Volume bytes", labelNames: ["device_id", "direction"], registers: [] });
+    new Counter({
+      name: "arvados_keepstore_volume_operations",
+      help: "Volume operations",
+      labelNames: ["device_id", "operation"],
+      registers: [r],
+      collect() {
+        this.reset();
+        errs.reset();
+        io.reset();
+        for (const m of mounts) {
+          const s = m.volume.stats;
+          const device_id = m.volume.deviceId;
+          for (const [operation, n] of s.ops) this.inc({ device_id, operation }, n);
+          for (const [error_type, n] of s.errors) errs.inc({ device_id, error_type }, n);
+          io.inc({ device_id, direction: "in" }, s.inBytes);
+          io.inc({ device_id, direction: "out" }, s.outBytes);
+        }
+      },
+    });
+    r.registerMetric(errs);
+    r.registerMetric(io);
+  }
+}

@@ -1,0 +1,109 @@
+// The volume contract. Every driver (posix, azure-blob, s3, memory) implements it and
+// passes test/conformance/volume-contract.ts. Drivers see bare 32-hex hashes only: never
+// locators, tokens or HTTP. Each driver maps its backend's errors to the core's typed
+// errors in exactly one translateError() function.
+import type { Clock } from "../clock.js";
+
+export interface BlockData {
+  /** Size in bytes, known before the first byte is read. */
+  size: number;
+  /** The stored bytes, in order. Integrity is NOT checked here: the service hashes them. */
+  body: AsyncIterable<Uint8Array>;
+}
+
+export interface IndexEntry {
+  hash: string;
+  size: number;
+  /** Modification time in nanoseconds since the Unix epoch. */
+  mtimeNs: bigint;
+}
+
+export interface EmptyTrashReport {
+  /** Trashed blocks deleted because their deadline passed. */
+  deleted: number;
+  /** Trashed blocks looked at (deleted or not). */
+  examined: number;
+  /** False when a time budget stopped the sweep early; the next call resumes. */
+  complete: boolean;
+}
+
+export interface WriteOptions {
+  /** The exact number of bytes `data` yields, when the caller knows it. */
+  size?: number;
+  signal?: AbortSignal;
+}
+
+export interface Volume {
+  /** Identifies the backing device across hosts, so keep-balance indexes each device once. */
+  readonly deviceId: string;
+
+  /**
+   * Open a block for reading. Throws NotFoundError if it is absent or trashed. Errors raised
+   * before the first byte let the service try the next mount; later ones end the response.
+   * The body must take files, connections and locks lazily (on the first next()) or give
+   * them back in return(): a caller may close it without reading.
+   */
+  read(hash: string, signal?: AbortSignal): Promise<BlockData>;
+
+  /**
+   * Store `data` under `hash` with mtime = now. Never leaves a partial block: if `data`
+   * throws (hash mismatch, client gone) or the write fails, a later read returns the old
+   * data or NotFoundError. Overwriting an existing block is allowed. A full volume throws
+   * VolumeFullError.
+   */
+  write(hash: string, data: AsyncIterable<Uint8Array>, opts?: WriteOptions): Promise<void>;
+
+  /** Set the block's mtime to now. NotFoundError if absent or trashed. */
+  touch(hash: string): Promise<void>;
+
+  /** The block's mtime in ns. NotFoundError if absent or trashed. */
+  mtime(hash: string): Promise<bigint>;
+
+  /**
+   * Move the block to trash so read/mtime/touch give NotFoundError and index omits it, until
+   * untrash() within the trash lifetime. A block younger than the signing TTL is left alone
+   * and the call succeeds. Trash lifetime 0 deletes at once. NotFoundError if absent.
+   */
+  trash(hash: string): Promise<void>;
+
+  /** Restore a trashed block. NotFoundError if there is nothing in trash for it. */
+  untrash(hash: string): Promise<void>;
+
+  /** Delete trashed blocks whose deadline has passed, within an optional time budget. */
+  emptyTrash(opts?: { deadlineMs?: number; signal?: AbortSignal }): Promise<EmptyTrashReport>;
+
+  /** Live (not trashed) blocks whose hash starts with `prefix`, in backend order. */
+  index(prefix: string, signal?: AbortSignal): AsyncIterable<IndexEntry>;
+
+  /** True when a write would certainly fail for lack of space (lets PUT pick another mount). */
+  isFull?(): Promise<boolean>;
+
+  /** Counters for /metrics. */
+  readonly stats: VolumeStats;
+
+  /** Release connections, timers, child resources. */
+  close?(): Promise<void>;
+}
+
+/** What every driver needs from the cluster configuration. */
+export interface VolumeParams {
+  clock: Clock;
+  /** BlobSigningTTL: trash() is a no-op on blocks younger than this. */
+  signingTtlMs: number;
+  /** BlobTrashLifetime: 0 means trash() deletes outright. */
+  trashLifetimeMs: number;
+}
+
+/** Operation and error counters, keyed by the reference's operation labels. */
+export class VolumeStats {
+  readonly ops = new Map<string, number>();
+  readonly errors = new Map<string, number>();
+  inBytes = 0;
+  outBytes = 0;
+  op(name: string): void {
+    this.ops.set(name, (this.ops.get(name) ?? 0) + 1);
+  }
+  error(type: string): void {
+    this.errors.set(type, (this.errors.get(type) ?? 0) + 1);
+  }
+}
