@@ -1,0 +1,318 @@
+// The generic volume conformance suite (modelled on the reference's DoGenericVolumeTests).
+// Every driver runs it through describeVolumeContract(name, factory, caps): a fresh volume
+// per case, time moved with a FakeClock, nothing slept.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { FakeClock, msToNs } from "../../shared/clock.js";
+import { NotFoundError } from "../../shared/errors.js";
+import type { Volume } from "../../shared/volume/volume.js";
+import {
+  EMPTY_BLOCK, EMPTY_HASH, MD5_COLLISION, MD5_COLLISION_HASH, TEST_BLOCK, TEST_BLOCK2, TEST_BLOCK3,
+  TEST_HASH, TEST_HASH2, TEST_HASH3, chunks, collect, md5hex,
+} from "./fixtures.js";
+
+export interface VolumeHarness {
+  volume: Volume;
+  /** Store bytes under any name directly in the backend, bypassing the volume. */
+  putRaw(name: string, data: Uint8Array): Promise<void>;
+  /** Set a block's stored mtime (backdating), in ms since the epoch. */
+  setMtime(hash: string, ms: number): Promise<void>;
+  teardown(): Promise<void>;
+}
+
+export interface HarnessParams {
+  clock: FakeClock;
+  signingTtlMs: number;
+  trashLifetimeMs: number;
+}
+
+export type VolumeFactory = (p: HarnessParams) => Promise<VolumeHarness>;
+
+export interface ContractCaps {
+  /** Write cases are skipped (visibly); data is put in place with putRaw. */
+  readonly?: boolean;
+  /** Backends that store mtimes in whole seconds. */
+  mtimeResolutionMs?: number;
+  /** Skip the 64 MiB case (for slow emulators); the reason is printed. */
+  skipFullBlock?: string;
+}
+
+const TTL = 5 * 60_000;
+const HOUR = 3600_000;
+
+async function readAll(v: Volume, hash: string): Promise<Buffer> {
+  const d = await v.read(hash);
+  const data = await collect(d.body);
+  assert.equal(data.length, d.size, "size reported before reading must match the bytes read");
+  return data;
+}
+
+async function write(v: Volume, hash: string, data: Uint8Array): Promise<void> {
+  await v.write(hash, chunks(data), { size: data.length });
+}
+
+async function indexOf(v: Volume, prefix = ""): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of v.index(prefix)) out.push(`${e.hash}+${e.size}`);
+  return out.sort();
+}
+
+export function describeVolumeContract(name: string, factory: VolumeFactory, caps: ContractCaps = {}): void {
+  const ro = caps.readonly ? "read-only volume: write cases do not apply" : false;
+  const res = caps.mtimeResolutionMs ?? 1;
+
+  describe(`volume contract: ${name}`, () => {
+    const withVolume = (lifetimeMs: number, fn: (h: VolumeHarness, clock: FakeClock) => Promise<void>) => async () => {
+      const clock = new FakeClock(Math.floor(Date.now() / 1000) * 1000);
+      const h = await factory({ clock, signingTtlMs: TTL, trashLifetimeMs: lifetimeMs });
+      try {
+        await fn(h, clock);
+      } finally {
+        await h.teardown();
+      }
+    };
+    /** Put data in place: through the volume when writable, raw otherwise. */
+    const put = async (h: VolumeHarness, hash: string, data: Uint8Array) =>
+      caps.readonly ? h.putRaw(hash, data) : write(h.volume, hash, data);
+
+    it("reads back what was written", withVolume(HOUR, async (h) => {
+      await put(h, TEST_HASH, TEST_BLOCK);
+      assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+    }));
+
+    it("gives NotFoundError for a missing block", withVolume(HOUR, async (h) => {
+      await assert.rejects(readAll(h.volume, TEST_HASH2), NotFoundError);
+    }));
+
+    for (const [label, hash, data] of [["a block", TEST_HASH, TEST_BLOCK], ["the empty block", EMPTY_HASH, EMPTY_BLOCK]] as const) {
+      it(`accepts ${label} written twice with the same content`, { skip: ro }, withVolume(HOUR, async (h) => {
+        await write(h.volume, hash, data);
+        await write(h.volume, hash, data);
+        assert.deepEqual(await readAll(h.volume, hash), data);
+      }));
+    }
+
+    const different: Array<[string, string, Uint8Array, Uint8Array]> = [
+      ["an MD5 collision", MD5_COLLISION_HASH, MD5_COLLISION[0], MD5_COLLISION[1]],
+      ["empty then collision data", MD5_COLLISION_HASH, EMPTY_BLOCK, MD5_COLLISION[0]],
+      ["collision data then empty", MD5_COLLISION_HASH, MD5_COLLISION[0], EMPTY_BLOCK],
+      ["the empty hash with data", EMPTY_HASH, EMPTY_BLOCK, MD5_COLLISION[0]],
+    ];
+    for (const [label, hash, a, b] of different) {
+      it(`handles different content under one hash: ${label}`, { skip: ro }, withVolume(HOUR, async (h) => {
+        await write(h.volume, hash, a);
+        let ok = true;
+        try {
+          await write(h.volume, hash, b);
+        } catch {
+          ok = false;
+        }
+        if (ok) assert.deepEqual(await readAll(h.volume, hash), Buffer.from(b));
+        else {
+          const got = await readAll(h.volume, hash).catch((e) => e);
+          assert.ok(got instanceof NotFoundError || got.equals(a) || got.equals(b), "after a failed write: old, new or nothing");
+        }
+      }));
+    }
+
+    it("stores several blocks independently", { skip: ro }, withVolume(HOUR, async (h) => {
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      await write(h.volume, TEST_HASH2, TEST_BLOCK2);
+      await write(h.volume, TEST_HASH3, TEST_BLOCK3);
+      assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+      assert.deepEqual(await readAll(h.volume, TEST_HASH2), TEST_BLOCK2);
+      assert.deepEqual(await readAll(h.volume, TEST_HASH3), TEST_BLOCK3);
+    }));
+
+    it("rewriting a block refreshes its mtime", { skip: ro }, withVolume(HOUR, async (h, clock) => {
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      await h.setMtime(TEST_HASH, clock.now() - 20_000);
+      const before = await h.volume.mtime(TEST_HASH);
+      assert.ok(before <= msToNs(clock.now() - 19_000), "backdated mtime must be visible");
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      assert.ok((await h.volume.mtime(TEST_HASH)) >= msToNs(clock.now() - 1000 - res));
+    }));
+
+    it("touch and mtime give NotFoundError for a missing block", withVolume(HOUR, async (h) => {
+      await assert.rejects(h.volume.mtime(TEST_HASH), NotFoundError);
+      if (!caps.readonly) await assert.rejects(h.volume.touch(TEST_HASH), NotFoundError);
+    }));
+
+    it("touch sets mtime to now", { skip: ro }, withVolume(HOUR, async (h, clock) => {
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      await h.setMtime(TEST_HASH, clock.now() - 3 * HOUR);
+      clock.advance(5000);
+      await h.volume.touch(TEST_HASH);
+      assert.ok((await h.volume.mtime(TEST_HASH)) >= msToNs(clock.now() - 1000 - res));
+    }));
+
+    it("indexes exactly the blocks, by prefix, skipping names that are not hashes", withVolume(HOUR, async (h, clock) => {
+      const t0 = clock.now();
+      await put(h, TEST_HASH, TEST_BLOCK);
+      await put(h, TEST_HASH2, TEST_BLOCK2);
+      await put(h, TEST_HASH3, TEST_BLOCK3);
+      for (const junk of ["fffffffffnotreallyahashfffffffff", "F".repeat(32), `${"f".repeat(32)}f`, "f00"]) {
+        await h.putRaw(junk, TEST_BLOCK);
+      }
+      const all: { hash: string; size: number; mtimeNs: bigint }[] = [];
+      for await (const e of h.volume.index("")) all.push(e);
+      assert.deepEqual(all.map((e) => e.hash).sort(), [TEST_HASH, TEST_HASH2, TEST_HASH3].sort());
+      for (const e of all) {
+        assert.ok(e.mtimeNs >= msToNs(t0 - 1000 - res) && e.mtimeNs <= msToNs(Date.now() + 1000), `mtime ${e.mtimeNs} in window`);
+      }
+      for (const p of ["f", "f15", "f15ac"]) assert.deepEqual(await indexOf(h.volume, p), [`${TEST_HASH2}+${TEST_BLOCK2.length}`]);
+      for (const p of ["zero", "zip", "zilch"]) assert.deepEqual(await indexOf(h.volume, p), []);
+    }));
+
+    it("trash leaves a block younger than the signing TTL alone", { skip: ro }, withVolume(HOUR, async (h) => {
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      await h.volume.trash(TEST_HASH);
+      assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+    }));
+
+    it("trash hides an old block from read, mtime, touch and index", { skip: ro }, withVolume(HOUR, async (h, clock) => {
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+      await h.volume.trash(TEST_HASH);
+      await assert.rejects(readAll(h.volume, TEST_HASH), NotFoundError);
+      await assert.rejects(h.volume.mtime(TEST_HASH), NotFoundError);
+      await assert.rejects(h.volume.touch(TEST_HASH), NotFoundError);
+      assert.deepEqual(await indexOf(h.volume), []);
+    }));
+
+    it("trash of a missing block fails", { skip: ro }, withVolume(HOUR, async (h) => {
+      await assert.rejects(h.volume.trash(TEST_HASH2));
+    }));
+
+    it("counts operations and bytes", { skip: ro }, withVolume(HOUR, async (h) => {
+      const s = h.volume.stats;
+      assert.equal(s.inBytes, 0);
+      assert.equal(s.outBytes, 0);
+      const opsBefore = [...s.ops.values()].reduce((a, b) => a + b, 0);
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      assert.ok(s.outBytes >= TEST_BLOCK.length, "write counts bytes out");
+      const opsAfterWrite = [...s.ops.values()].reduce((a, b) => a + b, 0);
+      assert.ok(opsAfterWrite > opsBefore, "write counts operations");
+      await readAll(h.volume, TEST_HASH);
+      assert.ok(s.inBytes >= TEST_BLOCK.length, "read counts bytes in");
+      assert.ok([...s.ops.values()].reduce((a, b) => a + b, 0) > opsAfterWrite, "read counts operations");
+    }));
+
+    it("serves concurrent reads", withVolume(HOUR, async (h) => {
+      await put(h, TEST_HASH, TEST_BLOCK);
+      await put(h, TEST_HASH2, TEST_BLOCK2);
+      await put(h, TEST_HASH3, TEST_BLOCK3);
+      const got = await Promise.all([readAll(h.volume, TEST_HASH), readAll(h.volume, TEST_HASH2), readAll(h.volume, TEST_HASH3)]);
+      assert.deepEqual(got, [TEST_BLOCK, TEST_BLOCK2, TEST_BLOCK3]);
+    }));
+
+    it("serves concurrent writes", { skip: ro }, withVolume(HOUR, async (h) => {
+      await Promise.all([
+        write(h.volume, TEST_HASH, TEST_BLOCK),
+        write(h.volume, TEST_HASH2, TEST_BLOCK2),
+        write(h.volume, TEST_HASH3, TEST_BLOCK3),
+      ]);
+      assert.deepEqual(await readAll(h.volume, TEST_HASH2), TEST_BLOCK2);
+      assert.deepEqual(await readAll(h.volume, TEST_HASH3), TEST_BLOCK3);
+    }));
+
+    it("round-trips a full 64 MiB block", { skip: ro || caps.skipFullBlock || false }, withVolume(HOUR, async (h) => {
+      const big = Buffer.alloc(64 * 1024 * 1024);
+      for (let i = 0; i < big.length; i++) big[i] = 97 + (i % 26);
+      const hash = md5hex(big);
+      await write(h.volume, hash, big);
+      const back = await readAll(h.volume, hash);
+      assert.equal(md5hex(back), hash);
+    }));
+
+    it("a write whose data fails midway leaves nothing behind", { skip: ro }, withVolume(HOUR, async (h) => {
+      async function* failing() {
+        yield TEST_BLOCK.subarray(0, 10);
+        throw new Error("client went away");
+      }
+      await assert.rejects(h.volume.write(TEST_HASH, failing()));
+      await assert.rejects(readAll(h.volume, TEST_HASH), NotFoundError);
+      assert.deepEqual(await indexOf(h.volume), []);
+    }));
+
+    it("untrash brings a trashed block back", { skip: ro }, withVolume(HOUR, async (h, clock) => {
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+      await h.volume.trash(TEST_HASH);
+      await assert.rejects(readAll(h.volume, TEST_HASH), NotFoundError);
+      await h.volume.untrash(TEST_HASH);
+      assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+    }));
+
+    const checkGet = async (h: VolumeHarness) => {
+      assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+      await h.volume.mtime(TEST_HASH);
+      assert.deepEqual(await indexOf(h.volume), [`${TEST_HASH}+${TEST_BLOCK.length}`]);
+    };
+    const checkGone = async (h: VolumeHarness) => {
+      await assert.rejects(readAll(h.volume, TEST_HASH), NotFoundError);
+      await assert.rejects(h.volume.mtime(TEST_HASH), NotFoundError);
+      assert.deepEqual(await indexOf(h.volume), []);
+    };
+
+    it("trash, empty trash before the deadline, untrash (set 1)", { skip: ro }, withVolume(HOUR, async (h, clock) => {
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+      await checkGet(h);
+      await h.volume.trash(TEST_HASH);
+      await checkGone(h);
+      await assert.rejects(h.volume.touch(TEST_HASH), NotFoundError);
+      await h.volume.emptyTrash();
+      await h.volume.untrash(TEST_HASH);
+      await checkGet(h);
+      await h.volume.touch(TEST_HASH);
+      await h.volume.untrash(TEST_HASH).catch((e) => assert.ok(e instanceof NotFoundError));
+      await checkGet(h);
+    }));
+
+    it("after the deadline, empty trash deletes for good (set 2)", { skip: ro }, withVolume(HOUR, async (h, clock) => {
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+      await h.volume.trash(TEST_HASH);
+      await h.volume.untrash(TEST_HASH);
+      await checkGet(h);
+      await h.volume.trash(TEST_HASH);
+      clock.advance(HOUR + 2000);
+      const report = await h.volume.emptyTrash();
+      assert.ok(report.deleted >= 1, "the expired block was deleted");
+      await assert.rejects(h.volume.untrash(TEST_HASH), NotFoundError);
+      await checkGone(h);
+    }));
+
+    it("empty trash never deletes a live copy written after trashing (set 3)", { skip: ro }, withVolume(HOUR, async (h, clock) => {
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+      await h.volume.trash(TEST_HASH);
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      clock.advance(HOUR + 2000);
+      await h.volume.emptyTrash();
+      await checkGet(h);
+    }));
+
+    it("untrash recovers the copy whose deadline has not passed (set 4)", { skip: ro }, withVolume(HOUR, async (h, clock) => {
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+      await h.volume.trash(TEST_HASH);
+      clock.advance(HOUR + 2000); // the first trashed copy is now expired
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+      await h.volume.trash(TEST_HASH); // this copy has a full hour left
+      await h.volume.emptyTrash();
+      await h.volume.untrash(TEST_HASH);
+      await checkGet(h);
+    }));
+
+    it("trash with lifetime 0 deletes outright", { skip: ro }, withVolume(0, async (h, clock) => {
+      await write(h.volume, TEST_HASH, TEST_BLOCK);
+      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+      await h.volume.trash(TEST_HASH);
+      await checkGone(h);
+      await assert.rejects(h.volume.untrash(TEST_HASH), NotFoundError);
+    }));
+  });
+}

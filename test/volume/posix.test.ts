@@ -1,0 +1,124 @@
+import assert from "node:assert/strict";
+import { promises as fs } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { FakeClock } from "../../shared/clock.js";
+import { BadLocatorError, CancelledError, VolumeFullError } from "../../shared/errors.js";
+import { PosixVolume } from "../../shared/volume/posix.js";
+import { TEST_BLOCK, TEST_HASH, chunks, collect } from "../conformance/fixtures.js";
+import { type HarnessParams, type VolumeHarness, describeVolumeContract } from "../conformance/volume-contract.js";
+
+async function posixHarness(p: HarnessParams, serialize = false): Promise<VolumeHarness & { root: string }> {
+  const root = await fs.mkdtemp(join(tmpdir(), "keepfn-posix-"));
+  const volume = new PosixVolume({ root, serialize }, p);
+  return {
+    root,
+    volume,
+    async putRaw(name, data) {
+      await fs.mkdir(join(root, name.slice(0, 3)), { recursive: true });
+      await fs.writeFile(join(root, name.slice(0, 3), name), data);
+      const t = p.clock.now() / 1000;
+      await fs.utimes(join(root, name.slice(0, 3), name), t, t);
+    },
+    async setMtime(hash, ms) {
+      await fs.utimes(join(root, hash.slice(0, 3), hash), ms / 1000, ms / 1000);
+    },
+    teardown: () => fs.rm(root, { recursive: true, force: true }),
+  };
+}
+
+describeVolumeContract("posix", (p) => posixHarness(p));
+describeVolumeContract("posix, serialized", (p) => posixHarness(p, true));
+describeVolumeContract("posix, read-only", (p) => posixHarness(p), { readonly: true });
+
+describe("posix volume", () => {
+  const params = () => ({ clock: new FakeClock(), signingTtlMs: 300_000, trashLifetimeMs: 3600_000 });
+
+  it("stores a block at Root/<hash[0:3]>/<hash>", async () => {
+    const h = await posixHarness(params());
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      assert.deepEqual(await fs.readFile(join(h.root, "e4d", TEST_HASH)), TEST_BLOCK);
+    } finally {
+      await h.teardown();
+    }
+  });
+
+  it("recreates a deleted root on write", async () => {
+    const h = await posixHarness(params());
+    await fs.rm(h.root, { recursive: true });
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await h.teardown();
+    }
+  });
+
+  it("honours a fresh 'full' link and ignores a stale one", async () => {
+    const p = params();
+    const h = await posixHarness(p);
+    try {
+      const link = join(h.root, "full");
+      await fs.symlink(String(Math.floor(p.clock.now() / 1000) - 10), link);
+      await assert.rejects(h.volume.write(TEST_HASH, chunks(TEST_BLOCK)), VolumeFullError);
+      await fs.rm(link);
+      await fs.symlink(String(Math.floor(p.clock.now() / 1000) - 3605), link);
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+    } finally {
+      await h.teardown();
+    }
+  });
+
+  it("refuses names that are not 32 lowercase hex digits, so nothing escapes the root", async () => {
+    const h = await posixHarness(params());
+    try {
+      for (const bad of ["../../etc/passwd", "/etc/passwd", `${"a".repeat(31)}/`, "A".repeat(32), `${"a".repeat(30)}..`]) {
+        await assert.rejects(h.volume.write(bad, chunks(TEST_BLOCK)), BadLocatorError);
+        await assert.rejects(h.volume.read(bad), BadLocatorError);
+        await assert.rejects(h.volume.trash(bad), BadLocatorError);
+      }
+    } finally {
+      await h.teardown();
+    }
+  });
+
+  it("a cancelled write waiting for the serialize lock stores nothing", async () => {
+    const h = await posixHarness(params(), true);
+    try {
+      // Hold the lock with a read that is not finished.
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      const reading = (await h.volume.read(TEST_HASH)).body[Symbol.asyncIterator]();
+      await reading.next();
+      const ac = new AbortController();
+      const other = "acbd18db4cc2f85cedef654fccc4a4d8";
+      const w = h.volume.write(other, chunks(Buffer.from("foo")), { signal: ac.signal });
+      ac.abort();
+      await assert.rejects(w, CancelledError);
+      await reading.return?.();
+      await assert.rejects(h.volume.mtime(other));
+    } finally {
+      await h.teardown();
+    }
+  });
+
+  it("empty trash walks only block directories and removes stale temp files", async () => {
+    const p = params();
+    const h = await posixHarness(p);
+    try {
+      await fs.mkdir(join(h.root, ".aaa"));
+      await fs.writeFile(join(h.root, ".aaa", `${TEST_HASH}.trash.1`), "x");
+      await fs.mkdir(join(h.root, "e4d"));
+      const stale = join(h.root, "e4d", `tmp${TEST_HASH}abcdef`);
+      await fs.writeFile(stale, "partial");
+      const old = (p.clock.now() - 25 * 3600_000) / 1000;
+      await fs.utimes(stale, old, old);
+      await h.volume.emptyTrash();
+      await fs.access(join(h.root, ".aaa", `${TEST_HASH}.trash.1`));
+      await assert.rejects(fs.access(stale));
+    } finally {
+      await h.teardown();
+    }
+  });
+});
