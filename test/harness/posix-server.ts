@@ -1,0 +1,37 @@
+// Starts the container host (server/) in-process on 127.0.0.1 over temp POSIX volumes.
+import { promises as fs } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Clock } from "../../shared/clock.js";
+import { DEFAULTS, type KeepConfig, type VolumeSpec } from "../../shared/config.js";
+import { silentLogger, type Logger } from "../../shared/log.js";
+import { type RunningServer, startKeepServer } from "../../server/serve.js";
+
+export interface PosixServer extends RunningServer {
+  roots: string[];
+  cleanup(): Promise<void>;
+}
+
+export async function startPosixServer(
+  overrides: Partial<KeepConfig> = {},
+  opts: { clock?: Clock; volumes?: Array<Partial<VolumeSpec>>; logger?: Logger } = {},
+): Promise<PosixServer> {
+  const specs = opts.volumes ?? [{}];
+  const roots: string[] = [];
+  const volumes: VolumeSpec[] = [];
+  for (const s of specs) {
+    const root = await fs.mkdtemp(join(tmpdir(), "keepfn-srv-"));
+    roots.push(root);
+    volumes.push({ driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"], ...s } as VolumeSpec);
+  }
+  const config: KeepConfig = { ...DEFAULTS, ...overrides, volumes };
+  const running = await startKeepServer(config, "127.0.0.1:0", { clock: opts.clock, logger: opts.logger ?? silentLogger() });
+  return {
+    ...running,
+    roots,
+    async cleanup() {
+      await running.close(1000);
+      for (const r of roots) await fs.rm(r, { recursive: true, force: true });
+    },
+  };
+}
