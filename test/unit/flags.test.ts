@@ -1,0 +1,75 @@
+import assert from "node:assert/strict";
+import { promises as fs } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { ConfigError } from "../../shared/config.js";
+import { parseDuration, parseFlags } from "../../server/flags.js";
+
+describe("keepstore flags", () => {
+  it("takes one or two dashes, -flag=value and -flag value", () => {
+    const o = parseFlags(["-listen", ":25107", "--max-buffers=10", "-volume=/a", "--volume", "/b"]);
+    assert.equal(o.listen, ":25107");
+    assert.equal(o.config.maxBuffers, 10);
+    assert.equal(o.config.maxRequests, 20, "max-requests defaults to 2 x max-buffers");
+    assert.deepEqual(o.config.volumes.map((v) => (v.driver === "posix" ? v.root : "")), ["/a", "/b"]);
+  });
+
+  it("applies -readonly and -serialize to the volumes that follow, as the seed's example does", () => {
+    const o = parseFlags(["-readonly", "-volume", "/data/disk0", "-volume", "/data/disk1", "-readonly=false", "-serialize", "-volume=/mnt/keep"]);
+    assert.deepEqual(o.config.volumes.map((v) => v.readOnly), [true, true, false]);
+    assert.deepEqual(o.config.volumes.map((v) => v.driver === "posix" && v.serialize), [false, false, true]);
+  });
+
+  it("reads key and token files, trimming one trailing newline", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-flags-"));
+    await fs.writeFile(join(dir, "key"), "secretkey\n");
+    await fs.writeFile(join(dir, "tok"), "admintoken\n");
+    const o = parseFlags(["-enforce-permissions", `-blob-signing-key-file=${join(dir, "key")}`, `-data-manager-token-file=${join(dir, "tok")}`, "-permission-ttl=3600", "-volume=/x"]);
+    assert.equal(o.config.blobSigningKey, "secretkey");
+    assert.equal(o.config.systemRootToken, "admintoken");
+    assert.equal(o.config.blobSigningTtlSeconds, 3600);
+    assert.equal(o.config.enforcePermissions, true);
+    await fs.rm(dir, { recursive: true });
+  });
+
+  it("builds Azure volumes per account, mixed with local ones (the seed's example)", () => {
+    const o = parseFlags([
+      "-readonly", "-volume", "/data/disk0", "-readonly=false",
+      "-azure-storage-account-key-file", "./first.key", "-azure-storage-account-name", "firstaccount",
+      "-azure-storage-container-volume", "containerA", "-azure-storage-container-volume", "containerB",
+      "-azure-storage-account-key-file", "./second.key", "-azure-storage-account-name", "secondaccount",
+      "-azure-storage-container-volume", "containerX",
+    ]);
+    const az = o.config.volumes.filter((v) => v.driver === "azure");
+    assert.deepEqual(az.map((v) => v.driver === "azure" && `${v.accountName}/${v.container}/${v.replication}`), [
+      "firstaccount/containerA/3", "firstaccount/containerB/3", "secondaccount/containerX/3",
+    ]);
+    assert.equal(o.config.volumes[0]?.readOnly, true);
+  });
+
+  it("fails clearly on unknown flags, missing values and bad numbers", () => {
+    assert.throws(() => parseFlags(["-no-such-flag"]), /unknown flag -no-such-flag/);
+    assert.throws(() => parseFlags(["-listen"]), /needs a value/);
+    assert.throws(() => parseFlags(["-max-buffers=lots"]), /whole number/);
+    assert.throws(() => parseFlags(["-azure-storage-container-volume", "c"]), /azure-storage-account-name first/);
+    assert.throws(() => parseFlags(["-s3-bucket-volume", "b"]), /s3-region or -s3-endpoint first/);
+    assert.throws(() => parseFlags(["-enforce-permissions", "-volume=/x"]), ConfigError);
+  });
+
+  it("parses Go durations", () => {
+    assert.equal(parseDuration("x", "336h"), 336 * 3600_000);
+    assert.equal(parseDuration("x", "1h30m"), 90 * 60_000);
+    assert.equal(parseDuration("x", "500ms"), 500);
+    assert.equal(parseDuration("x", "0"), 0);
+    assert.throws(() => parseDuration("x", "10"), /duration/);
+    assert.throws(() => parseDuration("x", "1d"), /duration/);
+  });
+
+  it("defaults to one local volume on loopback", () => {
+    const o = parseFlags([]);
+    assert.equal(o.listen, "127.0.0.1:25107");
+    assert.equal(o.config.volumes.length, 1);
+    assert.equal(o.config.trashEnabled, false, "-never-delete defaults to true, as in the seed");
+  });
+});
