@@ -1,0 +1,67 @@
+// A volume decorator for service tests: records every call as "<op> <label>" and lets a
+// test inject a failure per operation. It wraps a real volume (POSIX in a temp dir).
+import type { BlockData, EmptyTrashReport, IndexEntry, Volume, WriteOptions } from "../../shared/volume/volume.js";
+
+export type Op = "read" | "write" | "touch" | "mtime" | "trash" | "untrash" | "emptyTrash" | "index";
+
+export class RecordingVolume implements Volume {
+  readonly log: string[];
+  readonly faults = new Map<Op, () => Error>();
+  /** Resolves to let a blocked operation go on (for slow-volume tests). */
+  gate?: Promise<void>;
+
+  constructor(
+    readonly inner: Volume,
+    readonly label: string,
+    log: string[] = [],
+  ) {
+    this.log = log;
+  }
+  get deviceId() {
+    return `${this.inner.deviceId}#${this.label}`;
+  }
+  get stats() {
+    return this.inner.stats;
+  }
+  private async enter(op: Op): Promise<void> {
+    this.log.push(`${op} ${this.label}`);
+    if (this.gate) await this.gate;
+    const f = this.faults.get(op);
+    if (f) throw f();
+  }
+  async read(hash: string, signal?: AbortSignal): Promise<BlockData> {
+    await this.enter("read");
+    return this.inner.read(hash, signal);
+  }
+  async write(hash: string, data: AsyncIterable<Uint8Array>, opts?: WriteOptions): Promise<void> {
+    await this.enter("write");
+    return this.inner.write(hash, data, opts);
+  }
+  async touch(hash: string) {
+    await this.enter("touch");
+    return this.inner.touch(hash);
+  }
+  async mtime(hash: string) {
+    await this.enter("mtime");
+    return this.inner.mtime(hash);
+  }
+  async trash(hash: string) {
+    await this.enter("trash");
+    return this.inner.trash(hash);
+  }
+  async untrash(hash: string) {
+    await this.enter("untrash");
+    return this.inner.untrash(hash);
+  }
+  async emptyTrash(opts?: { deadlineMs?: number }): Promise<EmptyTrashReport> {
+    await this.enter("emptyTrash");
+    return this.inner.emptyTrash(opts);
+  }
+  async *index(prefix: string, signal?: AbortSignal): AsyncIterable<IndexEntry> {
+    await this.enter("index");
+    yield* this.inner.index(prefix, signal);
+  }
+  isFull() {
+    return this.inner.isFull?.() ?? Promise.resolve(false);
+  }
+}

@@ -1,0 +1,209 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { msToNs } from "../../shared/clock.js";
+import {
+  ChecksumMismatchError, CollisionError, InsufficientStorageError, NotFoundError,
+} from "../../shared/errors.js";
+import { TrashWorker } from "../../shared/keep/trash-worker.js";
+import { silentLogger } from "../../shared/log.js";
+import { TEST_BLOCK, TEST_HASH, chunks, collect } from "../conformance/fixtures.js";
+import { TTL_MS, makeStore } from "../harness/stores.js";
+
+const FOO = Buffer.from("foo");
+const FOO_HASH = "acbd18db4cc2f85cedef654fccc4a4d8";
+
+const put = (keep: Awaited<ReturnType<typeof makeStore>>["keep"], hash: string, data: Uint8Array, classes: string[] = []) =>
+  keep.write({ hash, locator: hash, body: chunks(data), contentLength: data.length, storageClasses: classes });
+
+describe("keepstore service", () => {
+  it("confirms storage classes as the reference does (PutStorageClasses)", async () => {
+    const s = await makeStore([
+      { label: "1", classes: ["default"] },
+      { label: "2", classes: ["special", "extra"] },
+      { label: "3", classes: ["readonly"], readOnly: true },
+    ]);
+    try {
+      const ok: Array<[string[], number, Record<string, number>]> = [
+        [[], 1, { default: 1 }],
+        [["default"], 1, { default: 1 }],
+        [["default", "default"], 1, { default: 1 }],
+        [["special"], 1, { extra: 1, special: 1 }],
+        [["special", "readonly"], 1, { extra: 1, special: 1 }],
+        [["special", "nonexistent"], 1, { extra: 1, special: 1 }],
+        [["extra", "special"], 1, { extra: 1, special: 1 }],
+        [["default", "special"], 2, { default: 1, extra: 1, special: 1 }],
+      ];
+      for (const [classes, replicas, confirmed] of ok) {
+        const r = await put(s.keep, TEST_HASH, TEST_BLOCK, classes);
+        assert.equal(r.replicas, replicas, classes.join(","));
+        const got = Object.fromEntries(r.classesConfirmed.split(", ").map((kv) => kv.split("=")).map(([k, v]) => [k, Number(v)]));
+        assert.deepEqual(got, confirmed, classes.join(","));
+      }
+      for (const classes of [["doesnotexist"], ["doesnotexist", "readonly"], ["readonly"]]) {
+        await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK, classes), InsufficientStorageError, classes.join(","));
+      }
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("writes each class once and touches existing copies on the second PUT", async () => {
+    const s = await makeStore([
+      { label: "111", classes: ["c1"], priority: 3 },
+      { label: "121", classes: ["c1", "c2"], priority: 2 },
+      { label: "222", classes: ["c2"], priority: 1 },
+    ]);
+    try {
+      const writes = () => s.log.filter((l) => l.startsWith("write") || l.startsWith("touch"));
+      await put(s.keep, TEST_HASH, TEST_BLOCK, ["c1"]);
+      assert.deepEqual(writes(), ["write 111"]);
+      s.log.length = 0;
+      await put(s.keep, TEST_HASH, TEST_BLOCK, ["c1"]);
+      assert.deepEqual(writes(), ["touch 111"]);
+      s.log.length = 0;
+      await put(s.keep, FOO_HASH, FOO, ["c1", "c2", "c404"]);
+      assert.deepEqual(writes().sort(), ["write 111", "write 121"]);
+      s.log.length = 0;
+      await put(s.keep, FOO_HASH, FOO, ["c2"]);
+      assert.deepEqual(writes(), ["touch 121"]);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("answers 507 and writes nothing without a writable mount", async () => {
+    const s = await makeStore([{ label: "1", readOnly: true }, { label: "2", readOnly: true }]);
+    try {
+      await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), InsufficientStorageError);
+      assert.deepEqual(s.log.filter((l) => l.startsWith("write")), []);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("never touches read-only mounts when writing (SkipReadOnly)", async () => {
+    const s = await makeStore([{ label: "rw" }, { label: "ro", readOnly: true }]);
+    try {
+      for (let i = 0; i < 32; i++) {
+        const data = Buffer.from(`block ${i}`);
+        const { createHash } = await import("node:crypto");
+        await put(s.keep, createHash("md5").update(data).digest("hex"), data);
+      }
+      assert.deepEqual(s.log.filter((l) => l.endsWith(" ro")), []);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("reports a collision for a corrupt copy and never falls back to a good one (ChecksumMismatch)", async () => {
+    const s = await makeStore([{ label: "a", priority: 2 }, { label: "b", priority: 1 }]);
+    try {
+      await s.putRaw("a", FOO_HASH, Buffer.from("bar"));
+      await assert.rejects(put(s.keep, FOO_HASH, FOO), CollisionError);
+      await s.putRaw("b", FOO_HASH, FOO);
+      const data = await s.keep.read(FOO_HASH, 3);
+      const got: Uint8Array[] = [];
+      await assert.rejects(
+        (async () => {
+          for await (const c of data.body) got.push(c);
+        })(),
+        ChecksumMismatchError,
+      );
+      assert.ok(Buffer.concat(got).length < 3, "the corrupt block is never delivered whole");
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("reads the higher-priority mount first", async () => {
+    const s = await makeStore([{ label: "low", priority: 1 }, { label: "high", priority: 9 }]);
+    try {
+      await s.putRaw("low", TEST_HASH, TEST_BLOCK);
+      await s.putRaw("high", TEST_HASH, TEST_BLOCK);
+      s.log.length = 0;
+      assert.deepEqual(await collect((await s.keep.read(TEST_HASH, TEST_BLOCK.length)).body), TEST_BLOCK);
+      assert.deepEqual(s.log, ["read high"]);
+      await s.vols.high?.inner.trash(TEST_HASH).catch(() => {});
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("trashes old copies on every mount that allows it (BlockTrash)", async () => {
+    const specs = [{ label: "rw1" }, { label: "rw2" }, { label: "ro3", readOnly: true }, { label: "ro4", readOnly: true, allowTrashWhenReadOnly: true }];
+    const s = await makeStore(specs);
+    try {
+      const old = s.clock.now() - 2 * TTL_MS;
+      await assert.rejects(s.keep.trash(TEST_HASH), NotFoundError);
+      for (const m of specs) await s.putRaw(m.label, TEST_HASH, TEST_BLOCK, old);
+      await s.putRaw("rw2", FOO_HASH, FOO); // new: must survive
+      await s.putRaw("rw1", FOO_HASH, FOO, old);
+      await s.keep.trash(TEST_HASH);
+      await s.keep.trash(FOO_HASH);
+      const alive = async (label: string, hash: string) => s.vols[label]?.inner.mtime(hash).then(() => true, () => false);
+      assert.deepEqual(await Promise.all(specs.map((m) => alive(m.label, TEST_HASH))), [false, false, true, false]);
+      assert.equal(await alive("rw1", FOO_HASH), false);
+      assert.equal(await alive("rw2", FOO_HASH), true);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("returns a mount's trash error but still trashes the others", async () => {
+    const s = await makeStore([{ label: "a" }, { label: "b" }]);
+    try {
+      const old = s.clock.now() - 2 * TTL_MS;
+      await s.putRaw("a", TEST_HASH, TEST_BLOCK, old);
+      await s.putRaw("b", TEST_HASH, TEST_BLOCK, old);
+      s.vols.a?.faults.set("trash", () => new Error("disk on fire"));
+      await assert.rejects(s.keep.trash(TEST_HASH), /disk on fire/);
+      await assert.rejects(s.vols.b!.inner.mtime(TEST_HASH), NotFoundError);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("untrash without a writable mount is NotFound and leaves data alone", async () => {
+    const s = await makeStore([{ label: "ro", readOnly: true }]);
+    try {
+      await s.putRaw("ro", TEST_HASH, TEST_BLOCK);
+      await assert.rejects(s.keep.untrash(TEST_HASH), NotFoundError);
+      assert.deepEqual(await collect((await s.keep.read(TEST_HASH, TEST_BLOCK.length)).body), TEST_BLOCK);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("carries out trash lists only for old blocks whose mtime still matches (TrashList_Execute)", async () => {
+    const s = await makeStore([{ label: "m1" }, { label: "m2" }, { label: "ro", readOnly: true }, { label: "rot", readOnly: true, allowTrashWhenReadOnly: true }]);
+    try {
+      const worker = new TrashWorker(s.keep.mounts, { clock: s.clock, signingTtlMs: TTL_MS, enabled: true, logger: silentLogger(), concurrency: 2 });
+      const old = s.clock.now() - 2 * TTL_MS;
+      const uuid = (l: string) => s.mounts.find((m) => m.volume.deviceId.endsWith(`#${l}`))?.uuid as string;
+      const oldNs = msToNs(old);
+      const alive = async (l: string) => s.vols[l]?.inner.mtime(TEST_HASH).then(() => true, () => false);
+      // 1: too new → skipped.
+      await s.putRaw("m1", TEST_HASH, TEST_BLOCK);
+      await worker.run({ locator: TEST_HASH, hash: TEST_HASH, blockMtimeNs: await s.vols.m1!.inner.mtime(TEST_HASH), mountUuid: "" });
+      assert.equal(await alive("m1"), true);
+      // 3: named mount whose mtime differs → skipped.
+      await s.putRaw("m1", TEST_HASH, TEST_BLOCK, old);
+      await worker.run({ locator: TEST_HASH, hash: TEST_HASH, blockMtimeNs: oldNs + 1n, mountUuid: uuid("m1") });
+      assert.equal(await alive("m1"), true);
+      // 2: old and matching on the named mount → trashed there only.
+      await s.putRaw("m2", TEST_HASH, TEST_BLOCK, old);
+      await worker.run({ locator: TEST_HASH, hash: TEST_HASH, blockMtimeNs: oldNs, mountUuid: uuid("m1") });
+      assert.deepEqual([await alive("m1"), await alive("m2")], [false, true]);
+      // 4: no mount named → trashed wherever the mtime matches; 5: plain ro skipped, AllowTrashWhenReadOnly not.
+      await s.putRaw("ro", TEST_HASH, TEST_BLOCK, old);
+      await s.putRaw("rot", TEST_HASH, TEST_BLOCK, old);
+      await worker.run({ locator: TEST_HASH, hash: TEST_HASH, blockMtimeNs: oldNs, mountUuid: "" });
+      assert.deepEqual([await alive("m2"), await alive("ro"), await alive("rot")], [false, true, false]);
+      // 6: a read-only mount named explicitly → skipped.
+      await worker.run({ locator: TEST_HASH, hash: TEST_HASH, blockMtimeNs: oldNs, mountUuid: uuid("ro") });
+      assert.equal(await alive("ro"), true);
+    } finally {
+      await s.cleanup();
+    }
+  });
+});
