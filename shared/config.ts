@@ -17,10 +17,14 @@ export interface AzureVolumeSpec {
   credential:
     | { kind: "key"; key: string }
     | { kind: "keyFile"; path: string }
-    | { kind: "keyVault"; vaultUrl: string; secretName: string; clientId?: string }
+    | { kind: "keyVault"; vaultUrl: string; secretName: string; clientId?: string; /** Extra CA (test vaults only). */ caFile?: string }
     | { kind: "token"; clientId?: string };
   maxGetBytes: number;
   requestTimeoutMs?: number;
+  /** How long one storage call may keep retrying 5xx/connection errors (default 10 s). */
+  retryBudgetMs?: number;
+  /** Full container listing for blobs trashed by the reference keepstore; 0 = never (default 7 days). */
+  legacySweepIntervalMs?: number;
 }
 
 export interface S3VolumeSpec {

@@ -1,0 +1,116 @@
+// Where a storage account key comes from: a literal, a key file, or a secret store (Key
+// Vault). The volume asks current() for every new client and refresh() only after the
+// storage service answered 403, so a rotated key is picked up without a restart and an
+// outage of the secret store costs nothing while the cached key still works.
+import { readFile } from "node:fs/promises";
+
+/** The key could not be obtained, or the one obtained is refused: says which and why. */
+export class CredentialError extends Error {
+  override name = "CredentialError";
+}
+
+export interface AccountKeySource {
+  /** For error messages and logs; never contains the key. */
+  readonly description: string;
+  /** The cached key, fetched on first use. */
+  current(): Promise<string>;
+  /**
+   * Storage refused `rejected` (403): fetch again and return a different key, or throw a
+   * CredentialError explaining why there is none. Concurrent callers share one fetch.
+   */
+  refresh(rejected: string): Promise<string>;
+}
+
+export interface CachedKeyOptions {
+  description: string;
+  fetch: () => Promise<string>;
+  /** At most one re-read per this interval when storage keeps refusing (default 10 s). */
+  minRefreshIntervalMs?: number;
+  now?: () => number;
+}
+
+/** Caches what fetch() returns; re-fetches only on refresh(). */
+export class CachedKey implements AccountKeySource {
+  readonly description: string;
+  private key?: string;
+  private inflight?: Promise<string>;
+  private lastFetch = Number.NEGATIVE_INFINITY;
+  /** Reads of the backing store (for tests and metrics). */
+  fetches = 0;
+
+  constructor(private readonly opts: CachedKeyOptions) {
+    this.description = opts.description;
+  }
+
+  async current(): Promise<string> {
+    if (this.key !== undefined) return this.key;
+    try {
+      return await this.fetchOnce();
+    } catch (err) {
+      throw new CredentialError(`cannot read the storage account key from ${this.description}: ${message(err)}`, { cause: err });
+    }
+  }
+
+  async refresh(rejected: string): Promise<string> {
+    if (this.key !== undefined && this.key !== rejected) return this.key;
+    if (this.inflight) return this.checkNew(await this.inflight, rejected);
+    const now = (this.opts.now ?? Date.now)();
+    if (now - this.lastFetch < (this.opts.minRefreshIntervalMs ?? 10_000))
+      throw new CredentialError(`the storage account refused the key from ${this.description}, which was re-read moments ago`);
+    let fresh: string;
+    try {
+      fresh = await this.fetchOnce();
+    } catch (err) {
+      throw new CredentialError(
+        `the storage account refused the cached key (403) and ${this.description} could not be read again: ${message(err)}`,
+        { cause: err },
+      );
+    }
+    return this.checkNew(fresh, rejected);
+  }
+
+  private checkNew(fresh: string, rejected: string): string {
+    if (fresh === rejected)
+      throw new CredentialError(`the storage account refused the key, and ${this.description} still holds that same key`);
+    return fresh;
+  }
+
+  private fetchOnce(): Promise<string> {
+    if (!this.inflight) {
+      this.lastFetch = (this.opts.now ?? Date.now)();
+      this.fetches++;
+      this.inflight = this.opts
+        .fetch()
+        .then((k) => {
+          const key = k.trim();
+          if (!key) throw new Error("the key is empty");
+          this.key = key;
+          return key;
+        })
+        .finally(() => {
+          this.inflight = undefined;
+        });
+    }
+    return this.inflight;
+  }
+}
+
+/** A key given literally (tests, Azurite). Refresh can only fail. */
+export function staticKey(key: string, description = "the configured key"): AccountKeySource {
+  return {
+    description,
+    current: async () => key,
+    refresh: async () => {
+      throw new CredentialError(`the storage account refused ${description}`);
+    },
+  };
+}
+
+/** The seed's -azure-storage-account-key-file: one line, trailing newline ignored; re-read on 403. */
+export function keyFile(path: string): AccountKeySource {
+  return new CachedKey({ description: `key file ${path}`, fetch: () => readFile(path, "utf8") });
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message.split("\n")[0] ?? String(err) : String(err);
+}

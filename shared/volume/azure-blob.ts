@@ -1,0 +1,436 @@
+// A volume in an Azure Blob container, laid out as the reference keepstore does: the blob
+// name is the bare hash, trash is the `expires_at` metadata (deadline, Unix seconds), touch
+// rewrites metadata (which bumps Last-Modified), trash and delete are conditional on the ETag.
+//
+// Writes. A body of known size goes up as ONE streamed Put Blob whose transactional
+// Content-MD5 is the block's name, so the service itself verifies every byte it stores and
+// refuses a corrupted upload; the last chunk is held back until the source has finished
+// cleanly (its hash and length checks passed), so a body that fails midway leaves the request
+// short of Content-Length and nothing is committed. One request is also the fastest path and
+// never holds the block in memory. A body of unknown size (chunked PUT) is staged in 4 MiB
+// blocks, each with its own transactional MD5, and committed only after the source ended
+// cleanly, with the whole block's MD5 as the blob's Content-MD5. (Zero-length bodies carry no
+// MD5: the conformance suite stores empty data under any name, as the reference does.)
+//
+// mtime is the `touch` metadata (Unix seconds) when it holds an integer, else Last-Modified.
+// We write `touch` on every write/touch/untrash with the injected clock; the reference writes
+// it on touch and drops all metadata on write and trash, so both agree on live blobs.
+import { randomBytes, createHash } from "node:crypto";
+import { Readable } from "node:stream";
+import type { BlobGetPropertiesResponse, BlockBlobClient, ContainerClient } from "@azure/storage-blob";
+import { msToNs } from "../clock.js";
+import { CredentialError } from "../credentials/account-key.js";
+import {
+  BackendError, BadLocatorError, CancelledError, KeepError, NotFoundError, TooLargeError, VolumeFullError,
+  VolumeUnavailableError, cancelled, throwIfAborted,
+} from "../errors.js";
+import { BLOCK_SIZE, isHash } from "../locator.js";
+import { type AzureAuth, ContainerConnection, DEFAULT_RETRY, type RetryPolicy, codeOf, sleep, statusOf } from "./azure-client.js";
+import { EXPIRES_KEY, TRASH_TAG, TrashSweeper, tagValue } from "./azure-sweep.js";
+import { type BlockData, type EmptyTrashReport, type IndexEntry, type Volume, type VolumeParams, VolumeStats, type WriteOptions } from "./volume.js";
+
+export interface AzureBlobVolumeOptions {
+  accountName: string;
+  container: string;
+  /** Default https://<account>.blob.core.windows.net; Azurite: http://127.0.0.1:PORT/<account>. */
+  endpoint?: string;
+  auth: AzureAuth;
+  /** Below 64 MiB: read with concurrent range GETs of this size (the seed's -azure-max-get-bytes). */
+  maxGetBytes?: number;
+  /** Range GETs in flight at once (memory: this many × maxGetBytes). */
+  getConcurrency?: number;
+  retry?: Partial<RetryPolicy>;
+  /** §3.5: a zero-length blob younger than this is a write in progress, not a block. */
+  writeRaceIntervalMs?: number;
+  writeRacePollMs?: number;
+  stageBlockBytes?: number;
+  /** Full listing for reference-trashed blobs; 0 = never. Default 7 days. */
+  legacySweepIntervalMs?: number;
+  listPageSize?: number;
+  sweepConcurrency?: number;
+  /** Test seam for race tests, see TrashSweeper. */
+  beforeSweepDelete?: (name: string) => Promise<void>;
+}
+
+const EMPTY_HASH = "d41d8cd98f00b204e9800998ecf8427e";
+const TOUCH_KEY = "touch";
+const CONFLICT_RETRIES = 5;
+
+export class AzureBlobVolume implements Volume {
+  readonly deviceId: string;
+  readonly stats = new VolumeStats();
+  readonly conn: ContainerConnection;
+  private readonly sweeper: TrashSweeper;
+  private readonly maxGetBytes: number;
+  private readonly raceMs: number;
+  private readonly pollMs: number;
+
+  constructor(
+    private readonly opts: AzureBlobVolumeOptions,
+    private readonly params: VolumeParams,
+  ) {
+    const endpoint = (opts.endpoint ?? `https://${opts.accountName}.blob.core.windows.net`).replace(/\/+$/, "");
+    const host = new URL(endpoint).host;
+    const base = host.endsWith(".blob.core.windows.net") ? "core.windows.net" : host;
+    this.deviceId = `azure://${base}/${opts.accountName}/${opts.container}`;
+    this.conn = new ContainerConnection(endpoint, opts.accountName, opts.container, opts.auth, this.stats, { ...DEFAULT_RETRY, ...opts.retry });
+    const m = opts.maxGetBytes ?? 0;
+    this.maxGetBytes = m > 0 && m < BLOCK_SIZE ? m : 0;
+    this.raceMs = opts.writeRaceIntervalMs ?? 15_000;
+    this.pollMs = opts.writeRacePollMs ?? 1_000;
+    this.sweeper = new TrashSweeper(this.conn, params.clock, {
+      legacyIntervalMs: opts.legacySweepIntervalMs ?? 7 * 24 * 3600_000,
+      listPageSize: opts.listPageSize ?? 5000,
+      concurrency: opts.sweepConcurrency ?? 8,
+      beforeDelete: opts.beforeSweepDelete,
+    });
+  }
+
+  private blob(c: ContainerClient, hash: string): BlockBlobClient {
+    return c.getBlockBlobClient(hash);
+  }
+
+  private check(hash: string): void {
+    if (!isHash(hash)) throw new BadLocatorError();
+  }
+
+  private nowS(): string {
+    return String(Math.floor(this.params.clock.now() / 1000));
+  }
+
+  /** Properties of a live blob: NotFoundError when absent or trashed. Raw SDK errors otherwise. */
+  private async liveProps(hash: string, signal?: AbortSignal): Promise<BlobGetPropertiesResponse> {
+    const p = await this.conn.call("get_properties", (c) => this.blob(c, hash).getProperties({ abortSignal: signal }), signal);
+    if (p.metadata?.[EXPIRES_KEY]) throw new NotFoundError();
+    return p;
+  }
+
+  private mtimeMs(metadata: Record<string, string> | undefined, lastModified: Date | undefined): number {
+    const t = metadata?.[TOUCH_KEY];
+    if (t && /^\d{1,12}$/.test(t)) return Number(t) * 1000;
+    return lastModified?.getTime() ?? 0;
+  }
+
+  async read(hash: string, signal?: AbortSignal): Promise<BlockData> {
+    this.check(hash);
+    try {
+      let p = await this.liveProps(hash, signal);
+      if ((p.contentLength ?? 0) === 0 && hash !== EMPTY_HASH) p = await this.waitOutWriteRace(hash, p, signal);
+      const size = p.contentLength ?? 0;
+      if (size > BLOCK_SIZE) throw new TooLargeError(`stored block ${hash} is larger than 64 MiB`);
+      // Generators start on the first next(): no connection is taken until the body is read.
+      const body = this.maxGetBytes && size > this.maxGetBytes ? this.readRanges(hash, size, signal) : this.readWhole(hash, size, signal);
+      return { size, body };
+    } catch (err) {
+      throw this.translateError(err, signal);
+    }
+  }
+
+  /** §3.5: a young empty blob under a non-empty hash may be a create not yet committed. */
+  private async waitOutWriteRace(hash: string, p: BlobGetPropertiesResponse, signal?: AbortSignal) {
+    const deadline = this.mtimeMs(p.metadata, p.lastModified) + this.raceMs;
+    const realDeadline = Date.now() + this.raceMs;
+    while ((p.contentLength ?? 0) === 0 && this.params.clock.now() < deadline && Date.now() < realDeadline) {
+      await sleep(this.pollMs, signal);
+      p = await this.liveProps(hash, signal);
+    }
+    return p;
+  }
+
+  private async *readWhole(hash: string, size: number, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+    if (size === 0) return;
+    let got = 0;
+    try {
+      const res = await this.conn.call("get", (c) => this.blob(c, hash).download(0, undefined, { abortSignal: signal, maxRetryRequests: 2 }), signal);
+      if (res.metadata?.[EXPIRES_KEY]) throw new NotFoundError();
+      if (res.contentLength !== size) throw new KeepError(`block ${hash} changed size while being read`);
+      for await (const chunk of res.readableStreamBody as AsyncIterable<Buffer>) {
+        got += chunk.length;
+        this.stats.inBytes += chunk.length;
+        yield chunk;
+      }
+    } catch (err) {
+      throw this.translateError(err, signal);
+    }
+    if (got !== size) throw new KeepError(`short read: block ended at ${got} of ${size} bytes`);
+  }
+
+  /** Concurrent range GETs, yielded in order; at most getConcurrency ranges buffered. */
+  private async *readRanges(hash: string, size: number, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+    const step = this.maxGetBytes;
+    const n = Math.ceil(size / step);
+    const stop = new AbortController();
+    const sig = signal ? AbortSignal.any([signal, stop.signal]) : stop.signal;
+    const fetchRange = (i: number) => {
+      const off = i * step;
+      const count = Math.min(step, size - off);
+      return this.conn.call(
+        "get_range",
+        async (c) => {
+          const r = await this.blob(c, hash).download(off, count, { abortSignal: sig, maxRetryRequests: 2 });
+          if (r.metadata?.[EXPIRES_KEY]) throw new NotFoundError();
+          return collect(r.readableStreamBody as AsyncIterable<Buffer>, count);
+        },
+        sig,
+      );
+    };
+    const pending: Promise<Buffer>[] = [];
+    let next = 0;
+    const fill = () => {
+      while (next < n && pending.length < Math.max(1, this.opts.getConcurrency ?? 4)) {
+        const p = fetchRange(next++);
+        p.catch(() => {});
+        pending.push(p);
+      }
+    };
+    try {
+      fill();
+      for (let i = 0; i < n; i++) {
+        const buf = await (pending.shift() as Promise<Buffer>);
+        fill();
+        this.stats.inBytes += buf.length;
+        yield buf;
+      }
+    } catch (err) {
+      throw this.translateError(err, signal);
+    } finally {
+      stop.abort();
+    }
+  }
+
+  async write(hash: string, data: AsyncIterable<Uint8Array>, opts: WriteOptions = {}): Promise<void> {
+    this.check(hash);
+    if (opts.size !== undefined && opts.size > BLOCK_SIZE) throw new TooLargeError();
+    if (opts.size === undefined) return this.stagedWrite(hash, data, opts.signal);
+    const size = opts.size;
+    const abort = new AbortController();
+    const signal = opts.signal ? AbortSignal.any([opts.signal, abort.signal]) : abort.signal;
+    let sourceErr: unknown;
+    const stats = this.stats;
+    async function* guarded(): AsyncGenerator<Uint8Array> {
+      let total = 0;
+      let held: Uint8Array | undefined;
+      try {
+        for await (const chunk of data) {
+          total += chunk.length;
+          if (total > size) throw new KeepError(`block body is longer than the ${size} bytes declared`);
+          if (held) yield held;
+          held = chunk;
+          stats.outBytes += chunk.length;
+        }
+        if (total !== size) throw new KeepError(`block body ended at ${total} of ${size} bytes`);
+        throwIfAborted(opts.signal);
+      } catch (err) {
+        sourceErr = err;
+        abort.abort(err);
+        throw err;
+      }
+      if (held) yield held;
+    }
+    const stream = Readable.from(guarded(), { objectMode: false });
+    try {
+      await this.conn.call(
+        "create",
+        (c) =>
+          this.blob(c, hash).upload(() => stream, size, {
+            // Becomes the transactional Content-MD5 (see transactionalMd5 in azure-client.ts).
+            blobHTTPHeaders: size > 0 ? { blobContentMD5: Buffer.from(hash, "hex") } : undefined,
+            metadata: { [TOUCH_KEY]: this.nowS() },
+            abortSignal: signal,
+          }),
+        signal,
+        false,
+      );
+    } catch (err) {
+      stream.destroy();
+      if (sourceErr !== undefined) throw sourceErr instanceof Error ? sourceErr : new KeepError(String(sourceErr));
+      // The body cannot be replayed; swap a rotated key now so the client's retry succeeds.
+      if (statusOf(err) === 403) await this.conn.rekeyAfter403().catch(() => {});
+      throw this.translateError(err, opts.signal);
+    }
+  }
+
+  private async stagedWrite(hash: string, data: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<void> {
+    const stage = this.opts.stageBlockBytes ?? 4 << 20;
+    const prefix = randomBytes(8).toString("hex");
+    const ids: string[] = [];
+    const whole = createHash("md5");
+    let parts: Uint8Array[] = [];
+    let partBytes = 0;
+    let total = 0;
+    const flush = async () => {
+      const body = Buffer.concat(parts, partBytes);
+      parts = [];
+      partBytes = 0;
+      const id = Buffer.from(`${prefix}${String(ids.length).padStart(8, "0")}`).toString("base64");
+      const md5 = createHash("md5").update(body).digest();
+      await this.conn.call("put_block", (c) => this.blob(c, hash).stageBlock(id, body, body.length, { transactionalContentMD5: md5, abortSignal: signal }), signal);
+      ids.push(id);
+      this.stats.outBytes += body.length;
+    };
+    try {
+      for await (const chunk of data) {
+        total += chunk.length;
+        if (total > BLOCK_SIZE) throw new TooLargeError();
+        whole.update(chunk);
+        parts.push(chunk);
+        partBytes += chunk.length;
+        if (partBytes >= stage) await flush();
+      }
+      throwIfAborted(signal);
+      if (partBytes > 0) await flush();
+      const md5 = whole.digest();
+      await this.conn.call(
+        "put_block_list",
+        (c) =>
+          this.blob(c, hash).commitBlockList(ids, {
+            blobHTTPHeaders: { blobContentMD5: md5 },
+            metadata: { [TOUCH_KEY]: this.nowS() },
+            abortSignal: signal,
+          }),
+        signal,
+      );
+    } catch (err) {
+      throw this.translateError(err, signal);
+    }
+  }
+
+  async touch(hash: string): Promise<void> {
+    this.check(hash);
+    await this.conditional(hash, async (p) => {
+      const metadata = { ...p.metadata, [TOUCH_KEY]: this.nowS() };
+      await this.conn.call("set_metadata", (c) => this.blob(c, hash).setMetadata(metadata, { conditions: { ifMatch: p.etag } }));
+    });
+  }
+
+  async mtime(hash: string): Promise<bigint> {
+    this.check(hash);
+    try {
+      const p = await this.liveProps(hash);
+      return msToNs(this.mtimeMs(p.metadata, p.lastModified));
+    } catch (err) {
+      throw this.translateError(err);
+    }
+  }
+
+  async trash(hash: string): Promise<void> {
+    this.check(hash);
+    await this.conditional(hash, async (p) => {
+      const now = this.params.clock.now();
+      if (now - this.mtimeMs(p.metadata, p.lastModified) < this.params.signingTtlMs) return;
+      const ifMatch = { conditions: { ifMatch: p.etag } };
+      if (this.params.trashLifetimeMs === 0) {
+        await this.conn.call("delete", (c) => this.blob(c, hash).delete(ifMatch));
+        return;
+      }
+      const deadline = Math.floor((now + this.params.trashLifetimeMs) / 1000);
+      // The tag first: it is only a hint for the sweep, which trusts the metadata alone.
+      await this.conn.call("set_tags", (c) => this.blob(c, hash).setTags({ [TRASH_TAG]: tagValue(deadline) }));
+      await this.conn.call("set_metadata", (c) => this.blob(c, hash).setMetadata({ [EXPIRES_KEY]: String(deadline) }, ifMatch));
+    });
+  }
+
+  async untrash(hash: string): Promise<void> {
+    this.check(hash);
+    try {
+      for (let i = 0; ; i++) {
+        const p = await this.conn.call("get_properties", (c) => this.blob(c, hash).getProperties());
+        if (!p.metadata?.[EXPIRES_KEY]) throw new NotFoundError();
+        try {
+          // A fresh touch: a stale trash list naming the old mtime can no longer match it.
+          await this.conn.call("set_metadata", (c) =>
+            this.blob(c, hash).setMetadata({ [TOUCH_KEY]: this.nowS() }, { conditions: { ifMatch: p.etag } }),
+          );
+          break;
+        } catch (err) {
+          if (statusOf(err) !== 412 || i >= CONFLICT_RETRIES) throw err;
+        }
+      }
+      await this.conn.call("set_tags", (c) => this.blob(c, hash).setTags({})).catch(() => {});
+    } catch (err) {
+      throw this.translateError(err);
+    }
+  }
+
+  /** Read properties of a live blob, act with If-Match on its ETag; re-read on 412. */
+  private async conditional(hash: string, act: (p: BlobGetPropertiesResponse) => Promise<void>): Promise<void> {
+    try {
+      for (let i = 0; ; i++) {
+        const p = await this.liveProps(hash);
+        try {
+          return await act(p);
+        } catch (err) {
+          if (statusOf(err) !== 412 || i >= CONFLICT_RETRIES) throw err;
+        }
+      }
+    } catch (err) {
+      throw this.translateError(err);
+    }
+  }
+
+  async emptyTrash(opts: { deadlineMs?: number; signal?: AbortSignal } = {}): Promise<EmptyTrashReport> {
+    try {
+      return await this.sweeper.sweep(opts);
+    } catch (err) {
+      throw this.translateError(err, opts.signal);
+    }
+  }
+
+  async *index(prefix: string, signal?: AbortSignal): AsyncIterable<IndexEntry> {
+    let marker: string | undefined;
+    const now = this.params.clock.now();
+    do {
+      let page;
+      try {
+        page = await this.conn.call(
+          "list",
+          async (c) => (await c.listBlobsFlat({ prefix, includeMetadata: true }).byPage({ continuationToken: marker, maxPageSize: this.opts.listPageSize ?? 5000 }).next()).value,
+          signal,
+        );
+      } catch (err) {
+        throw this.translateError(err, signal);
+      }
+      for (const b of page?.segment.blobItems ?? []) {
+        if (!isHash(b.name) || b.metadata?.[EXPIRES_KEY]) continue;
+        const size = b.properties.contentLength ?? 0;
+        const mtime = this.mtimeMs(b.metadata, b.properties.lastModified);
+        if (size === 0 && b.name !== EMPTY_HASH && mtime + this.raceMs > now) continue;
+        yield { hash: b.name, size, mtimeNs: msToNs(mtime) };
+      }
+      marker = page?.continuationToken || undefined;
+    } while (marker);
+  }
+
+  /** The one place storage errors become the core's typed errors. */
+  private translateError(err: unknown, signal?: AbortSignal): Error {
+    if (err instanceof KeepError) return err;
+    if (signal?.aborted) return cancelled(signal);
+    const status = statusOf(err);
+    const code = codeOf(err);
+    this.stats.error(code ?? (status ? String(status) : (err as Error)?.name ?? "other"));
+    const where = `azure container ${this.opts.container}`;
+    if (err instanceof CredentialError) return new VolumeUnavailableError(`${where}: ${err.message}`, { cause: err });
+    if ((err as Error)?.name === "AbortError") return new CancelledError("request cancelled", { cause: err });
+    if (code === "ContainerNotFound") return new VolumeUnavailableError(`${where} does not exist`, { cause: err });
+    if (status === 404 || code === "BlobNotFound") return new NotFoundError("file does not exist", { cause: err });
+    if (status === 507 || /Capacity|Quota|LimitExceeded/i.test(code ?? "")) return new VolumeFullError(`${where} is full (${code})`, { cause: err });
+    if (status === 403) return new VolumeUnavailableError(`${where}: the storage service refused the credentials (${code})`, { cause: err });
+    if (code === "Md5Mismatch" || (status === 400 && /MD5/i.test((err as Error).message)))
+      return new BackendError(`${where}: the service rejected the upload: its bytes do not match the block's MD5`, 502, { cause: err });
+    if (status === undefined || status === 0 || status >= 500)
+      return new VolumeUnavailableError(`${where}: ${code ?? (err as Error)?.message ?? "unavailable"}`, { cause: err });
+    return new BackendError(`${where}: ${code ?? status}: ${(err as Error).message?.split("\n")[0]}`, status, { cause: err });
+  }
+}
+
+async function collect(src: AsyncIterable<Buffer>, count: number): Promise<Buffer> {
+  const out = Buffer.allocUnsafe(count);
+  let pos = 0;
+  for await (const chunk of src) {
+    if (pos + chunk.length > count) throw new KeepError("range longer than requested");
+    chunk.copy(out, pos);
+    pos += chunk.length;
+  }
+  if (pos !== count) throw new KeepError(`short range: ${pos} of ${count} bytes`);
+  return out;
+}
