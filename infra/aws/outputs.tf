@@ -1,0 +1,31 @@
+output "keep_service_url" {
+  description = "The Keep service URL (Lambda Function URL, response streaming)."
+  value       = aws_lambda_function_url.http.function_url
+}
+
+output "keep_service_host" {
+  description = "service_host for `arv keep_service create` (port 443, service_ssl_flag true)."
+  value       = trimsuffix(trimprefix(aws_lambda_function_url.http.function_url, "https://"), "/")
+}
+
+output "bucket" {
+  description = "The S3 bucket holding the Keep blocks."
+  value       = local.bucket_name
+}
+
+output "http_function" {
+  value = aws_lambda_function.http.function_name
+}
+
+output "sweep_function" {
+  value = aws_lambda_function.sweep.function_name
+}
+
+output "secret_parameters" {
+  description = "SSM parameter names of the signing key and tokens (rotate with aws ssm put-parameter --overwrite)."
+  value = [
+    aws_ssm_parameter.blob_signing_key.name,
+    aws_ssm_parameter.system_root_token.name,
+    aws_ssm_parameter.management_token.name,
+  ]
+}

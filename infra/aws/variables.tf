@@ -1,0 +1,154 @@
+variable "region" {
+  description = "AWS region for every resource."
+  type        = string
+}
+
+variable "name" {
+  description = "Name prefix for the functions, role, schedule, parameters and log groups."
+  type        = string
+  default     = "keepfn"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}$", var.name))
+    error_message = "Use 2-31 lowercase letters, digits or dashes, starting with a letter."
+  }
+}
+
+variable "cluster_id" {
+  description = "Arvados cluster id (five characters)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9]{5}$", var.cluster_id))
+    error_message = "The cluster id is five lowercase letters or digits."
+  }
+}
+
+variable "bucket_name" {
+  description = "Name of the S3 bucket to create for Keep blocks (globally unique). Ignored when existing_bucket_name is set."
+  type        = string
+  default     = null
+}
+
+variable "existing_bucket_name" {
+  description = "Use this existing bucket (e.g. one written by the reference keepstore) instead of creating one. Its public-access, TLS and encryption settings stay yours to manage."
+  type        = string
+  default     = ""
+}
+
+variable "s3_prefix_length" {
+  description = "Like -s3-prefix-length: blocks are stored under <hash[:N]>/<hash>; 0 = bare hash. Must match what is already in the bucket."
+  type        = number
+  default     = 0
+}
+
+variable "s3_replication" {
+  description = "Replication level reported to Keep clients (like -s3-replication)."
+  type        = number
+  default     = 2
+}
+
+variable "enforce_permissions" {
+  description = "Require valid +A signatures on GET and HEAD."
+  type        = bool
+  default     = true
+}
+
+variable "blob_signature_ttl_seconds" {
+  description = "Lifetime of blob permission signatures (Collections.BlobSigningTTL)."
+  type        = number
+  default     = 1209600
+}
+
+variable "trash_enabled" {
+  description = "Honour trash requests (false = the reference's -never-delete=true)."
+  type        = bool
+  default     = true
+}
+
+variable "trash_lifetime" {
+  description = "How long trashed blocks stay recoverable before the sweep deletes them (Go duration)."
+  type        = string
+  default     = "336h"
+}
+
+variable "sweep_schedule" {
+  description = "EventBridge Scheduler expression for the empty-trash sweep."
+  type        = string
+  default     = "rate(30 minutes)"
+}
+
+variable "lambda_zip" {
+  description = "Path of the Lambda package written by `npm run package`."
+  type        = string
+  default     = "../../artifacts/keepfn-lambda.zip"
+}
+
+variable "http_handler" {
+  description = "Handler of the HTTP (Function URL, response streaming) function inside the package."
+  type        = string
+  default     = "index.httpHandler"
+}
+
+variable "sweep_handler" {
+  description = "Handler of the scheduled empty-trash function inside the package."
+  type        = string
+  default     = "index.sweepHandler"
+}
+
+variable "lambda_runtime" {
+  description = "Lambda runtime (the bundle targets Node 20 syntax, so nodejs20.x and nodejs22.x both run it; Node 20 is end-of-life)."
+  type        = string
+  default     = "nodejs22.x"
+}
+
+variable "http_memory_mb" {
+  description = "Memory of the HTTP function (also buys CPU: 1769 MB = one vCPU)."
+  type        = number
+  default     = 2048
+}
+
+variable "http_timeout_seconds" {
+  description = "Timeout of the HTTP function. A streamed 64 MiB GET runs at 2 MB/s after its first 6 MB (about 35 s)."
+  type        = number
+  default     = 120
+}
+
+variable "sweep_timeout_seconds" {
+  description = "Timeout of the sweep function; the sweep stops at its time budget below this and resumes on the next run."
+  type        = number
+  default     = 900
+}
+
+variable "sweep_reserved_concurrency" {
+  description = "Reserved concurrency of the sweep function (1 = one sweep at a time; null = unreserved, for accounts with a low concurrency quota)."
+  type        = number
+  default     = 1
+}
+
+variable "log_retention_days" {
+  description = "CloudWatch Logs retention for both functions."
+  type        = number
+  default     = 30
+}
+
+# Secrets: no defaults. Pass them as TF_VAR_blob_signing_key etc. (see infra/README.md); they are
+# written to SSM Parameter Store as SecureString and, like every resource argument, to the
+# Terraform state, so keep the state in an encrypted backend with restricted access.
+variable "blob_signing_key" {
+  description = "Arvados BlobSigningKey (same value as the cluster config)."
+  type        = string
+  sensitive   = true
+}
+
+variable "system_root_token" {
+  description = "Arvados SystemRootToken (admin routes: index, trash, pull, untrash)."
+  type        = string
+  sensitive   = true
+}
+
+variable "management_token" {
+  description = "Arvados ManagementToken (/metrics and /_health)."
+  type        = string
+  sensitive   = true
+}

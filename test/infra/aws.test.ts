@@ -1,0 +1,288 @@
+// Offline checks of infra/aws/*.tf. @cdktf/hcl2json (WASM, no network) parses the HCL exactly as
+// Terraform's own parser does; the assertions below are keepfn's rules on the parsed structure.
+// `terraform validate` cannot run here (it needs provider downloads), so provider schemas are
+// NOT checked: an argument misspelt inside a block passes these tests and fails at plan time.
+// Every rule is also run against a mutated copy to prove it can fail.
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { parse } from "@cdktf/hcl2json";
+import { ROOT, read, sourcesUnder } from "./paths.js";
+
+type J = Record<string, any>;
+const DIR = "infra/aws";
+const tfFiles = readdirSync(join(ROOT, DIR)).filter((f) => f.endsWith(".tf")).sort();
+
+async function parseAll(files: Record<string, string>): Promise<J> {
+  const merged: J = { resource: {}, data: {}, variable: {}, output: {}, locals: [], terraform: [], provider: {} };
+  for (const [name, text] of Object.entries(files)) {
+    const j = (await parse(name, text)) as J;
+    for (const [k, v] of Object.entries(j)) {
+      if (Array.isArray(v)) merged[k] = [...(merged[k] ?? []), ...v];
+      else if (k === "resource" || k === "data")
+        for (const [type, byName] of Object.entries(v as J)) merged[k][type] = { ...(merged[k][type] ?? {}), ...(byName as J) };
+      else merged[k] = { ...(merged[k] ?? {}), ...(v as J) };
+    }
+  }
+  return merged;
+}
+
+const one = (x: unknown): J => (Array.isArray(x) ? (x[0] as J) : (x as J)) ?? {};
+const resources = (j: J, type: string): [string, J][] => Object.entries(j.resource?.[type] ?? {}).map(([n, v]) => [n, one(v)]);
+const res = (j: J, type: string, name: string): J | undefined => (j.resource?.[type]?.[name] ? one(j.resource[type][name]) : undefined);
+const policyDocs = (j: J): [string, J][] => Object.entries(j.data?.aws_iam_policy_document ?? {}).map(([n, v]) => [n, one(v)]);
+const statements = (doc: J): J[] => (doc.statement ?? []) as J[];
+const locals = (j: J): J => Object.assign({}, ...(j.locals as J[]));
+const allStrings = (v: unknown): string[] =>
+  typeof v === "string" ? [v] : Array.isArray(v) ? v.flatMap(allStrings) : v && typeof v === "object" ? Object.values(v).flatMap(allStrings) : [];
+
+export async function checkAws(files: Record<string, string>): Promise<string[]> {
+  const p: string[] = [];
+  let j: J;
+  try {
+    j = await parseAll(files);
+  } catch (err) {
+    return [`parse: ${(err as Error).message}`];
+  }
+
+  // --- references resolve (what `terraform validate` would say first, minus provider schemas).
+  const declared = {
+    var: new Set(Object.keys(j.variable ?? {})),
+    local: new Set(Object.keys(locals(j))),
+    data: new Set(Object.entries(j.data ?? {}).flatMap(([t, byName]) => Object.keys(byName as J).map((n) => `${t}.${n}`))),
+    resource: new Set(Object.entries(j.resource ?? {}).flatMap(([t, byName]) => Object.keys(byName as J).map((n) => `${t}.${n}`))),
+  };
+  for (const s of allStrings({ resource: j.resource, data: j.data, output: j.output, locals: j.locals, provider: j.provider })) {
+    for (const m of s.matchAll(/\$\{([\s\S]*)\}/g)) {
+      const e = (m[1] as string).replace(/"(?:[^"\\]|\\.)*"/g, '""');
+      for (const r of e.matchAll(/(?<![\w.])var\.(\w+)/g)) if (!declared.var.has(r[1] as string)) p.push(`unknown variable var.${r[1]}`);
+      for (const r of e.matchAll(/(?<![\w.])local\.(\w+)/g)) if (!declared.local.has(r[1] as string)) p.push(`unknown local.${r[1]}`);
+      for (const r of e.matchAll(/(?<![\w.])data\.(\w+)\.(\w+)/g)) if (!declared.data.has(`${r[1]}.${r[2]}`)) p.push(`unknown data.${r[1]}.${r[2]}`);
+      for (const r of e.matchAll(/(?<![\w.])(aws_\w+)\.(\w+)/g)) if (!declared.resource.has(`${r[1]}.${r[2]}`)) p.push(`unknown resource ${r[1]}.${r[2]}`);
+    }
+  }
+
+  // --- IAM: no wildcard actions in any Allow; S3 access only to this bucket; no managed broad policies.
+  for (const [name, doc] of policyDocs(j)) {
+    for (const st of statements(doc)) {
+      if ((st.effect ?? "Allow") !== "Allow") continue;
+      for (const a of [...(st.actions ?? []), ...(st.not_actions ?? [])] as string[])
+        if (a.includes("*")) p.push(`policy ${name}: wildcard action ${a} in an Allow statement`);
+      if (st.not_actions || st.not_resources) p.push(`policy ${name}: NotAction/NotResource widen access`);
+      const acts = (st.actions ?? []) as string[];
+      for (const r of (st.resources ?? []) as string[]) {
+        if (r === "*") p.push(`policy ${name}: Allow on resource "*"`);
+        if (acts.some((a) => a.startsWith("s3:")) && !/^\$\{local\.bucket_arn\}(\/\*)?$/.test(r))
+          p.push(`policy ${name}: S3 access to ${r}, not just the keepfn bucket`);
+      }
+    }
+  }
+  for (const [n, r] of resources(j, "aws_iam_role_policy_attachment")) p.push(`managed policy attachment ${n} (${r.policy_arn}): use the exact inline policy`);
+  for (const [n, r] of resources(j, "aws_iam_role_policy"))
+    if (!/^\$\{data\.aws_iam_policy_document\.\w+\.json\}$/.test(String(r.policy))) p.push(`role policy ${n} must come from an aws_iam_policy_document`);
+  const lambdaDoc = policyDocs(j).find(([n]) => n === "lambda")?.[1];
+  const s3Actions = new Set(statements(lambdaDoc ?? {}).flatMap((st) => ((st.actions ?? []) as string[]).filter((a) => a.startsWith("s3:"))));
+  for (const a of ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"])
+    if (!s3Actions.has(a)) p.push(`execution role lacks ${a}, which the S3 volume needs`);
+
+  // --- the bucket: public access blocked, TLS-only policy, SSE.
+  const pab = res(j, "aws_s3_bucket_public_access_block", "blocks");
+  if (!pab) p.push("no aws_s3_bucket_public_access_block for the bucket");
+  else for (const k of ["block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"]) if (pab[k] !== true) p.push(`public access block: ${k} must be true`);
+  const bucketPolicy = res(j, "aws_s3_bucket_policy", "blocks");
+  const bucketDocName = /data\.aws_iam_policy_document\.(\w+)\.json/.exec(String(bucketPolicy?.policy ?? ""))?.[1];
+  const bucketDoc = policyDocs(j).find(([n]) => n === bucketDocName)?.[1];
+  const tlsDeny = statements(bucketDoc ?? {}).find(
+    (st) =>
+      st.effect === "Deny" &&
+      (st.condition ?? []).some((c: J) => c.variable === "aws:SecureTransport" && c.test === "Bool" && (c.values ?? []).includes("false")),
+  );
+  if (!tlsDeny) p.push("bucket policy must deny requests without TLS (aws:SecureTransport = false)");
+  else {
+    const rs = (tlsDeny.resources ?? []) as string[];
+    if (!rs.includes("${local.bucket_arn}") || !rs.includes("${local.bucket_arn}/*")) p.push("the TLS-only deny must cover the bucket and its objects");
+    if (!((tlsDeny.actions ?? []) as string[]).includes("s3:*")) p.push("the TLS-only deny must cover every S3 action");
+  }
+  const sse = res(j, "aws_s3_bucket_server_side_encryption_configuration", "blocks");
+  const algo = one(one(sse?.rule).apply_server_side_encryption_by_default).sse_algorithm;
+  if (algo !== "AES256") p.push(`bucket encryption must be SSE-S3 (AES256) so ETags stay MD5s; got ${algo}`);
+  const ownership = res(j, "aws_s3_bucket_ownership_controls", "blocks");
+  if (one(ownership?.rule).object_ownership !== "BucketOwnerEnforced") p.push("bucket ACLs must be disabled (BucketOwnerEnforced)");
+
+  // --- functions, URL, schedule.
+  const http = res(j, "aws_lambda_function", "http");
+  const sweep = res(j, "aws_lambda_function", "sweep");
+  if (!http || !sweep) p.push("expected aws_lambda_function.http and .sweep");
+  for (const [n, f] of [["http", http], ["sweep", sweep]] as const) {
+    if (!f) continue;
+    if (!String(f.filename).includes("var.lambda_zip")) p.push(`${n}: must deploy the packaged zip (var.lambda_zip)`);
+    if (!String(f.source_code_hash ?? "").includes("filebase64sha256")) p.push(`${n}: source_code_hash must follow the zip`);
+    if (JSON.stringify(f.architectures) !== '["arm64"]') p.push(`${n}: arm64 expected`);
+    const lg = one(f.logging_config).log_group;
+    if (!String(lg).includes(`aws_cloudwatch_log_group.${n}.name`)) p.push(`${n}: logs must go to its own log group`);
+    if (!String(f.role).includes("aws_iam_role.lambda.arn")) p.push(`${n}: must use the keepfn execution role`);
+    if (f.vpc_config) p.push(`${n}: Function URLs do not stream inside a VPC`);
+  }
+  for (const [n, lg] of resources(j, "aws_cloudwatch_log_group")) if (lg.retention_in_days === undefined) p.push(`log group ${n} keeps logs forever`);
+  const url = res(j, "aws_lambda_function_url", "http");
+  if (!url) p.push("no Function URL");
+  else {
+    if (url.invoke_mode !== "RESPONSE_STREAM") p.push(`Function URL invoke_mode must be RESPONSE_STREAM (got ${url.invoke_mode})`);
+    if (!String(url.function_name).includes("aws_lambda_function.http")) p.push("the Function URL must front the http function");
+    if (url.authorization_type === "NONE") {
+      const perms = resources(j, "aws_lambda_permission").map(([, r]) => r);
+      if (!perms.some((r) => r.action === "lambda:InvokeFunctionUrl" && r.function_url_auth_type === "NONE"))
+        p.push("public Function URL needs lambda:InvokeFunctionUrl for principal *");
+      if (!perms.some((r) => r.action === "lambda:InvokeFunction" && r.invoked_via_function_url === true))
+        p.push("public Function URL needs lambda:InvokeFunction with invoked_via_function_url (since Oct 2025)");
+      for (const r of perms) if (r.action === "lambda:InvokeFunction" && r.principal === "*" && r.invoked_via_function_url !== true) p.push("lambda:InvokeFunction granted to everyone, not only through the URL");
+    }
+  }
+  const schedules = resources(j, "aws_scheduler_schedule");
+  if (schedules.length !== 1) p.push(`expected one EventBridge Scheduler schedule, found ${schedules.length}`);
+  for (const [n, s] of schedules) {
+    const target = one(s.target);
+    if (target.arn !== "${aws_lambda_function.sweep.arn}") p.push(`schedule ${n}: target must be the sweep function (got ${target.arn})`);
+    if (!String(s.schedule_expression).includes("var.sweep_schedule")) p.push(`schedule ${n}: expression must be var.sweep_schedule`);
+    const roleName = /aws_iam_role\.(\w+)\.arn/.exec(String(target.role_arn))?.[1];
+    const rolePolicies = resources(j, "aws_iam_role_policy").filter(([, r]) => String(r.role).includes(`aws_iam_role.${roleName}.`));
+    const docs = rolePolicies.map(([, r]) => /aws_iam_policy_document\.(\w+)\.json/.exec(String(r.policy))?.[1]);
+    const sts = docs.flatMap((d) => statements(policyDocs(j).find(([x]) => x === d)?.[1] ?? {}));
+    if (!sts.length || sts.some((st) => JSON.stringify(st.actions) !== '["lambda:InvokeFunction"]' || JSON.stringify(st.resources) !== '["${aws_lambda_function.sweep.arn}"]'))
+      p.push(`schedule ${n}: its role may only invoke the sweep function`);
+  }
+  const env = one(one(http?.environment).variables);
+  const envRef = typeof env === "string" ? /local\.(\w+)/.exec(env)?.[1] : undefined;
+  const envVars: J = envRef ? (locals(j)[envRef] as J) : env;
+  if (!envVars || !Object.keys(envVars).length) p.push("http function has no environment");
+  for (const [k, v] of Object.entries(envVars ?? {}))
+    if (/var\.(blob_signing_key|system_root_token|management_token)\b/.test(String(v))) p.push(`environment ${k} carries a secret value (pass the SSM name instead)`);
+  if (!Object.values(envVars ?? {}).some((v) => String(v).includes("var.trash_lifetime"))) p.push("trash lifetime is not passed to the functions");
+
+  // --- secrets: SSM SecureString, sensitive variables without defaults, no secret-looking defaults.
+  for (const [n, r] of resources(j, "aws_ssm_parameter")) if (r.type !== "SecureString") p.push(`SSM parameter ${n} must be a SecureString`);
+  for (const [n, raw] of Object.entries(j.variable ?? {})) {
+    const v = one(raw);
+    const secretish = /(key|token|secret|password)$/i.test(n) && !/_(param|name|arn)$/.test(n);
+    if (secretish && v.sensitive !== true) p.push(`variable ${n} must be sensitive`);
+    if ((secretish || v.sensitive === true) && v.default !== undefined) p.push(`variable ${n} is a secret and must not have a default`);
+    if (typeof v.default === "string" && /^[A-Za-z0-9+/=_-]{32,}$/.test(v.default)) p.push(`variable ${n} has a default that looks like a credential`);
+  }
+  for (const [n, o] of Object.entries(j.output ?? {})) {
+    const out = one(o);
+    if (/var\.(blob_signing_key|system_root_token|management_token)|\.value\b/.test(String(out.value))) p.push(`output ${n} exposes a secret`);
+  }
+  const req = one(one(j.terraform).required_providers);
+  if (!req.aws) p.push("terraform.required_providers.aws must pin the provider");
+  return p;
+}
+
+const files = Object.fromEntries(tfFiles.map((f) => [f, read(`${DIR}/${f}`)]));
+
+function mutate(name: string, from: string | RegExp, to: string): Record<string, string> {
+  const src = files[name] as string;
+  const out = src.replace(from, to);
+  assert.notEqual(out, src, `mutation did not apply to ${name}: ${from}`);
+  return { ...files, [name]: out };
+}
+
+describe("infra/aws (Terraform, parsed with @cdktf/hcl2json; no provider schemas here)", () => {
+  it("has the expected files", () => {
+    for (const f of ["main.tf", "variables.tf", "outputs.tf", "versions.tf"]) assert.ok(tfFiles.includes(f), `${DIR}/${f} missing`);
+  });
+
+  it("every .tf parses and satisfies every rule", async () => {
+    assert.deepEqual(await checkAws(files), []);
+  });
+
+  it("a syntax error is reported by the parser", async () => {
+    const problems = await checkAws(mutate("main.tf", 'invoke_mode        = "RESPONSE_STREAM"', "invoke_mode = = RESPONSE_STREAM"));
+    assert.ok(problems.some((x) => x.startsWith("parse:")), problems.join("\n"));
+  });
+
+  const cases: [string, string, string | RegExp, string, RegExp][] = [
+    ["a wildcard S3 action", "main.tf", '"s3:DeleteObject",', '"s3:DeleteObject",\n      "s3:*",', /wildcard action s3:\*/],
+    ["a prefix wildcard", "main.tf", '"s3:GetObject",', '"s3:Get*",', /wildcard action s3:Get\*/],
+    ["S3 on every bucket", "main.tf", 'resources = ["${local.bucket_arn}/*"]', 'resources = ["arn:aws:s3:::*/*"]', /not just the keepfn bucket/],
+    ["a managed broad policy", "main.tf", 'resource "aws_iam_role_policy" "lambda" {', 'resource "aws_iam_role_policy_attachment" "s3full" {\n  role       = aws_iam_role.lambda.name\n  policy_arn = "arn:aws:iam::aws:policy/AmazonS3FullAccess"\n}\n\nresource "aws_iam_role_policy" "lambda" {', /managed policy attachment/],
+    ["public ACLs allowed", "main.tf", "block_public_acls       = true", "block_public_acls       = false", /block_public_acls/],
+    ["no TLS-only policy", "main.tf", 'values   = ["false"]\n    }\n  }\n}', 'values   = ["true"]\n    }\n  }\n}', /deny requests without TLS/],
+    ["SSE-KMS (ETag no longer MD5)", "main.tf", 'sse_algorithm = "AES256"', 'sse_algorithm = "aws:kms"', /AES256/],
+    ["buffered Function URL", "main.tf", 'invoke_mode        = "RESPONSE_STREAM"', 'invoke_mode        = "BUFFERED"', /RESPONSE_STREAM/],
+    ["schedule wired to the http function", "main.tf", "arn      = aws_lambda_function.sweep.arn", "arn      = aws_lambda_function.http.arn", /target must be the sweep/],
+    ["scheduler role too broad", "main.tf", "resources = [aws_lambda_function.sweep.arn]", 'resources = ["*"]', /only invoke the sweep|resource "\*"/],
+    ["a default secret", "variables.tf", 'variable "management_token" {\n  description', 'variable "management_token" {\n  default     = "abc"\n  description', /management_token is a secret/],
+    ["a non-sensitive token", "variables.tf", /variable "system_root_token" \{([\s\S]*?)sensitive   = true\n/, 'variable "system_root_token" {$1\n', /system_root_token must be sensitive/],
+    ["a secret in the environment", "main.tf", "KEEPFN_TRASH_LIFETIME               = var.trash_lifetime", "KEEPFN_TRASH_LIFETIME               = var.trash_lifetime\n    KEEPFN_TOKEN                        = var.system_root_token", /carries a secret/],
+    ["a plain String parameter", "main.tf", 'type        = "SecureString"', 'type        = "String"', /SecureString/],
+    ["log retention missing", "main.tf", /  retention_in_days = var.log_retention_days\n/, "", /keeps logs forever/],
+    ["a misspelt variable", "main.tf", "timeout          = var.http_timeout_seconds", "timeout          = var.http_timeout_second", /unknown variable var.http_timeout_second/],
+    ["a dangling resource reference", "main.tf", "role             = aws_iam_role.lambda.arn", "role             = aws_iam_role.lambdas.arn", /unknown resource aws_iam_role.lambdas/],
+    ["URL without the InvokeFunction statement", "main.tf", "invoked_via_function_url = true", "invoked_via_function_url = false", /invoked_via_function_url/],
+  ];
+  for (const [name, file, from, to, expected] of cases) {
+    it(`fails when: ${name}`, async () => {
+      const problems = await checkAws(mutate(file, from, to));
+      assert.ok(problems.some((x) => expected.test(x)), `expected ${expected}, got:\n${problems.join("\n")}`);
+    });
+  }
+
+  it("terraform.tfvars.example sets only declared variables and no secrets", async () => {
+    const j = (await parse("terraform.tfvars", read(`${DIR}/terraform.tfvars.example`))) as J;
+    const vars = (await parseAll(files)).variable as J;
+    for (const k of Object.keys(j)) {
+      assert.ok(k in vars, `${k} is not a variable`);
+      assert.ok(!one(vars[k]).sensitive, `${k} is a secret: pass it as TF_VAR_${k}`);
+    }
+  });
+
+  it("handler names exist in the Lambda sources (when lambda/ exists)", async (t) => {
+    const src = sourcesUnder("lambda");
+    if (!src) {
+      t.skip("lambda/ has no sources yet (issue 4)");
+      return;
+    }
+    const vars = (await parseAll(files)).variable as J;
+    for (const v of ["http_handler", "sweep_handler"]) {
+      const handler = String(one(vars[v]).default);
+      const exported = handler.split(".").pop() as string;
+      assert.match(src, new RegExp(`export\\s+(const|async function|function|let)\\s+${exported}\\b|export\\s*\\{[^}]*\\b${exported}\\b`), `${v} = ${handler}: lambda/ exports no ${exported}`);
+    }
+  });
+
+  it("the environment matches what lambda/settings.ts reads (when lambda/ exists)", async (t) => {
+    const src = sourcesUnder("lambda");
+    if (!src) {
+      t.skip("lambda/ has no sources yet (issue 4)");
+      return;
+    }
+    const j = await parseAll(files);
+    const env = Object.keys(locals(j).lambda_env as J).filter((k) => k.startsWith("KEEPFN_"));
+    const readNames = new Set([...src.matchAll(/["'`](KEEPFN_[A-Z0-9_]+)["'`]/g)].map((m) => m[1] as string));
+    const unknown = env.filter((k) => !readNames.has(k));
+    assert.deepEqual(unknown, [], `environment variables the Lambda code never reads: ${unknown.join(", ")}`);
+  });
+
+  it("terraform fmt -check (only where a terraform binary exists; CI may not have one)", (t) => {
+    const which = spawnSync("sh", ["-c", "command -v terraform"], { encoding: "utf8" });
+    if (which.status !== 0) {
+      t.skip("terraform is not on PATH: formatting not checked (HCL syntax is still checked by hcl2json above)");
+      return;
+    }
+    const cfg = mkdtempSync(join(tmpdir(), "tfcfg-"));
+    writeFileSync(join(cfg, "empty.tfrc"), "");
+    try {
+      const r = spawnSync("terraform", ["fmt", "-check", "-diff", "-recursive", join(ROOT, DIR)], {
+        encoding: "utf8",
+        env: { ...process.env, CHECKPOINT_DISABLE: "1", TF_CLI_CONFIG_FILE: join(cfg, "empty.tfrc") },
+        timeout: 20_000,
+      });
+      assert.equal(r.status, 0, `terraform fmt -check failed:\n${r.stdout}${r.stderr}`);
+    } finally {
+      rmSync(cfg, { recursive: true, force: true });
+    }
+  });
+});
