@@ -21,7 +21,7 @@ import type { BlobGetPropertiesResponse, BlockBlobClient, ContainerClient } from
 import { msToNs } from "../clock.js";
 import { CredentialError } from "../credentials/account-key.js";
 import {
-  BackendError, BadLocatorError, CancelledError, KeepError, NotFoundError, TooLargeError, VolumeFullError,
+  BackendError, BadLocatorError, KeepError, NotFoundError, TooLargeError, VolumeFullError,
   VolumeUnavailableError, cancelled, throwIfAborted,
 } from "../errors.js";
 import { BLOCK_SIZE, isHash } from "../locator.js";
@@ -115,7 +115,7 @@ export class AzureBlobVolume implements Volume {
     this.check(hash);
     try {
       let p = await this.liveProps(hash, signal);
-      if ((p.contentLength ?? 0) === 0 && hash !== EMPTY_HASH) p = await this.waitOutWriteRace(hash, p, signal);
+      if (this.mayBeRacing(hash, p.contentLength, p.metadata)) p = await this.waitOutWriteRace(hash, p, signal);
       const size = p.contentLength ?? 0;
       if (size > BLOCK_SIZE) throw new TooLargeError(`stored block ${hash} is larger than 64 MiB`);
       // Generators start on the first next(): no connection is taken until the body is read.
@@ -124,6 +124,14 @@ export class AzureBlobVolume implements Volume {
     } catch (err) {
       throw this.translateError(err, signal);
     }
+  }
+
+  /**
+   * §3.5: the reference's create is not atomic, so an empty blob without metadata may be a
+   * write in progress. Ours are atomic and always carry `touch`: never a race.
+   */
+  private mayBeRacing(hash: string, size: number | undefined, metadata: Record<string, string> | undefined): boolean {
+    return (size ?? 0) === 0 && hash !== EMPTY_HASH && !metadata?.[TOUCH_KEY];
   }
 
   /** §3.5: a young empty blob under a non-empty hash may be a create not yet committed. */
@@ -326,7 +334,9 @@ export class AzureBlobVolume implements Volume {
       const deadline = Math.floor((now + this.params.trashLifetimeMs) / 1000);
       // The tag first: it is only a hint for the sweep, which trusts the metadata alone.
       await this.conn.call("set_tags", (c) => this.blob(c, hash).setTags({ [TRASH_TAG]: tagValue(deadline) }));
-      await this.conn.call("set_metadata", (c) => this.blob(c, hash).setMetadata({ [EXPIRES_KEY]: String(deadline) }, ifMatch));
+      // Like the reference, trash replaces the metadata; `touch` keeps the mtime for untrash.
+      const touch = String(Math.floor(this.mtimeMs(p.metadata, p.lastModified) / 1000));
+      await this.conn.call("set_metadata", (c) => this.blob(c, hash).setMetadata({ [EXPIRES_KEY]: String(deadline), [TOUCH_KEY]: touch }, ifMatch));
     });
   }
 
@@ -337,9 +347,10 @@ export class AzureBlobVolume implements Volume {
         const p = await this.conn.call("get_properties", (c) => this.blob(c, hash).getProperties());
         if (!p.metadata?.[EXPIRES_KEY]) throw new NotFoundError();
         try {
-          // A fresh touch: a stale trash list naming the old mtime can no longer match it.
+          // The mtime from before the trash comes back with it (as a POSIX rename keeps it).
+          const touch = String(Math.floor(this.mtimeMs(p.metadata, p.lastModified) / 1000));
           await this.conn.call("set_metadata", (c) =>
-            this.blob(c, hash).setMetadata({ [TOUCH_KEY]: this.nowS() }, { conditions: { ifMatch: p.etag } }),
+            this.blob(c, hash).setMetadata({ [TOUCH_KEY]: touch }, { conditions: { ifMatch: p.etag } }),
           );
           break;
         } catch (err) {
@@ -394,7 +405,7 @@ export class AzureBlobVolume implements Volume {
         if (!isHash(b.name) || b.metadata?.[EXPIRES_KEY]) continue;
         const size = b.properties.contentLength ?? 0;
         const mtime = this.mtimeMs(b.metadata, b.properties.lastModified);
-        if (size === 0 && b.name !== EMPTY_HASH && mtime + this.raceMs > now) continue;
+        if (this.mayBeRacing(b.name, size, b.metadata) && mtime + this.raceMs > now) continue;
         yield { hash: b.name, size, mtimeNs: msToNs(mtime) };
       }
       marker = page?.continuationToken || undefined;
@@ -410,7 +421,6 @@ export class AzureBlobVolume implements Volume {
     this.stats.error(code ?? (status ? String(status) : (err as Error)?.name ?? "other"));
     const where = `azure container ${this.opts.container}`;
     if (err instanceof CredentialError) return new VolumeUnavailableError(`${where}: ${err.message}`, { cause: err });
-    if ((err as Error)?.name === "AbortError") return new CancelledError("request cancelled", { cause: err });
     if (code === "ContainerNotFound") return new VolumeUnavailableError(`${where} does not exist`, { cause: err });
     if (status === 404 || code === "BlobNotFound") return new NotFoundError("file does not exist", { cause: err });
     if (status === 507 || /Capacity|Quota|LimitExceeded/i.test(code ?? "")) return new VolumeFullError(`${where} is full (${code})`, { cause: err });

@@ -41,7 +41,7 @@ export class Azurite {
   }
 
   get running(): boolean {
-    return !!this.child && this.child.exitCode === null;
+    return !!this.child && this.child.exitCode === null && this.child.signalCode === null;
   }
 
   serviceClient(): BlobServiceClient {
@@ -69,19 +69,23 @@ export class Azurite {
     });
     const deadline = Date.now() + 15_000;
     while (!(await canConnect(this.port))) {
-      if (child.exitCode !== null) throw new Error(`azurite exited with ${child.exitCode}: ${stderr}`);
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`azurite exited with ${child.exitCode}: ${stderr}`);
       if (Date.now() > deadline) throw new Error(`azurite did not start on port ${this.port}: ${stderr}`);
       await new Promise((r) => setTimeout(r, 50));
     }
   }
 
-  /** Kill the process (the data dir stays, so restart() brings the same blobs back). */
+  /** Stop the process (the data dir stays, so restart() brings the same blobs back). */
   async stop(): Promise<void> {
     const child = this.child;
-    if (!child || child.exitCode !== null) return;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise((r) => child.once("exit", r));
-    child.kill("SIGKILL");
+    // SIGTERM: Azurite flushes its metadata DB on the way out (a SIGKILL loses recent
+    // containers); open connections are cut either way.
+    child.kill("SIGTERM");
+    const force = setTimeout(() => child.kill("SIGKILL"), 5000);
     await exited;
+    clearTimeout(force);
   }
 
   async restart(): Promise<void> {

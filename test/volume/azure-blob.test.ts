@@ -1,0 +1,352 @@
+// The Azure Blob volume against Azurite (a real blob service on loopback): the generic
+// conformance suite, plain and with ranged reads, then Azure-specific behaviour.
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { after, before, describe, it } from "node:test";
+import type { ContainerClient } from "@azure/storage-blob";
+import { FakeClock } from "../../shared/clock.js";
+import { staticKey } from "../../shared/credentials/account-key.js";
+import { CancelledError, NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
+import { AzureBlobVolume, type AzureBlobVolumeOptions } from "../../shared/volume/azure-blob.js";
+import { STATE_BLOB, TRASH_TAG } from "../../shared/volume/azure-sweep.js";
+import { TEST_BLOCK, TEST_HASH, chunks, collect, md5hex } from "../conformance/fixtures.js";
+import { type HarnessParams, type VolumeHarness, describeVolumeContract } from "../conformance/volume-contract.js";
+import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
+
+let azurite: Azurite;
+before(async () => {
+  azurite = await Azurite.start();
+});
+after(async () => {
+  await azurite?.close();
+});
+
+const HOUR = 3600_000;
+const TTL = 5 * 60_000;
+
+export async function azureHarness(
+  p: HarnessParams,
+  extra: Partial<AzureBlobVolumeOptions> = {},
+): Promise<VolumeHarness & { volume: AzureBlobVolume; container: ContainerClient }> {
+  const name = `t${randomBytes(8).toString("hex")}`;
+  await azurite.createContainer(name);
+  const container = azurite.serviceClient().getContainerClient(name);
+  const volume = new AzureBlobVolume(
+    {
+      accountName: AZURITE_ACCOUNT,
+      container: name,
+      endpoint: azurite.endpoint,
+      auth: { keySource: staticKey(AZURITE_KEY) },
+      writeRacePollMs: 50,
+      ...extra,
+    },
+    p,
+  );
+  return {
+    volume,
+    container,
+    async putRaw(n, data) {
+      await container.getBlockBlobClient(n).upload(data, data.length);
+    },
+    async setMtime(hash, ms) {
+      const b = container.getBlockBlobClient(hash);
+      const md = (await b.getProperties()).metadata ?? {};
+      await b.setMetadata({ ...md, touch: String(Math.floor(ms / 1000)) });
+    },
+    teardown: () => container.delete().then(() => {}),
+  };
+}
+
+const caps = { mtimeResolutionMs: 1000 };
+describeVolumeContract("azure blob (Azurite)", (p) => azureHarness(p), caps);
+describeVolumeContract("azure blob (Azurite), maxGetBytes = 8 MiB - 1", (p) => azureHarness(p, { maxGetBytes: 8 * 1024 * 1024 - 1 }), caps);
+
+const params = (lifetime = HOUR) => ({ clock: new FakeClock(Math.floor(Date.now() / 1000) * 1000), signingTtlMs: TTL, trashLifetimeMs: lifetime });
+
+async function withH(
+  extra: Partial<AzureBlobVolumeOptions>,
+  fn: (h: Awaited<ReturnType<typeof azureHarness>>, p: ReturnType<typeof params>) => Promise<void>,
+  lifetime = HOUR,
+) {
+  const p = params(lifetime);
+  const h = await azureHarness(p, extra);
+  try {
+    await fn(h, p);
+  } finally {
+    await h.teardown().catch(() => {});
+  }
+}
+
+function pattern(n: number): Buffer {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 7 + (i >> 11)) & 0xff;
+  return b;
+}
+
+describe("azure blob volume", () => {
+  it("reads across range fenceposts with maxGetBytes = 8 MiB", () =>
+    withH({ maxGetBytes: 8 << 20, getConcurrency: 3 }, async (h) => {
+      const M = 8 << 20;
+      for (const size of [M - 1, M, M + 1, 2 * M, 3 * M + 5]) {
+        const data = pattern(size);
+        const hash = md5hex(data);
+        await h.volume.write(hash, chunks(data, 1 << 20), { size });
+        const d = await h.volume.read(hash);
+        assert.equal(d.size, size);
+        assert.equal(md5hex(await collect(d.body)), hash, `size ${size}`);
+      }
+      assert.equal(h.volume.stats.ops.get("get_range"), 2 + 2 + 4, "range GETs for the sizes above 8 MiB");
+    }));
+
+  it("stores the block MD5 as the blob's Content-MD5 and the service rejects a body that does not match", () =>
+    withH({}, async (h) => {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      const props = await h.container.getBlockBlobClient(TEST_HASH).getProperties();
+      assert.equal(Buffer.from(props.contentMD5 as Uint8Array).toString("hex"), TEST_HASH);
+      // Same length, different bytes, under TEST_HASH: refused by Azurite's MD5 check.
+      const wrong = Buffer.from(TEST_BLOCK);
+      wrong[0] = (wrong[0] as number) ^ 1;
+      const other = "0123456789abcdef0123456789abcdef";
+      await assert.rejects(h.volume.write(other, chunks(wrong), { size: wrong.length }));
+      await assert.rejects(h.volume.read(other), NotFoundError);
+    }));
+
+  it("a write of unknown size is staged and committed only when the body ends cleanly", () =>
+    withH({ stageBlockBytes: 1 << 20 }, async (h) => {
+      const data = pattern(3 * (1 << 20) + 17);
+      const hash = md5hex(data);
+      await h.volume.write(hash, chunks(data, 100_000));
+      assert.equal(md5hex(await collect((await h.volume.read(hash)).body)), hash);
+      async function* failing() {
+        yield data.subarray(0, 2 << 20);
+        yield data.subarray(2 << 20, 3 << 20);
+        throw new Error("client went away");
+      }
+      const hash2 = "11111111111111111111111111111111";
+      await assert.rejects(h.volume.write(hash2, failing()));
+      await assert.rejects(h.volume.read(hash2), NotFoundError);
+    }));
+
+  it("a body that fails midway commits nothing, even when its size was declared", () =>
+    withH({}, async (h) => {
+      const data = pattern(5 << 20);
+      async function* failing() {
+        yield data.subarray(0, 4 << 20);
+        throw new Error("client went away");
+      }
+      await assert.rejects(h.volume.write(md5hex(data), failing(), { size: data.length }), /client went away/);
+      await assert.rejects(h.volume.read(md5hex(data)), NotFoundError);
+      const ac = new AbortController();
+      async function* stalls() {
+        yield data.subarray(0, 1 << 20);
+        ac.abort(new CancelledError());
+        await new Promise((r) => setTimeout(r, 50));
+        yield data.subarray(1 << 20);
+      }
+      await assert.rejects(h.volume.write(md5hex(data), stalls(), { size: data.length, signal: ac.signal }));
+      await assert.rejects(h.volume.read(md5hex(data)), NotFoundError);
+    }));
+
+  it("waits out the create-blob race: a young empty blob becomes the block", () =>
+    withH({ writeRaceIntervalMs: 5000 }, async (h) => {
+      await h.putRaw(TEST_HASH, Buffer.alloc(0));
+      const reading = h.volume.read(TEST_HASH);
+      await new Promise((r) => setTimeout(r, 150));
+      await h.putRaw(TEST_HASH, TEST_BLOCK);
+      const d = await reading;
+      assert.deepEqual(await collect(d.body), TEST_BLOCK);
+    }));
+
+  it("hides a young empty blob from index; once old it reads empty and is listed", () =>
+    withH({ writeRaceIntervalMs: 2000 }, async (h, p) => {
+      await h.putRaw(TEST_HASH, Buffer.alloc(0));
+      const list = async () => {
+        const out: string[] = [];
+        for await (const e of h.volume.index("")) out.push(`${e.hash}+${e.size}`);
+        return out;
+      };
+      assert.deepEqual(await list(), []);
+      p.clock.advance(3000);
+      const d = await h.volume.read(TEST_HASH);
+      assert.equal(d.size, 0);
+      assert.deepEqual(await list(), [`${TEST_HASH}+0`]);
+    }));
+
+  it("reads, indexes, trashes, untrashes and sweeps blobs laid out by the reference keepstore", () =>
+    withH({}, async (h, p) => {
+      const c = h.container;
+      const nowS = Math.floor(p.clock.now() / 1000);
+      // Reference layout: bare-hash names, no metadata on live blobs, expires_at on trash.
+      const live = Buffer.from("reference live block");
+      const expired = Buffer.from("reference expired trash");
+      const pending = Buffer.from("reference pending trash");
+      await c.getBlockBlobClient(md5hex(live)).upload(live, live.length);
+      await c.getBlockBlobClient(md5hex(expired)).upload(expired, expired.length, { metadata: { expires_at: String(nowS - 10) } });
+      await c.getBlockBlobClient(md5hex(pending)).upload(pending, pending.length, { metadata: { expires_at: String(nowS + 600) } });
+      assert.deepEqual(await collect((await h.volume.read(md5hex(live))).body), live);
+      const idx: string[] = [];
+      for await (const e of h.volume.index("")) idx.push(e.hash);
+      assert.deepEqual(idx, [md5hex(live)]);
+      await assert.rejects(h.volume.read(md5hex(pending)), NotFoundError);
+      const r = await h.volume.emptyTrash();
+      assert.equal(r.deleted, 1, "the expired reference trash was deleted by the first (full) pass");
+      assert.equal(r.complete, true);
+      await assert.rejects(c.getBlockBlobClient(md5hex(expired)).getProperties());
+      // The pending one was tagged so later sweeps find it without listing.
+      const tags = (await c.getBlockBlobClient(md5hex(pending)).getTags()).tags;
+      assert.equal(tags[TRASH_TAG], String(nowS + 600).padStart(12, "0"));
+      await h.volume.untrash(md5hex(pending));
+      assert.deepEqual(await collect((await h.volume.read(md5hex(pending))).body), pending);
+      // A block older than the TTL (reference: Last-Modified only) can be trashed by us.
+      p.clock.advance(2 * TTL);
+      await h.volume.trash(md5hex(live));
+      const md = (await c.getBlockBlobClient(md5hex(live)).getProperties()).metadata;
+      assert.match(md?.expires_at ?? "", /^\d+$/);
+    }));
+
+  it("trash and delete are conditional on the ETag: a touch in between wins", () =>
+    withH({}, async (h, p) => {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      await h.setMtime(TEST_HASH, p.clock.now() - 2 * TTL);
+      const b = h.container.getBlockBlobClient(TEST_HASH);
+      const stale = (await b.getProperties()).etag as string;
+      await h.volume.touch(TEST_HASH);
+      await assert.rejects(b.delete({ conditions: { ifMatch: stale } }), (e: { statusCode?: number }) => e.statusCode === 412);
+      await h.volume.trash(TEST_HASH); // re-reads, sees the fresh touch, leaves it alone
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+    }));
+
+  it("two racing sweeps never delete a block untrashed or rewritten in between", () =>
+    withH({}, async (h, p) => {
+      const blocks = [Buffer.from("untrashed during sweep"), Buffer.from("rewritten during sweep")];
+      for (const d of blocks) {
+        await h.volume.write(md5hex(d), chunks(d), { size: d.length });
+        await h.setMtime(md5hex(d), p.clock.now() - 2 * TTL);
+        await h.volume.trash(md5hex(d));
+      }
+      p.clock.advance(HOUR + 1000);
+      const other = new AzureBlobVolume(
+        {
+          accountName: AZURITE_ACCOUNT,
+          container: h.container.containerName,
+          endpoint: azurite.endpoint,
+          auth: { keySource: staticKey(AZURITE_KEY) },
+          legacySweepIntervalMs: 0,
+          // Between this sweep's read of the ETag and its delete: change the block, then let a
+          // second sweep (another instance) run to completion.
+          beforeSweepDelete: async (name) => {
+            if (name === md5hex(blocks[0] as Buffer)) await h.volume.untrash(name);
+            else await h.volume.write(name, chunks(blocks[1] as Buffer), { size: (blocks[1] as Buffer).length });
+            const inner = await h.volume.emptyTrash();
+            assert.equal(inner.deleted, 0);
+          },
+        },
+        p,
+      );
+      const a = await other.emptyTrash();
+      assert.equal(a.examined, 2);
+      assert.equal(a.deleted, 0);
+      for (const d of blocks) assert.deepEqual(await collect((await h.volume.read(md5hex(d))).body), d);
+    }));
+
+  it("a sweep stopped by its time budget resumes on the next run, tag pass and full pass", () =>
+    withH({ listPageSize: 5, sweepConcurrency: 2 }, async (h, p) => {
+      const nowS = Math.floor(p.clock.now() / 1000);
+      const ours: string[] = [];
+      for (let i = 0; i < 12; i++) {
+        const d = Buffer.from(`ours ${i}`);
+        await h.volume.write(md5hex(d), chunks(d), { size: d.length });
+        await h.setMtime(md5hex(d), p.clock.now() - 2 * TTL);
+        await h.volume.trash(md5hex(d));
+        ours.push(md5hex(d));
+      }
+      for (let i = 0; i < 12; i++) {
+        const d = Buffer.from(`reference ${i}`);
+        await h.container.getBlockBlobClient(md5hex(d)).upload(d, d.length, { metadata: { expires_at: String(nowS) } });
+      }
+      p.clock.advance(HOUR + 1000);
+      const runs = [];
+      let total = 0;
+      for (let i = 0; i < 20; i++) {
+        // A fresh volume each time, as a new Functions instance would be: only the container remembers.
+        const v = new AzureBlobVolume({ ...(await azureOpts(h.container.containerName)), listPageSize: 5 }, p);
+        const r = await v.emptyTrash({ deadlineMs: Date.now() - 1 });
+        runs.push(r);
+        total += r.deleted;
+        if (r.complete) break;
+      }
+      assert.ok(runs.length > 2, `took ${runs.length} runs`);
+      assert.equal(runs.at(-1)?.complete, true);
+      assert.equal(total, 24);
+      assert.ok(runs.slice(0, -1).every((r) => !r.complete));
+      let left = 0;
+      for await (const b of h.container.listBlobsFlat()) if (b.name !== STATE_BLOB) left++;
+      assert.equal(left, 0);
+    }));
+
+  it("service calls of a sweep follow the trash, not the container (after the first full pass)", () =>
+    withH({ legacySweepIntervalMs: 7 * 24 * HOUR }, async (h, p) => {
+      for (let i = 0; i < 60; i++) {
+        const d = Buffer.from(`live ${i}`);
+        await h.volume.write(md5hex(d), chunks(d), { size: d.length });
+      }
+      await h.volume.emptyTrash(); // first run: full pass (migration), then remembered
+      const d = Buffer.from("the one trashed block");
+      await h.volume.write(md5hex(d), chunks(d), { size: d.length });
+      await h.setMtime(md5hex(d), p.clock.now() - 2 * TTL);
+      await h.volume.trash(md5hex(d));
+      p.clock.advance(HOUR + 1000);
+      const before = new Map(h.volume.stats.ops);
+      const r = await h.volume.emptyTrash();
+      const calls = [...h.volume.stats.ops].reduce((n, [k, v]) => n + v - (before.get(k) ?? 0), 0);
+      assert.equal(r.deleted, 1);
+      assert.equal((h.volume.stats.ops.get("list") ?? 0) - (before.get("list") ?? 0), 0, "no listing");
+      assert.ok(calls <= 4, `${calls} calls for one trashed block among 60`);
+    }));
+
+  it("Azurite stopped mid-request: VolumeUnavailableError within the retry budget, then recovery", async () => {
+    const p = params();
+    const h = await azureHarness(p, { retry: { budgetMs: 800 } });
+    try {
+      const data = pattern(6 << 20);
+      const hash = md5hex(data);
+      await h.volume.write(hash, chunks(data), { size: data.length });
+      const d = await h.volume.read(hash);
+      const it = d.body[Symbol.asyncIterator]();
+      await it.next();
+      await azurite.stop();
+      await assert.rejects(
+        (async () => {
+          for (let r = await it.next(); !r.done; r = await it.next());
+        })(),
+      );
+      await assert.rejects(h.volume.read(hash), VolumeUnavailableError);
+      await assert.rejects(h.volume.mtime(hash), VolumeUnavailableError);
+      await azurite.restart();
+      assert.equal(md5hex(await collect((await h.volume.read(hash)).body)), hash);
+    } finally {
+      if (!azurite.running) await azurite.restart();
+      await h.teardown().catch(() => {});
+    }
+  });
+
+  it("a body that is never read takes no connection; return() before reading is safe", () =>
+    withH({}, async (h) => {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      const before = h.volume.stats.ops.get("get") ?? 0;
+      const d = await h.volume.read(TEST_HASH);
+      await d.body[Symbol.asyncIterator]().return?.();
+      assert.equal(h.volume.stats.ops.get("get") ?? 0, before);
+    }));
+
+  it("reports the reference's device id form", () =>
+    withH({}, async (h) => {
+      assert.equal(h.volume.deviceId, `azure://127.0.0.1:${azurite.port}/${AZURITE_ACCOUNT}/${h.container.containerName}`);
+      const real = new AzureBlobVolume({ accountName: "exampleaccount", container: "c", auth: { keySource: staticKey("x") } }, params());
+      assert.equal(real.deviceId, "azure://core.windows.net/exampleaccount/c");
+    }));
+});
+
+async function azureOpts(container: string): Promise<AzureBlobVolumeOptions> {
+  return { accountName: AZURITE_ACCOUNT, container, endpoint: azurite.endpoint, auth: { keySource: staticKey(AZURITE_KEY) } };
+}
