@@ -34,7 +34,7 @@ export class CachedKey implements AccountKeySource {
   readonly description: string;
   private key?: string;
   private inflight?: Promise<string>;
-  private lastFetch = Number.NEGATIVE_INFINITY;
+  private lastRefresh = Number.NEGATIVE_INFINITY;
   /** Reads of the backing store (for tests and metrics). */
   fetches = 0;
 
@@ -55,8 +55,9 @@ export class CachedKey implements AccountKeySource {
     if (this.key !== undefined && this.key !== rejected) return this.key;
     if (this.inflight) return this.checkNew(await this.inflight, rejected);
     const now = (this.opts.now ?? Date.now)();
-    if (now - this.lastFetch < (this.opts.minRefreshIntervalMs ?? 10_000))
+    if (now - this.lastRefresh < (this.opts.minRefreshIntervalMs ?? 10_000))
       throw new CredentialError(`the storage account refused the key from ${this.description}, which was re-read moments ago`);
+    this.lastRefresh = now;
     let fresh: string;
     try {
       fresh = await this.fetchOnce();
@@ -77,7 +78,6 @@ export class CachedKey implements AccountKeySource {
 
   private fetchOnce(): Promise<string> {
     if (!this.inflight) {
-      this.lastFetch = (this.opts.now ?? Date.now)();
       this.fetches++;
       this.inflight = this.opts
         .fetch()

@@ -1,0 +1,153 @@
+// Account keys from Key Vault through the managed identity, with the real @azure/identity and
+// @azure/keyvault-secrets code talking to protocol-level stubs, and the volume to Azurite.
+import assert from "node:assert/strict";
+import { promises as fs } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { FakeClock } from "../../shared/clock.js";
+import { CachedKey, CredentialError, keyFile } from "../../shared/credentials/account-key.js";
+import { VolumeUnavailableError } from "../../shared/errors.js";
+import { AzureBlobVolume } from "../../shared/volume/azure-blob.js";
+import type { AzureAuth } from "../../shared/volume/azure-client.js";
+import { TEST_BLOCK, TEST_HASH, chunks, collect } from "../conformance/fixtures.js";
+import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
+import { IdentityStub } from "../harness/identity-stub.js";
+import { KeyVaultStub } from "../harness/keyvault-stub.js";
+
+// The managed identity environment must exist before @azure/identity is loaded.
+const identity = await IdentityStub.start();
+Object.assign(process.env, identity.env());
+const kvmod = await import("../../shared/credentials/keyvault.js");
+
+const WRONG = Buffer.alloc(64, 7).toString("base64");
+let azurite: Azurite;
+let vault: KeyVaultStub;
+before(async () => {
+  azurite = await Azurite.start({ inMemory: true });
+  await azurite.createContainer("keys");
+  vault = await KeyVaultStub.start((t) => identity.issued.has(t));
+});
+after(async () => {
+  await azurite?.close();
+  await vault?.close();
+  await identity.close();
+});
+
+let n = 0;
+function volumeWith(auth: AzureAuth) {
+  return new AzureBlobVolume(
+    { accountName: AZURITE_ACCOUNT, container: "keys", endpoint: azurite.endpoint, auth, retry: { budgetMs: 500 } },
+    { clock: new FakeClock(), signingTtlMs: 1000, trashLifetimeMs: 3600_000 },
+  );
+}
+function vaultKey() {
+  const name = `storage-key-${++n}`;
+  const source = kvmod.keyVaultAccountKey({ vaultUrl: vault.url, caFile: vault.caFile }, name) as CachedKey;
+  return { name, source };
+}
+
+describe("Key Vault account keys through the managed identity", () => {
+  it("reads the key with a managed identity token for https://vault.azure.net", async () => {
+    const { name, source } = vaultKey();
+    vault.secrets.set(name, AZURITE_KEY);
+    const v = volumeWith({ keySource: source });
+    await v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+    assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
+    assert.ok(identity.requests.some((r) => r.resource.startsWith("https://vault.azure.net")), JSON.stringify(identity.requests));
+    assert.equal(source.fetches, 1, "read once, then cached");
+  });
+
+  it("rotation: a cached key the storage refuses (403) is re-read from Key Vault, and the call succeeds", async () => {
+    const { name, source } = vaultKey();
+    vault.secrets.set(name, WRONG);
+    assert.equal(await source.current(), WRONG); // what an instance cached before the rotation
+    vault.secrets.set(name, AZURITE_KEY); // the operator rotated the key and updated the secret
+    const v = volumeWith({ keySource: source });
+    // The first call meets the 403, re-reads the secret and succeeds without surfacing it.
+    assert.ok((await v.mtime(TEST_HASH)) > 0n);
+    assert.equal(source.fetches, 2, "exactly one re-read");
+    await v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+    assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
+    assert.equal(source.fetches, 2);
+  });
+
+  it("a Key Vault outage costs nothing while the cached key works", async () => {
+    const { name, source } = vaultKey();
+    vault.secrets.set(name, AZURITE_KEY);
+    const v = volumeWith({ keySource: source });
+    await v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+    const before = vault.requests;
+    await vault.stop();
+    try {
+      for (let i = 0; i < 5; i++) assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
+      assert.equal(vault.requests, before);
+      assert.equal(source.fetches, 1);
+    } finally {
+      await vault.listen();
+    }
+  });
+
+  it("a clear error when the cached key is refused and Key Vault is down", async () => {
+    const { name, source } = vaultKey();
+    vault.secrets.set(name, WRONG);
+    await source.current();
+    await vault.stop();
+    try {
+      const v = volumeWith({ keySource: source });
+      await assert.rejects(v.mtime(TEST_HASH), (e: Error) => {
+        assert.ok(e instanceof VolumeUnavailableError, String(e));
+        assert.match(e.message, /refused the cached key \(403\) and Key Vault .* could not be read/);
+        return true;
+      });
+    } finally {
+      await vault.listen();
+    }
+  });
+
+  it("a clear error when Key Vault still holds the refused key, and when the secret is missing", async () => {
+    const { name, source } = vaultKey();
+    vault.secrets.set(name, WRONG);
+    await assert.rejects(volumeWith({ keySource: source }).mtime(TEST_HASH), /still holds that same key/);
+    const missing = vaultKey();
+    await assert.rejects(volumeWith({ keySource: missing.source }).mtime(TEST_HASH), (e: Error) => {
+      assert.ok(e instanceof VolumeUnavailableError);
+      assert.match(e.message, /cannot read the storage account key from Key Vault .*storage-key-\d+/);
+      return true;
+    });
+  });
+
+  it("reads other secrets (signing key, tokens) the same way", async () => {
+    vault.secrets.set("blob-signing-key", "s3cr3t");
+    assert.equal(await kvmod.readSecret({ vaultUrl: vault.url, caFile: vault.caFile }, "blob-signing-key"), "s3cr3t");
+  });
+});
+
+describe("key file", () => {
+  it("is re-read after a 403, so replacing the file rotates the key without a restart", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-keyfile-"));
+    const path = join(dir, "account.key");
+    try {
+      await fs.writeFile(path, `${WRONG}\n`);
+      const source = keyFile(path);
+      await source.current();
+      await fs.writeFile(path, `${AZURITE_KEY}\n`);
+      const v = volumeWith({ keySource: source });
+      await v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length }).catch(() => {});
+      assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("rate-limits re-reads when the storage keeps refusing", async () => {
+    let now = 0;
+    let fetches = 0;
+    const k = new CachedKey({ description: "test", fetch: async () => `k${++fetches}`, now: () => now, minRefreshIntervalMs: 1000 });
+    assert.equal(await k.current(), "k1");
+    assert.equal(await k.refresh("k1"), "k2");
+    await assert.rejects(k.refresh("k2"), CredentialError);
+    now += 1001;
+    assert.equal(await k.refresh("k2"), "k3");
+  });
+});
