@@ -16,12 +16,12 @@
 // sorted and carry a fixed timestamp, so the same sources give byte-identical zips.
 import { createHash } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { isBuiltin } from "node:module";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { deflateRawSync } from "node:zlib";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
-const OUT = join(ROOT, "artifacts");
 const NODE_TARGET = "node20"; // runs on the Node 20 and 22 runtimes (Lambda nodejs22.x, Functions node 20/22)
 
 // Bundled ESM still meets CommonJS dependencies that call require() for node builtins (and
@@ -49,11 +49,19 @@ const HOSTS = {
   },
 };
 
-export async function packageAll({ only = [], allowMissing = false, quiet = false } = {}) {
+export async function packageAll({
+  only = [],
+  allowMissing = false,
+  quiet = false,
+  root = ROOT,
+  out = join(root, "artifacts"),
+} = {}) {
   const log = quiet ? () => {} : (s) => process.stdout.write(`${s}\n`);
+  const OUT = out;
   const { build } = await import("esbuild");
   const wanted = only.length ? only : Object.keys(HOSTS);
-  for (const w of wanted) if (!HOSTS[w]) throw new Error(`unknown host "${w}" (expected ${Object.keys(HOSTS).join(", ")})`);
+  for (const w of wanted)
+    if (!HOSTS[w]) throw new Error(`unknown host "${w}" (expected ${Object.keys(HOSTS).join(", ")})`);
   mkdirSync(join(OUT, "maps"), { recursive: true });
   const manifestPath = join(OUT, "manifest.json");
   const manifest = existsSync(manifestPath) ? JSON.parse(readFileSync(manifestPath, "utf8")) : {};
@@ -61,14 +69,16 @@ export async function packageAll({ only = [], allowMissing = false, quiet = fals
 
   for (const host of wanted) {
     const spec = HOSTS[host];
-    const entry = spec.entries.find((e) => existsSync(join(ROOT, e)));
+    const entry = spec.entries.find((e) => existsSync(join(root, e)));
     if (!entry) {
       missing.push(`${host}: no entry file (looked for ${spec.entries.join(" or ")}); it is built by ${spec.issue}`);
       delete manifest[host];
       continue;
     }
-    if (host === "functions" && !existsSync(join(ROOT, "host.json"))) {
-      missing.push("functions: host.json is missing at the repository root; it is written by issue 3 (Azure Functions app)");
+    if (host === "functions" && !existsSync(join(root, "host.json"))) {
+      missing.push(
+        "functions: host.json is missing at the repository root; it is written by issue 3 (Azure Functions app)",
+      );
       delete manifest[host];
       continue;
     }
@@ -79,7 +89,7 @@ export async function packageAll({ only = [], allowMissing = false, quiet = fals
     const outfile = join(stage, outName);
     const started = performance.now();
     const result = await build({
-      entryPoints: [join(ROOT, entry)],
+      entryPoints: [join(root, entry)],
       outfile,
       bundle: true,
       platform: "node",
@@ -97,14 +107,25 @@ export async function packageAll({ only = [], allowMissing = false, quiet = fals
       mainFields: ["module", "main"],
       conditions: ["node", "import"],
     });
-    for (const w of result.warnings) log(`  warning (${host}): ${w.text}${w.location ? ` at ${w.location.file}:${w.location.line}` : ""}`);
+    for (const w of result.warnings)
+      log(`  warning (${host}): ${w.text}${w.location ? ` at ${w.location.file}:${w.location.line}` : ""}`);
     const buildMs = performance.now() - started;
 
     const inputs = Object.keys(result.metafile.inputs);
     const native = inputs.filter((p) => p.endsWith(".node"));
-    if (native.length) throw new Error(`${host}: native modules cannot ship (arm64/x64 neutral bundle required): ${native.join(", ")}`);
-    const output = result.metafile.outputs[relative(process.cwd(), outfile)] ?? Object.values(result.metafile.outputs).find((o) => o.entryPoint);
+    if (native.length)
+      throw new Error(`${host}: native modules cannot ship (arm64/x64 neutral bundle required): ${native.join(", ")}`);
+    const output =
+      result.metafile.outputs[relative(process.cwd(), outfile)] ??
+      Object.values(result.metafile.outputs).find((o) => o.entryPoint);
     const exports = output?.exports ?? [];
+    // What the bundle still loads at run time: node builtins and the declared externals only.
+    const externals = [...new Set((output?.imports ?? []).filter((im) => im.external).map((im) => im.path))].sort();
+    const stray = externals.filter((x) => !isBuiltin(x) && !spec.external.includes(x));
+    if (stray.length)
+      throw new Error(
+        `${host}: the bundle would load ${stray.join(", ")} at run time, but the artifact ships no node_modules`,
+      );
 
     // The map goes beside the artifacts, not into them.
     const mapFile = `${outfile}.map`;
@@ -114,16 +135,17 @@ export async function packageAll({ only = [], allowMissing = false, quiet = fals
     }
     // Licence notices of bundled dependencies (always present, so the Dockerfile can COPY it).
     const legal = `${outName}.LEGAL.txt`;
-    if (!existsSync(`${outfile}.LEGAL.txt`)) writeFileSync(`${outfile}.LEGAL.txt`, "No bundled dependency carried a legal comment.\n");
+    if (!existsSync(`${outfile}.LEGAL.txt`))
+      writeFileSync(`${outfile}.LEGAL.txt`, "No bundled dependency carried a legal comment.\n");
     const bundleBytes = statSync(outfile).size;
     const files = { [outName]: readFileSync(outfile) };
     files[legal] = readFileSync(join(stage, legal));
 
     let artifact;
     if (host === "functions") {
-      files["host.json"] = readFileSync(join(ROOT, "host.json"));
+      files["host.json"] = readFileSync(join(root, "host.json"));
       files["package.json"] = Buffer.from(
-        `${JSON.stringify({ name: "keepfn-functions", version: pkgVersion(), private: true, type: "module", main: outName }, null, 2)}\n`,
+        `${JSON.stringify({ name: "keepfn-functions", version: pkgVersion(root), private: true, type: "module", main: outName }, null, 2)}\n`,
       );
       artifact = join(OUT, "keepfn-functions.zip");
       writeFileSync(artifact, zip(files));
@@ -132,7 +154,7 @@ export async function packageAll({ only = [], allowMissing = false, quiet = fals
       artifact = join(OUT, "keepfn-lambda.zip");
       writeFileSync(artifact, zip(files));
     } else {
-      const dockerfile = join(ROOT, "server", "Dockerfile");
+      const dockerfile = join(root, "server", "Dockerfile");
       if (!existsSync(dockerfile)) throw new Error("server: server/Dockerfile is missing");
       artifact = join(OUT, "keepfn-server");
       rmSync(artifact, { recursive: true, force: true });
@@ -143,20 +165,22 @@ export async function packageAll({ only = [], allowMissing = false, quiet = fals
     }
     rmSync(stage, { recursive: true, force: true });
 
-    const artifactBytes = host === "server" ? Object.values(files).reduce((n, b) => n + b.length, 0) : statSync(artifact).size;
+    const artifactBytes =
+      host === "server" ? Object.values(files).reduce((n, b) => n + b.length, 0) : statSync(artifact).size;
     manifest[host] = {
       entry,
-      artifact: relative(ROOT, artifact),
+      artifact: relative(root, artifact),
       bundle: outName,
       bundleBytes,
       artifactBytes,
       sha256: host === "server" ? sha256(files[outName]) : sha256(readFileSync(artifact)),
       exports,
+      externals,
       inputs: inputs.length,
       buildMs: Math.round(buildMs),
     };
     log(
-      `${host.padEnd(9)} ${relative(ROOT, artifact).padEnd(32)} bundle ${kib(bundleBytes)}  artifact ${kib(artifactBytes)}  ` +
+      `${host.padEnd(9)} ${relative(root, artifact).padEnd(32)} bundle ${kib(bundleBytes)}  artifact ${kib(artifactBytes)}  ` +
         `(${inputs.length} modules, ${Math.round(buildMs)} ms)${exports.length ? `  exports: ${exports.join(", ")}` : ""}`,
     );
   }
@@ -172,8 +196,9 @@ export async function packageAll({ only = [], allowMissing = false, quiet = fals
   return { manifest, missing };
 }
 
-function pkgVersion() {
-  return JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version;
+function pkgVersion(root) {
+  const p = join(root, "package.json");
+  return existsSync(p) ? JSON.parse(readFileSync(p, "utf8")).version : "0.0.0";
 }
 const sha256 = (b) => createHash("sha256").update(b).digest("hex");
 const kib = (n) => `${(n / 1024).toFixed(1)} KiB`.padStart(10);
@@ -234,7 +259,7 @@ export function zip(files) {
     central.writeUInt32LE(body.length, 20);
     central.writeUInt32LE(data.length, 24);
     central.writeUInt16LE(nameBuf.length, 28);
-    central.writeUInt32LE(((0o100644 << 16) >>> 0), 38); // regular file, rw-r--r--
+    central.writeUInt32LE((0o100644 << 16) >>> 0, 38); // regular file, rw-r--r--
     central.writeUInt32LE(offset, 42);
     centrals.push(central, nameBuf);
     offset += 30 + nameBuf.length + body.length;

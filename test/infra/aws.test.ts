@@ -14,7 +14,9 @@ import { ROOT, read, sourcesUnder } from "./paths.js";
 
 type J = Record<string, any>;
 const DIR = "infra/aws";
-const tfFiles = readdirSync(join(ROOT, DIR)).filter((f) => f.endsWith(".tf")).sort();
+const tfFiles = readdirSync(join(ROOT, DIR))
+  .filter((f) => f.endsWith(".tf"))
+  .sort();
 
 async function parseAll(files: Record<string, string>): Promise<J> {
   const merged: J = { resource: {}, data: {}, variable: {}, output: {}, locals: [], terraform: [], provider: {} };
@@ -23,7 +25,8 @@ async function parseAll(files: Record<string, string>): Promise<J> {
     for (const [k, v] of Object.entries(j)) {
       if (Array.isArray(v)) merged[k] = [...(merged[k] ?? []), ...v];
       else if (k === "resource" || k === "data")
-        for (const [type, byName] of Object.entries(v as J)) merged[k][type] = { ...(merged[k][type] ?? {}), ...(byName as J) };
+        for (const [type, byName] of Object.entries(v as J))
+          merged[k][type] = { ...(merged[k][type] ?? {}), ...(byName as J) };
       else merged[k] = { ...(merged[k] ?? {}), ...(v as J) };
     }
   }
@@ -31,13 +34,22 @@ async function parseAll(files: Record<string, string>): Promise<J> {
 }
 
 const one = (x: unknown): J => (Array.isArray(x) ? (x[0] as J) : (x as J)) ?? {};
-const resources = (j: J, type: string): [string, J][] => Object.entries(j.resource?.[type] ?? {}).map(([n, v]) => [n, one(v)]);
-const res = (j: J, type: string, name: string): J | undefined => (j.resource?.[type]?.[name] ? one(j.resource[type][name]) : undefined);
-const policyDocs = (j: J): [string, J][] => Object.entries(j.data?.aws_iam_policy_document ?? {}).map(([n, v]) => [n, one(v)]);
+const resources = (j: J, type: string): [string, J][] =>
+  Object.entries(j.resource?.[type] ?? {}).map(([n, v]) => [n, one(v)]);
+const res = (j: J, type: string, name: string): J | undefined =>
+  j.resource?.[type]?.[name] ? one(j.resource[type][name]) : undefined;
+const policyDocs = (j: J): [string, J][] =>
+  Object.entries(j.data?.aws_iam_policy_document ?? {}).map(([n, v]) => [n, one(v)]);
 const statements = (doc: J): J[] => (doc.statement ?? []) as J[];
 const locals = (j: J): J => Object.assign({}, ...(j.locals as J[]));
 const allStrings = (v: unknown): string[] =>
-  typeof v === "string" ? [v] : Array.isArray(v) ? v.flatMap(allStrings) : v && typeof v === "object" ? Object.values(v).flatMap(allStrings) : [];
+  typeof v === "string"
+    ? [v]
+    : Array.isArray(v)
+      ? v.flatMap(allStrings)
+      : v && typeof v === "object"
+        ? Object.values(v).flatMap(allStrings)
+        : [];
 
 export async function checkAws(files: Record<string, string>): Promise<string[]> {
   const p: string[] = [];
@@ -52,16 +64,30 @@ export async function checkAws(files: Record<string, string>): Promise<string[]>
   const declared = {
     var: new Set(Object.keys(j.variable ?? {})),
     local: new Set(Object.keys(locals(j))),
-    data: new Set(Object.entries(j.data ?? {}).flatMap(([t, byName]) => Object.keys(byName as J).map((n) => `${t}.${n}`))),
-    resource: new Set(Object.entries(j.resource ?? {}).flatMap(([t, byName]) => Object.keys(byName as J).map((n) => `${t}.${n}`))),
+    data: new Set(
+      Object.entries(j.data ?? {}).flatMap(([t, byName]) => Object.keys(byName as J).map((n) => `${t}.${n}`)),
+    ),
+    resource: new Set(
+      Object.entries(j.resource ?? {}).flatMap(([t, byName]) => Object.keys(byName as J).map((n) => `${t}.${n}`)),
+    ),
   };
-  for (const s of allStrings({ resource: j.resource, data: j.data, output: j.output, locals: j.locals, provider: j.provider })) {
+  for (const s of allStrings({
+    resource: j.resource,
+    data: j.data,
+    output: j.output,
+    locals: j.locals,
+    provider: j.provider,
+  })) {
     for (const m of s.matchAll(/\$\{([\s\S]*)\}/g)) {
       const e = (m[1] as string).replace(/"(?:[^"\\]|\\.)*"/g, '""');
-      for (const r of e.matchAll(/(?<![\w.])var\.(\w+)/g)) if (!declared.var.has(r[1] as string)) p.push(`unknown variable var.${r[1]}`);
-      for (const r of e.matchAll(/(?<![\w.])local\.(\w+)/g)) if (!declared.local.has(r[1] as string)) p.push(`unknown local.${r[1]}`);
-      for (const r of e.matchAll(/(?<![\w.])data\.(\w+)\.(\w+)/g)) if (!declared.data.has(`${r[1]}.${r[2]}`)) p.push(`unknown data.${r[1]}.${r[2]}`);
-      for (const r of e.matchAll(/(?<![\w.])(aws_\w+)\.(\w+)/g)) if (!declared.resource.has(`${r[1]}.${r[2]}`)) p.push(`unknown resource ${r[1]}.${r[2]}`);
+      for (const r of e.matchAll(/(?<![\w.])var\.(\w+)/g))
+        if (!declared.var.has(r[1] as string)) p.push(`unknown variable var.${r[1]}`);
+      for (const r of e.matchAll(/(?<![\w.])local\.(\w+)/g))
+        if (!declared.local.has(r[1] as string)) p.push(`unknown local.${r[1]}`);
+      for (const r of e.matchAll(/(?<![\w.])data\.(\w+)\.(\w+)/g))
+        if (!declared.data.has(`${r[1]}.${r[2]}`)) p.push(`unknown data.${r[1]}.${r[2]}`);
+      for (const r of e.matchAll(/(?<![\w.])(aws_\w+)\.(\w+)/g))
+        if (!declared.resource.has(`${r[1]}.${r[2]}`)) p.push(`unknown resource ${r[1]}.${r[2]}`);
     }
   }
 
@@ -80,78 +106,108 @@ export async function checkAws(files: Record<string, string>): Promise<string[]>
       }
     }
   }
-  for (const [n, r] of resources(j, "aws_iam_role_policy_attachment")) p.push(`managed policy attachment ${n} (${r.policy_arn}): use the exact inline policy`);
+  for (const [n, r] of resources(j, "aws_iam_role_policy_attachment"))
+    p.push(`managed policy attachment ${n} (${r.policy_arn}): use the exact inline policy`);
   for (const [n, r] of resources(j, "aws_iam_role_policy"))
-    if (!/^\$\{data\.aws_iam_policy_document\.\w+\.json\}$/.test(String(r.policy))) p.push(`role policy ${n} must come from an aws_iam_policy_document`);
+    if (!/^\$\{data\.aws_iam_policy_document\.\w+\.json\}$/.test(String(r.policy)))
+      p.push(`role policy ${n} must come from an aws_iam_policy_document`);
   const lambdaDoc = policyDocs(j).find(([n]) => n === "lambda")?.[1];
-  const s3Actions = new Set(statements(lambdaDoc ?? {}).flatMap((st) => ((st.actions ?? []) as string[]).filter((a) => a.startsWith("s3:"))));
+  const s3Actions = new Set(
+    statements(lambdaDoc ?? {}).flatMap((st) => ((st.actions ?? []) as string[]).filter((a) => a.startsWith("s3:"))),
+  );
   for (const a of ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"])
     if (!s3Actions.has(a)) p.push(`execution role lacks ${a}, which the S3 volume needs`);
 
   // --- the bucket: public access blocked, TLS-only policy, SSE.
   const pab = res(j, "aws_s3_bucket_public_access_block", "blocks");
   if (!pab) p.push("no aws_s3_bucket_public_access_block for the bucket");
-  else for (const k of ["block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"]) if (pab[k] !== true) p.push(`public access block: ${k} must be true`);
+  else
+    for (const k of ["block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"])
+      if (pab[k] !== true) p.push(`public access block: ${k} must be true`);
   const bucketPolicy = res(j, "aws_s3_bucket_policy", "blocks");
   const bucketDocName = /data\.aws_iam_policy_document\.(\w+)\.json/.exec(String(bucketPolicy?.policy ?? ""))?.[1];
   const bucketDoc = policyDocs(j).find(([n]) => n === bucketDocName)?.[1];
   const tlsDeny = statements(bucketDoc ?? {}).find(
     (st) =>
       st.effect === "Deny" &&
-      (st.condition ?? []).some((c: J) => c.variable === "aws:SecureTransport" && c.test === "Bool" && (c.values ?? []).includes("false")),
+      (st.condition ?? []).some(
+        (c: J) => c.variable === "aws:SecureTransport" && c.test === "Bool" && (c.values ?? []).includes("false"),
+      ),
   );
   if (!tlsDeny) p.push("bucket policy must deny requests without TLS (aws:SecureTransport = false)");
   else {
     const rs = (tlsDeny.resources ?? []) as string[];
-    if (!rs.includes("${local.bucket_arn}") || !rs.includes("${local.bucket_arn}/*")) p.push("the TLS-only deny must cover the bucket and its objects");
+    if (!rs.includes("${local.bucket_arn}") || !rs.includes("${local.bucket_arn}/*"))
+      p.push("the TLS-only deny must cover the bucket and its objects");
     if (!((tlsDeny.actions ?? []) as string[]).includes("s3:*")) p.push("the TLS-only deny must cover every S3 action");
   }
   const sse = res(j, "aws_s3_bucket_server_side_encryption_configuration", "blocks");
   const algo = one(one(sse?.rule).apply_server_side_encryption_by_default).sse_algorithm;
   if (algo !== "AES256") p.push(`bucket encryption must be SSE-S3 (AES256) so ETags stay MD5s; got ${algo}`);
   const ownership = res(j, "aws_s3_bucket_ownership_controls", "blocks");
-  if (one(ownership?.rule).object_ownership !== "BucketOwnerEnforced") p.push("bucket ACLs must be disabled (BucketOwnerEnforced)");
+  if (one(ownership?.rule).object_ownership !== "BucketOwnerEnforced")
+    p.push("bucket ACLs must be disabled (BucketOwnerEnforced)");
 
   // --- functions, URL, schedule.
   const http = res(j, "aws_lambda_function", "http");
   const sweep = res(j, "aws_lambda_function", "sweep");
   if (!http || !sweep) p.push("expected aws_lambda_function.http and .sweep");
-  for (const [n, f] of [["http", http], ["sweep", sweep]] as const) {
+  for (const [n, f] of [
+    ["http", http],
+    ["sweep", sweep],
+  ] as const) {
     if (!f) continue;
     if (!String(f.filename).includes("var.lambda_zip")) p.push(`${n}: must deploy the packaged zip (var.lambda_zip)`);
-    if (!String(f.source_code_hash ?? "").includes("filebase64sha256")) p.push(`${n}: source_code_hash must follow the zip`);
+    if (!String(f.source_code_hash ?? "").includes("filebase64sha256"))
+      p.push(`${n}: source_code_hash must follow the zip`);
     if (JSON.stringify(f.architectures) !== '["arm64"]') p.push(`${n}: arm64 expected`);
     const lg = one(f.logging_config).log_group;
     if (!String(lg).includes(`aws_cloudwatch_log_group.${n}.name`)) p.push(`${n}: logs must go to its own log group`);
     if (!String(f.role).includes("aws_iam_role.lambda.arn")) p.push(`${n}: must use the keepfn execution role`);
     if (f.vpc_config) p.push(`${n}: Function URLs do not stream inside a VPC`);
   }
-  for (const [n, lg] of resources(j, "aws_cloudwatch_log_group")) if (lg.retention_in_days === undefined) p.push(`log group ${n} keeps logs forever`);
+  for (const [n, lg] of resources(j, "aws_cloudwatch_log_group"))
+    if (lg.retention_in_days === undefined) p.push(`log group ${n} keeps logs forever`);
   const url = res(j, "aws_lambda_function_url", "http");
   if (!url) p.push("no Function URL");
   else {
-    if (url.invoke_mode !== "RESPONSE_STREAM") p.push(`Function URL invoke_mode must be RESPONSE_STREAM (got ${url.invoke_mode})`);
-    if (!String(url.function_name).includes("aws_lambda_function.http")) p.push("the Function URL must front the http function");
+    if (url.invoke_mode !== "RESPONSE_STREAM")
+      p.push(`Function URL invoke_mode must be RESPONSE_STREAM (got ${url.invoke_mode})`);
+    if (!String(url.function_name).includes("aws_lambda_function.http"))
+      p.push("the Function URL must front the http function");
     if (url.authorization_type === "NONE") {
       const perms = resources(j, "aws_lambda_permission").map(([, r]) => r);
       if (!perms.some((r) => r.action === "lambda:InvokeFunctionUrl" && r.function_url_auth_type === "NONE"))
         p.push("public Function URL needs lambda:InvokeFunctionUrl for principal *");
       if (!perms.some((r) => r.action === "lambda:InvokeFunction" && r.invoked_via_function_url === true))
         p.push("public Function URL needs lambda:InvokeFunction with invoked_via_function_url (since Oct 2025)");
-      for (const r of perms) if (r.action === "lambda:InvokeFunction" && r.principal === "*" && r.invoked_via_function_url !== true) p.push("lambda:InvokeFunction granted to everyone, not only through the URL");
+      for (const r of perms)
+        if (r.action === "lambda:InvokeFunction" && r.principal === "*" && r.invoked_via_function_url !== true)
+          p.push("lambda:InvokeFunction granted to everyone, not only through the URL");
     }
   }
   const schedules = resources(j, "aws_scheduler_schedule");
   if (schedules.length !== 1) p.push(`expected one EventBridge Scheduler schedule, found ${schedules.length}`);
   for (const [n, s] of schedules) {
     const target = one(s.target);
-    if (target.arn !== "${aws_lambda_function.sweep.arn}") p.push(`schedule ${n}: target must be the sweep function (got ${target.arn})`);
-    if (!String(s.schedule_expression).includes("var.sweep_schedule")) p.push(`schedule ${n}: expression must be var.sweep_schedule`);
+    if (target.arn !== "${aws_lambda_function.sweep.arn}")
+      p.push(`schedule ${n}: target must be the sweep function (got ${target.arn})`);
+    if (!String(s.schedule_expression).includes("var.sweep_schedule"))
+      p.push(`schedule ${n}: expression must be var.sweep_schedule`);
     const roleName = /aws_iam_role\.(\w+)\.arn/.exec(String(target.role_arn))?.[1];
-    const rolePolicies = resources(j, "aws_iam_role_policy").filter(([, r]) => String(r.role).includes(`aws_iam_role.${roleName}.`));
+    const rolePolicies = resources(j, "aws_iam_role_policy").filter(([, r]) =>
+      String(r.role).includes(`aws_iam_role.${roleName}.`),
+    );
     const docs = rolePolicies.map(([, r]) => /aws_iam_policy_document\.(\w+)\.json/.exec(String(r.policy))?.[1]);
     const sts = docs.flatMap((d) => statements(policyDocs(j).find(([x]) => x === d)?.[1] ?? {}));
-    if (!sts.length || sts.some((st) => JSON.stringify(st.actions) !== '["lambda:InvokeFunction"]' || JSON.stringify(st.resources) !== '["${aws_lambda_function.sweep.arn}"]'))
+    if (
+      !sts.length ||
+      sts.some(
+        (st) =>
+          JSON.stringify(st.actions) !== '["lambda:InvokeFunction"]' ||
+          JSON.stringify(st.resources) !== '["${aws_lambda_function.sweep.arn}"]',
+      )
+    )
       p.push(`schedule ${n}: its role may only invoke the sweep function`);
   }
   const env = one(one(http?.environment).variables);
@@ -159,21 +215,27 @@ export async function checkAws(files: Record<string, string>): Promise<string[]>
   const envVars: J = envRef ? (locals(j)[envRef] as J) : env;
   if (!envVars || !Object.keys(envVars).length) p.push("http function has no environment");
   for (const [k, v] of Object.entries(envVars ?? {}))
-    if (/var\.(blob_signing_key|system_root_token|management_token)\b/.test(String(v))) p.push(`environment ${k} carries a secret value (pass the SSM name instead)`);
-  if (!Object.values(envVars ?? {}).some((v) => String(v).includes("var.trash_lifetime"))) p.push("trash lifetime is not passed to the functions");
+    if (/var\.(blob_signing_key|system_root_token|management_token)\b/.test(String(v)))
+      p.push(`environment ${k} carries a secret value (pass the SSM name instead)`);
+  if (!Object.values(envVars ?? {}).some((v) => String(v).includes("var.trash_lifetime")))
+    p.push("trash lifetime is not passed to the functions");
 
   // --- secrets: SSM SecureString, sensitive variables without defaults, no secret-looking defaults.
-  for (const [n, r] of resources(j, "aws_ssm_parameter")) if (r.type !== "SecureString") p.push(`SSM parameter ${n} must be a SecureString`);
+  for (const [n, r] of resources(j, "aws_ssm_parameter"))
+    if (r.type !== "SecureString") p.push(`SSM parameter ${n} must be a SecureString`);
   for (const [n, raw] of Object.entries(j.variable ?? {})) {
     const v = one(raw);
     const secretish = /(key|token|secret|password)$/i.test(n) && !/_(param|name|arn)$/.test(n);
     if (secretish && v.sensitive !== true) p.push(`variable ${n} must be sensitive`);
-    if ((secretish || v.sensitive === true) && v.default !== undefined) p.push(`variable ${n} is a secret and must not have a default`);
-    if (typeof v.default === "string" && /^[A-Za-z0-9+/=_-]{32,}$/.test(v.default)) p.push(`variable ${n} has a default that looks like a credential`);
+    if ((secretish || v.sensitive === true) && v.default !== undefined)
+      p.push(`variable ${n} is a secret and must not have a default`);
+    if (typeof v.default === "string" && /^[A-Za-z0-9+/=_-]{32,}$/.test(v.default))
+      p.push(`variable ${n} has a default that looks like a credential`);
   }
   for (const [n, o] of Object.entries(j.output ?? {})) {
     const out = one(o);
-    if (/var\.(blob_signing_key|system_root_token|management_token)|\.value\b/.test(String(out.value))) p.push(`output ${n} exposes a secret`);
+    if (/var\.(blob_signing_key|system_root_token|management_token)|\.value\b/.test(String(out.value)))
+      p.push(`output ${n} exposes a secret`);
   }
   const req = one(one(j.terraform).required_providers);
   if (!req.aws) p.push("terraform.required_providers.aws must pin the provider");
@@ -191,7 +253,8 @@ function mutate(name: string, from: string | RegExp, to: string): Record<string,
 
 describe("infra/aws (Terraform, parsed with @cdktf/hcl2json; no provider schemas here)", () => {
   it("has the expected files", () => {
-    for (const f of ["main.tf", "variables.tf", "outputs.tf", "versions.tf"]) assert.ok(tfFiles.includes(f), `${DIR}/${f} missing`);
+    for (const f of ["main.tf", "variables.tf", "outputs.tf", "versions.tf"])
+      assert.ok(tfFiles.includes(f), `${DIR}/${f} missing`);
   });
 
   it("every .tf parses and satisfies every rule", async () => {
@@ -199,34 +262,126 @@ describe("infra/aws (Terraform, parsed with @cdktf/hcl2json; no provider schemas
   });
 
   it("a syntax error is reported by the parser", async () => {
-    const problems = await checkAws(mutate("main.tf", 'invoke_mode        = "RESPONSE_STREAM"', "invoke_mode = = RESPONSE_STREAM"));
-    assert.ok(problems.some((x) => x.startsWith("parse:")), problems.join("\n"));
+    const problems = await checkAws(
+      mutate("main.tf", 'invoke_mode        = "RESPONSE_STREAM"', "invoke_mode = = RESPONSE_STREAM"),
+    );
+    assert.ok(
+      problems.some((x) => x.startsWith("parse:")),
+      problems.join("\n"),
+    );
   });
 
   const cases: [string, string, string | RegExp, string, RegExp][] = [
-    ["a wildcard S3 action", "main.tf", '"s3:DeleteObject",', '"s3:DeleteObject",\n      "s3:*",', /wildcard action s3:\*/],
+    [
+      "a wildcard S3 action",
+      "main.tf",
+      '"s3:DeleteObject",',
+      '"s3:DeleteObject",\n      "s3:*",',
+      /wildcard action s3:\*/,
+    ],
     ["a prefix wildcard", "main.tf", '"s3:GetObject",', '"s3:Get*",', /wildcard action s3:Get\*/],
-    ["S3 on every bucket", "main.tf", 'resources = ["${local.bucket_arn}/*"]', 'resources = ["arn:aws:s3:::*/*"]', /not just the keepfn bucket/],
-    ["a managed broad policy", "main.tf", 'resource "aws_iam_role_policy" "lambda" {', 'resource "aws_iam_role_policy_attachment" "s3full" {\n  role       = aws_iam_role.lambda.name\n  policy_arn = "arn:aws:iam::aws:policy/AmazonS3FullAccess"\n}\n\nresource "aws_iam_role_policy" "lambda" {', /managed policy attachment/],
-    ["public ACLs allowed", "main.tf", "block_public_acls       = true", "block_public_acls       = false", /block_public_acls/],
-    ["no TLS-only policy", "main.tf", 'values   = ["false"]\n    }\n  }\n}', 'values   = ["true"]\n    }\n  }\n}', /deny requests without TLS/],
+    [
+      "S3 on every bucket",
+      "main.tf",
+      'resources = ["${local.bucket_arn}/*"]',
+      'resources = ["arn:aws:s3:::*/*"]',
+      /not just the keepfn bucket/,
+    ],
+    [
+      "a managed broad policy",
+      "main.tf",
+      'resource "aws_iam_role_policy" "lambda" {',
+      'resource "aws_iam_role_policy_attachment" "s3full" {\n  role       = aws_iam_role.lambda.name\n  policy_arn = "arn:aws:iam::aws:policy/AmazonS3FullAccess"\n}\n\nresource "aws_iam_role_policy" "lambda" {',
+      /managed policy attachment/,
+    ],
+    [
+      "public ACLs allowed",
+      "main.tf",
+      "block_public_acls       = true",
+      "block_public_acls       = false",
+      /block_public_acls/,
+    ],
+    [
+      "no TLS-only policy",
+      "main.tf",
+      'values   = ["false"]\n    }\n  }\n}',
+      'values   = ["true"]\n    }\n  }\n}',
+      /deny requests without TLS/,
+    ],
     ["SSE-KMS (ETag no longer MD5)", "main.tf", 'sse_algorithm = "AES256"', 'sse_algorithm = "aws:kms"', /AES256/],
-    ["buffered Function URL", "main.tf", 'invoke_mode        = "RESPONSE_STREAM"', 'invoke_mode        = "BUFFERED"', /RESPONSE_STREAM/],
-    ["schedule wired to the http function", "main.tf", "arn      = aws_lambda_function.sweep.arn", "arn      = aws_lambda_function.http.arn", /target must be the sweep/],
-    ["scheduler role too broad", "main.tf", "resources = [aws_lambda_function.sweep.arn]", 'resources = ["*"]', /only invoke the sweep|resource "\*"/],
-    ["a default secret", "variables.tf", 'variable "management_token" {\n  description', 'variable "management_token" {\n  default     = "abc"\n  description', /management_token is a secret/],
-    ["a non-sensitive token", "variables.tf", /variable "system_root_token" \{([\s\S]*?)sensitive   = true\n/, 'variable "system_root_token" {$1\n', /system_root_token must be sensitive/],
-    ["a secret in the environment", "main.tf", "KEEPFN_TRASH_LIFETIME               = var.trash_lifetime", "KEEPFN_TRASH_LIFETIME               = var.trash_lifetime\n    KEEPFN_TOKEN                        = var.system_root_token", /carries a secret/],
+    [
+      "buffered Function URL",
+      "main.tf",
+      'invoke_mode        = "RESPONSE_STREAM"',
+      'invoke_mode        = "BUFFERED"',
+      /RESPONSE_STREAM/,
+    ],
+    [
+      "schedule wired to the http function",
+      "main.tf",
+      "arn      = aws_lambda_function.sweep.arn",
+      "arn      = aws_lambda_function.http.arn",
+      /target must be the sweep/,
+    ],
+    [
+      "scheduler role too broad",
+      "main.tf",
+      "resources = [aws_lambda_function.sweep.arn]",
+      'resources = ["*"]',
+      /only invoke the sweep|resource "\*"/,
+    ],
+    [
+      "a default secret",
+      "variables.tf",
+      'variable "management_token" {\n  description',
+      'variable "management_token" {\n  default     = "abc"\n  description',
+      /management_token is a secret/,
+    ],
+    [
+      "a non-sensitive token",
+      "variables.tf",
+      /variable "system_root_token" \{([\s\S]*?)sensitive {3}= true\n/,
+      'variable "system_root_token" {$1\n',
+      /system_root_token must be sensitive/,
+    ],
+    [
+      "a secret in the environment",
+      "main.tf",
+      "KEEPFN_TRASH_LIFETIME               = var.trash_lifetime",
+      "KEEPFN_TRASH_LIFETIME               = var.trash_lifetime\n    KEEPFN_TOKEN                        = var.system_root_token",
+      /carries a secret/,
+    ],
     ["a plain String parameter", "main.tf", 'type        = "SecureString"', 'type        = "String"', /SecureString/],
-    ["log retention missing", "main.tf", /  retention_in_days = var.log_retention_days\n/, "", /keeps logs forever/],
-    ["a misspelt variable", "main.tf", "timeout          = var.http_timeout_seconds", "timeout          = var.http_timeout_second", /unknown variable var.http_timeout_second/],
-    ["a dangling resource reference", "main.tf", "role             = aws_iam_role.lambda.arn", "role             = aws_iam_role.lambdas.arn", /unknown resource aws_iam_role.lambdas/],
-    ["URL without the InvokeFunction statement", "main.tf", "invoked_via_function_url = true", "invoked_via_function_url = false", /invoked_via_function_url/],
+    ["log retention missing", "main.tf", / {2}retention_in_days = var.log_retention_days\n/, "", /keeps logs forever/],
+    [
+      "a misspelt variable",
+      "main.tf",
+      "timeout          = var.http_timeout_seconds",
+      "timeout          = var.http_timeout_second",
+      /unknown variable var.http_timeout_second/,
+    ],
+    [
+      "a dangling resource reference",
+      "main.tf",
+      "role             = aws_iam_role.lambda.arn",
+      "role             = aws_iam_role.lambdas.arn",
+      /unknown resource aws_iam_role.lambdas/,
+    ],
+    [
+      "URL without the InvokeFunction statement",
+      "main.tf",
+      "invoked_via_function_url = true",
+      "invoked_via_function_url = false",
+      /invoked_via_function_url/,
+    ],
   ];
   for (const [name, file, from, to, expected] of cases) {
     it(`fails when: ${name}`, async () => {
       const problems = await checkAws(mutate(file, from, to));
-      assert.ok(problems.some((x) => expected.test(x)), `expected ${expected}, got:\n${problems.join("\n")}`);
+      assert.ok(
+        problems.some((x) => expected.test(x)),
+        `expected ${expected}, got:\n${problems.join("\n")}`,
+      );
     });
   }
 
@@ -239,6 +394,15 @@ describe("infra/aws (Terraform, parsed with @cdktf/hcl2json; no provider schemas
     }
   });
 
+  it("deploy.sh is valid bash, packages the lambda host and deploys it", () => {
+    const script = read("infra/aws/deploy.sh");
+    const r = spawnSync("bash", ["-n", "-c", script], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(script, /npm run --silent package -- lambda/);
+    assert.ok(script.includes("terraform -chdir"));
+    assert.match(script, /^set -euo pipefail$/m);
+  });
+
   it("handler names exist in the Lambda sources (when lambda/ exists)", async (t) => {
     const src = sourcesUnder("lambda");
     if (!src) {
@@ -249,7 +413,13 @@ describe("infra/aws (Terraform, parsed with @cdktf/hcl2json; no provider schemas
     for (const v of ["http_handler", "sweep_handler"]) {
       const handler = String(one(vars[v]).default);
       const exported = handler.split(".").pop() as string;
-      assert.match(src, new RegExp(`export\\s+(const|async function|function|let)\\s+${exported}\\b|export\\s*\\{[^}]*\\b${exported}\\b`), `${v} = ${handler}: lambda/ exports no ${exported}`);
+      assert.match(
+        src,
+        new RegExp(
+          `export\\s+(const|async function|function|let)\\s+${exported}\\b|export\\s*\\{[^}]*\\b${exported}\\b`,
+        ),
+        `${v} = ${handler}: lambda/ exports no ${exported}`,
+      );
     }
   });
 

@@ -2,17 +2,18 @@
 // these read the declarations structurally (test/infra/bicep.ts) and assert keepfn's rules. Every
 // rule is also run against a mutated copy of the template to prove it can fail.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { describe, it } from "node:test";
 import {
-  type Declaration,
-  type Value,
   bodyOf,
+  type Declaration,
   expressions,
   get,
   isExpr,
   parseBicep,
   referencedNames,
   unresolvedReferences,
+  type Value,
 } from "./bicep.js";
 import { read, sourcesUnder } from "./paths.js";
 
@@ -89,16 +90,21 @@ export function checkAzure(mainText: string, paramText: string): string[] {
   }
   for (const d of decls) {
     const allowedSink =
-      d.kind === "resource" && /^Microsoft\.(KeyVault\/vaults\/secrets|Web\/sites\/host\/functionKeys)@/i.test(d.type ?? "");
+      d.kind === "resource" &&
+      /^Microsoft\.(KeyVault\/vaults\/secrets|Web\/sites\/host\/functionKeys)@/i.test(d.type ?? "");
     const exprs = expressions(d.value);
     for (const e of exprs) {
       const { names, functions, methods } = referencedNames(e);
       for (const s of secureParams)
         if (names.includes(s) && !allowedSink) p.push(`${d.kind} ${d.name} uses secure param ${s} outside Key Vault`);
-      if ([...functions, ...methods].some((f) => /^list/.test(f)) && !(d.kind === "resource" && /KeyVault\/vaults\/secrets@/.test(d.type ?? "")))
+      if (
+        [...functions, ...methods].some((f) => /^list/.test(f)) &&
+        !(d.kind === "resource" && /KeyVault\/vaults\/secrets@/.test(d.type ?? ""))
+      )
         p.push(`${d.kind} ${d.name} calls listKeys outside a Key Vault secret`);
     }
-    if (d.kind === "output" && d.decorators.some((x) => x.name === "secure")) p.push(`output ${d.name} is secure: outputs carry no secrets`);
+    if (d.kind === "output" && d.decorators.some((x) => x.name === "secure"))
+      p.push(`output ${d.name} is secure: outputs carry no secrets`);
   }
 
   // --- Key Vault
@@ -107,7 +113,8 @@ export function checkAzure(mainText: string, paramText: string): string[] {
   const vault = vaults[0];
   if (vault) {
     const kv = bodyOf(vault);
-    if (get(kv, "properties.enableRbacAuthorization") !== true) p.push("Key Vault: enableRbacAuthorization must be true");
+    if (get(kv, "properties.enableRbacAuthorization") !== true)
+      p.push("Key Vault: enableRbacAuthorization must be true");
     if (get(kv, "properties.enableSoftDelete") === false) p.push("Key Vault: soft delete must stay on");
     if (get(kv, "properties.enablePurgeProtection") !== true) p.push("Key Vault: enablePurgeProtection must be true");
     const days = get(kv, "properties.softDeleteRetentionInDays");
@@ -115,12 +122,16 @@ export function checkAzure(mainText: string, paramText: string): string[] {
     if (get(kv, "properties.accessPolicies") !== undefined) p.push("Key Vault: access policies are not used with RBAC");
   }
   const secrets = resourcesOfType(decls, "Microsoft.KeyVault/vaults/secrets");
-  for (const s of secrets) if (rootSymbol(get(bodyOf(s), "parent")) !== vault?.name) p.push(`secret ${s.name} is not in the keepfn vault`);
+  for (const s of secrets)
+    if (rootSymbol(get(bodyOf(s), "parent")) !== vault?.name) p.push(`secret ${s.name} is not in the keepfn vault`);
 
   // --- role assignments: exactly the allowed (role, scope) pairs, to the app's or APIM's identity.
   const storageAccounts = resourcesOfType(decls, "Microsoft.Storage/storageAccounts");
-  const runtimeAccounts = storageAccounts.filter((d) => get(bodyOf(d), "properties.allowSharedKeyAccess") === false).map((d) => d.name);
-  for (const id of FORBIDDEN_ROLES) if (mainText.toLowerCase().includes(id)) p.push(`forbidden role definition ${id} appears in the template`);
+  const runtimeAccounts = storageAccounts
+    .filter((d) => get(bodyOf(d), "properties.allowSharedKeyAccess") === false)
+    .map((d) => d.name);
+  for (const id of FORBIDDEN_ROLES)
+    if (mainText.toLowerCase().includes(id)) p.push(`forbidden role definition ${id} appears in the template`);
   const apps = resourcesOfType(decls, "Microsoft.Web/sites");
   const apims = resourcesOfType(decls, "Microsoft.ApiManagement/service");
   const assignments = resourcesOfType(decls, "Microsoft.Authorization/roleAssignments");
@@ -133,8 +144,11 @@ export function checkAzure(mainText: string, paramText: string): string[] {
     const principal = str(get(b, "properties.principalId"));
     const principalSym = rootSymbol(get(b, "properties.principalId"));
     if (!/\.identity\.principalId$/.test(principal) || ![...apps, ...apims].some((d) => d.name === principalSym))
-      p.push(`role assignment ${a.name}: principal must be the Function App's or APIM's system identity (got ${principal})`);
-    if (get(b, "properties.principalType") !== "ServicePrincipal") p.push(`role assignment ${a.name}: principalType must be ServicePrincipal`);
+      p.push(
+        `role assignment ${a.name}: principal must be the Function App's or APIM's system identity (got ${principal})`,
+      );
+    if (get(b, "properties.principalType") !== "ServicePrincipal")
+      p.push(`role assignment ${a.name}: principalType must be ServicePrincipal`);
     if (!scope) {
       p.push(`role assignment ${a.name}: no resource scope (would apply to the whole resource group)`);
       continue;
@@ -144,14 +158,20 @@ export function checkAzure(mainText: string, paramText: string): string[] {
       const inVault =
         scope.name === vault?.name ||
         (scopeType === "Microsoft.KeyVault/vaults/secrets" && rootSymbol(get(bodyOf(scope), "parent")) === vault?.name);
-      if (!inVault) p.push(`role assignment ${a.name}: Key Vault Secrets User must be scoped to the keepfn vault or one of its secrets`);
+      if (!inVault)
+        p.push(
+          `role assignment ${a.name}: Key Vault Secrets User must be scoped to the keepfn vault or one of its secrets`,
+        );
       if (apps.some((d) => d.name === principalSym) && scope.name === vault?.name) appHasKvRole = true;
       if (apims.some((d) => d.name === principalSym) && scope.name === vault?.name)
         p.push(`role assignment ${a.name}: APIM may read only the function-key secret, not the whole vault`);
     } else if (role === ROLE.storageBlobDataOwner) {
       if (!runtimeAccounts.includes(scope.name))
-        p.push(`role assignment ${a.name}: Storage Blob Data Owner only on the Functions runtime account (shared keys off)`);
-      if (!apps.some((d) => d.name === principalSym)) p.push(`role assignment ${a.name}: only the Function App needs runtime storage`);
+        p.push(
+          `role assignment ${a.name}: Storage Blob Data Owner only on the Functions runtime account (shared keys off)`,
+        );
+      if (!apps.some((d) => d.name === principalSym))
+        p.push(`role assignment ${a.name}: only the Function App needs runtime storage`);
     } else p.push(`role assignment ${a.name}: role ${role ?? "(unresolved)"} is not one keepfn needs`);
   }
   if (!appHasKvRole) p.push("the Function App has no Key Vault Secrets User assignment on the vault");
@@ -159,11 +179,15 @@ export function checkAzure(mainText: string, paramText: string): string[] {
   // --- storage accounts
   for (const s of storageAccounts) {
     const b = bodyOf(s);
-    if (get(b, "properties.supportsHttpsTrafficOnly") !== true) p.push(`storage ${s.name}: supportsHttpsTrafficOnly must be true`);
-    if (get(b, "properties.minimumTlsVersion") !== "TLS1_2") p.push(`storage ${s.name}: minimumTlsVersion must be TLS1_2`);
-    if (get(b, "properties.allowBlobPublicAccess") !== false) p.push(`storage ${s.name}: allowBlobPublicAccess must be false`);
+    if (get(b, "properties.supportsHttpsTrafficOnly") !== true)
+      p.push(`storage ${s.name}: supportsHttpsTrafficOnly must be true`);
+    if (get(b, "properties.minimumTlsVersion") !== "TLS1_2")
+      p.push(`storage ${s.name}: minimumTlsVersion must be TLS1_2`);
+    if (get(b, "properties.allowBlobPublicAccess") !== false)
+      p.push(`storage ${s.name}: allowBlobPublicAccess must be false`);
   }
-  if (runtimeAccounts.length < 1) p.push("no runtime storage account with shared keys disabled (identity-only AzureWebJobsStorage)");
+  if (runtimeAccounts.length < 1)
+    p.push("no runtime storage account with shared keys disabled (identity-only AzureWebJobsStorage)");
   for (const c of resourcesOfType(decls, "Microsoft.Storage/storageAccounts/blobServices/containers"))
     if (get(bodyOf(c), "properties.publicAccess") !== "None") p.push(`container ${c.name}: publicAccess must be None`);
 
@@ -175,22 +199,32 @@ export function checkAzure(mainText: string, paramText: string): string[] {
     const tier = get(bodyOf(pl), "sku.tier");
     const name = get(bodyOf(pl), "sku.name");
     const ok = tier === "FlexConsumption" || tier === "ElasticPremium" || /^EP[123]$/.test(String(name));
-    if (!ok) p.push(`plan ${pl.name}: ${String(tier)}/${String(name)} does not stream 64 MiB bodies (use Flex Consumption or Premium)`);
+    if (!ok)
+      p.push(
+        `plan ${pl.name}: ${String(tier)}/${String(name)} does not stream 64 MiB bodies (use Flex Consumption or Premium)`,
+      );
   }
   if (app) {
     const b = bodyOf(app);
     if (get(b, "identity.type") !== "SystemAssigned") p.push("Function App: system-assigned identity required");
     if (get(b, "properties.httpsOnly") !== true) p.push("Function App: httpsOnly must be true");
-    if (get(b, "properties.siteConfig.minTlsVersion") !== "1.2") p.push("Function App: siteConfig.minTlsVersion must be '1.2'");
+    if (get(b, "properties.siteConfig.minTlsVersion") !== "1.2")
+      p.push("Function App: siteConfig.minTlsVersion must be '1.2'");
     if (get(b, "properties.siteConfig.ftpsState") !== "Disabled") p.push("Function App: FTP must be disabled");
     if (get(b, "properties.siteConfig.ipSecurityRestrictionsDefaultAction") !== "Deny")
       p.push("Function App: access restrictions must deny by default (reachable only through APIM)");
     const rules = get(b, "properties.siteConfig.ipSecurityRestrictions");
     const allows = Array.isArray(rules) ? rules.filter((r) => get(r, "action") === "Allow") : [];
-    if (!allows.length || !allows.every((r) => apims.some((a) => str(get(r, "ipAddress")).includes(`${a.name}.properties.publicIPAddresses`))))
+    if (
+      !allows.length ||
+      !allows.every((r) =>
+        apims.some((a) => str(get(r, "ipAddress")).includes(`${a.name}.properties.publicIPAddresses`)),
+      )
+    )
       p.push("Function App: the only allowed source must be API Management's address");
     const auth = get(b, "properties.functionAppConfig.deployment.storage.authentication.type");
-    if (auth !== undefined && auth !== "SystemAssignedIdentity") p.push("Function App: the deployment package must be read by identity");
+    if (auth !== undefined && auth !== "SystemAssignedIdentity")
+      p.push("Function App: the deployment package must be read by identity");
     const policies = resourcesOfType(decls, "Microsoft.Web/sites/basicPublishingCredentialsPolicies");
     for (const kind of ["ftp", "scm"])
       if (!policies.some((x) => get(bodyOf(x), "name") === kind && get(bodyOf(x), "properties.allow") === false))
@@ -198,19 +232,24 @@ export function checkAzure(mainText: string, paramText: string): string[] {
   }
 
   // --- app settings: no secret values, identity-based runtime storage, the schedule wired in.
-  const settingsRes = resourcesOfType(decls, "Microsoft.Web/sites/config").find((d) => get(bodyOf(d), "name") === "appsettings");
+  const settingsRes = resourcesOfType(decls, "Microsoft.Web/sites/config").find(
+    (d) => get(bodyOf(d), "name") === "appsettings",
+  );
   const settings = (settingsRes && (get(bodyOf(settingsRes), "properties") as Obj)) || undefined;
   if (!settings || typeof settings !== "object") p.push("no appsettings resource");
   else {
-    for (const k of FLEX_UNSUPPORTED_SETTINGS) if (k in settings) p.push(`app setting ${k} is not supported on Flex Consumption / would carry a key`);
-    if (!("AzureWebJobsStorage__accountName" in settings)) p.push("AzureWebJobsStorage__accountName missing (identity-based runtime storage)");
+    for (const k of FLEX_UNSUPPORTED_SETTINGS)
+      if (k in settings) p.push(`app setting ${k} is not supported on Flex Consumption / would carry a key`);
+    if (!("AzureWebJobsStorage__accountName" in settings))
+      p.push("AzureWebJobsStorage__accountName missing (identity-based runtime storage)");
     for (const [k, v] of Object.entries(settings)) {
       const text = str(v);
       if (/AccountKey=|SharedAccessSignature=|sig=/i.test(text)) p.push(`app setting ${k} carries a key or SAS`);
     }
     const scheduleKey = Object.entries(settings).find(([, v]) => isExpr(v) && v.expr === "trashSweepSchedule")?.[0];
     if (!scheduleKey) p.push("the trashSweepSchedule parameter is not wired into an app setting");
-    if (!Object.values(settings).some((v) => isExpr(v) && v.expr === "trashLifetime")) p.push("the trashLifetime parameter is not wired into an app setting");
+    if (!Object.values(settings).some((v) => isExpr(v) && v.expr === "trashLifetime"))
+      p.push("the trashLifetime parameter is not wired into an app setting");
     if (!Object.values(settings).some((v) => isExpr(v) && /keyVault\.properties\.vaultUri/.test(v.expr)))
       p.push("the Key Vault URL is not passed to the app");
   }
@@ -229,9 +268,13 @@ export function checkAzure(mainText: string, paramText: string): string[] {
     const allowed = skuParam?.decorators.find((x) => x.name === "allowed")?.args ?? "";
     const offered = skuParam ? [...allowed.matchAll(/'([^']+)'/g)].map((m) => m[1] as string) : [String(skuName)];
     if (!offered.length || offered.some((s) => !CLASSIC_APIM.includes(s)))
-      p.push(`APIM tier must be Classic (${CLASSIC_APIM.join("/")}); allowed: ${offered.join(", ") || "(unrestricted)"}`);
-    if (skuParam && typeof skuParam.value === "string" && !CLASSIC_APIM.includes(skuParam.value)) p.push("APIM default tier is not Classic");
-    if (get(bodyOf(apim), "identity.type") !== "SystemAssigned") p.push("APIM needs a system identity to read the function key");
+      p.push(
+        `APIM tier must be Classic (${CLASSIC_APIM.join("/")}); allowed: ${offered.join(", ") || "(unrestricted)"}`,
+      );
+    if (skuParam && typeof skuParam.value === "string" && !CLASSIC_APIM.includes(skuParam.value))
+      p.push("APIM default tier is not Classic");
+    if (get(bodyOf(apim), "identity.type") !== "SystemAssigned")
+      p.push("APIM needs a system identity to read the function key");
     const cp = get(bodyOf(apim), "properties.customProperties") as Obj | undefined;
     for (const proto of ["Tls10", "Tls11"])
       if (cp?.[`Microsoft.WindowsAzure.ApiManagement.Gateway.Security.Protocols.${proto}`] !== "False")
@@ -243,12 +286,16 @@ export function checkAzure(mainText: string, paramText: string): string[] {
     const b = bodyOf(a);
     const protocols = get(b, "properties.protocols");
     if (!Array.isArray(protocols) || protocols.some((x) => x !== "https")) p.push(`API ${a.name}: https only`);
-    if (get(b, "properties.subscriptionRequired") !== false) p.push(`API ${a.name}: Keep clients send no APIM subscription key`);
+    if (get(b, "properties.subscriptionRequired") !== false)
+      p.push(`API ${a.name}: Keep clients send no APIM subscription key`);
   }
   const ops = resourcesOfType(decls, "Microsoft.ApiManagement/service/apis/operations");
   const methodsVar = ops.map((o) => o.value).find((v) => v && typeof v === "object" && "for" in v);
-  const methodsText = methodsVar ? JSON.stringify(decls.find((d) => d.name === /in\s+(\w+)/.exec((methodsVar as { for: string }).for)?.[1])?.value) : JSON.stringify(ops.map((o) => get(bodyOf(o), "properties.method")));
-  for (const m of ["GET", "HEAD", "PUT", "DELETE"]) if (!methodsText.includes(`"${m}"`)) p.push(`APIM operations do not cover ${m}`);
+  const methodsText = methodsVar
+    ? JSON.stringify(decls.find((d) => d.name === /in\s+(\w+)/.exec((methodsVar as { for: string }).for)?.[1])?.value)
+    : JSON.stringify(ops.map((o) => get(bodyOf(o), "properties.method")));
+  for (const m of ["GET", "HEAD", "PUT", "DELETE"])
+    if (!methodsText.includes(`"${m}"`)) p.push(`APIM operations do not cover ${m}`);
   const policyRes = resourcesOfType(decls, "Microsoft.ApiManagement/service/apis/policies");
   const policyXml = policyRes
     .map((r) => get(bodyOf(r), "properties.value"))
@@ -262,7 +309,9 @@ export function checkAzure(mainText: string, paramText: string): string[] {
   if (timeout < 200) p.push(`APIM policy: forward-request timeout ${timeout}s is too short for 64 MiB blocks`);
   const namedValues = resourcesOfType(decls, "Microsoft.ApiManagement/service/namedValues");
   const backends = resourcesOfType(decls, "Microsoft.ApiManagement/service/backends");
-  const keyHeader = backends.map((b) => get(bodyOf(b), "properties.credentials.header.x-functions-key")).find(Array.isArray);
+  const keyHeader = backends
+    .map((b) => get(bodyOf(b), "properties.credentials.header.x-functions-key"))
+    .find(Array.isArray);
   const ref = keyHeader && /^\{\{(.+)\}\}$/.exec(String(keyHeader[0]))?.[1];
   const nv = namedValues.find((d) => get(bodyOf(d), "name") === ref);
   if (!nv) p.push("APIM backend must send x-functions-key from a named value");
@@ -270,8 +319,10 @@ export function checkAzure(mainText: string, paramText: string): string[] {
     if (get(bodyOf(nv), "properties.secret") !== true) p.push("the function-key named value must be secret");
     const sid = str(get(bodyOf(nv), "properties.keyVault.secretIdentifier"));
     const secretSym = sym(rootSymbol(get(bodyOf(nv), "properties.keyVault.secretIdentifier")));
-    if (!secretSym || !secrets.includes(secretSym)) p.push(`the function-key named value must come from a keepfn Key Vault secret (got ${sid})`);
-    if (get(bodyOf(nv), "properties.value") !== undefined) p.push("the function-key named value must not hold the value inline");
+    if (!secretSym || !secrets.includes(secretSym))
+      p.push(`the function-key named value must come from a keepfn Key Vault secret (got ${sid})`);
+    if (get(bodyOf(nv), "properties.value") !== undefined)
+      p.push("the function-key named value must not hold the value inline");
   }
   for (const b of backends) {
     const url = str(get(bodyOf(b), "properties.url"));
@@ -291,10 +342,14 @@ export function checkAzure(mainText: string, paramText: string): string[] {
   for (const d of params.filter((x) => x.kind === "param")) {
     setParams.add(d.name);
     if (!declaredParams.has(d.name)) p.push(`bicepparam: ${d.name} is not a parameter of main.bicep`);
-    if (secureParams.includes(d.name) && !(isExpr(d.value) && /^readEnvironmentVariable\('KEEPFN_[A-Z_]+'\)$/.test(d.value.expr)))
+    if (
+      secureParams.includes(d.name) &&
+      !(isExpr(d.value) && /^readEnvironmentVariable\('KEEPFN_[A-Z_]+'\)$/.test(d.value.expr))
+    )
       p.push(`bicepparam: secret ${d.name} must come from readEnvironmentVariable, not the file`);
   }
-  for (const d of paramDecls) if (d.value === undefined && !setParams.has(d.name)) p.push(`bicepparam: required parameter ${d.name} is not set`);
+  for (const d of paramDecls)
+    if (d.value === undefined && !setParams.has(d.name)) p.push(`bicepparam: required parameter ${d.name} is not set`);
   return p;
 }
 
@@ -315,60 +370,156 @@ describe("infra/azure (Bicep, structural checks; no compiler here)", () => {
 
   it("every name and function an expression uses is declared or known", () => {
     assert.deepEqual(unresolvedReferences(parseBicep(main)), []);
-    const broken = mutate(main, "principalId: functionApp.identity.principalId", "principalId: functionAp.identity.principalId");
+    const broken = mutate(
+      main,
+      "principalId: functionApp.identity.principalId",
+      "principalId: functionAp.identity.principalId",
+    );
     assert.ok(unresolvedReferences(parseBicep(broken)).some((x) => x.includes("'functionAp'")));
     const badFn = mutate(main, "toLower(uniqueString(", "toLowr(uniqueString(");
     assert.ok(unresolvedReferences(parseBicep(badFn)).some((x) => x.includes("toLowr")));
   });
 
   it("the timer schedule and trash lifetime reach the app as settings", () => {
-    const problems = checkAzure(mutate(main, "KEEPFN_TRASH_SWEEP_SCHEDULE: trashSweepSchedule", "KEEPFN_TRASH_SWEEP_SCHEDULE: '0 0 * * * *'"), param);
-    assert.ok(problems.some((x) => x.includes("trashSweepSchedule parameter is not wired")), problems.join("\n"));
+    const problems = checkAzure(
+      mutate(main, "KEEPFN_TRASH_SWEEP_SCHEDULE: trashSweepSchedule", "KEEPFN_TRASH_SWEEP_SCHEDULE: '0 0 * * * *'"),
+      param,
+    );
+    assert.ok(
+      problems.some((x) => x.includes("trashSweepSchedule parameter is not wired")),
+      problems.join("\n"),
+    );
   });
 
   // Each mutation breaks one rule; the check must notice.
   const cases: [string, string | RegExp, string, RegExp][] = [
     ["purge protection off", "enablePurgeProtection: true", "enablePurgeProtection: false", /enablePurgeProtection/],
-    ["access policies instead of RBAC", "enableRbacAuthorization: true", "enableRbacAuthorization: false", /enableRbacAuthorization/],
+    [
+      "access policies instead of RBAC",
+      "enableRbacAuthorization: true",
+      "enableRbacAuthorization: false",
+      /enableRbacAuthorization/,
+    ],
     ["soft delete off", "enableSoftDelete: true", "enableSoftDelete: false", /soft delete/],
-    ["a broader role for the app", "var roleKeyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'", "var roleKeyVaultSecretsUser = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'", /forbidden role|not one keepfn needs/],
+    [
+      "a broader role for the app",
+      "var roleKeyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'",
+      "var roleKeyVaultSecretsUser = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'",
+      /forbidden role|not one keepfn needs/,
+    ],
     ["vault role scoped to the resource group", /scope: keyVault\n/, "scope: resourceGroup()\n", /scope/],
     ["APIM reading the whole vault", "scope: apimFunctionKeySecret", "scope: keyVault", /APIM may read only/],
     ["blob owner on the volume account", "scope: runtimeStorage", "scope: volumeStorage", /runtime account/],
-    ["a default for a secret", "param managementToken string", "param managementToken string = 'changeme-changeme-changeme-changeme'", /secure param managementToken has a default/],
-    ["a secret in an app setting", "KEEPFN_TRASH_LIFETIME: trashLifetime", "KEEPFN_TRASH_LIFETIME: trashLifetime\n    KEEPFN_TOKEN: systemRootToken", /uses secure param systemRootToken/],
-    ["the account key in an app setting", "KEEPFN_CLUSTER_ID: clusterId", "KEEPFN_CLUSTER_ID: clusterId\n    KEY: volumeStorage.listKeys().keys[0].value", /listKeys outside/],
+    [
+      "a default for a secret",
+      "param managementToken string",
+      "param managementToken string = 'changeme-changeme-changeme-changeme'",
+      /secure param managementToken has a default/,
+    ],
+    [
+      "a secret in an app setting",
+      "KEEPFN_TRASH_LIFETIME: trashLifetime",
+      "KEEPFN_TRASH_LIFETIME: trashLifetime\n    KEEPFN_TOKEN: systemRootToken",
+      /uses secure param systemRootToken/,
+    ],
+    [
+      "the account key in an app setting",
+      "KEEPFN_CLUSTER_ID: clusterId",
+      "KEEPFN_CLUSTER_ID: clusterId\n    KEY: volumeStorage.listKeys().keys[0].value",
+      /listKeys outside/,
+    ],
     ["http allowed", "httpsOnly: true", "httpsOnly: false", /httpsOnly/],
     ["TLS 1.0", "minTlsVersion: '1.2'", "minTlsVersion: '1.0'", /minTlsVersion/],
-    ["storage over http", /supportsHttpsTrafficOnly: true/, "supportsHttpsTrafficOnly: false", /supportsHttpsTrafficOnly/],
+    [
+      "storage over http",
+      /supportsHttpsTrafficOnly: true/,
+      "supportsHttpsTrafficOnly: false",
+      /supportsHttpsTrafficOnly/,
+    ],
     ["public blobs", /allowBlobPublicAccess: false/, "allowBlobPublicAccess: true", /allowBlobPublicAccess/],
-    ["runtime storage by key", "allowSharedKeyAccess: false", "allowSharedKeyAccess: true", /runtime storage account|Storage Blob Data Owner only/],
-    ["app open to the internet", "ipSecurityRestrictionsDefaultAction: 'Deny'", "ipSecurityRestrictionsDefaultAction: 'Allow'", /deny by default/],
-    ["APIM V2 tier", /  'Developer'\n  'Basic'/, "  'BasicV2'\n  'Basic'", /Classic/],
-    ["APIM buffering the body", 'buffer-request-body="false"', 'buffer-request-body="true"', /not buffer the request body/],
+    [
+      "runtime storage by key",
+      "allowSharedKeyAccess: false",
+      "allowSharedKeyAccess: true",
+      /runtime storage account|Storage Blob Data Owner only/,
+    ],
+    [
+      "app open to the internet",
+      "ipSecurityRestrictionsDefaultAction: 'Deny'",
+      "ipSecurityRestrictionsDefaultAction: 'Allow'",
+      /deny by default/,
+    ],
+    ["APIM V2 tier", / {2}'Developer'\n {2}'Basic'/, "  'BasicV2'\n  'Basic'", /Classic/],
+    [
+      "APIM buffering the body",
+      'buffer-request-body="false"',
+      'buffer-request-body="true"',
+      /not buffer the request body/,
+    ],
     ["APIM buffering the response", 'buffer-response="false"', 'buffer-response="true"', /not buffer the response/],
     ["APIM 30 s timeout", 'timeout="230"', 'timeout="30"', /timeout/],
-    ["function key inline in APIM", "secretIdentifier: apimFunctionKeySecret.properties.secretUri", "secretIdentifier: 'https://example.invalid/secrets/x'", /Key Vault secret/],
-    ["APIM accepting TLS 1.0", "Security.Protocols.Tls10': 'False'", "Security.Protocols.Tls10': 'True'", /Tls10 must be disabled/],
+    [
+      "function key inline in APIM",
+      "secretIdentifier: apimFunctionKeySecret.properties.secretUri",
+      "secretIdentifier: 'https://example.invalid/secrets/x'",
+      /Key Vault secret/,
+    ],
+    [
+      "APIM accepting TLS 1.0",
+      "Security.Protocols.Tls10': 'False'",
+      "Security.Protocols.Tls10': 'True'",
+      /Tls10 must be disabled/,
+    ],
     ["subscription key required", "subscriptionRequired: false", "subscriptionRequired: true", /subscription key/],
-    ["consumption plan", "tier: 'FlexConsumption'\n    name: 'FC1'", "tier: 'Dynamic'\n    name: 'Y1'", /does not stream/],
-    ["Flex-unsupported setting", "KEEPFN_CLUSTER_ID: clusterId", "KEEPFN_CLUSTER_ID: clusterId\n    FUNCTIONS_WORKER_RUNTIME: 'node'", /not supported on Flex/],
-    ["basic publishing allowed", /name: 'scm'\n  properties: \{\n    allow: false/, "name: 'scm'\n  properties: {\n    allow: true", /basic publishing credentials \(scm\)/],
+    [
+      "consumption plan",
+      "tier: 'FlexConsumption'\n    name: 'FC1'",
+      "tier: 'Dynamic'\n    name: 'Y1'",
+      /does not stream/,
+    ],
+    [
+      "Flex-unsupported setting",
+      "KEEPFN_CLUSTER_ID: clusterId",
+      "KEEPFN_CLUSTER_ID: clusterId\n    FUNCTIONS_WORKER_RUNTIME: 'node'",
+      /not supported on Flex/,
+    ],
+    [
+      "basic publishing allowed",
+      /name: 'scm'\n {2}properties: \{\n {4}allow: false/,
+      "name: 'scm'\n  properties: {\n    allow: true",
+      /basic publishing credentials \(scm\)/,
+    ],
   ];
   for (const [name, from, to, expected] of cases) {
     it(`fails when: ${name}`, () => {
       const problems = checkAzure(mutate(main, from, to), param);
-      assert.ok(problems.some((x) => expected.test(x)), `expected a problem matching ${expected}, got:\n${problems.join("\n")}`);
+      assert.ok(
+        problems.some((x) => expected.test(x)),
+        `expected a problem matching ${expected}, got:\n${problems.join("\n")}`,
+      );
     });
   }
 
   it("fails when the parameters file holds a secret or misses a required parameter", () => {
-    const literal = mutate(param, "readEnvironmentVariable('KEEPFN_MANAGEMENT_TOKEN')", "'0123456789abcdef0123456789abcdef'");
+    const literal = mutate(
+      param,
+      "readEnvironmentVariable('KEEPFN_MANAGEMENT_TOKEN')",
+      "'0123456789abcdef0123456789abcdef'",
+    );
     assert.ok(checkAzure(main, literal).some((x) => /secret managementToken/.test(x)));
     const missing = mutate(param, /param clusterId = .*\n/, "");
     assert.ok(checkAzure(main, missing).some((x) => /required parameter clusterId/.test(x)));
     const unknown = `${param}\nparam nosuchParam = 1\n`;
     assert.ok(checkAzure(main, unknown).some((x) => /nosuchParam is not a parameter/.test(x)));
+  });
+
+  it("deploy.sh is valid bash, packages the functions host and deploys it", () => {
+    const script = read("infra/azure/deploy.sh");
+    const r = spawnSync("bash", ["-n", "-c", script], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(script, /npm run --silent package -- functions/);
+    assert.ok(script.includes("config-zip"));
+    assert.match(script, /^set -euo pipefail$/m);
   });
 
   it("the app settings match what functions/settings.ts reads (when the Functions app exists)", (t) => {
@@ -378,8 +529,12 @@ describe("infra/azure (Bicep, structural checks; no compiler here)", () => {
       return;
     }
     const decls = parseBicep(main);
-    const settingsRes = resourcesOfType(decls, "Microsoft.Web/sites/config").find((d) => get(bodyOf(d), "name") === "appsettings");
-    const keys = Object.keys((get(bodyOf(settingsRes as Declaration), "properties") as Obj) ?? {}).filter((k) => k.startsWith("KEEPFN_"));
+    const settingsRes = resourcesOfType(decls, "Microsoft.Web/sites/config").find(
+      (d) => get(bodyOf(d), "name") === "appsettings",
+    );
+    const keys = Object.keys((get(bodyOf(settingsRes as Declaration), "properties") as Obj) ?? {}).filter((k) =>
+      k.startsWith("KEEPFN_"),
+    );
     const read = new Set([...src.matchAll(/["'`](KEEPFN_[A-Z0-9_]+)["'`]/g)].map((m) => m[1] as string));
     const unknown = keys.filter((k) => !read.has(k));
     assert.deepEqual(unknown, [], `app settings the Functions app never reads: ${unknown.join(", ")}`);

@@ -129,15 +129,19 @@ export function parseBicep(src: string): Declaration[] {
     const save = i;
     ws(false);
     const c = src[i];
-    const end = i >= n || c === "\n" || stops.includes(c as string) || (c === "/" && (src[i + 1] === "/" || src[i + 1] === "*"));
+    const end =
+      i >= n || c === "\n" || stops.includes(c as string) || (c === "/" && (src[i + 1] === "/" || src[i + 1] === "*"));
     i = save;
     return end;
   }
 
-  function unescape(raw: string): string {
+  function unquote(raw: string): string {
     return raw.replace(/\\(u\{[0-9a-fA-F]+\}|.)/g, (_m, e: string) => {
       if (e.startsWith("u{")) return String.fromCodePoint(Number.parseInt(e.slice(2, -1), 16));
-      return ({ n: "\n", r: "\r", t: "\t", "\\": "\\", "'": "'", $: "$" } as Record<string, string>)[e] ?? fail(`bad escape \\${e}`);
+      return (
+        ({ n: "\n", r: "\r", t: "\t", "\\": "\\", "'": "'", $: "$" } as Record<string, string>)[e] ??
+        fail(`bad escape \\${e}`)
+      );
     });
   }
 
@@ -153,7 +157,7 @@ export function parseBicep(src: string): Declaration[] {
       const triple = src.startsWith("'''", i);
       const interp = skipString();
       const raw = src.slice(start, i);
-      v = interp ? { expr: raw } : triple ? raw.slice(3, -3).replace(/^\r?\n/, "") : unescape(raw.slice(1, -1));
+      v = interp ? { expr: raw } : triple ? raw.slice(3, -3).replace(/^\r?\n/, "") : unquote(raw.slice(1, -1));
     } else if (c !== undefined && /[-0-9]/.test(c)) {
       const m = /^-?\d+/.exec(src.slice(i));
       if (m) {
@@ -201,7 +205,7 @@ export function parseBicep(src: string): Declaration[] {
       if (src[i] === "'") {
         const s = i;
         if (skipString()) fail("interpolated object keys are not supported here");
-        key = unescape(src.slice(s + 1, i - 1));
+        key = unquote(src.slice(s + 1, i - 1));
       } else key = ident();
       if (key === "resource" && src[i] === " ") fail("nested resource declarations are not supported by this reader");
       ws(false);
@@ -245,7 +249,7 @@ export function parseBicep(src: string): Declaration[] {
     if (src[i] === "'") {
       const s = i;
       skipString();
-      return unescape(src.slice(s + 1, i - 1));
+      return unquote(src.slice(s + 1, i - 1));
     }
     const s = i;
     while (i < n && /[A-Za-z0-9_.[\]]/.test(src[i] as string)) i++;
@@ -335,7 +339,9 @@ export function parseBicep(src: string): Declaration[] {
         break;
       }
       default:
-        fail(`unsupported statement '${kw}' (this reader knows param, var, resource, module, output, targetScope, metadata, using)`);
+        fail(
+          `unsupported statement '${kw}' (this reader knows param, var, resource, module, output, targetScope, metadata, using)`,
+        );
     }
     ws(false);
     if (i < n && src[i] !== "\n") fail("expected end of line after declaration");
@@ -363,7 +369,8 @@ export function bodyOf(d: Declaration): { [k: string]: Value } {
 export function get(v: Value | undefined, path: string): Value | undefined {
   let cur: Value | undefined = v;
   for (const k of path.split(".")) {
-    if (!cur || typeof cur !== "object" || Array.isArray(cur) || isExpr(cur) || isFor(cur) || isIf(cur)) return undefined;
+    if (!cur || typeof cur !== "object" || Array.isArray(cur) || isExpr(cur) || isFor(cur) || isIf(cur))
+      return undefined;
     cur = (cur as { [k: string]: Value })[k];
   }
   return cur;
@@ -481,8 +488,10 @@ export function unresolvedReferences(decls: Declaration[]): string[] {
     if (v === undefined || v === null || typeof v !== "object") return;
     const check = (expr: string, s: Set<string>) => {
       const { names, functions } = referencedNames(expr);
-      for (const name of names) if (!s.has(name) && !BICEP_KEYWORDS.has(name)) problems.push(`${where}: unknown name '${name}' in ${expr}`);
-      for (const f of functions) if (!BICEP_FUNCTIONS.has(f) && !s.has(f)) problems.push(`${where}: unknown function '${f}(' in ${expr}`);
+      for (const name of names)
+        if (!s.has(name) && !BICEP_KEYWORDS.has(name)) problems.push(`${where}: unknown name '${name}' in ${expr}`);
+      for (const f of functions)
+        if (!BICEP_FUNCTIONS.has(f) && !s.has(f)) problems.push(`${where}: unknown function '${f}(' in ${expr}`);
     };
     if (isExpr(v)) check(v.expr, scope);
     else if (isFor(v)) {
