@@ -324,7 +324,7 @@ resource apimFunctionKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = 
 // ---------------------------------------------------------------- API Management
 
 // Declared before the Function App because the app's access restriction names APIM's address.
-resource apim 'Microsoft.ApiManagement/service@2023-05-01-preview' = {
+resource apim 'Microsoft.ApiManagement/service@2022-08-01' = {
   name: apimName
   location: location
   sku: {
@@ -545,7 +545,7 @@ resource apimHostKey 'Microsoft.Web/sites/host/functionKeys@2024-04-01' = {
 
 // ---------------------------------------------------------------- APIM: the Keep API
 
-resource functionKeyNamedValue 'Microsoft.ApiManagement/service/namedValues@2023-05-01-preview' = {
+resource functionKeyNamedValue 'Microsoft.ApiManagement/service/namedValues@2022-08-01' = {
   parent: apim
   name: 'keepfn-function-key'
   properties: {
@@ -560,7 +560,7 @@ resource functionKeyNamedValue 'Microsoft.ApiManagement/service/namedValues@2023
   ]
 }
 
-resource backend 'Microsoft.ApiManagement/service/backends@2023-05-01-preview' = {
+resource backend 'Microsoft.ApiManagement/service/backends@2022-08-01' = {
   parent: apim
   name: 'keepfn-functions'
   properties: {
@@ -586,7 +586,7 @@ resource backend 'Microsoft.ApiManagement/service/backends@2023-05-01-preview' =
 // Keep clients address blocks at the root (/<hash>+<size>..., /index, /trash, /untrash/...),
 // so the API has an empty URL suffix. Arvados clients authenticate with their own tokens
 // (Authorization: OAuth2 ...); APIM subscription keys would break them, so none is required.
-resource keepApi 'Microsoft.ApiManagement/service/apis@2023-05-01-preview' = {
+resource keepApi 'Microsoft.ApiManagement/service/apis@2022-08-01' = {
   parent: apim
   name: 'keep'
   properties: {
@@ -609,7 +609,7 @@ var keepMethods = [
   'OPTIONS'
 ]
 
-resource keepOperations 'Microsoft.ApiManagement/service/apis/operations@2023-05-01-preview' = [
+resource keepOperations 'Microsoft.ApiManagement/service/apis/operations@2022-08-01' = [
   for method in keepMethods: {
     parent: keepApi
     name: 'keep-${toLower(method)}'
@@ -641,7 +641,7 @@ var keepApiPolicy = '''
 </policies>
 '''
 
-resource keepApiPolicyResource 'Microsoft.ApiManagement/service/apis/policies@2023-05-01-preview' = {
+resource keepApiPolicyResource 'Microsoft.ApiManagement/service/apis/policies@2022-08-01' = {
   parent: keepApi
   name: 'policy'
   properties: {
