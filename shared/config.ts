@@ -36,8 +36,13 @@ export interface S3VolumeSpec {
   secretKey?: string;
   forcePathStyle?: boolean;
   prefixLength: number;
+  /** Bound on one S3 request's flight time plus clock skew (not the reference's 24h); default 10s. */
   raceWindowMs?: number;
   unsafeDelete?: boolean;
+  /** SDK attempts per request (backoff on 500/503 SlowDown); default 5. */
+  maxAttempts?: number;
+  /** ListObjectsV2 page size for index and sweep; default 1000. */
+  indexPageSize?: number;
 }
 
 export type DriverSpec = PosixVolumeSpec | AzureVolumeSpec | S3VolumeSpec;

@@ -2,6 +2,7 @@
 import { ConfigError, type DriverSpec } from "../config.js";
 import type { Volume, VolumeParams } from "./volume.js";
 import { PosixVolume } from "./posix.js";
+import { S3Volume } from "./s3.js";
 import { AzureBlobVolume } from "./azure-blob.js";
 import { azureAuth } from "../credentials/resolve.js";
 
@@ -26,6 +27,22 @@ export async function createVolume(spec: DriverSpec, params: VolumeParams): Prom
         params,
       );
     case "s3":
-      throw new ConfigError("S3 volumes are not wired into this build yet");
+      if (!spec.bucket) throw new ConfigError("an S3 volume needs a bucket name");
+      return new S3Volume(
+        {
+          bucket: spec.bucket,
+          region: spec.region,
+          endpoint: spec.endpoint,
+          accessKey: spec.accessKey,
+          secretKey: spec.secretKey,
+          forcePathStyle: spec.forcePathStyle,
+          prefixLength: spec.prefixLength,
+          raceWindowMs: spec.raceWindowMs,
+          unsafeDelete: spec.unsafeDelete,
+          maxAttempts: spec.maxAttempts,
+          indexPageSize: spec.indexPageSize,
+        },
+        params,
+      );
   }
 }

@@ -27,6 +27,15 @@ export interface EmptyTrashReport {
   complete: boolean;
 }
 
+export interface PresignedUpload {
+  uploadId: string;
+  url: string;
+  method: "PUT";
+  /** Headers the client must send with exactly these values (they are signed). */
+  headers: Record<string, string>;
+  expiresAt: Date;
+}
+
 export interface WriteOptions {
   /** The exact number of bytes `data` yields, when the caller knows it. */
   size?: number;
@@ -77,6 +86,19 @@ export interface Volume {
 
   /** True when a write would certainly fail for lack of space (lets PUT pick another mount). */
   isFull?(): Promise<boolean>;
+
+  /**
+   * Two-step upload, step 1 (optional; object stores only): a URL the client PUTs the block
+   * to directly, bound to its MD5 and size, staged apart from live blocks.
+   */
+  presignUpload?(hash: string, size: number, expiresInSeconds: number): Promise<PresignedUpload>;
+
+  /**
+   * Step 2: verify the staged object (size and MD5 as the backend reports or recomputes
+   * them, never the client's claim), move it into place with mtime = now, like write().
+   * HashMismatchError (nothing stored) when it is not the block; NotFoundError when absent.
+   */
+  commitUpload?(hash: string, size: number, uploadId: string): Promise<void>;
 
   /** Counters for /metrics. */
   readonly stats: VolumeStats;

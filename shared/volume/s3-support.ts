@@ -1,0 +1,157 @@
+// Helpers for the S3 volume: the reference keepstore's key layout, paginated listings and
+// their merge, response bodies that give their connection back, and the one place S3
+// errors become the core's typed errors.
+import type { Readable } from "node:stream";
+import { ListObjectsV2Command, type S3Client } from "@aws-sdk/client-s3";
+import {
+  CancelledError,
+  HashMismatchError,
+  KeepError,
+  NotFoundError,
+  TooLargeError,
+  VolumeUnavailableError,
+} from "../errors.js";
+import { isHash } from "../locator.js";
+import type { VolumeStats } from "./volume.js";
+
+/** A 412 from a conditional request (If-Match / If-None-Match): the object changed under us. */
+export class ConditionNotMetError extends KeepError {
+  override readonly code: string = "precondition_failed";
+}
+
+/** Data keys as the reference writes them: `<hash>` or `<hash[:N]>/<hash>`. */
+export class S3Keys {
+  constructor(readonly prefixLength: number) {}
+
+  key(hash: string): string {
+    const n = this.prefixLength;
+    return n > 0 ? `${hash.slice(0, n)}/${hash}` : hash;
+  }
+
+  /** The hash a data key (without recent/ or trash/) names, if it is a block key of this layout. */
+  hashOf(key: string): string | undefined {
+    const n = this.prefixLength;
+    if (n > 0) {
+      if (key.length !== n + 33 || key[n] !== "/" || key.slice(0, n) !== key.slice(n + 1, 2 * n + 1)) return undefined;
+      key = key.slice(n + 1);
+    }
+    return isHash(key) ? key : undefined;
+  }
+
+  /** The listing prefix that covers every data key whose hash starts with `prefix`. */
+  listPrefix(prefix: string): string {
+    const n = this.prefixLength;
+    return n > 0 && prefix.length > n ? `${prefix.slice(0, n)}/${prefix}` : prefix;
+  }
+}
+
+export interface Listed {
+  key: string;
+  size: number;
+  lastModified: Date;
+  etag: string;
+}
+
+/** Every object under `prefix`, page by page (pages of `pageSize`), in key order. */
+export async function* listAll(
+  client: S3Client,
+  bucket: string,
+  prefix: string,
+  opts: { pageSize: number; startAfter?: string; signal?: AbortSignal; stats: VolumeStats; translate: (e: unknown) => Error },
+): AsyncGenerator<Listed> {
+  let token: string | undefined;
+  do {
+    opts.stats.op("list");
+    const page = await client
+      .send(
+        new ListObjectsV2Command({
+          Bucket: bucket,
+          Prefix: prefix,
+          MaxKeys: opts.pageSize,
+          ContinuationToken: token,
+          StartAfter: token ? undefined : opts.startAfter,
+        }),
+        { abortSignal: opts.signal },
+      )
+      .catch((err) => {
+        throw opts.translate(err);
+      });
+    for (const o of page.Contents ?? []) {
+      if (!o.Key?.startsWith(prefix)) continue;
+      yield { key: o.Key, size: Number(o.Size ?? 0), lastModified: o.LastModified ?? new Date(0), etag: o.ETag ?? "" };
+    }
+    token = page.IsTruncated ? page.NextContinuationToken : undefined;
+  } while (token);
+}
+
+/** S3 timestamps have whole-second resolution; the reference reports seconds × 1e9. */
+export function toNs(d: Date): bigint {
+  return BigInt(Math.floor(d.getTime() / 1000)) * 1_000_000_000n;
+}
+
+/**
+ * A GetObject body as the volume contract wants it: the connection is already open (the
+ * size comes from the response), so return() destroys the stream even if no chunk was
+ * pulled, giving the socket back to the pool.
+ */
+export function releasingBody(
+  stream: Readable,
+  onChunk: (n: number) => void,
+  translate: (e: unknown) => Error,
+): AsyncIterable<Uint8Array> {
+  let it: AsyncIterator<Uint8Array> | undefined;
+  let done = false;
+  const finish = () => {
+    done = true;
+    if (!stream.destroyed) stream.destroy();
+  };
+  return {
+    [Symbol.asyncIterator]: () => ({
+      async next(): Promise<IteratorResult<Uint8Array>> {
+        if (done) return { done: true, value: undefined };
+        it ??= stream[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>;
+        try {
+          const r = await it.next();
+          if (r.done) finish();
+          else onChunk(r.value.length);
+          return r;
+        } catch (err) {
+          finish();
+          throw translate(err);
+        }
+      },
+      async return(): Promise<IteratorResult<Uint8Array>> {
+        finish();
+        return { done: true, value: undefined };
+      },
+    }),
+  };
+}
+
+interface SdkError {
+  name?: string;
+  code?: string;
+  Code?: string;
+  message?: string;
+  $metadata?: { httpStatusCode?: number };
+}
+
+/** The one place S3 and network errors become the core's typed errors. */
+export function translateS3Error(err: unknown, where: string, stats: VolumeStats, signal?: AbortSignal): Error {
+  if (err instanceof KeepError) return err;
+  const e = (err ?? {}) as SdkError;
+  const status = e.$metadata?.httpStatusCode;
+  const code = e.Code ?? e.name ?? e.code ?? "Error";
+  stats.error(status ? `${status} ${code}` : code);
+  if (signal?.aborted || code === "AbortError") return new CancelledError("request cancelled", { cause: err });
+  if (code === "NoSuchKey" || code === "NotFound" || status === 404) return new NotFoundError("file does not exist", { cause: err });
+  if (status === 412 || code === "PreconditionFailed") return new ConditionNotMetError(`${where}: precondition failed`, { cause: err });
+  if (code === "BadDigest" || code === "InvalidDigest")
+    return new HashMismatchError(`${where}: S3 rejected the data: it does not match its Content-MD5 (${code})`, { cause: err });
+  if (code === "EntityTooLarge") return new TooLargeError(undefined, { cause: err });
+  // Throttling, 5xx after the SDK's retries, refused or reset connections, timeouts, bad
+  // credentials: the volume cannot serve now; clients retry (503) and PUT tries other mounts.
+  return new VolumeUnavailableError(`${where}: ${status ? `${status} ` : ""}${code}: ${e.message ?? "S3 request failed"}`, {
+    cause: err,
+  });
+}
