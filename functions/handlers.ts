@@ -1,0 +1,37 @@
+// The Azure Functions handlers: a thin adapter between @azure/functions' HttpRequest /
+// HttpResponseInit and the core's fetch handler. Bodies are streams both ways (the app calls
+// app.setup({ enableHttpStream: true })): a 64 MiB block is never buffered here.
+import type { HttpRequest, HttpResponseInit, InvocationContext, Timer } from "@azure/functions";
+import type { FunctionsInstance } from "./instance.js";
+
+export type HttpHandler = (request: HttpRequest, context: InvocationContext) => Promise<HttpResponseInit>;
+export type TimerHandler = (timer: Timer, context: InvocationContext) => Promise<void>;
+
+export function makeHandlers(instance: FunctionsInstance): { http: HttpHandler; timer: TimerHandler } {
+  const http: HttpHandler = async (request, context) => {
+    const app = await instance.app();
+    const method = request.method.toUpperCase();
+    const hasBody = method !== "GET" && method !== "HEAD" && request.body !== null;
+    const headers = new Headers(request.headers);
+    if (!headers.has("x-request-id")) headers.set("x-request-id", `req-${context.invocationId.replace(/-/g, "").slice(0, 20)}`);
+    const req = new Request(request.url, {
+      method,
+      headers,
+      body: hasBody ? request.body : undefined,
+      // Node's fetch needs duplex for a streamed request body.
+      duplex: "half",
+    } as RequestInit);
+    const res = await app.handler(req);
+    // The global (web) ReadableStream and node:stream/web's are the same object at run time.
+    return { status: res.status, headers: res.headers, body: (res.body ?? undefined) as HttpResponseInit["body"] };
+  };
+
+  const timer: TimerHandler = async (t, context) => {
+    const app = await instance.app();
+    const deadlineMs = Date.now() + instance.settings.sweepBudgetMs;
+    const reports = await app.emptyTrash({ deadlineMs });
+    context.log(JSON.stringify({ msg: "emptied trash", pastDue: t.isPastDue, reports }));
+  };
+
+  return { http, timer };
+}

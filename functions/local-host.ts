@@ -1,0 +1,131 @@
+// keepfn-local --host functions: serves the Function App's handlers over node:http on
+// loopback, configured by the same app settings, since the Functions runtime cannot run here.
+// It does what the runtime's HTTP streaming proxy does: an @azure/functions HttpRequest whose
+// body is the incoming stream, and the handler's response body piped back with backpressure.
+import { randomUUID } from "node:crypto";
+import { type IncomingMessage, type Server, type ServerResponse, createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { Readable } from "node:stream";
+import azf from "@azure/functions";
+import type { HttpRequestInit, HttpResponseInit } from "@azure/functions";
+import type { AppDeps } from "../shared/app.js";
+import { splitListen } from "../server/serve.js";
+import { type HttpHandler, makeHandlers } from "./handlers.js";
+import { type FunctionsInstance, createInstance } from "./instance.js";
+
+export interface LocalFunctionsHost {
+  url: string;
+  server: Server;
+  instance: FunctionsInstance;
+  handlers: ReturnType<typeof makeHandlers>;
+  close(): Promise<void>;
+}
+
+export async function runLocal(listen: string, env: NodeJS.ProcessEnv, deps: AppDeps = {}): Promise<LocalFunctionsHost> {
+  const instance = createInstance(env, deps);
+  await instance.app(); // fail fast on bad settings or credentials, as a cold start would
+  const handlers = makeHandlers(instance);
+  const server = createServer({ requestTimeout: 0 }, (req, res) => {
+    serve(handlers.http, req, res).catch(() => res.destroy());
+  });
+  const { host, port } = splitListen(listen);
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host ?? "127.0.0.1", resolve);
+  });
+  const addr = server.address() as AddressInfo;
+  let timer: NodeJS.Timeout | undefined;
+  const every = Number(env.KEEP_LOCAL_TRASH_INTERVAL_SECONDS ?? 0);
+  if (every > 0) {
+    timer = setInterval(() => {
+      const ctx = new azf.InvocationContext({ functionName: "emptyTrash", invocationId: randomUUID() });
+      const t = { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } };
+      handlers.timer(t, ctx).catch(() => {});
+    }, every * 1000);
+    timer.unref();
+  }
+  return {
+    url: `http://${addr.address}:${addr.port}`,
+    server,
+    instance,
+    handlers,
+    async close() {
+      if (timer) clearInterval(timer);
+      await new Promise<void>((r) => {
+        server.close(() => r());
+        server.closeAllConnections();
+      });
+      await instance.close();
+    },
+  };
+}
+
+async function serve(handler: HttpHandler, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const abort = new AbortController();
+  res.on("close", () => {
+    if (!res.writableFinished) abort.abort(new Error("client disconnected"));
+  });
+  const headers = new Headers();
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    try {
+      headers.append(req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string);
+    } catch {
+      // dropped, as the Functions front end would refuse it
+    }
+  }
+  const method = req.method ?? "GET";
+  const hasBody = method !== "GET" && method !== "HEAD";
+  const nativeRequest = new Request(`http://${headers.get("host") ?? "localhost"}${req.url ?? "/"}`, {
+    method,
+    headers,
+    body: hasBody ? (Readable.toWeb(req) as ReadableStream<Uint8Array>) : undefined,
+    duplex: "half",
+    signal: abort.signal,
+  } as RequestInit);
+  // nativeRequest is how the runtime's streaming path builds HttpRequest (createStreamRequest).
+  const init = { nativeRequest, params: { path: (req.url ?? "/").slice(1).split("?")[0] ?? "" } } as HttpRequestInit;
+  const context = new azf.InvocationContext({ functionName: "keep", invocationId: randomUUID() });
+  let out: HttpResponseInit;
+  try {
+    out = await handler(new azf.HttpRequest(init), context);
+  } catch (err) {
+    context.error(err);
+    res.writeHead(500).end("internal server error\n");
+    return;
+  }
+  await writeResponse(out, res);
+}
+
+async function writeResponse(out: HttpResponseInit, res: ServerResponse): Promise<void> {
+  const headers: Record<string, string> = {};
+  new Headers(out.headers as HeadersInit).forEach((v, k) => {
+    headers[k] = v;
+  });
+  res.writeHead(out.status ?? 200, headers);
+  const body = out.body as ReadableStream<Uint8Array> | undefined;
+  if (!body) {
+    res.end();
+    return;
+  }
+  const reader = body.getReader();
+  try {
+    for (;;) {
+      const r = await reader.read();
+      if (r.done) break;
+      if (!res.write(r.value)) await new Promise<void>((resolve) => {
+        const done = () => {
+          res.off("drain", done);
+          res.off("close", done);
+          resolve();
+        };
+        res.on("drain", done);
+        res.on("close", done);
+      });
+      if (res.destroyed) throw new Error("client disconnected");
+    }
+    res.end();
+  } catch (err) {
+    await reader.cancel(err).catch(() => {});
+    res.destroy();
+  }
+}

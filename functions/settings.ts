@@ -1,0 +1,127 @@
+// The Function App's configuration: app settings (environment variables) parsed ONCE into the
+// core's KeepConfig. Secrets named here are read from Key Vault by instance.ts at cold start.
+import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec } from "../shared/config.js";
+import { parseDuration } from "../server/flags.js";
+
+export interface FunctionsSettings {
+  config: KeepConfig;
+  /** Key Vault secret names to resolve into config fields at cold start. */
+  secrets: Partial<Record<"blobSigningKey" | "systemRootToken" | "managementToken", string>>;
+  vault?: { vaultUrl: string; clientId?: string; caFile?: string };
+  /** Time budget of one timer-triggered sweep (kept under functionTimeout in host.json). */
+  sweepBudgetMs: number;
+  authLevel: "anonymous" | "function";
+}
+
+/** One entry of KEEP_VOLUMES (JSON array). */
+interface VolumeSetting {
+  account: string;
+  container: string;
+  endpoint?: string;
+  /** Key Vault secret holding the account key (needs KEEP_KEYVAULT_URL). */
+  keySecret?: string;
+  keyFile?: string;
+  /** Literal key: local runs against Azurite only. */
+  key?: string;
+  /** Entra ID token from the managed identity, no key at all. */
+  identity?: boolean;
+  replication?: number;
+  readOnly?: boolean;
+  storageClasses?: string[];
+  maxGetBytes?: number;
+  uuid?: string;
+}
+
+export function parseSettings(env: NodeJS.ProcessEnv): FunctionsSettings {
+  const get = (name: string) => env[name]?.trim() || undefined;
+  const vaultUrl = get("KEEP_KEYVAULT_URL");
+  const vault = vaultUrl ? { vaultUrl, clientId: get("AZURE_CLIENT_ID"), caFile: get("KEEP_KEYVAULT_CA_FILE") } : undefined;
+  const c: KeepConfig = { ...DEFAULTS, volumes: [] };
+  c.clusterId = get("KEEP_CLUSTER_ID") ?? c.clusterId;
+  c.volumes = parseVolumes(get("KEEP_VOLUMES"), vault);
+  c.blobSigningKey = get("KEEP_BLOB_SIGNING_KEY") ?? "";
+  c.systemRootToken = get("KEEP_SYSTEM_ROOT_TOKEN") ?? "";
+  c.managementToken = get("KEEP_MANAGEMENT_TOKEN") ?? "";
+  c.enforcePermissions = bool(get("KEEP_ENFORCE_PERMISSIONS"), "KEEP_ENFORCE_PERMISSIONS", false);
+  c.blobSigningTtlSeconds = int(get("KEEP_BLOB_SIGNING_TTL"), "KEEP_BLOB_SIGNING_TTL", c.blobSigningTtlSeconds);
+  c.trashEnabled = bool(get("KEEP_TRASH_ENABLED"), "KEEP_TRASH_ENABLED", false);
+  c.trashLifetimeMs = dur(get("KEEP_TRASH_LIFETIME"), "KEEP_TRASH_LIFETIME", 0);
+  c.requestTimeoutMs = dur(get("KEEP_REQUEST_TIMEOUT"), "KEEP_REQUEST_TIMEOUT", 220_000);
+  c.maxBuffers = int(get("KEEP_MAX_BUFFERS"), "KEEP_MAX_BUFFERS", 16);
+  c.maxRequests = int(get("KEEP_MAX_REQUESTS"), "KEEP_MAX_REQUESTS", 2 * c.maxBuffers);
+  c.maxQueuedRequests = int(get("KEEP_MAX_QUEUED_REQUESTS"), "KEEP_MAX_QUEUED_REQUESTS", c.maxQueuedRequests);
+  c.defaultStorageClasses = list(get("KEEP_DEFAULT_STORAGE_CLASSES")) ?? c.defaultStorageClasses;
+  c.trashCheckIntervalMs = 0; // the timer trigger's schedule (KEEP_TRASH_SCHEDULE) drives sweeps
+  const secrets: FunctionsSettings["secrets"] = {};
+  for (const [field, name] of [
+    ["blobSigningKey", "KEEP_BLOB_SIGNING_KEY_SECRET"],
+    ["systemRootToken", "KEEP_SYSTEM_ROOT_TOKEN_SECRET"],
+    ["managementToken", "KEEP_MANAGEMENT_TOKEN_SECRET"],
+  ] as const) {
+    const secret = get(name);
+    if (!secret) continue;
+    if (!vault) throw new ConfigError(`${name} names a Key Vault secret but KEEP_KEYVAULT_URL is not set`);
+    secrets[field] = secret;
+  }
+  const authLevel = get("KEEP_FUNCTION_AUTH_LEVEL") ?? "anonymous";
+  if (authLevel !== "anonymous" && authLevel !== "function")
+    throw new ConfigError(`KEEP_FUNCTION_AUTH_LEVEL=${authLevel}: expected anonymous or function`);
+  return { config: c, secrets, vault, sweepBudgetMs: dur(get("KEEP_SWEEP_BUDGET"), "KEEP_SWEEP_BUDGET", 8 * 60_000), authLevel };
+}
+
+function parseVolumes(raw: string | undefined, vault: FunctionsSettings["vault"]): VolumeSpec[] {
+  if (!raw) throw new ConfigError("KEEP_VOLUMES is not set: give a JSON array of {account, container, keySecret|keyFile|identity}");
+  let items: VolumeSetting[];
+  try {
+    items = JSON.parse(raw) as VolumeSetting[];
+  } catch (err) {
+    throw new ConfigError(`KEEP_VOLUMES is not valid JSON: ${(err as Error).message}`);
+  }
+  if (!Array.isArray(items) || items.length === 0) throw new ConfigError("KEEP_VOLUMES must be a non-empty JSON array");
+  return items.map((v, i) => {
+    const where = `KEEP_VOLUMES[${i}]`;
+    if (!v.account || !v.container) throw new ConfigError(`${where}: account and container are required`);
+    let credential: Extract<VolumeSpec, { driver: "azure" }>["credential"];
+    if (v.keySecret) {
+      if (!vault) throw new ConfigError(`${where}: keySecret needs KEEP_KEYVAULT_URL`);
+      credential = { kind: "keyVault", vaultUrl: vault.vaultUrl, secretName: v.keySecret, clientId: vault.clientId, caFile: vault.caFile };
+    } else if (v.keyFile) credential = { kind: "keyFile", path: v.keyFile };
+    else if (v.key) credential = { kind: "key", key: v.key };
+    else if (v.identity) credential = { kind: "token", clientId: vault?.clientId };
+    else throw new ConfigError(`${where}: give keySecret (Key Vault), keyFile, key or identity:true`);
+    return {
+      driver: "azure",
+      accountName: v.account,
+      container: v.container,
+      endpoint: v.endpoint,
+      credential,
+      maxGetBytes: v.maxGetBytes ?? 64 * 1024 * 1024,
+      replication: v.replication ?? 3,
+      readOnly: !!v.readOnly,
+      storageClasses: v.storageClasses?.length ? v.storageClasses : ["default"],
+      uuid: v.uuid,
+    } satisfies VolumeSpec;
+  });
+}
+
+function bool(v: string | undefined, name: string, dflt: boolean): boolean {
+  if (v === undefined) return dflt;
+  if (/^(1|true|yes)$/i.test(v)) return true;
+  if (/^(0|false|no)$/i.test(v)) return false;
+  throw new ConfigError(`${name}=${v}: expected true or false`);
+}
+
+function int(v: string | undefined, name: string, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (!/^\d+$/.test(v)) throw new ConfigError(`${name}=${v}: expected a whole number`);
+  return Number(v);
+}
+
+function dur(v: string | undefined, name: string, dflt: number): number {
+  return v === undefined ? dflt : parseDuration(name, v);
+}
+
+function list(v: string | undefined): string[] | undefined {
+  const items = v?.split(",").map((s) => s.trim()).filter(Boolean);
+  return items?.length ? items : undefined;
+}

@@ -1,0 +1,205 @@
+// The Azure Functions app, without the Functions runtime (it cannot be installed here): the
+// exported handlers driven through @azure/functions' own HttpRequest/InvocationContext types,
+// the registrations checked against the exported table, and the whole HTTP contract served
+// by keepfn-local's Functions host over Azurite.
+import assert from "node:assert/strict";
+import { randomBytes, randomUUID } from "node:crypto";
+import Module from "node:module";
+import { connect } from "node:net";
+import { after, before, describe, it } from "node:test";
+
+// Capture what app.http/app.timer register: @azure/functions-core is the virtual module the
+// Functions worker injects; outside the worker the library runs in "test mode" and registers
+// nothing. Installed before anything loads @azure/functions.
+const registered: Array<{ name: string; metadata: { bindings: Record<string, Record<string, unknown>> } }> = [];
+const fakeCore = {
+  version: "test",
+  setProgrammingModel() {},
+  getProgrammingModel() {},
+  log() {},
+  registerHook: () => ({ dispose() {} }),
+  registerFunction(metadata: (typeof registered)[number]["metadata"] & { name: string }) {
+    registered.push({ name: metadata.name, metadata });
+    return { dispose() {} };
+  },
+};
+const M = Module as unknown as { _load: (req: string, ...rest: unknown[]) => unknown };
+const origLoad = M._load;
+M._load = function (req: string, ...rest: unknown[]) {
+  return req === "@azure/functions-core" ? fakeCore : origLoad.call(this, req, ...rest);
+};
+
+const { default: azf } = await import("@azure/functions");
+const { DEFAULTS } = await import("../../shared/config.js");
+const { silentLogger } = await import("../../shared/log.js");
+const { FakeClock } = await import("../../shared/clock.js");
+const { runLocal } = await import("../../functions/local-host.js");
+const { describeHttpContract } = await import("../conformance/http-contract.js");
+const { md5hex } = await import("../conformance/fixtures.js");
+const { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } = await import("../harness/azurite.js");
+type KeepConfig = import("../../shared/config.js").KeepConfig;
+
+let azurite: import("../harness/azurite.js").Azurite;
+before(async () => {
+  azurite = await Azurite.start({ inMemory: true });
+});
+after(async () => {
+  await azurite?.close();
+});
+
+/** The app settings a deployment would have, for a fresh Azurite container. */
+async function settingsFor(overrides: Partial<KeepConfig> = {}): Promise<{ env: NodeJS.ProcessEnv; container: string }> {
+  const container = `f${randomBytes(6).toString("hex")}`;
+  await azurite.createContainer(container);
+  const env: NodeJS.ProcessEnv = {
+    KEEP_VOLUMES: JSON.stringify([{ account: AZURITE_ACCOUNT, container, endpoint: azurite.endpoint, key: AZURITE_KEY, replication: 3 }]),
+  };
+  const map: Record<string, (v: never) => [string, string]> = {
+    blobSigningKey: (v: string) => ["KEEP_BLOB_SIGNING_KEY", v],
+    enforcePermissions: (v: boolean) => ["KEEP_ENFORCE_PERMISSIONS", String(v)],
+    systemRootToken: (v: string) => ["KEEP_SYSTEM_ROOT_TOKEN", v],
+    managementToken: (v: string) => ["KEEP_MANAGEMENT_TOKEN", v],
+    trashEnabled: (v: boolean) => ["KEEP_TRASH_ENABLED", String(v)],
+    trashLifetimeMs: (v: number) => ["KEEP_TRASH_LIFETIME", v ? `${v}ms` : "0"],
+    blobSigningTtlSeconds: (v: number) => ["KEEP_BLOB_SIGNING_TTL", String(v)],
+    maxRequests: (v: number) => ["KEEP_MAX_REQUESTS", String(v)],
+    maxQueuedRequests: (v: number) => ["KEEP_MAX_QUEUED_REQUESTS", String(v)],
+    maxBuffers: (v: number) => ["KEEP_MAX_BUFFERS", String(v)],
+    requestTimeoutMs: (v: number) => ["KEEP_REQUEST_TIMEOUT", `${v}ms`],
+  };
+  for (const [k, v] of Object.entries(overrides)) {
+    const f = map[k];
+    if (!f) throw new Error(`no app setting for config field ${k}`);
+    const [name, value] = f(v as never);
+    env[name] = value;
+  }
+  return { env, container };
+}
+
+describeHttpContract(
+  "Azure Functions handlers (keepfn-local) over Azurite",
+  async (overrides, { clock }) => {
+    const { env } = await settingsFor(overrides);
+    const host = await runLocal("127.0.0.1:0", env, { clock, logger: silentLogger() });
+    return { url: host.url, close: () => host.close() };
+  },
+  { noTouchMethod: "keepfn-local serves over node:http, whose parser (llhttp) rejects the non-standard TOUCH method; whether the Functions front end passes TOUCH could not be tested here" },
+);
+
+const FOO = Buffer.from("foo");
+const FOO_HASH = md5hex(FOO);
+const ctx = () => new azf.InvocationContext({ functionName: "keep", invocationId: randomUUID() });
+
+describe("Azure Functions app", () => {
+  it("registers one catch-all HTTP trigger and the timer, matching the exported table", async () => {
+    const { env } = await settingsFor();
+    const saved = { ...process.env };
+    Object.assign(process.env, env, { KEEP_TRASH_SCHEDULE: "0 */5 * * * *" });
+    try {
+      const mod = await import("../../functions/index.js");
+      const http = registered.find((r) => r.name === "keep");
+      const timer = registered.find((r) => r.name === "emptyTrash");
+      assert.ok(http && timer, JSON.stringify(registered.map((r) => r.name)));
+      const trigger = Object.values(http.metadata.bindings).find((b) => b.type === "httpTrigger");
+      assert.equal(trigger?.route, "{*path}");
+      assert.equal(trigger?.authLevel, "anonymous");
+      assert.deepEqual(trigger?.methods, ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "POST", "PATCH"]);
+      const touch = registered.find((r) => r.name === "keepTouch");
+      assert.deepEqual(Object.values(touch?.metadata.bindings ?? {}).find((b) => b.type === "httpTrigger")?.methods, ["TOUCH"]);
+      const tt = Object.values(timer.metadata.bindings).find((b) => b.type === "timerTrigger");
+      assert.equal(tt?.schedule, "%KEEP_TRASH_SCHEDULE%");
+      assert.deepEqual(mod.FUNCTIONS.map((f) => f.name), ["keep", "keepTouch", "emptyTrash"]);
+      assert.deepEqual(registered.map((r) => r.name).sort(), ["emptyTrash", "keep", "keepTouch"]);
+      assert.equal(typeof mod.keepHttp, "function");
+      await mod.instance.close();
+    } finally {
+      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+    }
+  });
+
+  it("handles PUT, GET and HEAD through HttpRequest/InvocationContext, streamed", async () => {
+    const { env } = await settingsFor({ blobSigningKey: "k".repeat(40), systemRootToken: "root" });
+    const host = await runLocal("127.0.0.1:0", env, { logger: silentLogger() });
+    try {
+      const big = randomBytes(3 << 20);
+      const hash = md5hex(big);
+      const body = new ReadableStream<Uint8Array>({
+        start(c) {
+          for (let i = 0; i < big.length; i += 1 << 20) c.enqueue(big.subarray(i, i + (1 << 20)));
+          c.close();
+        },
+      });
+      const url = `https://example.azurewebsites.net/${hash}`;
+      const nativeRequest = new Request(url, { method: "PUT", body, duplex: "half", headers: { authorization: "Bearer tok" } } as RequestInit);
+      let res = await host.handlers.http(new azf.HttpRequest({ nativeRequest, params: { path: hash } } as never), ctx());
+      assert.equal(res.status, 200);
+      const loc = (await new azf.HttpResponse(res).text()).trim();
+      assert.match(loc, new RegExp(`^${hash}\\+${big.length}\\+A[0-9a-f]{40}@[0-9a-f]{8}$`));
+      assert.equal(new Headers(res.headers as HeadersInit).get("x-keep-replicas-stored"), "3");
+      res = await host.handlers.http(new azf.HttpRequest({ method: "GET", url: `https://example.azurewebsites.net/${loc}`, headers: { authorization: "Bearer tok" } }), ctx());
+      assert.equal(res.status, 200);
+      assert.ok(res.body instanceof ReadableStream, "the response body is a stream, not a buffer");
+      assert.equal(md5hex(Buffer.from(await new azf.HttpResponse(res).arrayBuffer())), hash);
+      res = await host.handlers.http(new azf.HttpRequest({ method: "HEAD", url: `https://example.azurewebsites.net/${hash}` }), ctx());
+      assert.equal(res.status, 200);
+      assert.equal(new Headers(res.headers as HeadersInit).get("content-length"), String(big.length));
+      res = await host.handlers.http(
+        new azf.HttpRequest({ method: "PUT", url: `https://example.azurewebsites.net/${FOO_HASH}`, body: { bytes: FOO } }),
+        ctx(),
+      );
+      assert.equal(res.status, 200);
+    } finally {
+      await host.close();
+    }
+  });
+
+  it("the timer handler empties expired trash", async () => {
+    const clock = new FakeClock();
+    const { env, container } = await settingsFor({ trashEnabled: true, trashLifetimeMs: 3600_000, systemRootToken: "root" });
+    const host = await runLocal("127.0.0.1:0", env, { clock, logger: silentLogger() });
+    try {
+      assert.equal((await fetch(`${host.url}/${FOO_HASH}`, { method: "PUT", body: FOO })).status, 200);
+      clock.advance((DEFAULTS.blobSigningTtlSeconds + 60) * 1000);
+      assert.equal((await fetch(`${host.url}/${FOO_HASH}`, { method: "DELETE", headers: { authorization: "Bearer root" } })).status, 200);
+      clock.advance(3600_000 + 1000);
+      const t = { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } };
+      await host.handlers.timer(t, ctx());
+      const c = azurite.serviceClient().getContainerClient(container);
+      assert.equal(await c.getBlockBlobClient(FOO_HASH).exists(), false);
+    } finally {
+      await host.close();
+    }
+  });
+
+  it("a client that disconnects mid-PUT leaves no blob", async () => {
+    const { env, container } = await settingsFor();
+    const host = await runLocal("127.0.0.1:0", env, { logger: silentLogger() });
+    try {
+      const data = randomBytes(16 << 20);
+      const hash = md5hex(data);
+      const u = new URL(host.url);
+      await new Promise<void>((resolve) => {
+        const sock = connect(Number(u.port), u.hostname, () => {
+          sock.write(`PUT /${hash} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Length: ${data.length}\r\n\r\n`);
+          sock.write(data.subarray(0, 6 << 20), () => setTimeout(() => sock.destroy(), 100));
+        });
+        sock.on("close", () => resolve());
+        sock.on("error", () => {});
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      const c = azurite.serviceClient().getContainerClient(container);
+      const names: string[] = [];
+      for await (const b of c.listBlobsFlat({ includeUncommitedBlobs: true })) names.push(b.name);
+      assert.deepEqual(names, []);
+      // The host is still healthy.
+      assert.equal((await fetch(`${host.url}/${FOO_HASH}`, { method: "PUT", body: FOO })).status, 200);
+    } finally {
+      await host.close();
+    }
+  });
+
+  it("fails fast with a message naming the setting", async () => {
+    await assert.rejects(runLocal("127.0.0.1:0", {}), /KEEP_VOLUMES is not set/);
+    await assert.rejects(runLocal("127.0.0.1:0", { KEEP_VOLUMES: '[{"account":"a","container":"c","keySecret":"s"}]' }), /KEEP_KEYVAULT_URL/);
+  });
+});
