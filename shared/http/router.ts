@@ -10,6 +10,7 @@ import { deleteBlock, getBlock, putBlock, touchBlock, untrashBlock } from "./rou
 import { index, mounts } from "./routes/listings.js";
 import { healthPing, metrics } from "./routes/ops.js";
 import { putPullList, putTrashList } from "./routes/work-lists.js";
+import { commitRoute, presignRoute } from "./routes/two-step-upload.js";
 
 export type FetchHandler = (req: Request) => Promise<Response>;
 
@@ -27,6 +28,8 @@ const ROUTES: Array<[string[], RegExp, Route]> = [
   [["GET", "HEAD"], /^\/mounts\/([^/]+)\/blocks(?:\/([0-9a-f]{0,32}))?$/, (c, m) => index(c, m[2] ?? "", m[1])],
   [["PUT"], /^\/pull$/, (c) => putPullList(c)],
   [["PUT"], /^\/trash$/, (c) => putTrashList(c)],
+  [["POST"], /^\/uploads\/([0-9a-f]{32})\+([0-9]+)$/, (c, m) => presignRoute(c, m[1] as string, m[2] as string)],
+  [["POST"], /^\/uploads\/([0-9a-f]{32})\+([0-9]+)\/([^/]+)\/([0-9a-f]{32})$/, (c, m) => commitRoute(c, m[1] as string, m[2] as string, m[3] as string, m[4] as string)],
 ];
 
 /** Served before the request limiter, as the reference does. */

@@ -1,0 +1,78 @@
+// Function URL / API Gateway HTTP API (payload format 2.0) events ↔ the core's web Request
+// and Response. Bodies stay bytes end to end (base64 in, base64 or a byte stream out).
+import { Readable, type Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2, LambdaFunctionURLEvent } from "aws-lambda";
+import { MAX_EVENT_BYTES } from "./limits.js";
+
+export type HttpEvent = APIGatewayProxyEventV2 | LambdaFunctionURLEvent;
+
+export function eventBody(event: HttpEvent): Buffer | undefined {
+  if (event.body === undefined || event.body === null) return undefined;
+  return event.isBase64Encoded ? Buffer.from(event.body, "base64") : Buffer.from(event.body, "utf8");
+}
+
+/** The raw path is kept as sent (no normalisation); multi-value headers arrive comma-joined. */
+export function toRequest(event: HttpEvent, signal: AbortSignal): Request {
+  const headers = new Headers();
+  for (const [k, v] of Object.entries(event.headers ?? {})) {
+    if (v === undefined) continue;
+    try {
+      headers.set(k, v);
+    } catch {
+      // A value the Fetch API refuses is dropped, as the container host does.
+    }
+  }
+  if (event.cookies?.length) headers.set("cookie", event.cookies.join("; "));
+  const method = event.requestContext.http.method.toUpperCase();
+  const host = headers.get("host") ?? event.requestContext.domainName ?? "lambda.invalid";
+  const query = event.rawQueryString ? `?${event.rawQueryString}` : "";
+  const body = method === "GET" || method === "HEAD" ? undefined : eventBody(event);
+  if (body) headers.set("content-length", String(body.length));
+  const scheme = headers.get("x-forwarded-proto") === "http" ? "http" : "https";
+  return new Request(`${scheme}://${host}${event.rawPath || "/"}${query}`, { method, headers, body, signal, duplex: "half" } as RequestInit);
+}
+
+function splitHeaders(res: Response): { headers: Record<string, string>; cookies: string[] } {
+  const headers: Record<string, string> = {};
+  const cookies: string[] = [];
+  res.headers.forEach((v, k) => {
+    if (k === "set-cookie") cookies.push(v);
+    else headers[k] = v;
+  });
+  return { headers, cookies };
+}
+
+/** Buffered mode (API Gateway HTTP API, BUFFERED Function URL): the whole body, base64. */
+export async function toBufferedResult(res: Response): Promise<APIGatewayProxyStructuredResultV2> {
+  const { headers, cookies } = splitHeaders(res);
+  const declared = Number(res.headers.get("content-length") ?? 0);
+  if (res.body && (declared * 4) / 3 > MAX_EVENT_BYTES - 16 * 1024) {
+    await res.body.cancel().catch(() => {});
+    return text(502, `the response (${declared} bytes) is larger than a buffered Lambda response (6 MB); read large blocks through the streaming Function URL or the container host`);
+  }
+  let body: Buffer;
+  try {
+    body = Buffer.from(await res.arrayBuffer());
+  } catch (err) {
+    // Buffered, we can still say so properly (a streamed response is cut short instead).
+    return text(502, err instanceof Error ? err.message : "error reading the response body");
+  }
+  return { statusCode: res.status, headers, cookies, body: body.toString("base64"), isBase64Encoded: true };
+}
+
+function text(statusCode: number, message: string): APIGatewayProxyStructuredResultV2 {
+  return { statusCode, headers: { "content-type": "text/plain; charset=utf-8" }, body: `${message}\n`, isBase64Encoded: false };
+}
+
+/** Streaming mode: the prelude (status, headers) through HttpResponseStream, then the bytes. */
+export async function writeStreamed(res: Response, responseStream: Writable): Promise<void> {
+  const { headers, cookies } = splitHeaders(res);
+  const out = awslambda.HttpResponseStream.from(responseStream, { statusCode: res.status, headers, cookies });
+  if (!res.body) {
+    out.end();
+    return;
+  }
+  // A failure after the prelude (e.g. a checksum mismatch) can only cut the body short.
+  await pipeline(Readable.fromWeb(res.body as import("node:stream/web").ReadableStream<Uint8Array>), out);
+}
