@@ -28,6 +28,7 @@ export const tagValue = (deadlineS: number): string => String(Math.max(0, Math.f
 export interface SweepOptions {
   legacyIntervalMs: number;
   listPageSize: number;
+  findPageSize: number;
   concurrency: number;
   /** Test seam: runs after a candidate's properties were read, before its conditional delete. */
   beforeDelete?: (name: string) => Promise<void>;
@@ -66,7 +67,7 @@ export class TrashSweeper {
     do {
       const page: ContainerFindBlobsByTagsSegmentResponse | undefined = await this.conn.call(
         "find_by_tags",
-        async (c) => (await c.findBlobsByTags(where).byPage({ continuationToken: marker, maxPageSize: this.opts.listPageSize }).next()).value,
+        async (c) => (await c.findBlobsByTags(where).byPage({ continuationToken: marker, maxPageSize: this.opts.findPageSize }).next()).value,
         budget.signal,
       );
       const names = (page?.blobs ?? []).map((b) => b.name).filter((n) => isHash(n));
