@@ -72,7 +72,7 @@ export class AzureBlobVolume implements Volume {
     private readonly opts: AzureBlobVolumeOptions,
     private readonly params: VolumeParams,
   ) {
-    const endpoint = (opts.endpoint ?? `https://${opts.accountName}.blob.core.windows.net`).replace(/\/+$/, "");
+    const endpoint = blobEndpoint(opts.accountName, opts.endpoint);
     const host = new URL(endpoint).host;
     const base = host.endsWith(".blob.core.windows.net") ? "core.windows.net" : host;
     this.deviceId = `azure://${base}/${opts.accountName}/${opts.container}`;
@@ -451,6 +451,18 @@ export class AzureBlobVolume implements Volume {
       return new VolumeUnavailableError(`${where}: ${code ?? (err as Error)?.message ?? "unavailable"}`, { cause: err });
     return new BackendError(`${where}: ${code ?? status}: ${(err as Error).message?.split("\n")[0]}`, status, { cause: err });
   }
+}
+
+/**
+ * The account's blob endpoint. An emulator given as a bare base URL on an IP address or
+ * localhost (http://127.0.0.1:10000) is path-style: the account name follows the host.
+ */
+export function blobEndpoint(account: string, endpoint?: string): string {
+  if (!endpoint) return `https://${account}.blob.core.windows.net`;
+  const u = new URL(endpoint);
+  const pathStyle = /^(\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]|localhost)$/i.test(u.hostname);
+  if (pathStyle && (u.pathname === "/" || u.pathname === "")) return `${u.origin}/${account}`;
+  return endpoint.replace(/\/+$/, "");
 }
 
 async function collect(src: AsyncIterable<Buffer>, count: number): Promise<Buffer> {

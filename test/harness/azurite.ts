@@ -19,6 +19,8 @@ export interface AzuriteOptions {
   cert?: string;
   key?: string;
   oauth?: boolean;
+  /** More storage accounts besides devstoreaccount1 (AZURITE_ACCOUNTS). */
+  accounts?: Array<{ name: string; key: string }>;
 }
 
 export class Azurite {
@@ -36,6 +38,11 @@ export class Azurite {
     return a;
   }
 
+  /** Base URL without the account (path-style, as -azure-blob-endpoint takes it). */
+  get baseUrl(): string {
+    return `${this.opts.cert ? "https" : "http"}://127.0.0.1:${this.port}`;
+  }
+
   get endpoint(): string {
     return `${this.opts.cert ? "https" : "http"}://127.0.0.1:${this.port}/${AZURITE_ACCOUNT}`;
   }
@@ -44,14 +51,15 @@ export class Azurite {
     return !!this.child && this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  serviceClient(): BlobServiceClient {
-    return new BlobServiceClient(this.endpoint, new StorageSharedKeyCredential(AZURITE_ACCOUNT, AZURITE_KEY), {
+  serviceClient(account = AZURITE_ACCOUNT, key = AZURITE_KEY): BlobServiceClient {
+    const url = this.endpoint.replace(/[^/]+$/, account);
+    return new BlobServiceClient(url, new StorageSharedKeyCredential(account, key), {
       retryOptions: { maxTries: 1 },
     });
   }
 
-  async createContainer(name: string): Promise<void> {
-    await this.serviceClient().getContainerClient(name).createIfNotExists();
+  async createContainer(name: string, account = AZURITE_ACCOUNT, key = AZURITE_KEY): Promise<void> {
+    await this.serviceClient(account, key).getContainerClient(name).createIfNotExists();
   }
 
   private async spawn(): Promise<void> {
@@ -61,7 +69,10 @@ export class Azurite {
     else args.push("--inMemoryPersistence");
     if (this.opts.cert && this.opts.key) args.push("--cert", this.opts.cert, "--key", this.opts.key);
     if (this.opts.oauth) args.push("--oauth", "basic");
-    const child = spawn(process.execPath, args, { stdio: ["ignore", "ignore", "pipe"] });
+    const env = { ...process.env };
+    if (this.opts.accounts?.length)
+      env.AZURITE_ACCOUNTS = [{ name: AZURITE_ACCOUNT, key: AZURITE_KEY }, ...this.opts.accounts].map((a) => `${a.name}:${a.key}`).join(";");
+    const child = spawn(process.execPath, args, { stdio: ["ignore", "ignore", "pipe"], env });
     this.child = child;
     let stderr = "";
     child.stderr?.on("data", (d) => {

@@ -2,9 +2,15 @@
 // conformance suite, plain and with ranged reads, then Azure-specific behaviour.
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { promises as fs } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { ContainerClient } from "@azure/storage-blob";
+import { parseFlags } from "../../server/flags.js";
+import { startKeepServer } from "../../server/serve.js";
 import { FakeClock } from "../../shared/clock.js";
+import { silentLogger } from "../../shared/log.js";
 import { staticKey } from "../../shared/credentials/account-key.js";
 import { CancelledError, NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
 import { AzureBlobVolume, type AzureBlobVolumeOptions } from "../../shared/volume/azure-blob.js";
@@ -350,3 +356,70 @@ describe("azure blob volume", () => {
 async function azureOpts(container: string): Promise<AzureBlobVolumeOptions> {
   return { accountName: AZURITE_ACCOUNT, container, endpoint: azurite.endpoint, auth: { keySource: staticKey(AZURITE_KEY) } };
 }
+
+describe("container host with the seed's Azure flags", () => {
+  it("serves the seed's multi-account example verbatim (plus -azure-blob-endpoint) over two Azurite accounts", async () => {
+    const second = { name: "secondaccount", key: Buffer.alloc(64, 9).toString("base64") };
+    const az2 = await Azurite.start({ inMemory: true, accounts: [second] });
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-seed-"));
+    let server: Awaited<ReturnType<typeof startKeepServer>> | undefined;
+    try {
+      for (const c of ["containera", "containerb", "containerc"]) await az2.createContainer(c);
+      for (const c of ["containerx", "containery", "containerz"]) await az2.createContainer(c, second.name, second.key);
+      await fs.writeFile(join(dir, "firstaccount.key"), `${AZURITE_KEY}\n`);
+      await fs.writeFile(join(dir, "secondaccount.key"), `${second.key}\n`);
+      await fs.mkdir(join(dir, "disk0"));
+      await fs.mkdir(join(dir, "disk1"));
+      // The seed's second example; account names are the emulator's, containers lower-case.
+      const argv = [
+        "-azure-blob-endpoint", az2.baseUrl,
+        "-readonly",
+        "-volume", join(dir, "disk0"), "-volume", join(dir, "disk1"),
+        "-readonly=false",
+        "-azure-storage-account-key-file", join(dir, "firstaccount.key"),
+        "-azure-storage-account-name", AZURITE_ACCOUNT,
+        "-azure-storage-container-volume", "containera",
+        "-azure-storage-container-volume", "containerb",
+        "-azure-storage-container-volume", "containerc",
+        "-azure-storage-account-key-file", join(dir, "secondaccount.key"),
+        "-azure-storage-account-name", second.name,
+        "-azure-storage-container-volume", "containerx",
+        "-azure-storage-container-volume", "containery",
+        "-azure-storage-container-volume", "containerz",
+        "-listen", "127.0.0.1:0",
+      ];
+      const opts = parseFlags(argv);
+      server = await startKeepServer(opts.config, opts.listen, { logger: silentLogger() });
+      const mounts = (await (await fetch(`${server.url}/mounts`)).json()) as Array<{ device_id: string; allow_write: boolean; replication: number }>;
+      assert.equal(mounts.length, 8);
+      const azure = mounts.filter((m) => m.device_id.startsWith("azure://"));
+      assert.equal(azure.length, 6);
+      assert.ok(azure.every((m) => m.allow_write && m.replication === 3));
+      assert.ok(mounts.filter((m) => !m.device_id.startsWith("azure://")).every((m) => !m.allow_write));
+      assert.ok(azure.some((m) => m.device_id.endsWith(`/${second.name}/containerz`)));
+      const stored = new Set<string>();
+      for (let i = 0; i < 24; i++) {
+        const d = Buffer.from(`seed block ${i}`);
+        const put: Response = await fetch(`${server.url}/${md5hex(d)}`, { method: "PUT", body: d as unknown as BodyInit });
+        assert.equal(put.status, 200);
+        assert.equal(put.headers.get("x-keep-replicas-stored"), "3");
+        const got: Response = await fetch(`${server.url}/${md5hex(d)}+${d.length}`);
+        assert.deepEqual(Buffer.from(await got.arrayBuffer()), d);
+      }
+      for (const [acct, key, cs] of [[AZURITE_ACCOUNT, AZURITE_KEY, ["containera", "containerb", "containerc"]], [second.name, second.key, ["containerx", "containery", "containerz"]]] as const) {
+        for (const c of cs) for await (const b of az2.serviceClient(acct, key).getContainerClient(c).listBlobsFlat()) stored.add(`${acct}/${c}`) && b;
+      }
+      assert.ok(stored.size >= 4, `blocks spread over ${[...stored].join(", ")}`);
+      assert.ok([...stored].some((s) => s.startsWith(second.name)), "the second account's key was used");
+      const big = pattern(64 << 20);
+      const r: Response = await fetch(`${server.url}/${md5hex(big)}`, { method: "PUT", body: big as unknown as BodyInit });
+      assert.equal(r.status, 200);
+      const g: Response = await fetch(`${server.url}/${md5hex(big)}+${big.length}`);
+      assert.equal(md5hex(Buffer.from(await g.arrayBuffer())), md5hex(big));
+    } finally {
+      await server?.close(1000);
+      await az2.close();
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+});
