@@ -1,7 +1,6 @@
 // node:http ↔ fetch: turn an IncomingMessage into a web Request (body streamed, aborted when
 // the client goes away) and write a web Response back with backpressure. No status logic.
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { Readable } from "node:stream";
 import type { FetchHandler } from "../shared/http/router.js";
 
 export function nodeListener(handler: FetchHandler, onError: (err: unknown) => void) {
@@ -14,7 +13,7 @@ export function nodeListener(handler: FetchHandler, onError: (err: unknown) => v
     try {
       const request = toRequest(req, abort.signal);
       const response = await handler(request);
-      await writeResponse(response, res, abort.signal);
+      await writeResponse(response, req, res, abort.signal);
     } catch (err) {
       onError(err);
       if (!res.headersSent) {
@@ -38,14 +37,56 @@ function toRequest(req: IncomingMessage, signal: AbortSignal): Request {
   const hasBody = method !== "GET" && method !== "HEAD";
   // Keep the raw path: keepstore does not normalise it (PUT //x must be a 400, not a redirect).
   const url = `http://${headers.get("host") ?? "localhost"}${req.url ?? "/"}`;
-  return new Request(safeUrl(url), {
+  // Node's fetch requires duplex: "half" for streamed request bodies.
+  const init: RequestInit & { duplex: "half" } = {
     method,
     headers,
-    body: hasBody ? (Readable.toWeb(req) as ReadableStream<Uint8Array>) : undefined,
+    body: hasBody ? bodyStream(req) : undefined,
     signal,
-    // Node's fetch requires duplex for streamed request bodies.
     duplex: "half",
-  });
+  };
+  return new Request(safeUrl(url), init);
+}
+
+/**
+ * The request body as a web stream with backpressure (the socket is paused while 1 MiB is
+ * queued). Written out because Readable.toWeb throws an uncatchable "Controller is already
+ * closed" when the consumer cancels early (e.g. a 413), which would crash the server.
+ */
+function bodyStream(req: IncomingMessage): ReadableStream<Uint8Array> {
+  let open = true;
+  return new ReadableStream<Uint8Array>(
+    {
+      start(controller) {
+        req.on("data", (chunk: Buffer) => {
+          if (!open) return;
+          controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+          if ((controller.desiredSize ?? 0) <= 0) req.pause();
+        });
+        req.on("end", () => {
+          if (open) controller.close();
+          open = false;
+        });
+        req.on("error", (err) => {
+          if (open) controller.error(err);
+          open = false;
+        });
+        req.on("close", () => {
+          if (open && !req.complete) controller.error(new Error("client disconnected during the request body"));
+          open = false;
+        });
+      },
+      pull() {
+        req.resume();
+      },
+      cancel() {
+        // The handler stopped reading (e.g. 413): discard the rest; the response asks to close.
+        open = false;
+        req.resume();
+      },
+    },
+    new ByteLengthQueuingStrategy({ highWaterMark: 1 << 20 }),
+  );
 }
 
 function safeUrl(url: string): string {
@@ -56,12 +97,16 @@ function safeUrl(url: string): string {
   }
 }
 
-async function writeResponse(response: Response, res: ServerResponse, signal: AbortSignal): Promise<void> {
+async function writeResponse(response: Response, req: IncomingMessage, res: ServerResponse, signal: AbortSignal): Promise<void> {
   const headers: Record<string, string> = {};
   response.headers.forEach((v, k) => {
     headers[k] = v;
   });
+  // A body we did not read to the end must not be parsed as the next request: close after.
+  if (!req.complete) headers.connection = "close";
   res.writeHead(response.status, headers);
+  // Send the status now: a body cut short later must reach the client as a truncated 200.
+  res.flushHeaders();
   if (!response.body) {
     res.end();
     return;

@@ -90,7 +90,8 @@ async function dispatch(ctx: RequestContext, limiter: RequestLimiter): Promise<R
     for (const [methods, re, route] of ROUTES) {
       const m = re.exec(ctx.path);
       if (m && methods.includes(method)) {
-        res = await route(ctx, m);
+        // A backend call that ignores the signal must not hold the client past its deadline.
+        res = await untilAborted(Promise.resolve(route(ctx, m)), ctx.signal);
         break;
       }
     }
@@ -142,6 +143,24 @@ function holdUntilBodyDone(res: Response, release: () => void): Response {
     { highWaterMark: 0 },
   );
   return new Response(body, { status: res.status, headers: res.headers });
+}
+
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(asCancel(signal));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(asCancel(signal));
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e);
+      },
+    );
+  });
 }
 
 function deadlineSignal(ms: number): AbortSignal | undefined {

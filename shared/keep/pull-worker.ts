@@ -72,7 +72,9 @@ export class PullWorker {
         }
         if (!res.ok || !res.body) throw new KeepError(`pull from ${server}: HTTP ${res.status}`);
         const size = info.size ?? Number(res.headers.get("content-length"));
-        await dest.volume.write(info.hash, verifiedDownload(res.body, info.hash, size), { size });
+        // Node's web ReadableStream is async-iterable (the DOM typings some SDKs pull in say otherwise).
+        const body = res.body as unknown as AsyncIterable<Uint8Array>;
+        await dest.volume.write(info.hash, verifiedDownload(body, info.hash, size), { size });
         logger.info({ server, locator: p.locator, mount: dest.uuid }, "pulled block");
         return;
       } catch (err) {

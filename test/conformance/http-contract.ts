@@ -52,7 +52,7 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
       };
     const signing: Partial<KeepConfig> = { blobSigningKey: KEY, enforcePermissions: true, systemRootToken: ADMIN };
     const put = (url: string, hash: string, body: Uint8Array, headers: Record<string, string> = {}) =>
-      fetch(`${url}/${hash}`, { method: "PUT", body, headers });
+      fetch(`${url}/${hash}`, { method: "PUT", body: body as unknown as BodyInit, headers });
     const sign = (loc: string, token: string, clock: Clock) =>
       signLocator(loc, token, clock.now() / 1000 + TTL, { key: KEY, ttlSeconds: TTL });
 

@@ -28,9 +28,14 @@ export async function getBlock(ctx: RequestContext, locator: string, head: boole
     ctx.headers.set("content-length", String(length));
     return new Response(null, { status: 200, headers: ctx.headers });
   }
+  // Pull the first chunk before answering. The verifier withholds the last chunk until the
+  // block has been checked, so a corrupt block of one chunk (up to 1 MiB) gets a clean 502
+  // the client can retry elsewhere; a longer one can only be cut short after the 200.
+  const it = data.body[Symbol.asyncIterator]();
+  const first = await it.next();
   ctx.headers.set("content-length", String(length));
   ctx.headers.set("content-type", "application/octet-stream");
-  return new Response(iterableToStream(data.body), { status: 200, headers: ctx.headers });
+  return new Response(iterableToStream(prepend(first, it)), { status: 200, headers: ctx.headers });
 }
 
 export async function putBlock(ctx: RequestContext, locator: string): Promise<Response> {
@@ -78,4 +83,21 @@ export async function untrashBlock(ctx: RequestContext, locator: string): Promis
   requireAdmin(ctx);
   await ctx.services.keep.untrash(parseLocator(locator).hash);
   return new Response(null, { status: 200, headers: ctx.headers });
+}
+
+function prepend(first: IteratorResult<Uint8Array>, rest: AsyncIterator<Uint8Array>): AsyncIterable<Uint8Array> {
+  let pending: IteratorResult<Uint8Array> | undefined = first;
+  return {
+    [Symbol.asyncIterator]: () => ({
+      next: () => {
+        const r = pending;
+        pending = undefined;
+        return r ? Promise.resolve(r) : rest.next();
+      },
+      return: async () => {
+        await rest.return?.();
+        return { done: true, value: undefined };
+      },
+    }),
+  };
 }

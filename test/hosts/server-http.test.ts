@@ -1,0 +1,319 @@
+// Container-host behaviour that needs raw HTTP control: 100-continue, oversized and
+// truncated uploads, disconnects, corrupt copies, volume errors, deadlines, load shedding.
+import assert from "node:assert/strict";
+import { promises as fs } from "node:fs";
+import { request } from "node:http";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { BackendError } from "../../shared/errors.js";
+import { PosixVolume } from "../../shared/volume/posix.js";
+import { ADMIN } from "../conformance/http-contract.js";
+import { md5hex } from "../conformance/fixtures.js";
+import { startPosixServer } from "../harness/posix-server.js";
+import { RecordingVolume } from "../harness/recording-volume.js";
+
+const FOO_HASH = "acbd18db4cc2f85cedef654fccc4a4d8";
+
+/** Recursively list every file under a directory. */
+async function files(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await fs.readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...(await files(p)));
+    else out.push(p);
+  }
+  return out;
+}
+
+function rawRequest(url: string, text: string): Promise<string> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const sock = connect(Number(u.port), u.hostname, () => sock.write(text));
+    let out = "";
+    sock.on("data", (d) => {
+      out += d.toString("latin1");
+    });
+    sock.on("end", () => resolve(out));
+    sock.on("error", reject);
+    sock.setTimeout(5000, () => sock.destroy(new Error("timeout")));
+  });
+}
+
+describe("container host over real HTTP", () => {
+  it("answers Expect: 100-continue at once, then stores the block", async () => {
+    const s = await startPosixServer();
+    try {
+      const u = new URL(s.url);
+      const status = await new Promise<number>((resolve, reject) => {
+        const req = request({ host: u.hostname, port: u.port, method: "PUT", path: `/${FOO_HASH}`, headers: { expect: "100-continue", "content-length": 3 } });
+        req.on("continue", () => req.end("foo"));
+        req.on("response", (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on("error", reject);
+        req.flushHeaders();
+      });
+      assert.equal(status, 200);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("refuses a declared body over 64 MiB with 413 before reading it", async () => {
+    const s = await startPosixServer();
+    try {
+      const out = await rawRequest(s.url, `PUT /${FOO_HASH} HTTP/1.1\r\nHost: x\r\nContent-Length: ${64 * 1024 * 1024 + 1}\r\nConnection: close\r\n\r\n`);
+      assert.match(out, /^HTTP\/1\.1 413 /);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("refuses a chunked body that grows past 64 MiB, and stores nothing", async () => {
+    const s = await startPosixServer();
+    try {
+      const chunk = Buffer.alloc(1 << 20, 1);
+      let sent = 0;
+      // 65 MiB in 1 MiB chunks, never declared up front (chunked transfer encoding).
+      const body = new ReadableStream<Uint8Array>({
+        pull(c) {
+          try {
+            if (sent++ < 65) c.enqueue(chunk);
+            else c.close();
+          } catch {
+            // The server answered 413 and fetch cancelled the upload: nothing more to send.
+          }
+        },
+      });
+      const res = await fetch(`${s.url}/${FOO_HASH}`, { method: "PUT", body, duplex: "half" } as RequestInit);
+      assert.equal(res.status, 413);
+      assert.deepEqual(await files(s.roots[0] as string), []);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("a client that disconnects mid-PUT leaves no block and no temp file", async () => {
+    const s = await startPosixServer();
+    try {
+      const big = Buffer.alloc(8 << 20, 7);
+      const u = new URL(s.url);
+      await new Promise<void>((resolve) => {
+        const sock = connect(Number(u.port), u.hostname, () => {
+          sock.write(`PUT /${md5hex(big)} HTTP/1.1\r\nHost: x\r\nContent-Length: ${big.length}\r\n\r\n`);
+          sock.write(big.subarray(0, 3 << 20), () => setTimeout(() => sock.destroy(), 50));
+        });
+        sock.on("close", () => resolve());
+        sock.on("error", () => {});
+      });
+      // Wait until the server has noticed and cleaned up: poll, bounded.
+      for (let i = 0; i < 100 && (await files(s.roots[0] as string)).length > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(await files(s.roots[0] as string), []);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("a corrupt copy gives a short GET body (Content-Length kept) and a 502 HEAD", async () => {
+    const s = await startPosixServer();
+    try {
+      const n = 10_000_000;
+      const good = Buffer.alloc(n, 3);
+      const hash = md5hex(good);
+      for (const bad of [Buffer.from("abc"), Buffer.alloc(n, 4), Buffer.alloc(n - 1, 3), Buffer.alloc(n + 1, 3), Buffer.alloc(2 * n, 3)]) {
+        await fs.mkdir(join(s.roots[0] as string, hash.slice(0, 3)), { recursive: true });
+        await fs.writeFile(join(s.roots[0] as string, hash.slice(0, 3), hash), bad);
+        const got = await new Promise<{ status: number; cl: string | undefined; bytes: number }>((resolve) => {
+          const u = new URL(s.url);
+          const req = request({ host: u.hostname, port: u.port, path: `/${hash}+${n}` }, (res) => {
+            let bytes = 0;
+            res.on("data", (d: Buffer) => {
+              bytes += d.length;
+            });
+            const done = () => resolve({ status: res.statusCode ?? 0, cl: res.headers["content-length"], bytes });
+            res.on("end", done);
+            res.on("error", done);
+            res.on("close", done);
+          });
+          req.on("error", () => {});
+          req.end();
+        });
+        // A copy that fails the check before the first byte leaves gets a clean 502; otherwise the
+        // 200 is already out and the body is cut short of Content-Length.
+        if (got.status === 502) assert.ok(bad.length < 1 << 20, "only single-chunk copies can be refused up front");
+        else {
+          assert.equal(got.status, 200);
+          assert.equal(got.cl, String(n));
+          assert.notEqual(got.bytes, n, `corrupt copy of ${bad.length} bytes must not be delivered whole`);
+        }
+        for (const path of [`/${hash}+${n}`, `/${hash}`]) {
+          assert.equal((await fetch(`${s.url}${path}`, { method: "HEAD" })).status, 502, path);
+        }
+      }
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("passes a volume's own status through and falls back to another mount", async () => {
+    // With injected volumes: mount 0 fails with a 502 backend error, mount 1 is empty.
+    const { startKeepServer } = await import("../../server/serve.js");
+    const { DEFAULTS } = await import("../../shared/config.js");
+    const { silentLogger } = await import("../../shared/log.js");
+    const { FakeClock } = await import("../../shared/clock.js");
+    const { mkdtemp } = await import("node:fs/promises");
+    const { tmpdir } = await import("node:os");
+    const roots = [await mkdtemp(join(tmpdir(), "keepfn-ve-")), await mkdtemp(join(tmpdir(), "keepfn-ve-"))];
+    const vols: RecordingVolume[] = [];
+    const server = await startKeepServer(
+      {
+        ...DEFAULTS,
+        volumes: roots.map((root, i) => ({ driver: "posix" as const, root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"], priority: 10 - i })),
+      },
+      "127.0.0.1:0",
+      {
+        logger: silentLogger(),
+        createVolume: async (spec, params) => {
+          const v = new RecordingVolume(new PosixVolume({ root: (spec as { root: string }).root }, params), String(vols.length));
+          vols.push(v);
+          return v;
+        },
+        clock: new FakeClock(),
+      },
+    );
+    try {
+      vols[0]?.faults.set("read", () => new BackendError("test error", 502));
+      let r = await fetch(`${server.url}/${FOO_HASH}+3`);
+      assert.equal(r.status, 502);
+      assert.equal(await r.text(), "test error\n");
+      vols[0]?.faults.set("read", () => new Error("plain failure"));
+      r = await fetch(`${server.url}/${FOO_HASH}+3`);
+      assert.equal(r.status, 500);
+      await r.text();
+      await fs.mkdir(join(roots[1] as string, "acb"), { recursive: true });
+      await fs.writeFile(join(roots[1] as string, "acb", FOO_HASH), "foo");
+      r = await fetch(`${server.url}/${FOO_HASH}+3`);
+      assert.equal(r.status, 200);
+      assert.equal(await r.text(), "foo");
+    } finally {
+      await server.close(100);
+      for (const r of roots) await fs.rm(r, { recursive: true, force: true });
+    }
+  });
+
+  it("ends a request at the deadline with 499, but lets a slow index finish", async () => {
+    const { startKeepServer } = await import("../../server/serve.js");
+    const { DEFAULTS } = await import("../../shared/config.js");
+    const { silentLogger } = await import("../../shared/log.js");
+    const { mkdtemp } = await import("node:fs/promises");
+    const { tmpdir } = await import("node:os");
+    const root = await mkdtemp(join(tmpdir(), "keepfn-to-"));
+    let vol!: RecordingVolume;
+    const server = await startKeepServer(
+      { ...DEFAULTS, requestTimeoutMs: 300, volumes: [{ driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"] }] },
+      "127.0.0.1:0",
+      {
+        logger: silentLogger(),
+        createVolume: async (_spec, params) => {
+          vol = new RecordingVolume(new PosixVolume({ root }, params), "slow");
+          return vol;
+        },
+      },
+    );
+    try {
+      let open!: () => void;
+      vol.gate = new Promise<void>((r) => {
+        open = r;
+      });
+      const put = await fetch(`${server.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
+      assert.equal(put.status, 499);
+      const idx = fetch(`${server.url}/index`);
+      setTimeout(open, 500);
+      const r = await idx;
+      assert.equal(r.status, 200);
+      assert.equal(await r.text(), "\n");
+    } finally {
+      await server.close(100);
+      await fs.rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it("sheds load with 503 past max-requests and the queue", async () => {
+    const { startKeepServer } = await import("../../server/serve.js");
+    const { DEFAULTS } = await import("../../shared/config.js");
+    const { silentLogger } = await import("../../shared/log.js");
+    const { mkdtemp } = await import("node:fs/promises");
+    const { tmpdir } = await import("node:os");
+    const root = await mkdtemp(join(tmpdir(), "keepfn-lim-"));
+    let vol!: RecordingVolume;
+    const server = await startKeepServer(
+      { ...DEFAULTS, maxRequests: 1, maxQueuedRequests: 0, volumes: [{ driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"] }] },
+      "127.0.0.1:0",
+      {
+        logger: silentLogger(),
+        createVolume: async (_spec, params) => {
+          vol = new RecordingVolume(new PosixVolume({ root }, params), "x");
+          return vol;
+        },
+      },
+    );
+    try {
+      let open!: () => void;
+      vol.gate = new Promise<void>((r) => {
+        open = r;
+      });
+      const first = fetch(`${server.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
+      await new Promise((r) => setTimeout(r, 50));
+      const second = await fetch(`${server.url}/${FOO_HASH}+3`);
+      assert.equal(second.status, 503);
+      open();
+      assert.equal((await first).status, 200);
+    } finally {
+      await server.close(100);
+      await fs.rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it("does not deadlock or leak buffers: 20 concurrent PUT+GET with 2 buffers", async () => {
+    const s = await startPosixServer({ maxBuffers: 2 });
+    try {
+      await Promise.all(
+        Array.from({ length: 20 }, async (_, i) => {
+          const data = Buffer.alloc(100_000 + i, i);
+          const hash = md5hex(data);
+          const p = await fetch(`${s.url}/${hash}`, { method: "PUT", body: data });
+          assert.equal(p.status, 200);
+          const g = await fetch(`${s.url}/${hash}+${data.length}`);
+          assert.equal(md5hex(Buffer.from(await g.arrayBuffer())), hash);
+        }),
+      );
+      assert.equal(s.app.keep.buffers.used, 0);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("pulls a block from another keepstore when keep-balance asks", async () => {
+    const key = "pull-test-signing-key";
+    const src = await startPosixServer({ blobSigningKey: key, enforcePermissions: true, systemRootToken: ADMIN });
+    const dst = await startPosixServer({ blobSigningKey: key, enforcePermissions: true, systemRootToken: ADMIN });
+    try {
+      await fetch(`${src.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
+      const list = [
+        { locator: `${FOO_HASH}+3`, servers: ["http://127.0.0.1:1", src.url] },
+        { locator: "37b51d194a7513e45b56f6524f2d51f2+3", servers: [src.url] },
+        { locator: `${FOO_HASH}+3`, servers: [src.url], mount_uuid: "zzzzz-nyw5e-000000000000000" },
+      ];
+      const r = await fetch(`${dst.url}/pull`, { method: "PUT", body: JSON.stringify(list), headers: { authorization: `Bearer ${ADMIN}` } });
+      assert.equal(r.status, 200);
+      await dst.app.pullWorker.queue.idle();
+      const idx = await (await fetch(`${dst.url}/index`, { headers: { authorization: `Bearer ${ADMIN}` } })).text();
+      assert.match(idx, /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d+\n\n$/);
+    } finally {
+      await src.cleanup();
+      await dst.cleanup();
+    }
+  });
+});
