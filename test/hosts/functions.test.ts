@@ -203,3 +203,40 @@ describe("Azure Functions app", () => {
     await assert.rejects(runLocal("127.0.0.1:0", { KEEP_VOLUMES: '[{"account":"a","container":"c","keySecret":"s"}]' }), /KEEP_KEYVAULT_URL/);
   });
 });
+
+describe("keepfn-local --host functions (the CLI)", () => {
+  it("serves small and 64 MiB blocks over Azurite, configured by app settings in the environment", async () => {
+    const { env } = await settingsFor({ blobSigningKey: "k".repeat(40) });
+    const { spawn } = await import("node:child_process");
+    const { freePort } = await import("../harness/azurite.js");
+    const port = await freePort();
+    const child = spawn(process.execPath, ["dist/tools/keepfn-local.js", "--host", "functions", "--listen", `127.0.0.1:${port}`], {
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    try {
+      let err = "";
+      await new Promise<void>((resolve, reject) => {
+        child.stderr?.on("data", (d) => {
+          err += d;
+          if (err.includes("handlers serving")) resolve();
+        });
+        child.once("exit", (code) => reject(new Error(`keepfn-local exited ${code}: ${err}`)));
+      });
+      const url = `http://127.0.0.1:${port}`;
+      for (const data of [FOO, randomBytes(64 << 20)]) {
+        const hash = md5hex(data);
+        const put = await fetch(`${url}/${hash}`, { method: "PUT", body: data as unknown as BodyInit, headers: { authorization: "Bearer t" } });
+        assert.equal(put.status, 200);
+        const loc = (await put.text()).trim();
+        const got = await fetch(`${url}/${loc}`, { headers: { authorization: "Bearer t" } });
+        assert.equal(got.status, 200);
+        assert.equal(md5hex(Buffer.from(await got.arrayBuffer())), hash);
+      }
+    } finally {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      await exited;
+    }
+  });
+});
