@@ -10,6 +10,8 @@ import type { VolumeStats } from "./volume.js";
 export interface AzureAuth {
   keySource?: AccountKeySource;
   token?: TokenCredential;
+  /** Extra CA for the blob endpoint's TLS (an emulator's self-signed certificate). */
+  tlsCa?: string;
 }
 
 export interface RetryPolicy {
@@ -64,7 +66,12 @@ export class ContainerConnection {
   }
 
   private async build(key: string | undefined): Promise<{ key?: string; container: ContainerClient }> {
-    const options = { retryOptions: { maxTries: 1, tryTimeoutInMs: this.retry.tryTimeoutMs }, keepAliveOptions: { enable: true } };
+    const options = {
+      retryOptions: { maxTries: 1, tryTimeoutInMs: this.retry.tryTimeoutMs },
+      keepAliveOptions: { enable: true },
+      // Passed through to core-rest-pipeline's TLS policy (not in StoragePipelineOptions' type).
+      ...(this.auth.tlsCa ? { tlsOptions: { ca: this.auth.tlsCa } } : {}),
+    };
     let credential: StorageSharedKeyCredential | TokenCredential;
     if (this.auth.token) credential = this.auth.token;
     else if (this.auth.keySource) {

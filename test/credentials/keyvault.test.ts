@@ -151,3 +151,34 @@ describe("key file", () => {
     assert.equal(await k.refresh("k2"), "k3");
   });
 });
+
+describe("Entra ID token to storage (no key at all)", () => {
+  it("reads and writes with a managed identity token for https://storage.azure.com (Azurite over HTTPS, --oauth basic)", async () => {
+    const { readFileSync } = await import("node:fs");
+    const { BlobServiceClient, StorageSharedKeyCredential } = await import("@azure/storage-blob");
+    const ca = readFileSync(vault.caFile, "utf8");
+    const secure = await Azurite.start({ inMemory: true, cert: vault.caFile, key: join(vault.dir, "key.pem"), oauth: true });
+    try {
+      const admin = new BlobServiceClient(secure.endpoint, new StorageSharedKeyCredential(AZURITE_ACCOUNT, AZURITE_KEY), {
+        tlsOptions: { ca },
+      } as never);
+      await admin.getContainerClient("entra").create();
+      const v = new AzureBlobVolume(
+        { accountName: AZURITE_ACCOUNT, container: "entra", endpoint: secure.endpoint, auth: { token: kvmod.managedIdentity(), tlsCa: ca } },
+        { clock: new FakeClock(), signingTtlMs: 1000, trashLifetimeMs: 3600_000 },
+      );
+      await v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
+      assert.ok(identity.requests.some((r) => r.resource.startsWith("https://storage.azure.com")), JSON.stringify(identity.requests));
+      // Azurite checks the token: a token for another audience is refused.
+      const wrong = { getToken: async () => ({ token: [...identity.issued].find((t) => JSON.parse(Buffer.from(t.split(".")[1] as string, "base64url").toString()).aud.includes("vault")) as string, expiresOnTimestamp: Date.now() + 3600_000 }) };
+      const bad = new AzureBlobVolume(
+        { accountName: AZURITE_ACCOUNT, container: "entra", endpoint: secure.endpoint, auth: { token: wrong, tlsCa: ca }, retry: { budgetMs: 200 } },
+        { clock: new FakeClock(), signingTtlMs: 1000, trashLifetimeMs: 3600_000 },
+      );
+      await assert.rejects(bad.mtime(TEST_HASH), /refused the credentials/);
+    } finally {
+      await secure.close();
+    }
+  });
+});
