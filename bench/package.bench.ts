@@ -21,17 +21,21 @@ const RUNS = Number(process.env.KEEPFN_BENCH_RUNS ?? 15);
 const DUMMY_ENV: Record<string, string> = {
   AWS_REGION: "us-east-1",
   AWS_EC2_METADATA_DISABLED: "true",
-  AWS_ACCESS_KEY_ID: "bench",
-  AWS_SECRET_ACCESS_KEY: "bench",
-  KEEPFN_CLUSTER_ID: "zzzzz",
-  KEEPFN_S3_BUCKET: "bench-bucket",
-  KEEPFN_S3_REGION: "us-east-1",
-  KEEPFN_KEY_VAULT_URL: "https://bench.vault.invalid/",
-  KEEPFN_VOLUMES: JSON.stringify([
-    { driver: "azure", accountName: "bench", container: "keep0", keyVaultSecret: "volume-account-key" },
+  KEEP_CLUSTER_ID: "zzzzz",
+  // lambda/settings.ts
+  KEEP_S3_BUCKET: "bench-bucket",
+  KEEP_S3_REGION: "us-east-1",
+  // functions/settings.ts (a literal key: no Key Vault or identity endpoint is contacted)
+  KEEP_VOLUMES: JSON.stringify([
+    {
+      account: "bench",
+      container: "keep0",
+      endpoint: "http://127.0.0.1:9/bench",
+      key: Buffer.from("bench").toString("base64"),
+    },
   ]),
-  KEEPFN_TRASH_SWEEP_SCHEDULE: "0 */30 * * * *",
-  KEEPFN_LOG_LEVEL: "silent",
+  KEEP_TRASH_SCHEDULE: "0 */30 * * * *",
+  KEEP_LOG_LEVEL: "silent",
 };
 
 function median(xs: number[]): number {

@@ -26,19 +26,20 @@ locals {
 
   # Read by lambda/settings.ts. Secret *names* only; the values stay in SSM.
   lambda_env = {
-    KEEPFN_CLUSTER_ID                   = var.cluster_id
-    KEEPFN_S3_BUCKET                    = local.bucket_name
-    KEEPFN_S3_REGION                    = var.region
-    KEEPFN_S3_PREFIX_LENGTH             = tostring(var.s3_prefix_length)
-    KEEPFN_S3_REPLICATION               = tostring(var.s3_replication)
-    KEEPFN_ENFORCE_PERMISSIONS          = tostring(var.enforce_permissions)
-    KEEPFN_BLOB_SIGNATURE_TTL           = tostring(var.blob_signature_ttl_seconds)
-    KEEPFN_TRASH_ENABLED                = tostring(var.trash_enabled)
-    KEEPFN_TRASH_LIFETIME               = var.trash_lifetime
-    KEEPFN_BLOB_SIGNING_KEY_PARAM       = aws_ssm_parameter.blob_signing_key.name
-    KEEPFN_SYSTEM_ROOT_TOKEN_PARAM      = aws_ssm_parameter.system_root_token.name
-    KEEPFN_MANAGEMENT_TOKEN_PARAM       = aws_ssm_parameter.management_token.name
-    KEEPFN_SWEEP_BUDGET_MS              = tostring((var.sweep_timeout_seconds - 60) * 1000)
+    KEEP_CLUSTER_ID                     = var.cluster_id
+    KEEP_S3_BUCKET                      = local.bucket_name
+    KEEP_S3_REGION                      = var.region
+    KEEP_S3_PREFIX_LENGTH               = tostring(var.s3_prefix_length)
+    KEEP_S3_REPLICATION                 = tostring(var.s3_replication)
+    KEEP_ENFORCE_PERMISSIONS            = tostring(var.enforce_permissions)
+    KEEP_BLOB_SIGNING_TTL               = tostring(var.blob_signature_ttl_seconds)
+    KEEP_TRASH_ENABLED                  = tostring(var.trash_enabled)
+    KEEP_TRASH_LIFETIME                 = var.trash_lifetime
+    KEEP_BLOB_SIGNING_KEY_PARAM         = aws_ssm_parameter.blob_signing_key.name
+    KEEP_SYSTEM_ROOT_TOKEN_PARAM        = aws_ssm_parameter.system_root_token.name
+    KEEP_MANAGEMENT_TOKEN_PARAM         = aws_ssm_parameter.management_token.name
+    KEEP_SECRETS_CACHE_TTL              = var.secrets_cache_ttl
+    KEEP_SWEEP_BUDGET                   = "${var.sweep_timeout_seconds - 60}s"
     AWS_NODEJS_CONNECTION_REUSE_ENABLED = "1"
   }
 }
@@ -182,11 +183,12 @@ data "aws_iam_policy_document" "lambda" {
     ]
     resources = ["${local.bucket_arn}/*"]
   }
-  # The three secrets of this deployment (SecureString with the AWS-managed aws/ssm key, whose key
-  # policy already lets this account's principals decrypt through SSM).
+  # The three secrets of this deployment, read in one GetParameters call (SecureString with the
+  # AWS-managed aws/ssm key, whose key policy already lets this account's principals decrypt
+  # through SSM, so no kms:Decrypt statement is needed).
   statement {
     sid     = "ReadSecrets"
-    actions = ["ssm:GetParameter", "ssm:GetParameters"]
+    actions = ["ssm:GetParameters"]
     resources = [
       aws_ssm_parameter.blob_signing_key.arn,
       aws_ssm_parameter.system_root_token.arn,

@@ -85,9 +85,9 @@ variable "lambda_zip" {
 }
 
 variable "http_handler" {
-  description = "Handler of the HTTP (Function URL, response streaming) function inside the package."
+  description = "Handler of the HTTP function inside the package: the streamified one, as the Function URL uses RESPONSE_STREAM."
   type        = string
-  default     = "index.httpHandler"
+  default     = "index.streamHandler"
 }
 
 variable "sweep_handler" {
@@ -100,6 +100,12 @@ variable "lambda_runtime" {
   description = "Lambda runtime (the bundle targets Node 20 syntax, so nodejs20.x and nodejs22.x both run it; Node 20 is end-of-life)."
   type        = string
   default     = "nodejs22.x"
+}
+
+variable "secrets_cache_ttl" {
+  description = "How long a warm function keeps the signing key and tokens before re-reading SSM (Go duration); bounds how long a rotation takes."
+  type        = string
+  default     = "5m"
 }
 
 variable "http_memory_mb" {

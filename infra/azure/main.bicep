@@ -478,14 +478,14 @@ resource apimFunctionKeyReader 'Microsoft.Authorization/roleAssignments@2022-04-
 
 // ---------------------------------------------------------------- app settings
 
-// No secret values here: only where to find them (vault URL and secret names).
+// No secret values here: only where to find them (vault URL and secret names). The shape is
+// what functions/settings.ts reads from KEEP_VOLUMES.
 var keepVolumes = [
   for name in volumeContainers: {
-    driver: 'azure'
-    accountName: volumeStorageName
+    account: volumeStorageName
     container: name
     endpoint: volumeStorage.properties.primaryEndpoints.blob
-    keyVaultSecret: secretVolumeKey
+    keySecret: secretVolumeKey
     replication: volumeReplication
     readOnly: false
     storageClasses: [
@@ -505,18 +505,22 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // 64 MiB blocks plus headers fit well under the default; stated so nobody lowers it.
     FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: '104857600'
     // keepfn (parsed by functions/settings.ts).
-    KEEPFN_CLUSTER_ID: clusterId
-    KEEPFN_KEY_VAULT_URL: keyVault.properties.vaultUri
-    KEEPFN_VOLUMES: string(keepVolumes)
-    KEEPFN_BLOB_SIGNING_KEY_SECRET: secretBlobSigningKey
-    KEEPFN_SYSTEM_ROOT_TOKEN_SECRET: secretSystemRootToken
-    KEEPFN_MANAGEMENT_TOKEN_SECRET: secretManagementToken
-    KEEPFN_ENFORCE_PERMISSIONS: string(enforcePermissions)
-    KEEPFN_BLOB_SIGNATURE_TTL: string(blobSignatureTtlSeconds)
-    KEEPFN_TRASH_ENABLED: string(trashEnabled)
-    KEEPFN_TRASH_LIFETIME: trashLifetime
-    // The timer trigger's schedule is "%KEEPFN_TRASH_SWEEP_SCHEDULE%".
-    KEEPFN_TRASH_SWEEP_SCHEDULE: trashSweepSchedule
+    KEEP_CLUSTER_ID: clusterId
+    KEEP_KEYVAULT_URL: keyVault.properties.vaultUri
+    KEEP_VOLUMES: string(keepVolumes)
+    KEEP_BLOB_SIGNING_KEY_SECRET: secretBlobSigningKey
+    KEEP_SYSTEM_ROOT_TOKEN_SECRET: secretSystemRootToken
+    KEEP_MANAGEMENT_TOKEN_SECRET: secretManagementToken
+    KEEP_ENFORCE_PERMISSIONS: string(enforcePermissions)
+    KEEP_BLOB_SIGNING_TTL: string(blobSignatureTtlSeconds)
+    KEEP_TRASH_ENABLED: string(trashEnabled)
+    KEEP_TRASH_LIFETIME: trashLifetime
+    // The timer trigger's schedule is "%KEEP_TRASH_SCHEDULE%".
+    KEEP_TRASH_SCHEDULE: trashSweepSchedule
+    // One 64 MiB buffer per concurrent request the instance accepts (see perInstanceConcurrency).
+    KEEP_MAX_BUFFERS: string(instanceMemoryMB / 128)
+    // Requests must carry the host key, which only API Management has.
+    KEEP_FUNCTION_AUTH_LEVEL: 'function'
   }
   dependsOn: [
     appKeyVaultSecretsUser
@@ -600,6 +604,7 @@ resource keepApi 'Microsoft.ApiManagement/service/apis@2022-08-01' = {
   }
 }
 
+// Every method the Functions app registers, including keepstore's TOUCH.
 var keepMethods = [
   'GET'
   'HEAD'
@@ -607,6 +612,7 @@ var keepMethods = [
   'POST'
   'DELETE'
   'OPTIONS'
+  'TOUCH'
 ]
 
 resource keepOperations 'Microsoft.ApiManagement/service/apis/operations@2022-08-01' = [

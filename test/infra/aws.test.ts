@@ -9,8 +9,9 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { pathToFileURL } from "node:url";
 import { parse } from "@cdktf/hcl2json";
-import { ROOT, read, sourcesUnder } from "./paths.js";
+import { exists, ROOT, read, sourcesUnder } from "./paths.js";
 
 type J = Record<string, any>;
 const DIR = "infra/aws";
@@ -242,6 +243,44 @@ export async function checkAws(files: Record<string, string>): Promise<string[]>
   return p;
 }
 
+// Deploy-time values Terraform computes, for evaluating the functions' environment offline.
+const PLACEHOLDERS: Record<string, string> = {
+  "var.region": "us-east-1",
+  "var.cluster_id": "zzzzz",
+  "local.bucket_name": "keepfn-blocks-123456789012-us-east-1",
+};
+
+/** Evaluates local.lambda_env with variable defaults and PLACEHOLDERS; throws on anything else. */
+function lambdaEnv(j: J): Record<string, string> {
+  const vars = j.variable as J;
+  const loc = locals(j);
+  const evalExpr = (e: string): unknown => {
+    e = e.trim();
+    if (e in PLACEHOLDERS) return PLACEHOLDERS[e];
+    const ts = /^tostring\((.+)\)$/.exec(e);
+    if (ts) return String(evalExpr(ts[1] as string));
+    const sub = /^(var\.\w+)\s*-\s*(\d+)$/.exec(e);
+    if (sub) return Number(evalExpr(sub[1] as string)) - Number(sub[2]);
+    const v = /^var\.(\w+)$/.exec(e);
+    if (v && vars[v[1] as string] && one(vars[v[1] as string]).default !== undefined)
+      return one(vars[v[1] as string]).default;
+    const l = /^local\.(\w+)$/.exec(e);
+    if (l && typeof loc[l[1] as string] === "string") return interpolate(loc[l[1] as string] as string);
+    const r = /^(aws_\w+)\.(\w+)\.(\w+)$/.exec(e);
+    if (r) {
+      const attr = res(j, r[1] as string, r[2] as string)?.[r[3] as string];
+      if (typeof attr === "string") return interpolate(attr);
+    }
+    throw new Error(`cannot evaluate '${e}' offline: add a placeholder to the test`);
+  };
+  const interpolate = (s: string): string => {
+    const whole = /^\$\{([^{}]+)\}$/.exec(s);
+    if (whole) return String(evalExpr(whole[1] as string));
+    return s.replace(/\$\{([^{}]+)\}/g, (_m, e: string) => String(evalExpr(e)));
+  };
+  return Object.fromEntries(Object.entries(loc.lambda_env as J).map(([k, v]) => [k, interpolate(String(v))]));
+}
+
 const files = Object.fromEntries(tfFiles.map((f) => [f, read(`${DIR}/${f}`)]));
 
 function mutate(name: string, from: string | RegExp, to: string): Record<string, string> {
@@ -347,8 +386,8 @@ describe("infra/aws (Terraform, parsed with @cdktf/hcl2json; no provider schemas
     [
       "a secret in the environment",
       "main.tf",
-      "KEEPFN_TRASH_LIFETIME               = var.trash_lifetime",
-      "KEEPFN_TRASH_LIFETIME               = var.trash_lifetime\n    KEEPFN_TOKEN                        = var.system_root_token",
+      "KEEP_TRASH_LIFETIME                 = var.trash_lifetime",
+      "KEEP_TRASH_LIFETIME                 = var.trash_lifetime\n    KEEP_TOKEN                          = var.system_root_token",
       /carries a secret/,
     ],
     ["a plain String parameter", "main.tf", 'type        = "SecureString"', 'type        = "String"', /SecureString/],
@@ -423,17 +462,43 @@ describe("infra/aws (Terraform, parsed with @cdktf/hcl2json; no provider schemas
     }
   });
 
-  it("the environment matches what lambda/settings.ts reads (when lambda/ exists)", async (t) => {
+  it("the environment parses with lambda/settings.ts into the intended config (when lambda/ exists)", async (t) => {
     const src = sourcesUnder("lambda");
-    if (!src) {
-      t.skip("lambda/ has no sources yet (issue 4)");
+    if (!src || !exists("dist/lambda/settings.js")) {
+      t.skip("lambda/settings.ts not written yet (issue 4)");
       return;
     }
     const j = await parseAll(files);
-    const env = Object.keys(locals(j).lambda_env as J).filter((k) => k.startsWith("KEEPFN_"));
-    const readNames = new Set([...src.matchAll(/["'`](KEEPFN_[A-Z0-9_]+)["'`]/g)].map((m) => m[1] as string));
-    const unknown = env.filter((k) => !readNames.has(k));
+    const env = lambdaEnv(j);
+    const keep = Object.keys(env).filter((k) => k.startsWith("KEEP_"));
+    const readNames = new Set([...src.matchAll(/["'`](KEEP_[A-Z0-9_]+)["'`]/g)].map((m) => m[1] as string));
+    const unknown = keep.filter((k) => !readNames.has(k));
     assert.deepEqual(unknown, [], `environment variables the Lambda code never reads: ${unknown.join(", ")}`);
+
+    const { loadSettings } = (await import(pathToFileURL(join(ROOT, "dist/lambda/settings.js")).href)) as {
+      loadSettings(env: NodeJS.ProcessEnv): any;
+    };
+    const s = loadSettings(env);
+    assert.equal(s.config.volumes.length, 1);
+    const v = s.config.volumes[0];
+    assert.equal(v.driver, "s3");
+    assert.equal(v.bucket, PLACEHOLDERS["local.bucket_name"]);
+    assert.equal(v.region, PLACEHOLDERS["var.region"]);
+    assert.equal(v.accessKey, undefined, "credentials come from the execution role");
+    assert.equal(v.endpoint, undefined);
+    assert.equal(v.prefixLength, 0);
+    assert.equal(v.replication, 2);
+    assert.deepEqual(s.secretParams, {
+      blobSigningKey: "/keepfn/blob-signing-key",
+      systemRootToken: "/keepfn/system-root-token",
+      managementToken: "/keepfn/management-token",
+    });
+    assert.equal(s.config.blobSigningKey, "", "no secret value in the environment");
+    assert.equal(s.config.enforcePermissions, true);
+    assert.equal(s.config.trashEnabled, true);
+    assert.equal(s.config.trashLifetimeMs, 336 * 3600_000);
+    assert.equal(s.sweepBudgetMs, (900 - 60) * 1000, "the sweep stops a minute before the function timeout");
+    assert.equal(s.ssm.cacheMs, 5 * 60_000);
   });
 
   it("terraform fmt -check (only where a terraform binary exists; CI may not have one)", (t) => {

@@ -3,7 +3,9 @@
 // rule is also run against a mutated copy of the template to prove it can fail.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { join } from "node:path";
 import { describe, it } from "node:test";
+import { pathToFileURL } from "node:url";
 import {
   bodyOf,
   type Declaration,
@@ -15,7 +17,7 @@ import {
   unresolvedReferences,
   type Value,
 } from "./bicep.js";
-import { read, sourcesUnder } from "./paths.js";
+import { exists, ROOT, read, sourcesUnder } from "./paths.js";
 
 const MAIN = "infra/azure/main.bicep";
 const PARAMS = "infra/azure/main.bicepparam";
@@ -353,6 +355,62 @@ export function checkAzure(mainText: string, paramText: string): string[] {
   return p;
 }
 
+// Deploy-time values the template cannot know offline, for evaluating its app settings.
+const PLACEHOLDERS: Record<string, unknown> = {
+  clusterId: "zzzzz",
+  "keyVault.properties.vaultUri": "https://kv-placeholder.vault.azure.net/",
+  "runtimeStorage.name": "runtimeplaceholder",
+  "appInsights.properties.ConnectionString": "InstrumentationKey=00000000-0000-0000-0000-000000000000",
+  "volumeStorage.properties.primaryEndpoints.blob": "https://volplaceholder.blob.core.windows.net/",
+  volumeStorageName: "volplaceholder",
+};
+
+function paramDefault(decls: Declaration[], name: string): unknown {
+  return decls.find((d) => d.kind === "param" && d.name === name)?.value;
+}
+
+/** ARM's string(): booleans become True/False, objects and arrays JSON. */
+function armString(v: unknown): string {
+  if (typeof v === "boolean") return v ? "True" : "False";
+  if (typeof v === "string") return v;
+  if (typeof v === "number") return String(v);
+  return JSON.stringify(v);
+}
+
+/** Evaluates the app settings with parameter defaults and PLACEHOLDERS; throws on anything else. */
+function appSettingsEnv(decls: Declaration[]): Record<string, string> {
+  const evalValue = (v: Value | undefined, scope: Record<string, unknown>): unknown => {
+    if (v === null || typeof v !== "object") return v;
+    if (isExpr(v)) return evalExpr(v.expr, scope);
+    if (Array.isArray(v)) return v.map((x) => evalValue(x, scope));
+    if ("for" in v) {
+      const m = /^\s*(\w+)\s+in\s+(.+)$/.exec(String(v.for));
+      assert.ok(m, `unsupported loop ${v.for}`);
+      return (evalExpr(m[2] as string, scope) as unknown[]).map((x) =>
+        evalValue(v.body as Value, { ...scope, [m[1] as string]: x }),
+      );
+    }
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, evalValue(x as Value, scope)]));
+  };
+  const evalExpr = (e: string, scope: Record<string, unknown>): unknown => {
+    e = e.trim();
+    if (e in scope) return scope[e];
+    if (e in PLACEHOLDERS) return PLACEHOLDERS[e];
+    const str = /^string\((.+)\)$/.exec(e);
+    if (str) return armString(evalExpr(str[1] as string, scope));
+    const div = /^(\w+)\s*\/\s*(\d+)$/.exec(e);
+    if (div) return Math.floor(Number(evalExpr(div[1] as string, scope)) / Number(div[2]));
+    const d = decls.find((x) => (x.kind === "param" || x.kind === "var") && x.name === e);
+    if (d && d.value !== undefined) return evalValue(d.value, scope);
+    throw new Error(`cannot evaluate app setting expression '${e}' offline: add a placeholder to the test`);
+  };
+  const res = resourcesOfType(decls, "Microsoft.Web/sites/config").find(
+    (d) => get(bodyOf(d), "name") === "appsettings",
+  );
+  const props = get(bodyOf(res as Declaration), "properties") as Obj;
+  return Object.fromEntries(Object.entries(props).map(([k, v]) => [k, armString(evalValue(v, {}))]));
+}
+
 const main = read(MAIN);
 const param = read(PARAMS);
 
@@ -382,7 +440,7 @@ describe("infra/azure (Bicep, structural checks; no compiler here)", () => {
 
   it("the timer schedule and trash lifetime reach the app as settings", () => {
     const problems = checkAzure(
-      mutate(main, "KEEPFN_TRASH_SWEEP_SCHEDULE: trashSweepSchedule", "KEEPFN_TRASH_SWEEP_SCHEDULE: '0 0 * * * *'"),
+      mutate(main, "KEEP_TRASH_SCHEDULE: trashSweepSchedule", "KEEP_TRASH_SCHEDULE: '0 0 * * * *'"),
       param,
     );
     assert.ok(
@@ -418,14 +476,14 @@ describe("infra/azure (Bicep, structural checks; no compiler here)", () => {
     ],
     [
       "a secret in an app setting",
-      "KEEPFN_TRASH_LIFETIME: trashLifetime",
-      "KEEPFN_TRASH_LIFETIME: trashLifetime\n    KEEPFN_TOKEN: systemRootToken",
+      "KEEP_TRASH_LIFETIME: trashLifetime",
+      "KEEP_TRASH_LIFETIME: trashLifetime\n    KEEP_TOKEN: systemRootToken",
       /uses secure param systemRootToken/,
     ],
     [
       "the account key in an app setting",
-      "KEEPFN_CLUSTER_ID: clusterId",
-      "KEEPFN_CLUSTER_ID: clusterId\n    KEY: volumeStorage.listKeys().keys[0].value",
+      "KEEP_CLUSTER_ID: clusterId",
+      "KEEP_CLUSTER_ID: clusterId\n    KEY: volumeStorage.listKeys().keys[0].value",
       /listKeys outside/,
     ],
     ["http allowed", "httpsOnly: true", "httpsOnly: false", /httpsOnly/],
@@ -479,8 +537,8 @@ describe("infra/azure (Bicep, structural checks; no compiler here)", () => {
     ],
     [
       "Flex-unsupported setting",
-      "KEEPFN_CLUSTER_ID: clusterId",
-      "KEEPFN_CLUSTER_ID: clusterId\n    FUNCTIONS_WORKER_RUNTIME: 'node'",
+      "KEEP_CLUSTER_ID: clusterId",
+      "KEEP_CLUSTER_ID: clusterId\n    FUNCTIONS_WORKER_RUNTIME: 'node'",
       /not supported on Flex/,
     ],
     [
@@ -522,23 +580,47 @@ describe("infra/azure (Bicep, structural checks; no compiler here)", () => {
     assert.match(script, /^set -euo pipefail$/m);
   });
 
-  it("the app settings match what functions/settings.ts reads (when the Functions app exists)", (t) => {
+  it("the app settings parse with functions/settings.ts into the intended config (when the Functions app exists)", async (t) => {
     const src = sourcesUnder("functions");
-    if (!src) {
-      t.skip("functions/ has no sources yet (issue 3)");
+    if (!src || !exists("dist/functions/settings.js")) {
+      t.skip("functions/settings.ts not written yet (issue 3)");
       return;
     }
     const decls = parseBicep(main);
-    const settingsRes = resourcesOfType(decls, "Microsoft.Web/sites/config").find(
-      (d) => get(bodyOf(d), "name") === "appsettings",
-    );
-    const keys = Object.keys((get(bodyOf(settingsRes as Declaration), "properties") as Obj) ?? {}).filter((k) =>
-      k.startsWith("KEEPFN_"),
-    );
-    const read = new Set([...src.matchAll(/["'`](KEEPFN_[A-Z0-9_]+)["'`]/g)].map((m) => m[1] as string));
-    const unknown = keys.filter((k) => !read.has(k));
+    const env = appSettingsEnv(decls);
+    const keep = Object.keys(env).filter((k) => k.startsWith("KEEP_"));
+    const readNames = new Set([...src.matchAll(/["'`%](KEEP_[A-Z0-9_]+)["'`%]/g)].map((m) => m[1] as string));
+    const unknown = keep.filter((k) => !readNames.has(k));
     assert.deepEqual(unknown, [], `app settings the Functions app never reads: ${unknown.join(", ")}`);
-    const schedule = keys.find((k) => k.includes("SCHEDULE"));
+    const schedule = Object.entries(env).find(([, v]) => v === paramDefault(decls, "trashSweepSchedule"))?.[0];
     assert.ok(schedule && src.includes(`%${schedule}%`), `the timer trigger must use "%${schedule}%" as its schedule`);
+
+    // The real parser, on the values the template would set (placeholders for deploy-time values).
+    const { parseSettings } = (await import(pathToFileURL(join(ROOT, "dist/functions/settings.js")).href)) as {
+      parseSettings(env: NodeJS.ProcessEnv): any;
+    };
+    const s = parseSettings(env);
+    const containers = paramDefault(decls, "volumeContainers") as string[];
+    assert.equal(s.config.volumes.length, containers.length);
+    for (const [i, v] of s.config.volumes.entries()) {
+      assert.equal(v.driver, "azure");
+      assert.equal(v.container, containers[i]);
+      assert.equal(v.credential.kind, "keyVault", "the account key comes from Key Vault");
+      assert.equal(v.credential.secretName, "volume-account-key");
+      assert.equal(v.credential.vaultUrl, PLACEHOLDERS["keyVault.properties.vaultUri"]);
+      assert.equal(v.replication, paramDefault(decls, "volumeReplication"));
+    }
+    assert.deepEqual(s.secrets, {
+      blobSigningKey: "blob-signing-key",
+      systemRootToken: "system-root-token",
+      managementToken: "management-token",
+    });
+    assert.equal(s.config.enforcePermissions, true);
+    assert.equal(s.config.trashEnabled, true);
+    assert.equal(s.config.trashLifetimeMs, 336 * 3600_000);
+    assert.equal(s.config.blobSigningTtlSeconds, 1209600);
+    assert.equal(s.config.maxBuffers, 2048 / 128);
+    assert.equal(s.authLevel, "function", "requests must carry the host key APIM holds");
+    assert.equal(s.config.blobSigningKey, "", "no secret value in app settings");
   });
 });
