@@ -612,6 +612,7 @@ var keepMethods = [
   'POST'
   'DELETE'
   'OPTIONS'
+  'PATCH'
   'TOUCH'
 ]
 

@@ -142,6 +142,52 @@ describe("scripts/package.mjs", () => {
     for (const x of manifest.functions.externals as string[])
       assert.ok(x.startsWith("node:") || !x.includes("/") || x === "@azure/functions-core", x);
     assert.ok(manifest.functions.artifactBytes < 10 * 1024 * 1024);
+
+    // Load the zip as the Functions worker would: package.json "main", with @azure/functions-core
+    // supplied by the host (here a stand-in capturing registrations), in a separate process.
+    const dir = join(out, "functions-unzipped");
+    mkdirSync(dir, { recursive: true });
+    for (const [name, data] of Object.entries(files)) writeFileSync(join(dir, name), data);
+    const probe = `
+      import Module from "node:module";
+      const registered = [];
+      const core = { version: "stand-in", setProgrammingModel() {}, getProgrammingModel() {}, log() {},
+        registerHook() { return { dispose() {} }; },
+        registerFunction(metadata) { registered.push(metadata); return { dispose() {} }; } };
+      const load = Module._load;
+      Module._load = function (req, ...rest) { return req === "@azure/functions-core" ? core : load.call(this, req, ...rest); };
+      await import(${JSON.stringify(pathToFileURL(join(dir, pj.main)).href)});
+      process.stdout.write(JSON.stringify(registered.map((m) => ({ name: m.name, bindings: Object.values(m.bindings) }))));`;
+    const r = spawnSync(process.execPath, ["--input-type=module", "-e", probe], {
+      cwd: dir,
+      encoding: "utf8",
+      timeout: 30_000,
+      env: {
+        ...process.env,
+        KEEP_VOLUMES: '[{"account":"probe","container":"keep0","key":"cHJvYmU="}]',
+        KEEP_TRASH_SCHEDULE: "0 */30 * * * *",
+      },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const regs = JSON.parse(r.stdout) as { name: string; bindings: Record<string, any>[] }[];
+    const triggers = regs.flatMap((x) => x.bindings.filter((b) => b.direction === "in"));
+    const http = triggers.filter((b) => b.type === "httpTrigger");
+    const timer = triggers.filter((b) => b.type === "timerTrigger");
+    assert.ok(
+      http.length >= 1 && http.every((b) => b.route === "{*path}"),
+      "HTTP triggers catch every path (host.json routePrefix is empty)",
+    );
+    assert.equal(timer.length, 1, "one timer trigger: the trash sweep");
+    // The deployed template feeds exactly that schedule setting and routes every method through APIM.
+    const bicep = readFileSync(join(ROOT, "infra/azure/main.bicep"), "utf8");
+    const setting = /^%(\w+)%$/.exec(timer[0]?.schedule)?.[1];
+    assert.ok(
+      setting && new RegExp(`^\\s+${setting}: trashSweepSchedule$`, "m").test(bicep),
+      `the template must set ${setting} from trashSweepSchedule`,
+    );
+    const apimMethods = /var keepMethods = \[([^\]]*)\]/.exec(bicep)?.[1] ?? "";
+    for (const m of new Set(http.flatMap((b) => b.methods as string[])))
+      assert.ok(apimMethods.includes(`'${m}'`), `API Management does not forward ${m}, which the app registers`);
   });
 
   it("lambda: zip with index.mjs exporting the handlers Terraform names (when lambda/ exists)", async (t) => {
@@ -163,5 +209,38 @@ describe("scripts/package.mjs", () => {
     }
     // Lambda's 50 MB zipped / 250 MB unzipped limits, with a wide margin.
     assert.ok(manifest.lambda.artifactBytes < 10 * 1024 * 1024);
+
+    // Run the zip as the Node runtime would (awslambda is a runtime global: a stand-in here) and
+    // answer one Function URL event without any AWS service: /_health/ping with no management
+    // token is a 404 from keepfn itself.
+    const dir = join(out, "lambda-unzipped");
+    mkdirSync(dir, { recursive: true });
+    for (const [name, data] of Object.entries(files)) writeFileSync(join(dir, name), data);
+    const probe = `
+      globalThis.awslambda = { streamifyResponse: (h) => h, HttpResponseStream: { from: (s) => s } };
+      const m = await import(${JSON.stringify(pathToFileURL(join(dir, "index.mjs")).href)});
+      const event = { version: "2.0", routeKey: "$default", rawPath: "/_health/ping", rawQueryString: "",
+        headers: { host: "probe.lambda-url.us-east-1.on.aws" }, isBase64Encoded: false,
+        requestContext: { http: { method: "GET", path: "/_health/ping", protocol: "HTTP/1.1", sourceIp: "127.0.0.1", userAgent: "probe" },
+          domainName: "probe.lambda-url.us-east-1.on.aws", requestId: "probe", timeEpoch: Date.now() } };
+      const r = await m.handler(event, { awsRequestId: "probe", getRemainingTimeInMillis: () => 30000 });
+      process.stdout.write(JSON.stringify({ types: Object.fromEntries(Object.entries(m).map(([k, v]) => [k, typeof v])), status: r.statusCode }));`;
+    const r = spawnSync(process.execPath, ["--input-type=module", "-e", probe], {
+      cwd: dir,
+      encoding: "utf8",
+      timeout: 30_000,
+      env: {
+        ...process.env,
+        KEEP_S3_BUCKET: "probe",
+        AWS_REGION: "us-east-1",
+        AWS_EC2_METADATA_DISABLED: "true",
+        KEEP_LOG_LEVEL: "silent",
+      },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const got = JSON.parse(r.stdout) as { types: Record<string, string>; status: number };
+    assert.equal(got.types.streamHandler, "function", "streamHandler exists where awslambda does");
+    assert.equal(got.types.sweepHandler, "function");
+    assert.equal(got.status, 404);
   });
 });
