@@ -29,3 +29,13 @@ output "secret_parameters" {
     aws_ssm_parameter.management_token.name,
   ]
 }
+
+output "container_host_url" {
+  description = "HTTPS URL of the optional container host (empty unless enable_container_host); point a DNS name matching the certificate at it."
+  value       = var.enable_container_host ? "https://${aws_lb.keepstore[0].dns_name}" : ""
+}
+
+output "container_image_repository" {
+  description = "ECR repository to push artifacts/keepfn-server to (empty unless enable_container_host)."
+  value       = var.enable_container_host ? aws_ecr_repository.keepstore[0].repository_url : ""
+}

@@ -158,3 +158,83 @@ variable "management_token" {
   type        = string
   sensitive   = true
 }
+
+# ---- optional container host on ECS Fargate (container-host.tf)
+
+variable "enable_container_host" {
+  description = "Also run the container host (server/) on ECS Fargate behind an HTTPS load balancer, for clients that PUT 64 MiB blocks."
+  type        = bool
+  default     = false
+}
+
+variable "container_image_tag" {
+  description = "Tag of the keepstore image pushed to the <name>-keepstore ECR repository."
+  type        = string
+  default     = "latest"
+}
+
+variable "container_cpu" {
+  description = "Fargate task CPU units (1024 = 1 vCPU)."
+  type        = number
+  default     = 1024
+}
+
+variable "container_memory_mb" {
+  description = "Fargate task memory; keep container_max_buffers x 64 MiB + 10% below it."
+  type        = number
+  default     = 4096
+}
+
+variable "container_max_buffers" {
+  description = "keepstore -max-buffers for the task (each one is a 64 MiB block in flight)."
+  type        = number
+  default     = 48
+}
+
+variable "container_desired_count" {
+  description = "Number of keepstore tasks."
+  type        = number
+  default     = 2
+}
+
+variable "vpc_id" {
+  description = "VPC for the load balancer and the tasks (container host only)."
+  type        = string
+  default     = ""
+}
+
+variable "container_lb_subnet_ids" {
+  description = "At least two subnets in different zones for the load balancer."
+  type        = list(string)
+  default     = []
+}
+
+variable "container_task_subnet_ids" {
+  description = "Subnets for the tasks (with a NAT gateway or VPC endpoints for S3, SSM, ECR and Logs)."
+  type        = list(string)
+  default     = []
+}
+
+variable "container_assign_public_ip" {
+  description = "Give tasks public addresses (only for public task subnets without NAT)."
+  type        = bool
+  default     = false
+}
+
+variable "container_lb_internal" {
+  description = "Make the load balancer internal (clients inside the VPC or a peered network)."
+  type        = bool
+  default     = false
+}
+
+variable "container_certificate_arn" {
+  description = "ACM certificate for the load balancer's HTTPS listener."
+  type        = string
+  default     = ""
+}
+
+variable "container_client_cidrs" {
+  description = "Client networks allowed to reach the load balancer on 443."
+  type        = list(string)
+  default     = []
+}

@@ -101,7 +101,9 @@ export async function checkAws(files: Record<string, string>): Promise<string[]>
       if (st.not_actions || st.not_resources) p.push(`policy ${name}: NotAction/NotResource widen access`);
       const acts = (st.actions ?? []) as string[];
       for (const r of (st.resources ?? []) as string[]) {
-        if (r === "*") p.push(`policy ${name}: Allow on resource "*"`);
+        // ecr:GetAuthorizationToken has no resource-level permissions; "*" is its only valid resource.
+        if (r === "*" && !(acts.length === 1 && acts[0] === "ecr:GetAuthorizationToken"))
+          p.push(`policy ${name}: Allow on resource "*"`);
         if (acts.some((a) => a.startsWith("s3:")) && !/^\$\{local\.bucket_arn\}(\/\*)?$/.test(r))
           p.push(`policy ${name}: S3 access to ${r}, not just the keepfn bucket`);
       }
@@ -110,7 +112,7 @@ export async function checkAws(files: Record<string, string>): Promise<string[]>
   for (const [n, r] of resources(j, "aws_iam_role_policy_attachment"))
     p.push(`managed policy attachment ${n} (${r.policy_arn}): use the exact inline policy`);
   for (const [n, r] of resources(j, "aws_iam_role_policy"))
-    if (!/^\$\{data\.aws_iam_policy_document\.\w+\.json\}$/.test(String(r.policy)))
+    if (!/^\$\{data\.aws_iam_policy_document\.\w+(\[0\])?\.json\}$/.test(String(r.policy)))
       p.push(`role policy ${n} must come from an aws_iam_policy_document`);
   const lambdaDoc = policyDocs(j).find(([n]) => n === "lambda")?.[1];
   const s3Actions = new Set(
@@ -238,6 +240,55 @@ export async function checkAws(files: Record<string, string>): Promise<string[]>
     if (/var\.(blob_signing_key|system_root_token|management_token)|\.value\b/.test(String(out.value)))
       p.push(`output ${n} exposes a secret`);
   }
+  // --- the optional container host on ECS Fargate.
+  const task = res(j, "aws_ecs_task_definition", "keepstore");
+  if (task) {
+    const text = Object.values(files).join("\n");
+    if (JSON.stringify(task.requires_compatibilities) !== '["FARGATE"]')
+      p.push("container host: FARGATE task expected");
+    if (one(task.runtime_platform).cpu_architecture !== "ARM64")
+      p.push("container host: ARM64 task expected (the image has no native code)");
+    const defs = String(task.container_definitions);
+    if (!/readonlyRootFilesystem\s*=\s*true/.test(defs)) p.push("container host: read-only root filesystem expected");
+    if (!/user\s*=\s*"1000:1000"/.test(defs)) p.push("container host: must run as uid 1000, not root");
+    const stop = Number(/stopTimeout\s*=\s*(\d+)/.exec(defs)?.[1] ?? 0);
+    if (stop <= 30) p.push("container host: stopTimeout must exceed keepstore's 30 s drain");
+    if (/environment\s*=/.test(defs))
+      p.push("container host: configuration goes in flags, secrets through `secrets` (no plain environment)");
+    if ((defs.match(/valueFrom\s*=\s*aws_ssm_parameter\.\w+\.arn/g) ?? []).length !== 3)
+      p.push("container host: the three secrets must come from SSM");
+    const flags = (locals(j).container_flags ?? []) as string[];
+    if (!flags.includes("-listen=:25107")) p.push("container host: -listen=:25107 expected");
+    if (!flags.some((f) => f.startsWith("-s3-bucket-volume="))) p.push("container host: no S3 volume");
+    for (const f of flags) {
+      const name = /^-([a-z0-9-]+)=/.exec(f)?.[1];
+      if (!name || !SERVER_FLAGS.has(name)) p.push(`container host: ${f} is not a flag server/flags.ts accepts`);
+    }
+    const start = String(locals(j).container_start ?? "");
+    if (!start.includes("umask 077") || !/exec node \/opt\/keepfn\/keepstore\.mjs/.test(start))
+      p.push("container host: secrets must be written 0600 and keepstore exec'd");
+    for (const [n, l] of resources(j, "aws_lb_listener")) {
+      if (l.protocol !== "HTTPS") p.push(`listener ${n}: HTTPS only (tokens travel in headers)`);
+      if (!/TLS13|TLS-1-2/.test(String(l.ssl_policy))) p.push(`listener ${n}: TLS 1.2+ policy expected`);
+    }
+    const lb = res(j, "aws_lb", "keepstore");
+    if (lb?.drop_invalid_header_fields !== true) p.push("load balancer: drop_invalid_header_fields expected");
+    if (!(Number(lb?.idle_timeout) >= 120)) p.push("load balancer: idle_timeout too short for 64 MiB transfers");
+    for (const [n, r] of resources(j, "aws_vpc_security_group_ingress_rule"))
+      if (
+        String(r.security_group_id).includes("keepstore_task") &&
+        (r.cidr_ipv4 || r.cidr_ipv6 || !r.referenced_security_group_id)
+      )
+        p.push(`ingress ${n}: tasks accept traffic only from the load balancer's security group`);
+    const repo = res(j, "aws_ecr_repository", "keepstore");
+    if (repo?.image_tag_mutability !== "IMMUTABLE" || one(repo?.image_scanning_configuration).scan_on_push !== true)
+      p.push("ECR repository: immutable tags and scan on push expected");
+    const tg = res(j, "aws_lb_target_group", "keepstore");
+    if (one(tg?.health_check).path !== "/_health/ping") p.push("target group: health check on /_health/ping expected");
+    if (!/var\.enable_container_host/.test(text))
+      p.push("the container host must stay optional (enable_container_host)");
+  }
+
   const req = one(one(j.terraform).required_providers);
   if (!req.aws) p.push("terraform.required_providers.aws must pin the provider");
   return p;
@@ -280,6 +331,13 @@ function lambdaEnv(j: J): Record<string, string> {
   };
   return Object.fromEntries(Object.entries(loc.lambda_env as J).map(([k, v]) => [k, interpolate(String(v))]));
 }
+
+/** Flag names server/flags.ts accepts (its BOOL and VALUE sets). */
+const SERVER_FLAGS = new Set(
+  [...read("server/flags.ts").matchAll(/new Set\(\[([\s\S]*?)\]\)/g)].flatMap((m) =>
+    [...(m[1] as string).matchAll(/"([a-z0-9-]+)"/g)].map((x) => x[1] as string),
+  ),
+);
 
 const files = Object.fromEntries(tfFiles.map((f) => [f, read(`${DIR}/${f}`)]));
 
@@ -406,6 +464,42 @@ describe("infra/aws (Terraform, parsed with @cdktf/hcl2json; no provider schemas
       "role             = aws_iam_role.lambdas.arn",
       /unknown resource aws_iam_role.lambdas/,
     ],
+    [
+      "ECR token grant widened",
+      "container-host.tf",
+      'actions   = ["ecr:GetAuthorizationToken"]',
+      'actions   = ["ecr:GetAuthorizationToken", "ecr:BatchGetImage"]',
+      /Allow on resource "\*"/,
+    ],
+    [
+      "container task as root",
+      "container-host.tf",
+      'user                   = "1000:1000"',
+      'user                   = "0"',
+      /uid 1000/,
+    ],
+    [
+      "container flag keepstore does not know",
+      "container-host.tf",
+      '"-max-buffers=${var.container_max_buffers}",',
+      '"-max-buffer=${var.container_max_buffers}",',
+      /-max-buffer=.* is not a flag/,
+    ],
+    [
+      "plain HTTP listener",
+      "container-host.tf",
+      'protocol          = "HTTPS"',
+      'protocol          = "HTTP"',
+      /HTTPS only/,
+    ],
+    [
+      "tasks open to the internet",
+      "container-host.tf",
+      "referenced_security_group_id = aws_security_group.keepstore_alb[0].id\n  from_port",
+      'cidr_ipv4                    = "0.0.0.0/0"\n  from_port',
+      /only from the load balancer/,
+    ],
+    ["short stop timeout", "container-host.tf", "stopTimeout = 45", "stopTimeout = 10", /stopTimeout/],
     [
       "URL without the InvokeFunction statement",
       "main.tf",
