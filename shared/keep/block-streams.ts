@@ -1,7 +1,7 @@
 // Stream helpers for block bodies: hash-verifying wrappers and a lock-step tee, so a block
 // flows from the client to every destination without ever being held whole in memory.
-import { createHash } from "node:crypto";
 import { BLOCK_SIZE } from "../locator.js";
+import { md5Stream } from "../md5.js";
 import { ChecksumMismatchError, ContentLengthMismatchError, HashMismatchError, TooLargeError } from "../errors.js";
 
 /**
@@ -15,17 +15,18 @@ export async function* verifiedUpload(
   locator: string,
   contentLength: number | undefined,
 ): AsyncGenerator<Uint8Array> {
-  const md5 = createHash("md5");
+  const md5 = md5Stream();
   let total = 0;
   for await (const chunk of source) {
     total += chunk.length;
     if (total > BLOCK_SIZE) throw new TooLargeError();
-    md5.update(chunk);
+    const wait = md5.update(chunk);
+    if (wait) await wait;
     yield chunk;
   }
   if (contentLength && contentLength !== total)
     throw new ContentLengthMismatchError(`content length ${contentLength} did not match specified data size ${total}`);
-  const got = md5.digest("hex");
+  const got = await md5.digest();
   if (got !== hash) throw new HashMismatchError(`content hash ${got} did not match specified locator ${locator}`);
 }
 
@@ -39,17 +40,18 @@ export async function* verifiedDownload(
   hash: string,
   expectedSize: number,
 ): AsyncGenerator<Uint8Array> {
-  const md5 = createHash("md5");
+  const md5 = md5Stream();
   let total = 0;
   let held: Uint8Array | undefined;
   for await (const chunk of source) {
     total += chunk.length;
     if (total > expectedSize) throw new ChecksumMismatchError();
-    md5.update(chunk);
+    const wait = md5.update(chunk);
+    if (wait) await wait;
     if (held) yield held;
     held = chunk;
   }
-  if (total !== expectedSize || md5.digest("hex") !== hash) throw new ChecksumMismatchError();
+  if (total !== expectedSize || (await md5.digest()) !== hash) throw new ChecksumMismatchError();
   if (held) yield held;
 }
 

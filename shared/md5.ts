@@ -1,0 +1,153 @@
+// Incremental MD5 that can run off the event loop. Hashing costs about as much CPU as the
+// rest of a transfer together, and Node hashes on the calling thread, so one event loop
+// would cap the server at one core. Large streams are copied in 1 MiB batches to a pool of
+// worker threads (one per core); the event loop only moves bytes. Small streams (under one
+// batch) are hashed inline, where a worker round trip would cost more than it saves.
+import { createHash } from "node:crypto";
+import { availableParallelism } from "node:os";
+import { Worker } from "node:worker_threads";
+
+export interface Md5Stream {
+  /** Returns a promise when the caller should wait: the workers are behind (backpressure). */
+  update(chunk: Uint8Array): undefined | Promise<void>;
+  /** Lowercase hex digest of everything passed to update(). */
+  digest(): Promise<string>;
+}
+
+const BATCH = 1 << 20;
+/** Batches a stream may have queued at its worker before update() makes the caller wait. */
+const MAX_QUEUED = 4;
+
+// Runs inside each worker (eval'd, so bundlers need no separate worker file).
+const WORKER_SOURCE = `
+const { parentPort } = require("node:worker_threads");
+const { createHash } = require("node:crypto");
+const hashes = new Map();
+parentPort.on("message", (m) => {
+  let h = hashes.get(m.id);
+  if (!h) hashes.set(m.id, (h = createHash("md5")));
+  if (m.buf) {
+    h.update(new Uint8Array(m.buf, 0, m.len));
+    parentPort.postMessage({ id: m.id, ack: true });
+  }
+  if (m.done) {
+    hashes.delete(m.id);
+    parentPort.postMessage({ id: m.id, hex: h.digest("hex") });
+  }
+});`;
+
+interface PoolWorker {
+  worker: Worker;
+  active: number;
+}
+
+class Md5Pool {
+  private readonly workers: PoolWorker[] = [];
+  private readonly streams = new Map<number, { onAck: () => void; onDigest: (hex: string) => void }>();
+  private nextId = 1;
+
+  constructor(private readonly size: number) {}
+
+  /** The least busy worker, started on first use and not keeping the process alive. */
+  pick(): PoolWorker {
+    if (this.workers.length < this.size) {
+      const worker = new Worker(WORKER_SOURCE, { eval: true });
+      worker.unref();
+      const pw: PoolWorker = { worker, active: 0 };
+      worker.on("message", (m: { id: number; hex?: string; ack?: boolean }) => {
+        const st = this.streams.get(m.id);
+        if (m.ack) st?.onAck();
+        if (m.hex !== undefined) {
+          pw.active--;
+          this.streams.delete(m.id);
+          st?.onDigest(m.hex);
+        }
+      });
+      this.workers.push(pw);
+      return pw;
+    }
+    return this.workers.reduce((a, b) => (b.active < a.active ? b : a));
+  }
+
+  open(onAck: () => void): { id: number; pw: PoolWorker; done: Promise<string> } {
+    const id = this.nextId++;
+    const pw = this.pick();
+    pw.active++;
+    const done = new Promise<string>((onDigest) => this.streams.set(id, { onAck, onDigest }));
+    return { id, pw, done };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.splice(0).map((w) => w.worker.terminate()));
+  }
+}
+
+let pool: Md5Pool | undefined;
+let poolSize = availableParallelism();
+
+/** 0 hashes everything inline (e.g. a one-vCPU Lambda); default: one worker per core. */
+export function configureMd5Workers(n: number): void {
+  poolSize = Math.max(0, Math.floor(n));
+  const old = pool;
+  pool = undefined;
+  void old?.close();
+}
+
+export function md5Stream(): Md5Stream {
+  if (poolSize === 0) return inline();
+  let staging = Buffer.allocUnsafe(BATCH);
+  let used = 0;
+  let remote: ReturnType<Md5Pool["open"]> | undefined;
+  let queued = 0;
+  let resume: (() => void) | undefined;
+  const onAck = () => {
+    queued--;
+    if (resume && queued <= MAX_QUEUED / 2) {
+      resume();
+      resume = undefined;
+    }
+  };
+  const flush = () => {
+    pool ??= new Md5Pool(poolSize);
+    remote ??= pool.open(onAck);
+    queued++;
+    // Transfer the batch: no second copy; a fresh staging buffer takes its place.
+    const ab = staging.buffer.slice(staging.byteOffset, staging.byteOffset + used) as ArrayBuffer;
+    remote.pw.worker.postMessage({ id: remote.id, buf: ab, len: used }, [ab]);
+    staging = Buffer.allocUnsafe(BATCH);
+    used = 0;
+  };
+  return {
+    update(chunk) {
+      let off = 0;
+      while (off < chunk.length) {
+        const n = Math.min(BATCH - used, chunk.length - off);
+        staging.set(chunk.subarray(off, off + n), used);
+        used += n;
+        off += n;
+        if (used === BATCH) flush();
+      }
+      if (queued <= MAX_QUEUED) return undefined;
+      return new Promise<void>((r) => {
+        resume = r;
+      });
+    },
+    digest() {
+      if (!remote) return Promise.resolve(createHash("md5").update(staging.subarray(0, used)).digest("hex"));
+      if (used > 0) flush();
+      remote.pw.worker.postMessage({ id: remote.id, done: true });
+      return remote.done;
+    },
+  };
+}
+
+function inline(): Md5Stream {
+  const h = createHash("md5");
+  return {
+    update: (c) => {
+      h.update(c);
+      return undefined;
+    },
+    digest: () => Promise.resolve(h.digest("hex")),
+  };
+}
