@@ -12,6 +12,8 @@ export interface Md5Stream {
   update(chunk: Uint8Array): undefined | Promise<void>;
   /** Lowercase hex digest of everything passed to update(). */
   digest(): Promise<string>;
+  /** Give up (the transfer failed): frees the worker's state. Safe after digest(). */
+  abort(): void;
 }
 
 const BATCH = 1 << 20;
@@ -52,17 +54,19 @@ class Md5Pool {
   pick(): PoolWorker {
     if (this.workers.length < this.size) {
       const worker = new Worker(WORKER_SOURCE, { eval: true });
-      worker.unref();
       const pw: PoolWorker = { worker, active: 0 };
       worker.on("message", (m: { id: number; hex?: string; ack?: boolean }) => {
         const st = this.streams.get(m.id);
         if (m.ack) st?.onAck();
         if (m.hex !== undefined) {
-          pw.active--;
+          // Idle workers must not keep the process alive; busy ones must (a digest is awaited).
+          if (--pw.active === 0) worker.unref();
           this.streams.delete(m.id);
           st?.onDigest(m.hex);
         }
       });
+      // After the listener: attaching it would ref the worker again.
+      worker.unref();
       this.workers.push(pw);
       return pw;
     }
@@ -72,7 +76,7 @@ class Md5Pool {
   open(onAck: () => void): { id: number; pw: PoolWorker; done: Promise<string> } {
     const id = this.nextId++;
     const pw = this.pick();
-    pw.active++;
+    if (pw.active++ === 0) pw.worker.ref();
     const done = new Promise<string>((onDigest) => this.streams.set(id, { onAck, onDigest }));
     return { id, pw, done };
   }
@@ -99,6 +103,7 @@ export function md5Stream(): Md5Stream {
   let used = 0;
   let remote: ReturnType<Md5Pool["open"]> | undefined;
   let queued = 0;
+  let finished = false;
   let resume: (() => void) | undefined;
   const onAck = () => {
     queued--;
@@ -133,10 +138,18 @@ export function md5Stream(): Md5Stream {
       });
     },
     digest() {
+      if (finished) throw new Error("md5 stream already finished");
+      finished = true;
       if (!remote) return Promise.resolve(createHash("md5").update(staging.subarray(0, used)).digest("hex"));
       if (used > 0) flush();
       remote.pw.worker.postMessage({ id: remote.id, done: true });
       return remote.done;
+    },
+    abort() {
+      if (finished) return;
+      finished = true;
+      resume?.();
+      remote?.pw.worker.postMessage({ id: remote.id, done: true });
     },
   };
 }
@@ -149,5 +162,6 @@ function inline(): Md5Stream {
       return undefined;
     },
     digest: () => Promise.resolve(h.digest("hex")),
+    abort: () => {},
   };
 }

@@ -16,18 +16,22 @@ export async function* verifiedUpload(
   contentLength: number | undefined,
 ): AsyncGenerator<Uint8Array> {
   const md5 = md5Stream();
-  let total = 0;
-  for await (const chunk of source) {
-    total += chunk.length;
-    if (total > BLOCK_SIZE) throw new TooLargeError();
-    const wait = md5.update(chunk);
-    if (wait) await wait;
-    yield chunk;
+  try {
+    let total = 0;
+    for await (const chunk of source) {
+      total += chunk.length;
+      if (total > BLOCK_SIZE) throw new TooLargeError();
+      const wait = md5.update(chunk);
+      if (wait) await wait;
+      yield chunk;
+    }
+    if (contentLength && contentLength !== total)
+      throw new ContentLengthMismatchError(`content length ${contentLength} did not match specified data size ${total}`);
+    const got = await md5.digest();
+    if (got !== hash) throw new HashMismatchError(`content hash ${got} did not match specified locator ${locator}`);
+  } finally {
+    md5.abort();
   }
-  if (contentLength && contentLength !== total)
-    throw new ContentLengthMismatchError(`content length ${contentLength} did not match specified data size ${total}`);
-  const got = await md5.digest();
-  if (got !== hash) throw new HashMismatchError(`content hash ${got} did not match specified locator ${locator}`);
 }
 
 /**
@@ -41,18 +45,22 @@ export async function* verifiedDownload(
   expectedSize: number,
 ): AsyncGenerator<Uint8Array> {
   const md5 = md5Stream();
-  let total = 0;
-  let held: Uint8Array | undefined;
-  for await (const chunk of source) {
-    total += chunk.length;
-    if (total > expectedSize) throw new ChecksumMismatchError();
-    const wait = md5.update(chunk);
-    if (wait) await wait;
+  try {
+    let total = 0;
+    let held: Uint8Array | undefined;
+    for await (const chunk of source) {
+      total += chunk.length;
+      if (total > expectedSize) throw new ChecksumMismatchError();
+      const wait = md5.update(chunk);
+      if (wait) await wait;
+      if (held) yield held;
+      held = chunk;
+    }
+    if (total !== expectedSize || (await md5.digest()) !== hash) throw new ChecksumMismatchError();
     if (held) yield held;
-    held = chunk;
+  } finally {
+    md5.abort();
   }
-  if (total !== expectedSize || (await md5.digest()) !== hash) throw new ChecksumMismatchError();
-  if (held) yield held;
 }
 
 /**

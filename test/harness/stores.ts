@@ -66,7 +66,9 @@ export async function makeStore(specs: MountSpec[], opts: { trashLifetimeMs?: nu
       const dir = join(rootOf(label), hash.slice(0, 3));
       await fs.mkdir(dir, { recursive: true });
       await fs.writeFile(join(dir, hash), data);
-      await fs.utimes(join(dir, hash), ms / 1000, ms / 1000);
+      // Whole seconds, so every copy of a block gets exactly the same mtime.
+      const sec = Math.floor(ms / 1000);
+      await fs.utimes(join(dir, hash), sec, sec);
     },
     async cleanup() {
       for (const r of roots) await fs.rm(r, { recursive: true, force: true });

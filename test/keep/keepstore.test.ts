@@ -180,7 +180,8 @@ describe("keepstore service", () => {
       const worker = new TrashWorker(s.keep.mounts, { clock: s.clock, signingTtlMs: TTL_MS, enabled: true, logger: silentLogger(), concurrency: 2 });
       const old = s.clock.now() - 2 * TTL_MS;
       const uuid = (l: string) => s.mounts.find((m) => m.volume.deviceId.endsWith(`#${l}`))?.uuid as string;
-      const oldNs = msToNs(old);
+      // The filesystem stores the mtime we set; read it back rather than predicting rounding.
+      let oldNs = msToNs(old);
       const alive = async (l: string) => s.vols[l]?.inner.mtime(TEST_HASH).then(() => true, () => false);
       // 1: too new → skipped.
       await s.putRaw("m1", TEST_HASH, TEST_BLOCK);
@@ -188,6 +189,7 @@ describe("keepstore service", () => {
       assert.equal(await alive("m1"), true);
       // 3: named mount whose mtime differs → skipped.
       await s.putRaw("m1", TEST_HASH, TEST_BLOCK, old);
+      oldNs = await s.vols.m1!.inner.mtime(TEST_HASH);
       await worker.run({ locator: TEST_HASH, hash: TEST_HASH, blockMtimeNs: oldNs + 1n, mountUuid: uuid("m1") });
       assert.equal(await alive("m1"), true);
       // 2: old and matching on the named mount → trashed there only.
