@@ -303,6 +303,44 @@ describe("s3 volume: faults", () => {
     }
   });
 
+  it("a sweep stopped by its budget saves its place, and the next one resumes there", async () => {
+    const proxy = await S3Proxy.start(server.endpoint);
+    const clock = new FakeClock(Math.floor(Date.now() / 1000) * 1000);
+    const h = await s3Harness({ clock, signingTtlMs: 5 * MIN, trashLifetimeMs: HOUR }, { endpoint: proxy.url });
+    try {
+      const blocks = Array.from({ length: 10 }, (_, i) => Buffer.from(`sweep block ${i}`));
+      for (const b of blocks) {
+        await h.volume.write(md5(b), chunks(b));
+        await h.setMtime(md5(b), clock.now() - HOUR);
+        await h.volume.trash(md5(b));
+      }
+      clock.advance(HOUR + 2000);
+      const stop = new AbortController();
+      let heads = 0;
+      proxy.intercept = (r) => {
+        if (r.method === "HEAD" && r.path.includes("/recent/") && ++heads === 4) stop.abort(); // "out of time"
+        return undefined;
+      };
+      const first = await h.volume.emptyTrash({ signal: stop.signal });
+      assert.equal(first.complete, false);
+      assert.equal(first.examined, 4);
+      assert.equal(first.deleted, 4);
+      assert.ok(await exists(h.raw, h.bucket, "keepfn/empty-trash-cursor"));
+      proxy.intercept = undefined;
+      const seen = proxy.log.length;
+      const second = await h.volume.emptyTrash();
+      assert.deepEqual([second.complete, second.examined, second.deleted], [true, 6, 6]);
+      const list = proxy.log.slice(seen).find((r) => r.method === "GET" && r.path.includes("list-type=2") && r.path.includes("trash"));
+      assert.match(decodeURIComponent(list?.path ?? ""), /start-after=trash\/[0-9a-f]{32}/, "resumed after the last key done");
+      assert.ok(!(await exists(h.raw, h.bucket, "keepfn/empty-trash-cursor")), "a complete sweep forgets its place");
+      const third = await h.volume.emptyTrash();
+      assert.deepEqual([third.complete, third.examined], [true, 0]);
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
   it("a body closed before it is read gives its connection back", async () => {
     const h = await s3Harness(params(), { maxAttempts: 1 });
     try {
