@@ -43,9 +43,12 @@ export async function startKeepServer(config: KeepConfig, listen: string, deps: 
     async close(graceMs = 30_000) {
       if (timer) clearInterval(timer);
       const closed = new Promise<void>((r) => server.close(() => r()));
+      // Keep-alive connections go idle as their requests finish: close them as they do.
+      const sweep = setInterval(() => server.closeIdleConnections(), 50);
       server.closeIdleConnections();
       const grace = setTimeout(() => server.closeAllConnections(), graceMs);
       await closed;
+      clearInterval(sweep);
       clearTimeout(grace);
       await app.close();
     },
