@@ -624,3 +624,60 @@ describe("infra/azure (Bicep, structural checks; no compiler here)", () => {
     assert.equal(s.config.blobSigningKey, "", "no secret value in app settings");
   });
 });
+
+describe("test/infra/bicep.ts (the structural reader itself)", () => {
+  it("reads literals, expressions, loops, conditions and decorators", () => {
+    const decls = parseBicep(
+      [
+        "@description('a \\'quoted\\' text')",
+        "@allowed([",
+        "  'a'",
+        "  'b'",
+        "])",
+        "param p string = 'a'",
+        "var v = union({",
+        "  first: p",
+        "  second: toLower(p)",
+        "}, { third: 1 })",
+        "resource r 'Microsoft.X/y@2020-01-01' = if (p == 'a') {",
+        "  name: 'n-${p}'",
+        "  properties: {",
+        "    list: [for (x, i) in range(0, 2): {",
+        "      at: i",
+        "    }]",
+        "    flag: true",
+        "    'odd-key': null",
+        "    multi: '''",
+        "line one",
+        "'''",
+        "  }",
+        "}",
+        "output o string = r.properties.x",
+      ].join("\n"),
+    );
+    assert.deepEqual(
+      decls.map((d) => `${d.kind} ${d.name}`),
+      ["param p", "var v", "resource r", "output o"],
+    );
+    assert.equal(decls[0]?.decorators[0]?.args, "'a \\'quoted\\' text'");
+    assert.equal(decls[0]?.value, "a");
+    const r = decls[2] as Declaration;
+    assert.equal(r.type, "Microsoft.X/y@2020-01-01");
+    assert.deepEqual(get(bodyOf(r), "name"), { expr: "'n-${p}'" });
+    assert.equal(get(bodyOf(r), "properties.flag"), true);
+    assert.equal(get(bodyOf(r), "properties.odd-key"), null);
+    assert.equal(get(bodyOf(r), "properties.multi"), "line one\n");
+    assert.deepEqual(
+      unresolvedReferences(decls),
+      [],
+      "multi-line inline objects, loop variables and interpolations resolve",
+    );
+  });
+
+  it("reports what it cannot read instead of guessing", () => {
+    assert.throws(() => parseBicep("param p string = 'unterminated\n"), /newline in string|unterminated/);
+    assert.throws(() => parseBicep("var v = {\n  a: 1\n"), /unterminated object/);
+    assert.throws(() => parseBicep("func f() string => 'x'\n"), /unsupported statement 'func'/);
+    assert.throws(() => parseBicep("var v = {\n  a: 1\n  a: 2\n}\n"), /duplicate property a/);
+  });
+});

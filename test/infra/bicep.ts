@@ -446,7 +446,8 @@ export function referencedNames(expr: string): { names: string[]; functions: str
       continue;
     }
     // An object key inside an inline object: `{ key: ...` or `, key: ...`.
-    if (after.startsWith(":") && !after.startsWith("::") && /[{,\n]$/.test(before + (before ? "" : "\n"))) continue;
+    const rawBefore = code.slice(0, m.index);
+    if (after.startsWith(":") && !after.startsWith("::") && (!before || /[{,]\s*$|\n[ \t]*$/.test(rawBefore))) continue;
     if (after.startsWith("=>")) continue; // lambda parameter
     names.push(m[0]);
   }
