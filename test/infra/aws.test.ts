@@ -19,10 +19,22 @@ const tfFiles = readdirSync(join(ROOT, DIR))
   .filter((f) => f.endsWith(".tf"))
   .sort();
 
+// Mutation tests change one file at a time: parse each distinct text once (WASM parses are slow).
+const parsed = new Map<string, Promise<J>>();
+function parseCached(name: string, text: string): Promise<J> {
+  const key = `${name}\0${text}`;
+  let p = parsed.get(key);
+  if (!p) {
+    p = parse(name, text).then((x) => structuredClone(x) as J);
+    parsed.set(key, p);
+  }
+  return p.then((x) => structuredClone(x));
+}
+
 async function parseAll(files: Record<string, string>): Promise<J> {
   const merged: J = { resource: {}, data: {}, variable: {}, output: {}, locals: [], terraform: [], provider: {} };
   for (const [name, text] of Object.entries(files)) {
-    const j = (await parse(name, text)) as J;
+    const j = await parseCached(name, text);
     for (const [k, v] of Object.entries(j)) {
       if (Array.isArray(v)) merged[k] = [...(merged[k] ?? []), ...v];
       else if (k === "resource" || k === "data")
