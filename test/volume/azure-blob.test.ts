@@ -231,6 +231,11 @@ describe("azure blob volume", () => {
         await h.volume.trash(md5hex(d));
       }
       p.clock.advance(HOUR + 1000);
+      let arrived = 0;
+      let release = () => {};
+      const bothChanged = new Promise<void>((r) => {
+        release = r;
+      });
       const other = new AzureBlobVolume(
         {
           accountName: AZURITE_ACCOUNT,
@@ -238,13 +243,23 @@ describe("azure blob volume", () => {
           endpoint: azurite.endpoint,
           auth: { keySource: staticKey(AZURITE_KEY) },
           legacySweepIntervalMs: 0,
-          // Between this sweep's read of the ETag and its delete: change the block, then let a
-          // second sweep (another instance) run to completion.
-          beforeSweepDelete: async (name) => {
-            if (name === md5hex(blocks[0] as Buffer)) await h.volume.untrash(name);
-            else await h.volume.write(name, chunks(blocks[1] as Buffer), { size: (blocks[1] as Buffer).length });
-            const inner = await h.volume.emptyTrash();
-            assert.equal(inner.deleted, 0);
+          sweepConcurrency: 2,
+          // Both candidates wait here, after this sweep read their ETags and before it deletes:
+          // then one block is untrashed and the other rewritten, and a second sweep (another
+          // instance) runs to completion in between.
+          beforeSweepDelete: async () => {
+            arrived++;
+            if (arrived === 2) {
+              try {
+                await h.volume.untrash(md5hex(blocks[0] as Buffer));
+                await h.volume.write(md5hex(blocks[1] as Buffer), chunks(blocks[1] as Buffer), { size: (blocks[1] as Buffer).length });
+                const inner = await h.volume.emptyTrash();
+                assert.equal(inner.deleted, 0);
+              } finally {
+                release();
+              }
+            }
+            await bothChanged;
           },
         },
         p,
