@@ -9,8 +9,9 @@ variable "name" {
   default     = "keepfn"
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{1,30}$", var.name))
-    error_message = "Use 2-31 lowercase letters, digits or dashes, starting with a letter."
+    # 22 keeps "<name>-keepstore" within the 32-character limit of load balancer and target group names.
+    condition     = can(regex("^[a-z][a-z0-9-]{1,21}$", var.name))
+    error_message = "Use 2-22 lowercase letters, digits or dashes, starting with a letter."
   }
 }
 
