@@ -36,6 +36,7 @@ export interface PosixVolumeOptions {
 
 const READ_CHUNK = 1 << 20;
 const WRITE_COALESCE = 1 << 20;
+const BACKGROUND_SYNC = 8 << 20;
 const FULL_LINK_MAX_AGE_MS = 3600_000;
 const STALE_TMP_AGE_MS = 24 * 3600_000;
 const TRASH_RE = /^([0-9a-f]{32})\.trash\.(\d+)$/;
@@ -111,25 +112,37 @@ export class PosixVolume implements Volume {
     const release = await this.serialized(opts.signal);
     const tmp = join(dir, `tmp${hash}${randomBytes(6).toString("hex")}`);
     let fh: fs.FileHandle | undefined;
+    let syncing: Promise<void> = Promise.resolve();
     try {
       await fs.mkdir(dir, { recursive: true, mode: 0o755 });
       this.stats.op("create");
       fh = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
       let pending: Uint8Array[] = [];
       let pendingBytes = 0;
+      // Flush to disk as we go, one datasync at a time in the background, so the fsync
+      // that acknowledges the block only has the tail left to write.
+      let unsynced = 0;
+      const write = async () => {
+        await (fh as fs.FileHandle).writev(pending);
+        this.stats.outBytes += pendingBytes;
+        unsynced += pendingBytes;
+        pending = [];
+        pendingBytes = 0;
+        if (unsynced >= BACKGROUND_SYNC) {
+          unsynced = 0;
+          const f = fh as fs.FileHandle;
+          syncing = syncing.then(() => f.datasync());
+          syncing.catch(() => {}); // surfaced by the await below, or moot if the write fails
+        }
+      };
       for await (const chunk of data) {
         pending.push(chunk);
         pendingBytes += chunk.length;
-        if (pendingBytes >= WRITE_COALESCE) {
-          await fh.writev(pending);
-          this.stats.outBytes += pendingBytes;
-          pending = [];
-          pendingBytes = 0;
-        }
+        if (pendingBytes >= WRITE_COALESCE) await write();
       }
       throwIfAborted(opts.signal);
-      if (pendingBytes > 0) await fh.writev(pending);
-      this.stats.outBytes += pendingBytes;
+      if (pendingBytes > 0) await write();
+      await syncing;
       await fh.sync();
       // Set mtime explicitly from our clock: ext4 may otherwise record a slightly stale time.
       const now = this.params.clock.now() / 1000;
@@ -140,6 +153,7 @@ export class PosixVolume implements Volume {
       await fs.rename(tmp, path);
       await fsyncDir(dir);
     } catch (err) {
+      await syncing.catch(() => {});
       await fh?.close().catch(() => {});
       await fs.rm(tmp, { force: true }).catch(() => {});
       throw this.translateError(err);
