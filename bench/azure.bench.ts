@@ -3,11 +3,11 @@
 // memory per in-flight 64 MiB request; and the service calls of a trash sweep.
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import azf from "@azure/functions";
+import { runLocal } from "../functions/local-host.js";
 import { FakeClock } from "../shared/clock.js";
 import { staticKey } from "../shared/credentials/account-key.js";
 import { silentLogger } from "../shared/log.js";
 import { AzureBlobVolume } from "../shared/volume/azure-blob.js";
-import { runLocal } from "../functions/local-host.js";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../test/harness/azurite.js";
 
 const MiB = 1 << 20;
@@ -103,27 +103,46 @@ async function transfers(azurite: Azurite): Promise<void> {
   });
 
   const env = {
-    KEEP_VOLUMES: JSON.stringify([{ account: AZURITE_ACCOUNT, container: "handler", endpoint: azurite.endpoint, key: AZURITE_KEY, maxGetBytes: Number(process.env.BENCH_AZURE_MAX_GET ?? 64 * MiB) }]),
+    KEEP_VOLUMES: JSON.stringify([
+      {
+        account: AZURITE_ACCOUNT,
+        container: "handler",
+        endpoint: azurite.endpoint,
+        key: AZURITE_KEY,
+        maxGetBytes: Number(process.env.BENCH_AZURE_MAX_GET ?? 64 * MiB),
+      },
+    ]),
     KEEP_MAX_BUFFERS: "8",
   };
   const host = await runLocal("127.0.0.1:0", env, { logger: silentLogger() });
   const ctx = () => new azf.InvocationContext({ functionName: "keep", invocationId: randomUUID() });
   const url = `https://bench.azurewebsites.net/${hash}+${SIZE}`;
   const put = async () => {
-    const nativeRequest = new Request(url, { method: "PUT", body: streamOf(data), duplex: "half", headers: { "content-length": String(SIZE) } } as RequestInit);
+    const nativeRequest = new Request(url, {
+      method: "PUT",
+      body: streamOf(data),
+      duplex: "half",
+      headers: { "content-length": String(SIZE) },
+    } as RequestInit);
     const res = await host.handlers.http(new azf.HttpRequest({ nativeRequest } as never), ctx());
     await drain(res.body as ReadableStream<Uint8Array>);
     if (res.status !== 200) throw new Error(`handler PUT ${res.status}`);
   };
   const get = async () => {
     const res = await host.handlers.http(new azf.HttpRequest({ method: "GET", url }), ctx());
-    if (res.status !== 200 || (await drain(res.body as ReadableStream<Uint8Array>)) !== SIZE) throw new Error(`handler GET ${res.status}`);
+    if (res.status !== 200 || (await drain(res.body as ReadableStream<Uint8Array>)) !== SIZE)
+      throw new Error(`handler GET ${res.status}`);
   };
   try {
     const putHandler = await best(put);
     const getHandler = await best(get);
     const putHttp = await best(async () => {
-      const r = await fetch(`${host.url}/${hash}`, { method: "PUT", body: streamOf(data), duplex: "half", headers: { "content-length": String(SIZE) } } as RequestInit);
+      const r = await fetch(`${host.url}/${hash}`, {
+        method: "PUT",
+        body: streamOf(data),
+        duplex: "half",
+        headers: { "content-length": String(SIZE) },
+      } as RequestInit);
       await r.arrayBuffer();
       if (r.status !== 200) throw new Error(`http PUT ${r.status}`);
     });
@@ -147,9 +166,12 @@ async function transfers(azurite: Azurite): Promise<void> {
     process.stdout.write(out("GET through the handler vs download + MD5", getHandler, getDirectMd5));
     process.stdout.write(out("PUT via keepfn-local over HTTP", putHttp, putDirect));
     process.stdout.write(out("GET via keepfn-local over HTTP", getHttp, getDirect));
-    const m = (x: { rss: number; buffers: number }, n = 1) => `RSS +${(x.rss / n / MiB).toFixed(1)} MiB, ArrayBuffers +${(x.buffers / n / MiB).toFixed(1)} MiB`;
+    const m = (x: { rss: number; buffers: number }, n = 1) =>
+      `RSS +${(x.rss / n / MiB).toFixed(1)} MiB, ArrayBuffers +${(x.buffers / n / MiB).toFixed(1)} MiB`;
     process.stdout.write(`peak memory per in-flight 64 MiB request (source bytes allocated before the baseline):\n`);
-    process.stdout.write(`  one PUT: ${m(memPut)}\n  one GET: ${m(memGet)}\n  4 concurrent (2 PUT + 2 GET), per request: ${m(mem4, 4)}\n`);
+    process.stdout.write(
+      `  one PUT: ${m(memPut)}\n  one GET: ${m(memGet)}\n  4 concurrent (2 PUT + 2 GET), per request: ${m(mem4, 4)}\n`,
+    );
   } finally {
     await host.close();
   }
@@ -197,7 +219,9 @@ async function sweepCost(azurite: Azurite): Promise<void> {
     const tagMs = performance.now() - t;
     // The reference's way, for comparison: list everything with metadata (our occasional full pass).
     for (const d of all.slice(0, TRASHED)) {
-      await c.getBlockBlobClient(md5(d)).upload(d, d.length, { metadata: { expires_at: String(Math.floor(clock.now() / 1000) - 10) } });
+      await c
+        .getBlockBlobClient(md5(d))
+        .upload(d, d.length, { metadata: { expires_at: String(Math.floor(clock.now() / 1000) - 10) } });
     }
     const full = make(name, 1);
     t = performance.now();

@@ -13,7 +13,8 @@ export function makeHandlers(instance: FunctionsInstance): { http: HttpHandler; 
     const method = request.method.toUpperCase();
     const hasBody = method !== "GET" && method !== "HEAD" && request.body !== null;
     const headers = new Headers(request.headers);
-    if (!headers.has("x-request-id")) headers.set("x-request-id", `req-${context.invocationId.replace(/-/g, "").slice(0, 20)}`);
+    if (!headers.has("x-request-id"))
+      headers.set("x-request-id", `req-${context.invocationId.replace(/-/g, "").slice(0, 20)}`);
     const req = new Request(request.url, {
       method,
       headers,

@@ -25,8 +25,22 @@ export const HTTP_METHODS = ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "POST", 
  * function: if the Functions front end refuses the method, only that function is affected.
  */
 export const FUNCTIONS = [
-  { kind: "http", name: "keep", route: "{*path}", methods: HTTP_METHODS, authLevel: instance.settings.authLevel, handler: keepHttp },
-  { kind: "http", name: "keepTouch", route: "{*path}", methods: ["TOUCH"], authLevel: instance.settings.authLevel, handler: keepHttp },
+  {
+    kind: "http",
+    name: "keep",
+    route: "{*path}",
+    methods: HTTP_METHODS,
+    authLevel: instance.settings.authLevel,
+    handler: keepHttp,
+  },
+  {
+    kind: "http",
+    name: "keepTouch",
+    route: "{*path}",
+    methods: ["TOUCH"],
+    authLevel: instance.settings.authLevel,
+    handler: keepHttp,
+  },
   // NCRONTAB from the app setting, resolved by the Functions host (e.g. "0 0 */6 * * *").
   { kind: "timer", name: "emptyTrash", schedule: "%KEEP_TRASH_SCHEDULE%", handler: keepEmptyTrash },
 ] as const;

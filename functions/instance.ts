@@ -1,6 +1,6 @@
 // One KeepApp per Functions worker process, built on the first invocation (cold start) from
 // the app settings: secrets named in the settings are read from Key Vault here, once.
-import { type AppDeps, type KeepApp, createKeepApp } from "../shared/app.js";
+import { type AppDeps, createKeepApp, type KeepApp } from "../shared/app.js";
 import { validateConfig } from "../shared/config.js";
 import { readSecret } from "../shared/credentials/keyvault.js";
 import { type FunctionsSettings, parseSettings } from "./settings.js";
@@ -17,7 +17,8 @@ export function createInstance(env: NodeJS.ProcessEnv, deps: AppDeps = {}): Func
   const build = async () => {
     const config = { ...settings.config };
     for (const [field, name] of Object.entries(settings.secrets)) {
-      if (settings.vault && name) (config as unknown as Record<string, string>)[field] = (await readSecret(settings.vault, name)).trim();
+      if (settings.vault && name)
+        (config as unknown as Record<string, string>)[field] = (await readSecret(settings.vault, name)).trim();
     }
     return createKeepApp(validateConfig(config), deps);
   };

@@ -3,15 +3,15 @@
 // It does what the runtime's HTTP streaming proxy does: an @azure/functions HttpRequest whose
 // body is the incoming stream, and the handler's response body piped back with backpressure.
 import { randomUUID } from "node:crypto";
-import { type IncomingMessage, type Server, type ServerResponse, createServer } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Readable } from "node:stream";
-import azf from "@azure/functions";
 import type { HttpRequestInit, HttpResponseInit } from "@azure/functions";
-import type { AppDeps } from "../shared/app.js";
+import azf from "@azure/functions";
 import { splitListen } from "../server/serve.js";
+import type { AppDeps } from "../shared/app.js";
 import { type HttpHandler, makeHandlers } from "./handlers.js";
-import { type FunctionsInstance, createInstance } from "./instance.js";
+import { createInstance, type FunctionsInstance } from "./instance.js";
 
 export interface LocalFunctionsHost {
   url: string;
@@ -21,7 +21,11 @@ export interface LocalFunctionsHost {
   close(): Promise<void>;
 }
 
-export async function runLocal(listen: string, env: NodeJS.ProcessEnv, deps: AppDeps = {}): Promise<LocalFunctionsHost> {
+export async function runLocal(
+  listen: string,
+  env: NodeJS.ProcessEnv,
+  deps: AppDeps = {},
+): Promise<LocalFunctionsHost> {
   const instance = createInstance(env, deps);
   await instance.app(); // fail fast on bad settings or credentials, as a cold start would
   const handlers = makeHandlers(instance);
@@ -39,7 +43,11 @@ export async function runLocal(listen: string, env: NodeJS.ProcessEnv, deps: App
   if (every > 0) {
     timer = setInterval(() => {
       const ctx = new azf.InvocationContext({ functionName: "emptyTrash", invocationId: randomUUID() });
-      const t = { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } };
+      const t = {
+        isPastDue: false,
+        schedule: { adjustForDST: false },
+        scheduleStatus: { last: "", next: "", lastUpdated: "" },
+      };
       handlers.timer(t, ctx).catch(() => {});
     }, every * 1000);
     timer.unref();
@@ -112,15 +120,16 @@ async function writeResponse(out: HttpResponseInit, res: ServerResponse): Promis
     for (;;) {
       const r = await reader.read();
       if (r.done) break;
-      if (!res.write(r.value)) await new Promise<void>((resolve) => {
-        const done = () => {
-          res.off("drain", done);
-          res.off("close", done);
-          resolve();
-        };
-        res.on("drain", done);
-        res.on("close", done);
-      });
+      if (!res.write(r.value))
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            res.off("drain", done);
+            res.off("close", done);
+            resolve();
+          };
+          res.on("drain", done);
+          res.on("close", done);
+        });
       if (res.destroyed) throw new Error("client disconnected");
     }
     res.end();

@@ -1,7 +1,8 @@
 // The Function App's configuration: app settings (environment variables) parsed ONCE into the
 // core's KeepConfig. Secrets named here are read from Key Vault by instance.ts at cold start.
-import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec } from "../shared/config.js";
+
 import { parseDuration } from "../server/flags.js";
+import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec } from "../shared/config.js";
 
 export interface FunctionsSettings {
   config: KeepConfig;
@@ -35,7 +36,9 @@ interface VolumeSetting {
 export function parseSettings(env: NodeJS.ProcessEnv): FunctionsSettings {
   const get = (name: string) => env[name]?.trim() || undefined;
   const vaultUrl = get("KEEP_KEYVAULT_URL");
-  const vault = vaultUrl ? { vaultUrl, clientId: get("AZURE_CLIENT_ID"), caFile: get("KEEP_KEYVAULT_CA_FILE") } : undefined;
+  const vault = vaultUrl
+    ? { vaultUrl, clientId: get("AZURE_CLIENT_ID"), caFile: get("KEEP_KEYVAULT_CA_FILE") }
+    : undefined;
   const c: KeepConfig = { ...DEFAULTS, volumes: [] };
   c.clusterId = get("KEEP_CLUSTER_ID") ?? c.clusterId;
   c.volumes = parseVolumes(get("KEEP_VOLUMES"), vault);
@@ -66,11 +69,20 @@ export function parseSettings(env: NodeJS.ProcessEnv): FunctionsSettings {
   const authLevel = get("KEEP_FUNCTION_AUTH_LEVEL") ?? "anonymous";
   if (authLevel !== "anonymous" && authLevel !== "function")
     throw new ConfigError(`KEEP_FUNCTION_AUTH_LEVEL=${authLevel}: expected anonymous or function`);
-  return { config: c, secrets, vault, sweepBudgetMs: dur(get("KEEP_SWEEP_BUDGET"), "KEEP_SWEEP_BUDGET", 8 * 60_000), authLevel };
+  return {
+    config: c,
+    secrets,
+    vault,
+    sweepBudgetMs: dur(get("KEEP_SWEEP_BUDGET"), "KEEP_SWEEP_BUDGET", 8 * 60_000),
+    authLevel,
+  };
 }
 
 function parseVolumes(raw: string | undefined, vault: FunctionsSettings["vault"]): VolumeSpec[] {
-  if (!raw) throw new ConfigError("KEEP_VOLUMES is not set: give a JSON array of {account, container, keySecret|keyFile|identity}");
+  if (!raw)
+    throw new ConfigError(
+      "KEEP_VOLUMES is not set: give a JSON array of {account, container, keySecret|keyFile|identity}",
+    );
   let items: VolumeSetting[];
   try {
     items = JSON.parse(raw) as VolumeSetting[];
@@ -84,7 +96,13 @@ function parseVolumes(raw: string | undefined, vault: FunctionsSettings["vault"]
     let credential: Extract<VolumeSpec, { driver: "azure" }>["credential"];
     if (v.keySecret) {
       if (!vault) throw new ConfigError(`${where}: keySecret needs KEEP_KEYVAULT_URL`);
-      credential = { kind: "keyVault", vaultUrl: vault.vaultUrl, secretName: v.keySecret, clientId: vault.clientId, caFile: vault.caFile };
+      credential = {
+        kind: "keyVault",
+        vaultUrl: vault.vaultUrl,
+        secretName: v.keySecret,
+        clientId: vault.clientId,
+        caFile: vault.caFile,
+      };
     } else if (v.keyFile) credential = { kind: "keyFile", path: v.keyFile };
     else if (v.key) credential = { kind: "key", key: v.key };
     else if (v.identity) credential = { kind: "token", clientId: vault?.clientId };
@@ -122,6 +140,9 @@ function dur(v: string | undefined, name: string, dflt: number): number {
 }
 
 function list(v: string | undefined): string[] | undefined {
-  const items = v?.split(",").map((s) => s.trim()).filter(Boolean);
+  const items = v
+    ?.split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
   return items?.length ? items : undefined;
 }

@@ -47,7 +47,9 @@ export class CachedKey implements AccountKeySource {
     try {
       return await this.fetchOnce();
     } catch (err) {
-      throw new CredentialError(`cannot read the storage account key from ${this.description}: ${message(err)}`, { cause: err });
+      throw new CredentialError(`cannot read the storage account key from ${this.description}: ${message(err)}`, {
+        cause: err,
+      });
     }
   }
 
@@ -56,7 +58,9 @@ export class CachedKey implements AccountKeySource {
     if (this.inflight) return this.checkNew(await this.inflight, rejected);
     const now = (this.opts.now ?? Date.now)();
     if (now - this.lastRefresh < (this.opts.minRefreshIntervalMs ?? 10_000))
-      throw new CredentialError(`the storage account refused the key from ${this.description}, which was re-read moments ago`);
+      throw new CredentialError(
+        `the storage account refused the key from ${this.description}, which was re-read moments ago`,
+      );
     this.lastRefresh = now;
     let fresh: string;
     try {
@@ -72,7 +76,9 @@ export class CachedKey implements AccountKeySource {
 
   private checkNew(fresh: string, rejected: string): string {
     if (fresh === rejected)
-      throw new CredentialError(`the storage account refused the key, and ${this.description} still holds that same key`);
+      throw new CredentialError(
+        `the storage account refused the key, and ${this.description} still holds that same key`,
+      );
     return fresh;
   }
 
@@ -112,5 +118,5 @@ export function keyFile(path: string): AccountKeySource {
 }
 
 function message(err: unknown): string {
-  return err instanceof Error ? err.message.split("\n")[0] ?? String(err) : String(err);
+  return err instanceof Error ? (err.message.split("\n")[0] ?? String(err)) : String(err);
 }

@@ -51,7 +51,10 @@ export function keyVaultAccountKey(ref: KeyVaultRef, secretName: string): Accoun
   const id = `${ref.vaultUrl}|${ref.clientId ?? ""}|${secretName}`;
   let k = keys.get(id);
   if (!k) {
-    k = new CachedKey({ description: `Key Vault ${ref.vaultUrl} secret ${secretName}`, fetch: () => readSecret(ref, secretName) });
+    k = new CachedKey({
+      description: `Key Vault ${ref.vaultUrl} secret ${secretName}`,
+      fetch: () => readSecret(ref, secretName),
+    });
     keys.set(id, k);
   }
   return k;

@@ -13,12 +13,14 @@ export function azureAuth(c: AzureVolumeSpec["credential"]): AzureAuth {
       return { keySource: staticKey(c.key) };
     case "keyFile": {
       // Volumes sharing a key file share one cache, so one 403 re-reads it once.
-      let k = files.get(c.path);
-      if (!k) files.set(c.path, (k = keyFile(c.path)));
+      const k = files.get(c.path) ?? keyFile(c.path);
+      files.set(c.path, k);
       return { keySource: k };
     }
     case "keyVault":
-      return { keySource: keyVaultAccountKey({ vaultUrl: c.vaultUrl, clientId: c.clientId, caFile: c.caFile }, c.secretName) };
+      return {
+        keySource: keyVaultAccountKey({ vaultUrl: c.vaultUrl, clientId: c.clientId, caFile: c.caFile }, c.secretName),
+      };
     case "token":
       return { token: managedIdentity(c.clientId) };
   }

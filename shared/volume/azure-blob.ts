@@ -15,19 +15,47 @@
 // mtime is the `touch` metadata (Unix seconds) when it holds an integer, else Last-Modified.
 // We write `touch` on every write/touch/untrash with the injected clock; the reference writes
 // it on touch and drops all metadata on write and trash, so both agree on live blobs.
-import { randomBytes, createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
-import type { BlobGetPropertiesResponse, BlockBlobClient, ContainerClient } from "@azure/storage-blob";
+import type {
+  BlobGetPropertiesResponse,
+  BlockBlobClient,
+  ContainerClient,
+  ContainerListBlobFlatSegmentResponse,
+} from "@azure/storage-blob";
 import { msToNs } from "../clock.js";
 import { CredentialError } from "../credentials/account-key.js";
 import {
-  BackendError, BadLocatorError, KeepError, NotFoundError, TooLargeError, VolumeFullError,
-  VolumeUnavailableError, cancelled, throwIfAborted,
+  BackendError,
+  BadLocatorError,
+  cancelled,
+  KeepError,
+  NotFoundError,
+  TooLargeError,
+  throwIfAborted,
+  VolumeFullError,
+  VolumeUnavailableError,
 } from "../errors.js";
 import { BLOCK_SIZE, isHash } from "../locator.js";
-import { type AzureAuth, ContainerConnection, DEFAULT_RETRY, type RetryPolicy, codeOf, sleep, statusOf } from "./azure-client.js";
+import {
+  type AzureAuth,
+  ContainerConnection,
+  codeOf,
+  DEFAULT_RETRY,
+  type RetryPolicy,
+  sleep,
+  statusOf,
+} from "./azure-client.js";
 import { EXPIRES_KEY, TRASH_TAG, TrashSweeper, tagValue } from "./azure-sweep.js";
-import { type BlockData, type EmptyTrashReport, type IndexEntry, type Volume, type VolumeParams, VolumeStats, type WriteOptions } from "./volume.js";
+import {
+  type BlockData,
+  type EmptyTrashReport,
+  type IndexEntry,
+  type Volume,
+  type VolumeParams,
+  VolumeStats,
+  type WriteOptions,
+} from "./volume.js";
 
 export interface AzureBlobVolumeOptions {
   accountName: string;
@@ -76,7 +104,10 @@ export class AzureBlobVolume implements Volume {
     const host = new URL(endpoint).host;
     const base = host.endsWith(".blob.core.windows.net") ? "core.windows.net" : host;
     this.deviceId = `azure://${base}/${opts.accountName}/${opts.container}`;
-    this.conn = new ContainerConnection(endpoint, opts.accountName, opts.container, opts.auth, this.stats, { ...DEFAULT_RETRY, ...opts.retry });
+    this.conn = new ContainerConnection(endpoint, opts.accountName, opts.container, opts.auth, this.stats, {
+      ...DEFAULT_RETRY,
+      ...opts.retry,
+    });
     const m = opts.maxGetBytes ?? 0;
     this.maxGetBytes = m > 0 && m < BLOCK_SIZE ? m : 0;
     this.raceMs = opts.writeRaceIntervalMs ?? 15_000;
@@ -104,7 +135,11 @@ export class AzureBlobVolume implements Volume {
 
   /** Properties of a live blob: NotFoundError when absent or trashed. Raw SDK errors otherwise. */
   private async liveProps(hash: string, signal?: AbortSignal): Promise<BlobGetPropertiesResponse> {
-    const p = await this.conn.call("get_properties", (c) => this.blob(c, hash).getProperties({ abortSignal: signal }), signal);
+    const p = await this.conn.call(
+      "get_properties",
+      (c) => this.blob(c, hash).getProperties({ abortSignal: signal }),
+      signal,
+    );
     if (p.metadata?.[EXPIRES_KEY]) throw new NotFoundError();
     return p;
   }
@@ -123,7 +158,10 @@ export class AzureBlobVolume implements Volume {
       const size = p.contentLength ?? 0;
       if (size > BLOCK_SIZE) throw new TooLargeError(`stored block ${hash} is larger than 64 MiB`);
       // Generators start on the first next(): no connection is taken until the body is read.
-      const body = this.maxGetBytes && size > this.maxGetBytes ? this.readRanges(hash, size, signal) : this.readWhole(hash, size, signal);
+      const body =
+        this.maxGetBytes && size > this.maxGetBytes
+          ? this.readRanges(hash, size, signal)
+          : this.readWhole(hash, size, signal);
       return { size, body };
     } catch (err) {
       throw this.translateError(err, signal);
@@ -153,7 +191,11 @@ export class AzureBlobVolume implements Volume {
     if (size === 0) return;
     let got = 0;
     try {
-      const res = await this.conn.call("get", (c) => this.blob(c, hash).download(0, undefined, { abortSignal: signal, maxRetryRequests: 2 }), signal);
+      const res = await this.conn.call(
+        "get",
+        (c) => this.blob(c, hash).download(0, undefined, { abortSignal: signal, maxRetryRequests: 2 }),
+        signal,
+      );
       if (res.metadata?.[EXPIRES_KEY]) throw new NotFoundError();
       if (res.contentLength !== size) throw new KeepError(`block ${hash} changed size while being read`);
       // Socket reads arrive in ~64 KiB pieces; handing them on in 1 MiB ones costs a copy but
@@ -292,7 +334,12 @@ export class AzureBlobVolume implements Volume {
       partBytes = 0;
       const id = Buffer.from(`${prefix}${String(ids.length).padStart(8, "0")}`).toString("base64");
       const md5 = createHash("md5").update(body).digest();
-      await this.conn.call("put_block", (c) => this.blob(c, hash).stageBlock(id, body, body.length, { transactionalContentMD5: md5, abortSignal: signal }), signal);
+      await this.conn.call(
+        "put_block",
+        (c) =>
+          this.blob(c, hash).stageBlock(id, body, body.length, { transactionalContentMD5: md5, abortSignal: signal }),
+        signal,
+      );
       ids.push(id);
       this.stats.outBytes += body.length;
     };
@@ -327,7 +374,9 @@ export class AzureBlobVolume implements Volume {
     this.check(hash);
     await this.conditional(hash, async (p) => {
       const metadata = { ...p.metadata, [TOUCH_KEY]: this.nowS() };
-      await this.conn.call("set_metadata", (c) => this.blob(c, hash).setMetadata(metadata, { conditions: { ifMatch: p.etag } }));
+      await this.conn.call("set_metadata", (c) =>
+        this.blob(c, hash).setMetadata(metadata, { conditions: { ifMatch: p.etag } }),
+      );
     });
   }
 
@@ -356,7 +405,9 @@ export class AzureBlobVolume implements Volume {
       await this.conn.call("set_tags", (c) => this.blob(c, hash).setTags({ [TRASH_TAG]: tagValue(deadline) }));
       // Like the reference, trash replaces the metadata; `touch` keeps the mtime for untrash.
       const touch = String(Math.floor(this.mtimeMs(p.metadata, p.lastModified) / 1000));
-      await this.conn.call("set_metadata", (c) => this.blob(c, hash).setMetadata({ [EXPIRES_KEY]: String(deadline), [TOUCH_KEY]: touch }, ifMatch));
+      await this.conn.call("set_metadata", (c) =>
+        this.blob(c, hash).setMetadata({ [EXPIRES_KEY]: String(deadline), [TOUCH_KEY]: touch }, ifMatch),
+      );
     });
   }
 
@@ -411,11 +462,17 @@ export class AzureBlobVolume implements Volume {
     let marker: string | undefined;
     const now = this.params.clock.now();
     do {
-      let page;
+      let page: ContainerListBlobFlatSegmentResponse | undefined;
       try {
         page = await this.conn.call(
           "list",
-          async (c) => (await c.listBlobsFlat({ prefix, includeMetadata: true }).byPage({ continuationToken: marker, maxPageSize: this.opts.listPageSize ?? 5000 }).next()).value,
+          async (c) =>
+            (
+              await c
+                .listBlobsFlat({ prefix, includeMetadata: true })
+                .byPage({ continuationToken: marker, maxPageSize: this.opts.listPageSize ?? 5000 })
+                .next()
+            ).value,
           signal,
         );
       } catch (err) {
@@ -438,18 +495,30 @@ export class AzureBlobVolume implements Volume {
     if (signal?.aborted) return cancelled(signal);
     const status = statusOf(err);
     const code = codeOf(err);
-    this.stats.error(code ?? (status ? String(status) : (err as Error)?.name ?? "other"));
+    this.stats.error(code ?? (status ? String(status) : ((err as Error)?.name ?? "other")));
     const where = `azure container ${this.opts.container}`;
     if (err instanceof CredentialError) return new VolumeUnavailableError(`${where}: ${err.message}`, { cause: err });
     if (code === "ContainerNotFound") return new VolumeUnavailableError(`${where} does not exist`, { cause: err });
     if (status === 404 || code === "BlobNotFound") return new NotFoundError("file does not exist", { cause: err });
-    if (status === 507 || /Capacity|Quota|LimitExceeded/i.test(code ?? "")) return new VolumeFullError(`${where} is full (${code})`, { cause: err });
-    if (status === 403) return new VolumeUnavailableError(`${where}: the storage service refused the credentials (${code})`, { cause: err });
+    if (status === 507 || /Capacity|Quota|LimitExceeded/i.test(code ?? ""))
+      return new VolumeFullError(`${where} is full (${code})`, { cause: err });
+    if (status === 403)
+      return new VolumeUnavailableError(`${where}: the storage service refused the credentials (${code})`, {
+        cause: err,
+      });
     if (code === "Md5Mismatch" || (status === 400 && /MD5/i.test((err as Error).message)))
-      return new BackendError(`${where}: the service rejected the upload: its bytes do not match the block's MD5`, 502, { cause: err });
+      return new BackendError(
+        `${where}: the service rejected the upload: its bytes do not match the block's MD5`,
+        502,
+        { cause: err },
+      );
     if (status === undefined || status === 0 || status >= 500)
-      return new VolumeUnavailableError(`${where}: ${code ?? (err as Error)?.message ?? "unavailable"}`, { cause: err });
-    return new BackendError(`${where}: ${code ?? status}: ${(err as Error).message?.split("\n")[0]}`, status, { cause: err });
+      return new VolumeUnavailableError(`${where}: ${code ?? (err as Error)?.message ?? "unavailable"}`, {
+        cause: err,
+      });
+    return new BackendError(`${where}: ${code ?? status}: ${(err as Error).message?.split("\n")[0]}`, status, {
+      cause: err,
+    });
   }
 }
 

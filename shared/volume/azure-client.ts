@@ -3,8 +3,14 @@
 // re-read account key when the service answers 403. Errors leave here raw (RestError and
 // friends); the volume's translateError() alone turns them into the core's typed errors.
 import type { TokenCredential } from "@azure/identity";
-import { BlobServiceClient, type ContainerClient, type RequestPolicyFactory, StorageSharedKeyCredential, newPipeline } from "@azure/storage-blob";
-import { CredentialError, type AccountKeySource } from "../credentials/account-key.js";
+import {
+  BlobServiceClient,
+  type ContainerClient,
+  newPipeline,
+  type RequestPolicyFactory,
+  StorageSharedKeyCredential,
+} from "@azure/storage-blob";
+import { type AccountKeySource, CredentialError } from "../credentials/account-key.js";
 import type { VolumeStats } from "./volume.js";
 
 export interface AzureAuth {
@@ -23,10 +29,24 @@ export interface RetryPolicy {
   tryTimeoutMs: number;
 }
 
-export const DEFAULT_RETRY: RetryPolicy = { budgetMs: 10_000, firstDelayMs: 100, maxDelayMs: 2_000, tryTimeoutMs: 600_000 };
+export const DEFAULT_RETRY: RetryPolicy = {
+  budgetMs: 10_000,
+  firstDelayMs: 100,
+  maxDelayMs: 2_000,
+  tryTimeoutMs: 600_000,
+};
 
 const RETRY_STATUS = new Set([500, 502, 503, 504]);
-const RETRY_NET = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "REQUEST_SEND_ERROR"]);
+const RETRY_NET = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EPIPE",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EAI_AGAIN",
+  "REQUEST_SEND_ERROR",
+]);
 
 export function statusOf(err: unknown): number | undefined {
   return (err as { statusCode?: number })?.statusCode;
@@ -148,7 +168,8 @@ const transactionalMd5: RequestPolicyFactory = {
   create: (next) => ({
     sendRequest(req) {
       const md5 = req.headers.get("x-ms-blob-content-md5");
-      if (req.method === "PUT" && md5 && req.headers.get("x-ms-blob-type") === "BlockBlob") req.headers.set("Content-MD5", md5);
+      if (req.method === "PUT" && md5 && req.headers.get("x-ms-blob-type") === "BlockBlob")
+        req.headers.set("Content-MD5", md5);
       return next.sendRequest(req);
     },
   }),

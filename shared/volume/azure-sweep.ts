@@ -13,7 +13,11 @@
 // (paged, resumable through a small state blob in the container) deletes the expired ones and
 // tags the rest; it runs on the first sweep of a container and then every
 // legacySweepIntervalMs (0 = never, for containers no reference keepstore writes to).
-import type { ContainerClient, ContainerFindBlobsByTagsSegmentResponse, ContainerListBlobFlatSegmentResponse } from "@azure/storage-blob";
+import type {
+  ContainerClient,
+  ContainerFindBlobsByTagsSegmentResponse,
+  ContainerListBlobFlatSegmentResponse,
+} from "@azure/storage-blob";
 import type { Clock } from "../clock.js";
 import { isHash } from "../locator.js";
 import { type ContainerConnection, codeOf, statusOf } from "./azure-client.js";
@@ -67,7 +71,13 @@ export class TrashSweeper {
     do {
       const page: ContainerFindBlobsByTagsSegmentResponse | undefined = await this.conn.call(
         "find_by_tags",
-        async (c) => (await c.findBlobsByTags(where).byPage({ continuationToken: marker, maxPageSize: this.opts.findPageSize }).next()).value,
+        async (c) =>
+          (
+            await c
+              .findBlobsByTags(where)
+              .byPage({ continuationToken: marker, maxPageSize: this.opts.findPageSize })
+              .next()
+          ).value,
         budget.signal,
       );
       const names = (page?.blobs ?? []).map((b) => b.name).filter((n) => isHash(n));
@@ -87,7 +97,11 @@ export class TrashSweeper {
   private async expireOne(name: string, nowS: number, signal?: AbortSignal): Promise<boolean> {
     let props: Awaited<ReturnType<ReturnType<ContainerClient["getBlockBlobClient"]>["getProperties"]>>;
     try {
-      props = await this.conn.call("get_properties", (c) => c.getBlockBlobClient(name).getProperties({ abortSignal: signal }), signal);
+      props = await this.conn.call(
+        "get_properties",
+        (c) => c.getBlockBlobClient(name).getProperties({ abortSignal: signal }),
+        signal,
+      );
     } catch (err) {
       if (statusOf(err) === 404) return false;
       throw err;
@@ -104,7 +118,11 @@ export class TrashSweeper {
 
   private async deleteIfUnchanged(name: string, etag: string, signal?: AbortSignal): Promise<boolean> {
     try {
-      await this.conn.call("delete", (c) => c.getBlockBlobClient(name).delete({ conditions: { ifMatch: etag }, abortSignal: signal }), signal);
+      await this.conn.call(
+        "delete",
+        (c) => c.getBlockBlobClient(name).delete({ conditions: { ifMatch: etag }, abortSignal: signal }),
+        signal,
+      );
       return true;
     } catch (err) {
       // 412: changed since we looked (untrashed, touched, rewritten); 404: another sweep won.
@@ -139,10 +157,12 @@ export class TrashSweeper {
       const page: ContainerListBlobFlatSegmentResponse | undefined = await this.conn.call(
         "list",
         async (c) =>
-          (await c
-            .listBlobsFlat({ includeMetadata: true, includeTags: true })
-            .byPage({ continuationToken: marker, maxPageSize: this.opts.listPageSize })
-            .next()).value,
+          (
+            await c
+              .listBlobsFlat({ includeMetadata: true, includeTags: true })
+              .byPage({ continuationToken: marker, maxPageSize: this.opts.listPageSize })
+              .next()
+          ).value,
         budget.signal,
       );
       const items = (page?.segment.blobItems ?? []).filter((b) => isHash(b.name) && b.metadata?.[EXPIRES_KEY]);
@@ -171,7 +191,11 @@ export class TrashSweeper {
 
   private async loadState(signal?: AbortSignal): Promise<{ state: SweepState }> {
     try {
-      const body = await this.conn.call("get", (c) => c.getBlockBlobClient(STATE_BLOB).downloadToBuffer(0, undefined, { abortSignal: signal }), signal);
+      const body = await this.conn.call(
+        "get",
+        (c) => c.getBlockBlobClient(STATE_BLOB).downloadToBuffer(0, undefined, { abortSignal: signal }),
+        signal,
+      );
       return { state: JSON.parse(body.toString("utf8")) as SweepState };
     } catch (err) {
       if (statusOf(err) === 404 || codeOf(err) === "BlobNotFound" || err instanceof SyntaxError) return { state: {} };
@@ -181,7 +205,11 @@ export class TrashSweeper {
 
   private async saveState(state: SweepState, signal?: AbortSignal): Promise<void> {
     const body = Buffer.from(JSON.stringify(state));
-    await this.conn.call("create", (c) => c.getBlockBlobClient(STATE_BLOB).upload(body, body.length, { abortSignal: signal }), signal);
+    await this.conn.call(
+      "create",
+      (c) => c.getBlockBlobClient(STATE_BLOB).upload(body, body.length, { abortSignal: signal }),
+      signal,
+    );
   }
 }
 

@@ -10,7 +10,7 @@ import { CachedKey, CredentialError, keyFile } from "../../shared/credentials/ac
 import { VolumeUnavailableError } from "../../shared/errors.js";
 import { AzureBlobVolume } from "../../shared/volume/azure-blob.js";
 import type { AzureAuth } from "../../shared/volume/azure-client.js";
-import { TEST_BLOCK, TEST_HASH, chunks, collect } from "../conformance/fixtures.js";
+import { chunks, collect, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
 import { IdentityStub } from "../harness/identity-stub.js";
 import { KeyVaultStub } from "../harness/keyvault-stub.js";
@@ -54,7 +54,10 @@ describe("Key Vault account keys through the managed identity", () => {
     const v = volumeWith({ keySource: source });
     await v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
     assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
-    assert.ok(identity.requests.some((r) => r.resource.startsWith("https://vault.azure.net")), JSON.stringify(identity.requests));
+    assert.ok(
+      identity.requests.some((r) => r.resource.startsWith("https://vault.azure.net")),
+      JSON.stringify(identity.requests),
+    );
     assert.equal(source.fetches, 1, "read once, then cached");
   });
 
@@ -143,7 +146,12 @@ describe("key file", () => {
   it("rate-limits re-reads when the storage keeps refusing", async () => {
     let now = 0;
     let fetches = 0;
-    const k = new CachedKey({ description: "test", fetch: async () => `k${++fetches}`, now: () => now, minRefreshIntervalMs: 1000 });
+    const k = new CachedKey({
+      description: "test",
+      fetch: async () => `k${++fetches}`,
+      now: () => now,
+      minRefreshIntervalMs: 1000,
+    });
     assert.equal(await k.current(), "k1");
     assert.equal(await k.refresh("k1"), "k2");
     await assert.rejects(k.refresh("k2"), CredentialError);
@@ -157,23 +165,53 @@ describe("Entra ID token to storage (no key at all)", () => {
     const { readFileSync } = await import("node:fs");
     const { BlobServiceClient, StorageSharedKeyCredential } = await import("@azure/storage-blob");
     const ca = readFileSync(vault.caFile, "utf8");
-    const secure = await Azurite.start({ inMemory: true, cert: vault.caFile, key: join(vault.dir, "key.pem"), oauth: true });
+    const secure = await Azurite.start({
+      inMemory: true,
+      cert: vault.caFile,
+      key: join(vault.dir, "key.pem"),
+      oauth: true,
+    });
     try {
-      const admin = new BlobServiceClient(secure.endpoint, new StorageSharedKeyCredential(AZURITE_ACCOUNT, AZURITE_KEY), {
-        tlsOptions: { ca },
-      } as never);
+      const admin = new BlobServiceClient(
+        secure.endpoint,
+        new StorageSharedKeyCredential(AZURITE_ACCOUNT, AZURITE_KEY),
+        {
+          tlsOptions: { ca },
+        } as never,
+      );
       await admin.getContainerClient("entra").create();
       const v = new AzureBlobVolume(
-        { accountName: AZURITE_ACCOUNT, container: "entra", endpoint: secure.endpoint, auth: { token: kvmod.managedIdentity(), tlsCa: ca } },
+        {
+          accountName: AZURITE_ACCOUNT,
+          container: "entra",
+          endpoint: secure.endpoint,
+          auth: { token: kvmod.managedIdentity(), tlsCa: ca },
+        },
         { clock: new FakeClock(), signingTtlMs: 1000, trashLifetimeMs: 3600_000 },
       );
       await v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
       assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
-      assert.ok(identity.requests.some((r) => r.resource.startsWith("https://storage.azure.com")), JSON.stringify(identity.requests));
+      assert.ok(
+        identity.requests.some((r) => r.resource.startsWith("https://storage.azure.com")),
+        JSON.stringify(identity.requests),
+      );
       // Azurite checks the token: a token for another audience is refused.
-      const wrong = { getToken: async () => ({ token: [...identity.issued].find((t) => JSON.parse(Buffer.from(t.split(".")[1] as string, "base64url").toString()).aud.includes("vault")) as string, expiresOnTimestamp: Date.now() + 3600_000 }) };
+      const wrong = {
+        getToken: async () => ({
+          token: [...identity.issued].find((t) =>
+            JSON.parse(Buffer.from(t.split(".")[1] as string, "base64url").toString()).aud.includes("vault"),
+          ) as string,
+          expiresOnTimestamp: Date.now() + 3600_000,
+        }),
+      };
       const bad = new AzureBlobVolume(
-        { accountName: AZURITE_ACCOUNT, container: "entra", endpoint: secure.endpoint, auth: { token: wrong, tlsCa: ca }, retry: { budgetMs: 200 } },
+        {
+          accountName: AZURITE_ACCOUNT,
+          container: "entra",
+          endpoint: secure.endpoint,
+          auth: { token: wrong, tlsCa: ca },
+          retry: { budgetMs: 200 },
+        },
         { clock: new FakeClock(), signingTtlMs: 1000, trashLifetimeMs: 3600_000 },
       );
       await assert.rejects(bad.mtime(TEST_HASH), /refused the credentials/);

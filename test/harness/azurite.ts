@@ -4,7 +4,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
 import { createRequire } from "node:module";
-import { createServer, connect } from "node:net";
+import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { BlobServiceClient, StorageSharedKeyCredential } from "@azure/storage-blob";
@@ -64,14 +64,25 @@ export class Azurite {
 
   private async spawn(): Promise<void> {
     const main = join(dirname(createRequire(import.meta.url).resolve("azurite/package.json")), "dist/src/blob/main.js");
-    const args = [main, "--blobHost", "127.0.0.1", "--blobPort", String(this.port), "--silent", "--disableTelemetry", "--skipApiVersionCheck"];
+    const args = [
+      main,
+      "--blobHost",
+      "127.0.0.1",
+      "--blobPort",
+      String(this.port),
+      "--silent",
+      "--disableTelemetry",
+      "--skipApiVersionCheck",
+    ];
     if (this.dir) args.push("--location", this.dir);
     else args.push("--inMemoryPersistence");
     if (this.opts.cert && this.opts.key) args.push("--cert", this.opts.cert, "--key", this.opts.key);
     if (this.opts.oauth) args.push("--oauth", "basic");
     const env = { ...process.env };
     if (this.opts.accounts?.length)
-      env.AZURITE_ACCOUNTS = [{ name: AZURITE_ACCOUNT, key: AZURITE_KEY }, ...this.opts.accounts].map((a) => `${a.name}:${a.key}`).join(";");
+      env.AZURITE_ACCOUNTS = [{ name: AZURITE_ACCOUNT, key: AZURITE_KEY }, ...this.opts.accounts]
+        .map((a) => `${a.name}:${a.key}`)
+        .join(";");
     const child = spawn(process.execPath, args, { stdio: ["ignore", "ignore", "pipe"], env });
     this.child = child;
     let stderr = "";
@@ -80,7 +91,8 @@ export class Azurite {
     });
     const deadline = Date.now() + 15_000;
     while (!(await canConnect(this.port))) {
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`azurite exited with ${child.exitCode}: ${stderr}`);
+      if (child.exitCode !== null || child.signalCode !== null)
+        throw new Error(`azurite exited with ${child.exitCode}: ${stderr}`);
       if (Date.now() > deadline) throw new Error(`azurite did not start on port ${this.port}: ${stderr}`);
       await new Promise((r) => setTimeout(r, 50));
     }

@@ -2,7 +2,7 @@
 // so @azure/identity's real ManagedIdentityCredential runs against it. Tokens are unsigned
 // JWTs with the requested audience (Azurite's --oauth basic accepts those for storage).
 import { randomBytes } from "node:crypto";
-import { type Server, createServer } from "node:http";
+import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 
 export interface TokenRequest {

@@ -3,7 +3,7 @@
 // SecretClient (challenge-based auth, bearer token from the managed identity) runs against it.
 import { execFileSync } from "node:child_process";
 import { promises as fs } from "node:fs";
-import { type Server, createServer } from "node:https";
+import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -25,10 +25,27 @@ export class KeyVaultStub {
   /** `tokenOk` checks the bearer token (e.g. against the identity stub's issued tokens). */
   static async start(tokenOk: (token: string) => boolean = () => true): Promise<KeyVaultStub> {
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-kv-"));
-    execFileSync("openssl", [
-      "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"),
-      "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-    ], { stdio: "ignore" });
+    execFileSync(
+      "openssl",
+      [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        join(dir, "key.pem"),
+        "-out",
+        join(dir, "cert.pem"),
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+      ],
+      { stdio: "ignore" },
+    );
     const kv = new KeyVaultStub(dir, tokenOk);
     await kv.listen();
     return kv;
@@ -44,40 +61,56 @@ export class KeyVaultStub {
 
   /** Start (again) on the same port, as a vault coming back after an outage. */
   async listen(): Promise<void> {
-    const [key, cert] = await Promise.all([fs.readFile(join(this.dir, "key.pem")), fs.readFile(join(this.dir, "cert.pem"))]);
+    const [key, cert] = await Promise.all([
+      fs.readFile(join(this.dir, "key.pem")),
+      fs.readFile(join(this.dir, "cert.pem")),
+    ]);
     this.server = createServer({ key, cert }, (req, res) => {
       this.requests++;
       const m = /^\/secrets\/([^/?]+)(?:\/[^/?]*)?\/?(?:\?.*)?$/.exec(req.url ?? "");
       const auth = req.headers.authorization ?? "";
       if (!auth.startsWith("Bearer ")) {
         res.writeHead(401, {
-          "www-authenticate": 'Bearer authorization="https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000", resource="https://vault.azure.net"',
+          "www-authenticate":
+            'Bearer authorization="https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000", resource="https://vault.azure.net"',
         });
         res.end();
         return;
       }
       if (!this.tokenOk(auth.slice(7))) {
-        res.writeHead(401, { "content-type": "application/json" }).end('{"error":{"code":"Unauthorized","message":"bad token"}}');
+        res
+          .writeHead(401, { "content-type": "application/json" })
+          .end('{"error":{"code":"Unauthorized","message":"bad token"}}');
         return;
       }
       const name = m?.[1] ? decodeURIComponent(m[1]) : undefined;
       const value = name ? this.secrets.get(name) : undefined;
       if (req.method !== "GET" || value === undefined) {
         res.writeHead(404, { "content-type": "application/json" });
-        res.end(JSON.stringify({ error: { code: "SecretNotFound", message: `A secret with (name/id) ${name} was not found in this key vault.` } }));
+        res.end(
+          JSON.stringify({
+            error: {
+              code: "SecretNotFound",
+              message: `A secret with (name/id) ${name} was not found in this key vault.`,
+            },
+          }),
+        );
         return;
       }
       this.reads++;
       const t = Math.floor(Date.now() / 1000);
       res.writeHead(200, { "content-type": "application/json" });
-      res.end(JSON.stringify({
-        value,
-        id: `${this.url}/secrets/${name}/0123456789abcdef0123456789abcdef`,
-        attributes: { enabled: true, created: t, updated: t, recoveryLevel: "Recoverable+Purgeable" },
-      }));
+      res.end(
+        JSON.stringify({
+          value,
+          id: `${this.url}/secrets/${name}/0123456789abcdef0123456789abcdef`,
+          attributes: { enabled: true, created: t, updated: t, recoveryLevel: "Recoverable+Purgeable" },
+        }),
+      );
     });
-    await new Promise<void>((r) => this.server?.listen(this.port, "127.0.0.1", r));
-    this.port = (this.server?.address() as AddressInfo).port;
+    const server = this.server;
+    await new Promise<void>((r) => server.listen(this.port, "127.0.0.1", r));
+    this.port = (server.address() as AddressInfo).port;
   }
 
   /** An outage: the port refuses connections until listen() again. */

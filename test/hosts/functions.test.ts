@@ -48,11 +48,15 @@ after(async () => {
 });
 
 /** The app settings a deployment would have, for a fresh Azurite container. */
-async function settingsFor(overrides: Partial<KeepConfig> = {}): Promise<{ env: NodeJS.ProcessEnv; container: string }> {
+async function settingsFor(
+  overrides: Partial<KeepConfig> = {},
+): Promise<{ env: NodeJS.ProcessEnv; container: string }> {
   const container = `f${randomBytes(6).toString("hex")}`;
   await azurite.createContainer(container);
   const env: NodeJS.ProcessEnv = {
-    KEEP_VOLUMES: JSON.stringify([{ account: AZURITE_ACCOUNT, container, endpoint: azurite.endpoint, key: AZURITE_KEY, replication: 3 }]),
+    KEEP_VOLUMES: JSON.stringify([
+      { account: AZURITE_ACCOUNT, container, endpoint: azurite.endpoint, key: AZURITE_KEY, replication: 3 },
+    ]),
   };
   const map: Record<string, (v: never) => [string, string]> = {
     blobSigningKey: (v: string) => ["KEEP_BLOB_SIGNING_KEY", v],
@@ -83,7 +87,10 @@ describeHttpContract(
     const host = await runLocal("127.0.0.1:0", env, { clock, logger: silentLogger() });
     return { url: host.url, close: () => host.close() };
   },
-  { noTouchMethod: "keepfn-local serves over node:http, whose parser (llhttp) rejects the non-standard TOUCH method; whether the Functions front end passes TOUCH could not be tested here" },
+  {
+    noTouchMethod:
+      "keepfn-local serves over node:http, whose parser (llhttp) rejects the non-standard TOUCH method; whether the Functions front end passes TOUCH could not be tested here",
+  },
 );
 
 const FOO = Buffer.from("foo");
@@ -105,10 +112,15 @@ describe("Azure Functions app", () => {
       assert.equal(trigger?.authLevel, "anonymous");
       assert.deepEqual(trigger?.methods, ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "POST", "PATCH"]);
       const touch = registered.find((r) => r.name === "keepTouch");
-      assert.deepEqual(Object.values(touch?.metadata.bindings ?? {}).find((b) => b.type === "httpTrigger")?.methods, ["TOUCH"]);
+      assert.deepEqual(Object.values(touch?.metadata.bindings ?? {}).find((b) => b.type === "httpTrigger")?.methods, [
+        "TOUCH",
+      ]);
       const tt = Object.values(timer.metadata.bindings).find((b) => b.type === "timerTrigger");
       assert.equal(tt?.schedule, "%KEEP_TRASH_SCHEDULE%");
-      assert.deepEqual(mod.FUNCTIONS.map((f) => f.name), ["keep", "keepTouch", "emptyTrash"]);
+      assert.deepEqual(
+        mod.FUNCTIONS.map((f) => f.name),
+        ["keep", "keepTouch", "emptyTrash"],
+      );
       assert.deepEqual(registered.map((r) => r.name).sort(), ["emptyTrash", "keep", "keepTouch"]);
       assert.equal(typeof mod.keepHttp, "function");
       await mod.instance.close();
@@ -130,21 +142,43 @@ describe("Azure Functions app", () => {
         },
       });
       const url = `https://example.azurewebsites.net/${hash}`;
-      const nativeRequest = new Request(url, { method: "PUT", body, duplex: "half", headers: { authorization: "Bearer tok" } } as RequestInit);
-      let res = await host.handlers.http(new azf.HttpRequest({ nativeRequest, params: { path: hash } } as never), ctx());
+      const nativeRequest = new Request(url, {
+        method: "PUT",
+        body,
+        duplex: "half",
+        headers: { authorization: "Bearer tok" },
+      } as RequestInit);
+      let res = await host.handlers.http(
+        new azf.HttpRequest({ nativeRequest, params: { path: hash } } as never),
+        ctx(),
+      );
       assert.equal(res.status, 200);
       const loc = (await new azf.HttpResponse(res).text()).trim();
       assert.match(loc, new RegExp(`^${hash}\\+${big.length}\\+A[0-9a-f]{40}@[0-9a-f]{8}$`));
       assert.equal(new Headers(res.headers as HeadersInit).get("x-keep-replicas-stored"), "3");
-      res = await host.handlers.http(new azf.HttpRequest({ method: "GET", url: `https://example.azurewebsites.net/${loc}`, headers: { authorization: "Bearer tok" } }), ctx());
+      res = await host.handlers.http(
+        new azf.HttpRequest({
+          method: "GET",
+          url: `https://example.azurewebsites.net/${loc}`,
+          headers: { authorization: "Bearer tok" },
+        }),
+        ctx(),
+      );
       assert.equal(res.status, 200);
       assert.ok(res.body instanceof ReadableStream, "the response body is a stream, not a buffer");
       assert.equal(md5hex(Buffer.from(await new azf.HttpResponse(res).arrayBuffer())), hash);
-      res = await host.handlers.http(new azf.HttpRequest({ method: "HEAD", url: `https://example.azurewebsites.net/${hash}` }), ctx());
+      res = await host.handlers.http(
+        new azf.HttpRequest({ method: "HEAD", url: `https://example.azurewebsites.net/${hash}` }),
+        ctx(),
+      );
       assert.equal(res.status, 200);
       assert.equal(new Headers(res.headers as HeadersInit).get("content-length"), String(big.length));
       res = await host.handlers.http(
-        new azf.HttpRequest({ method: "PUT", url: `https://example.azurewebsites.net/${FOO_HASH}`, body: { bytes: FOO } }),
+        new azf.HttpRequest({
+          method: "PUT",
+          url: `https://example.azurewebsites.net/${FOO_HASH}`,
+          body: { bytes: FOO },
+        }),
         ctx(),
       );
       assert.equal(res.status, 200);
@@ -155,14 +189,26 @@ describe("Azure Functions app", () => {
 
   it("the timer handler empties expired trash", async () => {
     const clock = new FakeClock();
-    const { env, container } = await settingsFor({ trashEnabled: true, trashLifetimeMs: 3600_000, systemRootToken: "root" });
+    const { env, container } = await settingsFor({
+      trashEnabled: true,
+      trashLifetimeMs: 3600_000,
+      systemRootToken: "root",
+    });
     const host = await runLocal("127.0.0.1:0", env, { clock, logger: silentLogger() });
     try {
       assert.equal((await fetch(`${host.url}/${FOO_HASH}`, { method: "PUT", body: FOO })).status, 200);
       clock.advance((DEFAULTS.blobSigningTtlSeconds + 60) * 1000);
-      assert.equal((await fetch(`${host.url}/${FOO_HASH}`, { method: "DELETE", headers: { authorization: "Bearer root" } })).status, 200);
+      assert.equal(
+        (await fetch(`${host.url}/${FOO_HASH}`, { method: "DELETE", headers: { authorization: "Bearer root" } }))
+          .status,
+        200,
+      );
       clock.advance(3600_000 + 1000);
-      const t = { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: "", next: "", lastUpdated: "" } };
+      const t = {
+        isPastDue: false,
+        schedule: { adjustForDST: false },
+        scheduleStatus: { last: "", next: "", lastUpdated: "" },
+      };
       await host.handlers.timer(t, ctx());
       const c = azurite.serviceClient().getContainerClient(container);
       assert.equal(await c.getBlockBlobClient(FOO_HASH).exists(), false);
@@ -200,7 +246,10 @@ describe("Azure Functions app", () => {
 
   it("fails fast with a message naming the setting", async () => {
     await assert.rejects(runLocal("127.0.0.1:0", {}), /KEEP_VOLUMES is not set/);
-    await assert.rejects(runLocal("127.0.0.1:0", { KEEP_VOLUMES: '[{"account":"a","container":"c","keySecret":"s"}]' }), /KEEP_KEYVAULT_URL/);
+    await assert.rejects(
+      runLocal("127.0.0.1:0", { KEEP_VOLUMES: '[{"account":"a","container":"c","keySecret":"s"}]' }),
+      /KEEP_KEYVAULT_URL/,
+    );
   });
 });
 
@@ -210,10 +259,14 @@ describe("keepfn-local --host functions (the CLI)", () => {
     const { spawn } = await import("node:child_process");
     const { freePort } = await import("../harness/azurite.js");
     const port = await freePort();
-    const child = spawn(process.execPath, ["dist/tools/keepfn-local.js", "--host", "functions", "--listen", `127.0.0.1:${port}`], {
-      env: { ...process.env, ...env },
-      stdio: ["ignore", "ignore", "pipe"],
-    });
+    const child = spawn(
+      process.execPath,
+      ["dist/tools/keepfn-local.js", "--host", "functions", "--listen", `127.0.0.1:${port}`],
+      {
+        env: { ...process.env, ...env },
+        stdio: ["ignore", "ignore", "pipe"],
+      },
+    );
     try {
       let err = "";
       await new Promise<void>((resolve, reject) => {
@@ -226,7 +279,11 @@ describe("keepfn-local --host functions (the CLI)", () => {
       const url = `http://127.0.0.1:${port}`;
       for (const data of [FOO, randomBytes(64 << 20)]) {
         const hash = md5hex(data);
-        const put = await fetch(`${url}/${hash}`, { method: "PUT", body: data as unknown as BodyInit, headers: { authorization: "Bearer t" } });
+        const put = await fetch(`${url}/${hash}`, {
+          method: "PUT",
+          body: data as unknown as BodyInit,
+          headers: { authorization: "Bearer t" },
+        });
         assert.equal(put.status, 200);
         const loc = (await put.text()).trim();
         const got = await fetch(`${url}/${loc}`, { headers: { authorization: "Bearer t" } });
