@@ -103,7 +103,12 @@ export function releasingBody(
   let it: AsyncIterator<Uint8Array> | undefined;
   let done = false;
   let carry: Uint8Array | undefined;
+  // A wrapper above us may drop the body without calling return() (an async generator that
+  // never started does not pass return() on): never hold the socket longer than this unread.
+  const idle = setTimeout(() => finish(), UNREAD_BODY_MS);
+  idle.unref();
   const finish = () => {
+    clearTimeout(idle);
     done = true;
     if (!stream.destroyed) stream.destroy();
   };
@@ -111,6 +116,7 @@ export function releasingBody(
     [Symbol.asyncIterator]: () => ({
       async next(): Promise<IteratorResult<Uint8Array>> {
         if (done) return { done: true, value: undefined };
+        clearTimeout(idle);
         it ??= stream[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>;
         const parts: Uint8Array[] = carry ? [carry] : [];
         let n = carry?.length ?? 0;
@@ -142,6 +148,7 @@ export function releasingBody(
 }
 
 const COALESCE_BYTES = 1 << 20;
+const UNREAD_BODY_MS = 30_000;
 
 interface SdkError {
   name?: string;
