@@ -52,10 +52,14 @@ function rssKiB(pid: number, field: "VmRSS" | "VmHWM"): number {
 
 async function startServer(dir: string, extra: string[] = []) {
   const port = 20000 + Math.floor(Math.random() * 20000);
-  const child = spawn(process.execPath, ["dist/server/main.js", `-listen=127.0.0.1:${port}`, `-volume=${dir}`, ...extra], {
-    stdio: ["ignore", "ignore", "inherit"],
-    env: { ...process.env, KEEPFN_LOG_LEVEL: "warn" },
-  });
+  const child = spawn(
+    process.execPath,
+    ["dist/server/main.js", `-listen=127.0.0.1:${port}`, `-volume=${dir}`, ...extra],
+    {
+      stdio: ["ignore", "ignore", "inherit"],
+      env: { ...process.env, KEEPFN_LOG_LEVEL: "warn" },
+    },
+  );
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 100; i++) {
     try {
@@ -75,7 +79,10 @@ export default async function run(): Promise<void> {
   const md5 = median([md5Rate(data), md5Rate(data), md5Rate(data)]);
   console.log(`single-core MD5: ${md5.toFixed(0)} MiB/s (the floor every transfer pays)`);
 
-  for (const [label, base] of [["disk (os tmpdir)", tmpdir()], ["tmpfs (/dev/shm)", "/dev/shm"]] as const) {
+  for (const [label, base] of [
+    ["disk (os tmpdir)", tmpdir()],
+    ["tmpfs (/dev/shm)", "/dev/shm"],
+  ] as const) {
     const dir = await fs.mkdtemp(join(base, "keepfn-bench-"));
     const { url, child } = await startServer(dir);
     try {
@@ -102,9 +109,15 @@ export default async function run(): Promise<void> {
       const mPut = median(fresh);
       const mRePut = median(puts);
       const mGet = median(gets);
-      console.log(`[${label}] 64 MiB PUT (new block):      ${mPut.toFixed(0)} MiB/s = ${(mPut / md5).toFixed(2)}x MD5  (target >= 0.70x)`);
-      console.log(`[${label}] 64 MiB PUT (existing block): ${mRePut.toFixed(0)} MiB/s = ${(mRePut / md5).toFixed(2)}x MD5`);
-      console.log(`[${label}] 64 MiB GET:                  ${mGet.toFixed(0)} MiB/s = ${(mGet / md5).toFixed(2)}x MD5  (target >= 0.80x)`);
+      console.log(
+        `[${label}] 64 MiB PUT (new block):      ${mPut.toFixed(0)} MiB/s = ${(mPut / md5).toFixed(2)}x MD5  (target >= 0.70x)`,
+      );
+      console.log(
+        `[${label}] 64 MiB PUT (existing block): ${mRePut.toFixed(0)} MiB/s = ${(mRePut / md5).toFixed(2)}x MD5`,
+      );
+      console.log(
+        `[${label}] 64 MiB GET:                  ${mGet.toFixed(0)} MiB/s = ${(mGet / md5).toFixed(2)}x MD5  (target >= 0.80x)`,
+      );
     } finally {
       child.kill("SIGTERM");
       await fs.rm(dir, { recursive: true, force: true });
@@ -123,21 +136,29 @@ export default async function run(): Promise<void> {
       });
       const pool = async (fn: (i: number) => Promise<void>) => {
         let next = 0;
-        await Promise.all(Array.from({ length: 16 }, async () => {
-          while (next < blocks.length) await fn(next++);
-        }));
+        await Promise.all(
+          Array.from({ length: 16 }, async () => {
+            while (next < blocks.length) await fn(next++);
+          }),
+        );
       };
-      const [, tp] = await timed(() => pool(async (i) => {
-        const x = blocks[i]!;
-        const r = await http("PUT", `${url}/${x.h}`, x.b);
-        if (r.status !== 200) throw new Error(`PUT ${r.status}`);
-      }));
-      const [, tg] = await timed(() => pool(async (i) => {
-        const x = blocks[i]!;
-        const r = await http("GET", `${url}/${x.h}+4096`);
-        if (r.bytes !== 4096) throw new Error("short GET");
-      }));
-      console.log(`4 KiB blocks, concurrency 16: PUT ${(blocks.length / tp).toFixed(0)} req/s, GET ${(blocks.length / tg).toFixed(0)} req/s`);
+      const [, tp] = await timed(() =>
+        pool(async (i) => {
+          const x = blocks[i]!;
+          const r = await http("PUT", `${url}/${x.h}`, x.b);
+          if (r.status !== 200) throw new Error(`PUT ${r.status}`);
+        }),
+      );
+      const [, tg] = await timed(() =>
+        pool(async (i) => {
+          const x = blocks[i]!;
+          const r = await http("GET", `${url}/${x.h}+4096`);
+          if (r.bytes !== 4096) throw new Error("short GET");
+        }),
+      );
+      console.log(
+        `4 KiB blocks, concurrency 16: PUT ${(blocks.length / tp).toFixed(0)} req/s, GET ${(blocks.length / tg).toFixed(0)} req/s`,
+      );
     } finally {
       child.kill("SIGTERM");
       await fs.rm(dir, { recursive: true, force: true });
@@ -156,13 +177,17 @@ export default async function run(): Promise<void> {
         b.writeUInt32LE(1000 + i, 0);
         return { b, h: createHash("md5").update(b).digest("hex") };
       });
-      await Promise.all(bodies.map(async ({ b, h }) => {
-        const r = await http("PUT", `${url}/${h}`, b);
-        if (r.status !== 200) throw new Error(`PUT ${r.status}`);
-      }));
+      await Promise.all(
+        bodies.map(async ({ b, h }) => {
+          const r = await http("PUT", `${url}/${h}`, b);
+          if (r.status !== 200) throw new Error(`PUT ${r.status}`);
+        }),
+      );
       const peak = rssKiB(child.pid as number, "VmHWM");
       const growth = (peak - before) / 1024;
-      console.log(`8 concurrent 64 MiB PUTs: server RSS ${(before / 1024).toFixed(0)} MiB before, peak ${(peak / 1024).toFixed(0)} MiB, growth ${growth.toFixed(0)} MiB = ${(growth / 64).toFixed(2)} x 64 MiB (target <= 9)`);
+      console.log(
+        `8 concurrent 64 MiB PUTs: server RSS ${(before / 1024).toFixed(0)} MiB before, peak ${(peak / 1024).toFixed(0)} MiB, growth ${growth.toFixed(0)} MiB = ${(growth / 64).toFixed(2)} x 64 MiB (target <= 9)`,
+      );
     } finally {
       child.kill("SIGTERM");
       await fs.rm(dir, { recursive: true, force: true });

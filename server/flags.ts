@@ -15,13 +15,36 @@ export interface ServerOptions {
 
 const BOOL = new Set(["readonly", "serialize", "enforce-permissions", "never-delete", "help", "h", "s3-unsafe-delete"]);
 const VALUE = new Set([
-  "listen", "volume", "volumes", "blob-signing-key-file", "permission-key-file", "blob-signature-ttl", "permission-ttl",
-  "data-manager-token-file", "management-token-file", "trash-lifetime", "trash-check-interval", "max-buffers",
-  "max-requests", "pid", "cluster-id", "request-timeout",
-  "azure-storage-account-name", "azure-storage-account-key-file", "azure-storage-container-volume",
-  "azure-storage-replication", "azure-max-get-bytes", "azure-blob-endpoint",
-  "s3-bucket-volume", "s3-access-key-file", "s3-secret-key-file", "s3-endpoint", "s3-region", "s3-replication",
-  "s3-prefix-length", "s3-race-window",
+  "listen",
+  "volume",
+  "volumes",
+  "blob-signing-key-file",
+  "permission-key-file",
+  "blob-signature-ttl",
+  "permission-ttl",
+  "data-manager-token-file",
+  "management-token-file",
+  "trash-lifetime",
+  "trash-check-interval",
+  "max-buffers",
+  "max-requests",
+  "pid",
+  "cluster-id",
+  "request-timeout",
+  "azure-storage-account-name",
+  "azure-storage-account-key-file",
+  "azure-storage-container-volume",
+  "azure-storage-replication",
+  "azure-max-get-bytes",
+  "azure-blob-endpoint",
+  "s3-bucket-volume",
+  "s3-access-key-file",
+  "s3-secret-key-file",
+  "s3-endpoint",
+  "s3-region",
+  "s3-replication",
+  "s3-prefix-length",
+  "s3-race-window",
 ]);
 
 export const DEFAULT_LISTEN = "127.0.0.1:25107";
@@ -36,7 +59,16 @@ export function parseFlags(argv: string[]): ServerOptions {
   let serialize = false;
   let maxRequests: number | undefined;
   const az = { account: "", keyFile: "", replication: 3, maxGetBytes: 64 * 1024 * 1024, endpoint: "" };
-  const s3 = { accessKeyFile: "", secretKeyFile: "", endpoint: "", region: "", replication: 2, prefixLength: 0, raceWindowMs: undefined as number | undefined, unsafeDelete: false };
+  const s3 = {
+    accessKeyFile: "",
+    secretKeyFile: "",
+    endpoint: "",
+    region: "",
+    replication: 2,
+    prefixLength: 0,
+    raceWindowMs: undefined as number | undefined,
+    unsafeDelete: false,
+  };
   const vol = (spec: DriverSpec & { replication: number }) =>
     c.volumes.push({ ...spec, readOnly, storageClasses: ["default"] });
 
@@ -49,12 +81,23 @@ export function parseFlags(argv: string[]): ServerOptions {
     if (BOOL.has(name)) {
       const b = value === undefined ? true : parseBool(name, value);
       switch (name) {
-        case "readonly": readOnly = b; break;
-        case "serialize": serialize = b; break;
-        case "enforce-permissions": c.enforcePermissions = b; break;
-        case "never-delete": c.trashEnabled = !b; break;
-        case "s3-unsafe-delete": s3.unsafeDelete = b; break;
-        default: help = true;
+        case "readonly":
+          readOnly = b;
+          break;
+        case "serialize":
+          serialize = b;
+          break;
+        case "enforce-permissions":
+          c.enforcePermissions = b;
+          break;
+        case "never-delete":
+          c.trashEnabled = !b;
+          break;
+        case "s3-unsafe-delete":
+          s3.unsafeDelete = b;
+          break;
+        default:
+          help = true;
       }
       continue;
     }
@@ -64,32 +107,68 @@ export function parseFlags(argv: string[]): ServerOptions {
       if (value === undefined) throw new ConfigError(`flag -${name} needs a value`);
     }
     switch (name) {
-      case "listen": listen = value; break;
+      case "listen":
+        listen = value;
+        break;
       case "volume":
       case "volumes":
         for (const root of value.split(",").filter(Boolean)) vol({ driver: "posix", root, serialize, replication: 1 });
         break;
       case "blob-signing-key-file":
-      case "permission-key-file": c.blobSigningKey = readSecret(value, name); break;
+      case "permission-key-file":
+        c.blobSigningKey = readSecret(value, name);
+        break;
       case "blob-signature-ttl":
-      case "permission-ttl": c.blobSigningTtlSeconds = parseIntFlag(name, value); break;
-      case "data-manager-token-file": c.systemRootToken = readSecret(value, name); break;
-      case "management-token-file": c.managementToken = readSecret(value, name); break;
-      case "trash-lifetime": c.trashLifetimeMs = parseDuration(name, value); break;
-      case "trash-check-interval": c.trashCheckIntervalMs = parseDuration(name, value); break;
-      case "request-timeout": c.requestTimeoutMs = parseDuration(name, value); break;
-      case "max-buffers": c.maxBuffers = parseIntFlag(name, value); break;
-      case "max-requests": maxRequests = parseIntFlag(name, value); break;
-      case "pid": pidFile = value; break;
-      case "cluster-id": c.clusterId = value; break;
-      case "azure-storage-account-name": az.account = value; break;
-      case "azure-storage-account-key-file": az.keyFile = value; break;
-      case "azure-storage-replication": az.replication = parseIntFlag(name, value); break;
-      case "azure-max-get-bytes": az.maxGetBytes = parseIntFlag(name, value); break;
-      case "azure-blob-endpoint": az.endpoint = value; break;
+      case "permission-ttl":
+        c.blobSigningTtlSeconds = parseIntFlag(name, value);
+        break;
+      case "data-manager-token-file":
+        c.systemRootToken = readSecret(value, name);
+        break;
+      case "management-token-file":
+        c.managementToken = readSecret(value, name);
+        break;
+      case "trash-lifetime":
+        c.trashLifetimeMs = parseDuration(name, value);
+        break;
+      case "trash-check-interval":
+        c.trashCheckIntervalMs = parseDuration(name, value);
+        break;
+      case "request-timeout":
+        c.requestTimeoutMs = parseDuration(name, value);
+        break;
+      case "max-buffers":
+        c.maxBuffers = parseIntFlag(name, value);
+        break;
+      case "max-requests":
+        maxRequests = parseIntFlag(name, value);
+        break;
+      case "pid":
+        pidFile = value;
+        break;
+      case "cluster-id":
+        c.clusterId = value;
+        break;
+      case "azure-storage-account-name":
+        az.account = value;
+        break;
+      case "azure-storage-account-key-file":
+        az.keyFile = value;
+        break;
+      case "azure-storage-replication":
+        az.replication = parseIntFlag(name, value);
+        break;
+      case "azure-max-get-bytes":
+        az.maxGetBytes = parseIntFlag(name, value);
+        break;
+      case "azure-blob-endpoint":
+        az.endpoint = value;
+        break;
       case "azure-storage-container-volume":
-        if (!az.account) throw new ConfigError(`-azure-storage-container-volume ${value}: give -azure-storage-account-name first`);
-        if (!az.keyFile) throw new ConfigError(`-azure-storage-container-volume ${value}: give -azure-storage-account-key-file first`);
+        if (!az.account)
+          throw new ConfigError(`-azure-storage-container-volume ${value}: give -azure-storage-account-name first`);
+        if (!az.keyFile)
+          throw new ConfigError(`-azure-storage-container-volume ${value}: give -azure-storage-account-key-file first`);
         vol({
           driver: "azure",
           accountName: az.account,
@@ -100,15 +179,30 @@ export function parseFlags(argv: string[]): ServerOptions {
           replication: az.replication,
         });
         break;
-      case "s3-access-key-file": s3.accessKeyFile = value; break;
-      case "s3-secret-key-file": s3.secretKeyFile = value; break;
-      case "s3-endpoint": s3.endpoint = value; break;
-      case "s3-region": s3.region = value; break;
-      case "s3-replication": s3.replication = parseIntFlag(name, value); break;
-      case "s3-prefix-length": s3.prefixLength = parseIntFlag(name, value); break;
-      case "s3-race-window": s3.raceWindowMs = parseDuration(name, value); break;
+      case "s3-access-key-file":
+        s3.accessKeyFile = value;
+        break;
+      case "s3-secret-key-file":
+        s3.secretKeyFile = value;
+        break;
+      case "s3-endpoint":
+        s3.endpoint = value;
+        break;
+      case "s3-region":
+        s3.region = value;
+        break;
+      case "s3-replication":
+        s3.replication = parseIntFlag(name, value);
+        break;
+      case "s3-prefix-length":
+        s3.prefixLength = parseIntFlag(name, value);
+        break;
+      case "s3-race-window":
+        s3.raceWindowMs = parseDuration(name, value);
+        break;
       case "s3-bucket-volume":
-        if (!s3.endpoint && !s3.region) throw new ConfigError(`-s3-bucket-volume ${value}: give -s3-region or -s3-endpoint first`);
+        if (!s3.endpoint && !s3.region)
+          throw new ConfigError(`-s3-bucket-volume ${value}: give -s3-region or -s3-endpoint first`);
         vol({
           driver: "s3",
           bucket: value,
@@ -142,7 +236,7 @@ function parseIntFlag(name: string, v: string): number {
   return Number(v);
 }
 
-const UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, "µs": 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
 /** Go durations ("336h", "1h30m", "500ms", "0"); returns milliseconds. */
 export function parseDuration(name: string, v: string): number {
@@ -154,7 +248,8 @@ export function parseDuration(name: string, v: string): number {
     total += Number(m[1]) * (UNITS[m[2] as string] as number);
     pos = re.lastIndex;
   }
-  if (pos === 0 || pos !== v.length) throw new ConfigError(`-${name}=${v}: expected a duration such as 336h, 90m or 30s`);
+  if (pos === 0 || pos !== v.length)
+    throw new ConfigError(`-${name}=${v}: expected a duration such as 336h, 90m or 30s`);
   return total;
 }
 

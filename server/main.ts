@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // The keepstore executable: reference flags in, a Keep server out.
-import { mkdirSync, writeFileSync, rmSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { ConfigError } from "../shared/config.js";
 import { createLogger } from "../shared/log.js";
-import { DEFAULT_VOLUME, USAGE, parseFlags } from "./flags.js";
+import { DEFAULT_VOLUME, parseFlags, USAGE } from "./flags.js";
 import { startKeepServer } from "./serve.js";
 
 const logger = createLogger({ level: process.env.KEEPFN_LOG_LEVEL ?? "info" });

@@ -1,7 +1,7 @@
 // Runs the core behind node:http: listen, empty trash on a timer, shut down gracefully.
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { type AppDeps, type KeepApp, createKeepApp } from "../shared/app.js";
+import { type AppDeps, createKeepApp, type KeepApp } from "../shared/app.js";
 import type { KeepConfig } from "../shared/config.js";
 import { nodeListener } from "./node-adapter.js";
 

@@ -1,19 +1,18 @@
 // Assembles the core from one KeepConfig: volumes → mounts → keepstore service, workers,
 // metrics and the fetch handler. Every host calls this and nothing else from shared/.
 import { type Clock, systemClock } from "./clock.js";
-import type { KeepConfig } from "./config.js";
+import type { DriverSpec, KeepConfig } from "./config.js";
+import type { KeepServices } from "./http/context.js";
+import { createKeepHandler, type FetchHandler } from "./http/router.js";
 import { Keepstore } from "./keep/keepstore.js";
 import { RequestLimiter } from "./keep/limits.js";
 import { Mount, mountUuidFor } from "./keep/mount.js";
 import { PullWorker } from "./keep/pull-worker.js";
 import { TrashWorker } from "./keep/trash-worker.js";
-import { type Logger, createLogger } from "./log.js";
+import { createLogger, type Logger } from "./log.js";
 import { KeepMetrics } from "./metrics.js";
-import { type FetchHandler, createKeepHandler } from "./http/router.js";
-import type { KeepServices } from "./http/context.js";
 import { createVolume } from "./volume/factory.js";
 import type { Volume, VolumeParams } from "./volume/volume.js";
-import type { DriverSpec } from "./config.js";
 
 export interface KeepApp extends KeepServices {
   handler: FetchHandler;

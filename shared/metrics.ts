@@ -37,19 +37,41 @@ export class KeepMetrics {
       });
     gauge("arvados_keepstore_bufferpool_max_buffers", "Maximum blocks in flight", () => sources.maxBuffers);
     gauge("arvados_keepstore_bufferpool_inuse_buffers", "Blocks in flight", sources.buffersInUse);
-    gauge("arvados_keepstore_bufferpool_allocated_bytes", "Bytes reserved for blocks in flight", () => sources.buffersInUse() * 2 ** 26);
+    gauge(
+      "arvados_keepstore_bufferpool_allocated_bytes",
+      "Bytes reserved for blocks in flight",
+      () => sources.buffersInUse() * 2 ** 26,
+    );
     gauge("arvados_concurrent_requests", "Requests being served", sources.concurrent);
     gauge("arvados_queued_requests", "Requests waiting to be served", sources.queued);
     gauge("arvados_max_concurrent_requests", "Request limit", () => sources.maxConcurrent);
     gauge("arvados_keepstore_trash_queue_pending_entries", "Trash list entries waiting", () => sources.trashQueue()[0]);
-    gauge("arvados_keepstore_trash_queue_inprogress_entries", "Trash list entries in progress", () => sources.trashQueue()[1]);
+    gauge(
+      "arvados_keepstore_trash_queue_inprogress_entries",
+      "Trash list entries in progress",
+      () => sources.trashQueue()[1],
+    );
     gauge("arvados_keepstore_pull_queue_pending_entries", "Pull list entries waiting", () => sources.pullQueue()[0]);
-    gauge("arvados_keepstore_pull_queue_inprogress_entries", "Pull list entries in progress", () => sources.pullQueue()[1]);
+    gauge(
+      "arvados_keepstore_pull_queue_inprogress_entries",
+      "Pull list entries in progress",
+      () => sources.pullQueue()[1],
+    );
 
     // Volume counters live in each driver's VolumeStats; copied at scrape time by the first
     // of the three counters to be collected (registration order is collection order).
-    const errs = new Counter({ name: "arvados_keepstore_volume_errors", help: "Volume errors", labelNames: ["device_id", "error_type"], registers: [] });
-    const io = new Counter({ name: "arvados_keepstore_volume_io_bytes", help: "Volume bytes", labelNames: ["device_id", "direction"], registers: [] });
+    const errs = new Counter({
+      name: "arvados_keepstore_volume_errors",
+      help: "Volume errors",
+      labelNames: ["device_id", "error_type"],
+      registers: [],
+    });
+    const io = new Counter({
+      name: "arvados_keepstore_volume_io_bytes",
+      help: "Volume bytes",
+      labelNames: ["device_id", "direction"],
+      registers: [],
+    });
     new Counter({
       name: "arvados_keepstore_volume_operations",
       help: "Volume operations",

@@ -5,7 +5,11 @@
 import { parseArgs } from "node:util";
 
 const { values } = parseArgs({
-  options: { host: { type: "string" }, listen: { type: "string", default: "127.0.0.1:7071" }, help: { type: "boolean" } },
+  options: {
+    host: { type: "string" },
+    listen: { type: "string", default: "127.0.0.1:7071" },
+    help: { type: "boolean" },
+  },
 });
 const usage = "usage: keepfn-local --host functions|lambda [--listen 127.0.0.1:PORT]\n";
 if (values.help || !values.host) {

@@ -7,8 +7,8 @@ import type { Keepstore } from "../keep/keepstore.js";
 import type { PullWorker } from "../keep/pull-worker.js";
 import type { TrashWorker } from "../keep/trash-worker.js";
 import type { Logger } from "../log.js";
-import { constantTimeEqual } from "../signature.js";
 import type { KeepMetrics } from "../metrics.js";
+import { constantTimeEqual } from "../signature.js";
 
 export interface KeepServices {
   config: KeepConfig;

@@ -2,15 +2,15 @@
 // functions/, lambda/) only translate their native requests into this function's terms.
 import { randomBytes } from "node:crypto";
 import { CancelledError, RouteNotFoundError } from "../errors.js";
-import { RequestLimiter } from "../keep/limits.js";
+import type { RequestLimiter } from "../keep/limits.js";
 import { tokensFromRequest } from "../tokens.js";
 import type { KeepServices, RequestContext } from "./context.js";
 import { errorResponse, statusFor } from "./error-response.js";
 import { deleteBlock, getBlock, putBlock, touchBlock, untrashBlock } from "./routes/blocks.js";
 import { index, mounts } from "./routes/listings.js";
 import { healthPing, metrics } from "./routes/ops.js";
-import { putPullList, putTrashList } from "./routes/work-lists.js";
 import { commitRoute, presignRoute } from "./routes/two-step-upload.js";
+import { putPullList, putTrashList } from "./routes/work-lists.js";
 
 export type FetchHandler = (req: Request) => Promise<Response>;
 
@@ -29,7 +29,11 @@ const ROUTES: Array<[string[], RegExp, Route]> = [
   [["PUT"], /^\/pull$/, (c) => putPullList(c)],
   [["PUT"], /^\/trash$/, (c) => putTrashList(c)],
   [["POST"], /^\/uploads\/([0-9a-f]{32})\+([0-9]+)$/, (c, m) => presignRoute(c, m[1] as string, m[2] as string)],
-  [["POST"], /^\/uploads\/([0-9a-f]{32})\+([0-9]+)\/([^/]+)\/([0-9a-f]{32})$/, (c, m) => commitRoute(c, m[1] as string, m[2] as string, m[3] as string, m[4] as string)],
+  [
+    ["POST"],
+    /^\/uploads\/([0-9a-f]{32})\+([0-9]+)\/([^/]+)\/([0-9a-f]{32})$/,
+    (c, m) => commitRoute(c, m[1] as string, m[2] as string, m[3] as string, m[4] as string),
+  ],
 ];
 
 /** Served before the request limiter, as the reference does. */
@@ -62,7 +66,16 @@ export function createKeepHandler(services: KeepServices, limiter: RequestLimite
     headers.set("x-request-id", requestId);
     const deadline = NO_DEADLINE.test(path) ? undefined : deadlineSignal(services.config.requestTimeoutMs);
     const signal = deadline ? AbortSignal.any([req.signal, deadline]) : req.signal;
-    const ctx: RequestContext = { req, url, path, tokens: tokensFromRequest(req, url), signal, headers, requestId, services };
+    const ctx: RequestContext = {
+      req,
+      url,
+      path,
+      tokens: tokensFromRequest(req, url),
+      signal,
+      headers,
+      requestId,
+      services,
+    };
     let res: Response;
     try {
       res = await dispatch(ctx, limiter);

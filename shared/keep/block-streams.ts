@@ -1,8 +1,9 @@
 // Stream helpers for block bodies: hash-verifying wrappers and a lock-step tee, so a block
 // flows from the client to every destination without ever being held whole in memory.
+
+import { ChecksumMismatchError, ContentLengthMismatchError, HashMismatchError, TooLargeError } from "../errors.js";
 import { BLOCK_SIZE } from "../locator.js";
 import { md5Stream } from "../md5.js";
-import { ChecksumMismatchError, ContentLengthMismatchError, HashMismatchError, TooLargeError } from "../errors.js";
 
 /**
  * Upload side: yields the body while hashing it; after the last chunk, throws if the body
@@ -26,7 +27,9 @@ export async function* verifiedUpload(
       yield chunk;
     }
     if (contentLength && contentLength !== total)
-      throw new ContentLengthMismatchError(`content length ${contentLength} did not match specified data size ${total}`);
+      throw new ContentLengthMismatchError(
+        `content length ${contentLength} did not match specified data size ${total}`,
+      );
     const got = await md5.digest();
     if (got !== hash) throw new HashMismatchError(`content hash ${got} did not match specified locator ${locator}`);
   } finally {

@@ -3,6 +3,7 @@
 import type { Clock } from "../clock.js";
 import { msToNs } from "../clock.js";
 import {
+  CancelledError,
   CollisionError,
   DisabledError,
   InsufficientStorageError,
@@ -11,14 +12,13 @@ import {
   TooLargeError,
   VolumeFullError,
   VolumeUnavailableError,
-  CancelledError,
 } from "../errors.js";
 import { BLOCK_SIZE } from "../locator.js";
 import type { Logger } from "../log.js";
 import type { BlockData } from "../volume/volume.js";
 import { lockstepTee, sameBytes, verifiedDownload, verifiedUpload } from "./block-streams.js";
 import { BufferSlots } from "./limits.js";
-import { type Mount, byUuid, orderForBlock } from "./mount.js";
+import { byUuid, type Mount, orderForBlock } from "./mount.js";
 import { PutProgress } from "./put-progress.js";
 
 export interface KeepstoreOptions {
@@ -98,7 +98,7 @@ export class Keepstore {
 
   /** The PUT algorithm: reuse matching copies (touch), write where classes still need it. */
   async write(req: WriteRequest): Promise<WriteResult> {
-    const { hash, signal } = req;
+    const { signal } = req;
     if (req.contentLength !== undefined && req.contentLength > BLOCK_SIZE) throw new TooLargeError();
     const release = await this.buffers.acquire(signal);
     try {
@@ -280,7 +280,12 @@ async function hasBlock(m: Mount, hash: string): Promise<boolean> {
 }
 
 function isClientError(err: KeepError): boolean {
-  return err.code === "hash_mismatch" || err.code === "content_length_mismatch" || err instanceof TooLargeError || err instanceof CancelledError;
+  return (
+    err.code === "hash_mismatch" ||
+    err.code === "content_length_mismatch" ||
+    err instanceof TooLargeError ||
+    err instanceof CancelledError
+  );
 }
 
 async function* counting(src: AsyncIterable<Uint8Array>, n: { n: number }) {

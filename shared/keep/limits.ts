@@ -1,6 +1,6 @@
 // Admission control. BufferSlots bounds blocks in flight (the reference's max-buffers);
 // RequestLimiter bounds concurrent requests and sheds load with 503 (§1.1 step 7).
-import { OverloadedError, cancelled } from "../errors.js";
+import { cancelled, OverloadedError } from "../errors.js";
 
 /** Counting semaphore whose waiters give up when their signal aborts. */
 export class BufferSlots {

@@ -40,7 +40,9 @@ export class Mount {
   }
 
   weight(hash: string): string {
-    return createHash("md5").update(hash + this.weightKey).digest("hex");
+    return createHash("md5")
+      .update(hash + this.weightKey)
+      .digest("hex");
   }
 
   toJSON() {

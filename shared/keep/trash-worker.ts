@@ -20,7 +20,13 @@ export class TrashWorker {
 
   constructor(
     private readonly mounts: Mount[],
-    private readonly opts: { clock: Clock; signingTtlMs: number; enabled: boolean; logger: Logger; concurrency: number },
+    private readonly opts: {
+      clock: Clock;
+      signingTtlMs: number;
+      enabled: boolean;
+      logger: Logger;
+      concurrency: number;
+    },
   ) {
     const active = opts.enabled && mounts.some((m) => m.allowTrash);
     this.queue = new WorkQueue(active ? Math.max(1, opts.concurrency) : 0, (t) => this.run(t));

@@ -2,7 +2,13 @@
 // out a presigned URL, bound to the block's MD5 and size, where the client PUTs the bytes
 // straight to the object store; step 2 has the volume verify what landed (size, and MD5 from
 // the store, never from the client) and move it into place, then answers exactly like PUT.
-import { BadRequestError, HashMismatchError, InsufficientStorageError, NotFoundError, TooLargeError } from "../errors.js";
+import {
+  BadRequestError,
+  HashMismatchError,
+  InsufficientStorageError,
+  NotFoundError,
+  TooLargeError,
+} from "../errors.js";
 import { BLOCK_SIZE } from "../locator.js";
 import type { PresignedUpload } from "../volume/volume.js";
 import type { Keepstore, WriteResult } from "./keepstore.js";
@@ -26,11 +32,17 @@ export async function presignUpload(
   if (size > BLOCK_SIZE) throw new TooLargeError();
   const md5 = Buffer.from(hash, "hex").toString("base64");
   if (req.contentMd5 !== undefined && req.contentMd5 !== md5)
-    throw new HashMismatchError(`Content-MD5 ${req.contentMd5} does not match the locator's hash ${hash} (expected ${md5})`);
+    throw new HashMismatchError(
+      `Content-MD5 ${req.contentMd5} does not match the locator's hash ${hash} (expected ${md5})`,
+    );
   const progress = new PutProgress(req.storageClasses.length ? req.storageClasses : req.defaultStorageClasses);
-  const mount = orderForBlock(keep.mounts, hash).find((m) => m.allowWrite && m.volume.presignUpload && progress.wants(m));
+  const mount = orderForBlock(keep.mounts, hash).find(
+    (m) => m.allowWrite && m.volume.presignUpload && progress.wants(m),
+  );
   if (!mount?.volume.presignUpload)
-    throw new InsufficientStorageError("no writable mount with the requested storage classes supports two-step uploads");
+    throw new InsufficientStorageError(
+      "no writable mount with the requested storage classes supports two-step uploads",
+    );
   const ticket = await mount.volume.presignUpload(hash, size, UPLOAD_URL_TTL_SECONDS);
   return { ...ticket, locator: `${hash}+${size}`, mountUuid: mount.uuid };
 }
@@ -40,7 +52,8 @@ export async function commitUpload(
   req: { hash: string; size: number; mountUuid: string; uploadId: string },
 ): Promise<WriteResult> {
   const mount = keep.mounts.find((m) => m.uuid === req.mountUuid);
-  if (!mount?.allowWrite || !mount.volume.commitUpload) throw new NotFoundError(`no writable mount ${req.mountUuid} takes two-step uploads`);
+  if (!mount?.allowWrite || !mount.volume.commitUpload)
+    throw new NotFoundError(`no writable mount ${req.mountUuid} takes two-step uploads`);
   await mount.volume.commitUpload(req.hash, req.size, req.uploadId);
   const p = new PutProgress([]);
   p.add(mount);

@@ -5,18 +5,18 @@ import { randomBytes } from "node:crypto";
 import { constants, promises as fs } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
-import { BLOCK_SIZE, isHash } from "../locator.js";
+import { msToNs } from "../clock.js";
 import {
   BadLocatorError,
+  cancelled,
   KeepError,
   NotFoundError,
   TooLargeError,
+  throwIfAborted,
   VolumeFullError,
   VolumeUnavailableError,
-  cancelled,
-  throwIfAborted,
 } from "../errors.js";
-import { msToNs } from "../clock.js";
+import { BLOCK_SIZE, isHash } from "../locator.js";
 import { KeyedMutex, Mutex, type Release } from "../mutex.js";
 import {
   type BlockData,
@@ -308,7 +308,8 @@ export class PosixVolume implements Volume {
     const code = (err as NodeJS.ErrnoException)?.code;
     this.stats.error(code ?? "other");
     if (code === "ENOENT" || code === "ENOTDIR") return new NotFoundError("file does not exist", { cause: err });
-    if (code === "ENOSPC" || code === "EDQUOT") return new VolumeFullError(`volume ${this.root} is full`, { cause: err });
+    if (code === "ENOSPC" || code === "EDQUOT")
+      return new VolumeFullError(`volume ${this.root} is full`, { cause: err });
     if (code === "EROFS" || code === "EACCES" || code === "EPERM" || code === "EIO")
       return new VolumeUnavailableError(`volume ${this.root}: ${code}`, { cause: err });
     return err instanceof Error ? err : new KeepError(String(err));

@@ -7,8 +7,19 @@ import { FakeClock, msToNs } from "../../shared/clock.js";
 import { NotFoundError } from "../../shared/errors.js";
 import type { Volume } from "../../shared/volume/volume.js";
 import {
-  EMPTY_BLOCK, EMPTY_HASH, MD5_COLLISION, MD5_COLLISION_HASH, TEST_BLOCK, TEST_BLOCK2, TEST_BLOCK3,
-  TEST_HASH, TEST_HASH2, TEST_HASH3, chunks, collect, md5hex,
+  chunks,
+  collect,
+  EMPTY_BLOCK,
+  EMPTY_HASH,
+  MD5_COLLISION,
+  MD5_COLLISION_HASH,
+  md5hex,
+  TEST_BLOCK,
+  TEST_BLOCK2,
+  TEST_BLOCK3,
+  TEST_HASH,
+  TEST_HASH2,
+  TEST_HASH3,
 } from "./fixtures.js";
 
 export interface VolumeHarness {
@@ -75,21 +86,34 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
     const put = async (h: VolumeHarness, hash: string, data: Uint8Array) =>
       caps.readonly ? h.putRaw(hash, data) : write(h.volume, hash, data);
 
-    it("reads back what was written", withVolume(HOUR, async (h) => {
-      await put(h, TEST_HASH, TEST_BLOCK);
-      assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
-    }));
+    it(
+      "reads back what was written",
+      withVolume(HOUR, async (h) => {
+        await put(h, TEST_HASH, TEST_BLOCK);
+        assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+      }),
+    );
 
-    it("gives NotFoundError for a missing block", withVolume(HOUR, async (h) => {
-      await assert.rejects(readAll(h.volume, TEST_HASH2), NotFoundError);
-    }));
+    it(
+      "gives NotFoundError for a missing block",
+      withVolume(HOUR, async (h) => {
+        await assert.rejects(readAll(h.volume, TEST_HASH2), NotFoundError);
+      }),
+    );
 
-    for (const [label, hash, data] of [["a block", TEST_HASH, TEST_BLOCK], ["the empty block", EMPTY_HASH, EMPTY_BLOCK]] as const) {
-      it(`accepts ${label} written twice with the same content`, { skip: ro }, withVolume(HOUR, async (h) => {
-        await write(h.volume, hash, data);
-        await write(h.volume, hash, data);
-        assert.deepEqual(await readAll(h.volume, hash), data);
-      }));
+    for (const [label, hash, data] of [
+      ["a block", TEST_HASH, TEST_BLOCK],
+      ["the empty block", EMPTY_HASH, EMPTY_BLOCK],
+    ] as const) {
+      it(
+        `accepts ${label} written twice with the same content`,
+        { skip: ro },
+        withVolume(HOUR, async (h) => {
+          await write(h.volume, hash, data);
+          await write(h.volume, hash, data);
+          assert.deepEqual(await readAll(h.volume, hash), data);
+        }),
+      );
     }
 
     const different: Array<[string, string, Uint8Array, Uint8Array]> = [
@@ -99,150 +123,218 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
       ["the empty hash with data", EMPTY_HASH, EMPTY_BLOCK, MD5_COLLISION[0]],
     ];
     for (const [label, hash, a, b] of different) {
-      it(`handles different content under one hash: ${label}`, { skip: ro }, withVolume(HOUR, async (h) => {
-        await write(h.volume, hash, a);
-        let ok = true;
-        try {
-          await write(h.volume, hash, b);
-        } catch {
-          ok = false;
-        }
-        if (ok) assert.deepEqual(await readAll(h.volume, hash), Buffer.from(b));
-        else {
-          const got = await readAll(h.volume, hash).catch((e) => e);
-          assert.ok(got instanceof NotFoundError || got.equals(a) || got.equals(b), "after a failed write: old, new or nothing");
-        }
-      }));
+      it(
+        `handles different content under one hash: ${label}`,
+        { skip: ro },
+        withVolume(HOUR, async (h) => {
+          await write(h.volume, hash, a);
+          let ok = true;
+          try {
+            await write(h.volume, hash, b);
+          } catch {
+            ok = false;
+          }
+          if (ok) assert.deepEqual(await readAll(h.volume, hash), Buffer.from(b));
+          else {
+            const got = await readAll(h.volume, hash).catch((e) => e);
+            assert.ok(
+              got instanceof NotFoundError || got.equals(a) || got.equals(b),
+              "after a failed write: old, new or nothing",
+            );
+          }
+        }),
+      );
     }
 
-    it("stores several blocks independently", { skip: ro }, withVolume(HOUR, async (h) => {
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      await write(h.volume, TEST_HASH2, TEST_BLOCK2);
-      await write(h.volume, TEST_HASH3, TEST_BLOCK3);
-      assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
-      assert.deepEqual(await readAll(h.volume, TEST_HASH2), TEST_BLOCK2);
-      assert.deepEqual(await readAll(h.volume, TEST_HASH3), TEST_BLOCK3);
-    }));
+    it(
+      "stores several blocks independently",
+      { skip: ro },
+      withVolume(HOUR, async (h) => {
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        await write(h.volume, TEST_HASH2, TEST_BLOCK2);
+        await write(h.volume, TEST_HASH3, TEST_BLOCK3);
+        assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+        assert.deepEqual(await readAll(h.volume, TEST_HASH2), TEST_BLOCK2);
+        assert.deepEqual(await readAll(h.volume, TEST_HASH3), TEST_BLOCK3);
+      }),
+    );
 
-    it("rewriting a block refreshes its mtime", { skip: ro }, withVolume(HOUR, async (h, clock) => {
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      await h.setMtime(TEST_HASH, clock.now() - 20_000);
-      const before = await h.volume.mtime(TEST_HASH);
-      assert.ok(before <= msToNs(clock.now() - 19_000), "backdated mtime must be visible");
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      assert.ok((await h.volume.mtime(TEST_HASH)) >= msToNs(clock.now() - 1000 - res));
-    }));
+    it(
+      "rewriting a block refreshes its mtime",
+      { skip: ro },
+      withVolume(HOUR, async (h, clock) => {
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        await h.setMtime(TEST_HASH, clock.now() - 20_000);
+        const before = await h.volume.mtime(TEST_HASH);
+        assert.ok(before <= msToNs(clock.now() - 19_000), "backdated mtime must be visible");
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        assert.ok((await h.volume.mtime(TEST_HASH)) >= msToNs(clock.now() - 1000 - res));
+      }),
+    );
 
-    it("touch and mtime give NotFoundError for a missing block", withVolume(HOUR, async (h) => {
-      await assert.rejects(h.volume.mtime(TEST_HASH), NotFoundError);
-      if (!caps.readonly) await assert.rejects(h.volume.touch(TEST_HASH), NotFoundError);
-    }));
+    it(
+      "touch and mtime give NotFoundError for a missing block",
+      withVolume(HOUR, async (h) => {
+        await assert.rejects(h.volume.mtime(TEST_HASH), NotFoundError);
+        if (!caps.readonly) await assert.rejects(h.volume.touch(TEST_HASH), NotFoundError);
+      }),
+    );
 
-    it("touch sets mtime to now", { skip: ro }, withVolume(HOUR, async (h, clock) => {
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      await h.setMtime(TEST_HASH, clock.now() - 3 * HOUR);
-      clock.advance(5000);
-      await h.volume.touch(TEST_HASH);
-      assert.ok((await h.volume.mtime(TEST_HASH)) >= msToNs(clock.now() - 1000 - res));
-    }));
+    it(
+      "touch sets mtime to now",
+      { skip: ro },
+      withVolume(HOUR, async (h, clock) => {
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        await h.setMtime(TEST_HASH, clock.now() - 3 * HOUR);
+        clock.advance(5000);
+        await h.volume.touch(TEST_HASH);
+        assert.ok((await h.volume.mtime(TEST_HASH)) >= msToNs(clock.now() - 1000 - res));
+      }),
+    );
 
-    it("indexes exactly the blocks, by prefix, skipping names that are not hashes", withVolume(HOUR, async (h, clock) => {
-      const t0 = clock.now();
-      await put(h, TEST_HASH, TEST_BLOCK);
-      await put(h, TEST_HASH2, TEST_BLOCK2);
-      await put(h, TEST_HASH3, TEST_BLOCK3);
-      for (const junk of ["fffffffffnotreallyahashfffffffff", "F".repeat(32), `${"f".repeat(32)}f`, "f00"]) {
-        await h.putRaw(junk, TEST_BLOCK);
-      }
-      const all: { hash: string; size: number; mtimeNs: bigint }[] = [];
-      for await (const e of h.volume.index("")) all.push(e);
-      assert.deepEqual(all.map((e) => e.hash).sort(), [TEST_HASH, TEST_HASH2, TEST_HASH3].sort());
-      for (const e of all) {
-        assert.ok(e.mtimeNs >= msToNs(t0 - 1000 - res) && e.mtimeNs <= msToNs(Date.now() + 1000), `mtime ${e.mtimeNs} in window`);
-      }
-      for (const p of ["f", "f15", "f15ac"]) assert.deepEqual(await indexOf(h.volume, p), [`${TEST_HASH2}+${TEST_BLOCK2.length}`]);
-      for (const p of ["zero", "zip", "zilch"]) assert.deepEqual(await indexOf(h.volume, p), []);
-    }));
+    it(
+      "indexes exactly the blocks, by prefix, skipping names that are not hashes",
+      withVolume(HOUR, async (h, clock) => {
+        const t0 = clock.now();
+        await put(h, TEST_HASH, TEST_BLOCK);
+        await put(h, TEST_HASH2, TEST_BLOCK2);
+        await put(h, TEST_HASH3, TEST_BLOCK3);
+        for (const junk of ["fffffffffnotreallyahashfffffffff", "F".repeat(32), `${"f".repeat(32)}f`, "f00"]) {
+          await h.putRaw(junk, TEST_BLOCK);
+        }
+        const all: { hash: string; size: number; mtimeNs: bigint }[] = [];
+        for await (const e of h.volume.index("")) all.push(e);
+        assert.deepEqual(all.map((e) => e.hash).sort(), [TEST_HASH, TEST_HASH2, TEST_HASH3].sort());
+        for (const e of all) {
+          assert.ok(
+            e.mtimeNs >= msToNs(t0 - 1000 - res) && e.mtimeNs <= msToNs(Date.now() + 1000),
+            `mtime ${e.mtimeNs} in window`,
+          );
+        }
+        for (const p of ["f", "f15", "f15ac"])
+          assert.deepEqual(await indexOf(h.volume, p), [`${TEST_HASH2}+${TEST_BLOCK2.length}`]);
+        for (const p of ["zero", "zip", "zilch"]) assert.deepEqual(await indexOf(h.volume, p), []);
+      }),
+    );
 
-    it("trash leaves a block younger than the signing TTL alone", { skip: ro }, withVolume(HOUR, async (h) => {
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      await h.volume.trash(TEST_HASH);
-      assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
-    }));
+    it(
+      "trash leaves a block younger than the signing TTL alone",
+      { skip: ro },
+      withVolume(HOUR, async (h) => {
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        await h.volume.trash(TEST_HASH);
+        assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+      }),
+    );
 
-    it("trash hides an old block from read, mtime, touch and index", { skip: ro }, withVolume(HOUR, async (h, clock) => {
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
-      await h.volume.trash(TEST_HASH);
-      await assert.rejects(readAll(h.volume, TEST_HASH), NotFoundError);
-      await assert.rejects(h.volume.mtime(TEST_HASH), NotFoundError);
-      await assert.rejects(h.volume.touch(TEST_HASH), NotFoundError);
-      assert.deepEqual(await indexOf(h.volume), []);
-    }));
+    it(
+      "trash hides an old block from read, mtime, touch and index",
+      { skip: ro },
+      withVolume(HOUR, async (h, clock) => {
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await h.volume.trash(TEST_HASH);
+        await assert.rejects(readAll(h.volume, TEST_HASH), NotFoundError);
+        await assert.rejects(h.volume.mtime(TEST_HASH), NotFoundError);
+        await assert.rejects(h.volume.touch(TEST_HASH), NotFoundError);
+        assert.deepEqual(await indexOf(h.volume), []);
+      }),
+    );
 
-    it("trash of a missing block fails", { skip: ro }, withVolume(HOUR, async (h) => {
-      await assert.rejects(h.volume.trash(TEST_HASH2));
-    }));
+    it(
+      "trash of a missing block fails",
+      { skip: ro },
+      withVolume(HOUR, async (h) => {
+        await assert.rejects(h.volume.trash(TEST_HASH2));
+      }),
+    );
 
-    it("counts operations and bytes", { skip: ro }, withVolume(HOUR, async (h) => {
-      const s = h.volume.stats;
-      assert.equal(s.inBytes, 0);
-      assert.equal(s.outBytes, 0);
-      const opsBefore = [...s.ops.values()].reduce((a, b) => a + b, 0);
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      assert.ok(s.outBytes >= TEST_BLOCK.length, "write counts bytes out");
-      const opsAfterWrite = [...s.ops.values()].reduce((a, b) => a + b, 0);
-      assert.ok(opsAfterWrite > opsBefore, "write counts operations");
-      await readAll(h.volume, TEST_HASH);
-      assert.ok(s.inBytes >= TEST_BLOCK.length, "read counts bytes in");
-      assert.ok([...s.ops.values()].reduce((a, b) => a + b, 0) > opsAfterWrite, "read counts operations");
-    }));
+    it(
+      "counts operations and bytes",
+      { skip: ro },
+      withVolume(HOUR, async (h) => {
+        const s = h.volume.stats;
+        assert.equal(s.inBytes, 0);
+        assert.equal(s.outBytes, 0);
+        const opsBefore = [...s.ops.values()].reduce((a, b) => a + b, 0);
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        assert.ok(s.outBytes >= TEST_BLOCK.length, "write counts bytes out");
+        const opsAfterWrite = [...s.ops.values()].reduce((a, b) => a + b, 0);
+        assert.ok(opsAfterWrite > opsBefore, "write counts operations");
+        await readAll(h.volume, TEST_HASH);
+        assert.ok(s.inBytes >= TEST_BLOCK.length, "read counts bytes in");
+        assert.ok([...s.ops.values()].reduce((a, b) => a + b, 0) > opsAfterWrite, "read counts operations");
+      }),
+    );
 
-    it("serves concurrent reads", withVolume(HOUR, async (h) => {
-      await put(h, TEST_HASH, TEST_BLOCK);
-      await put(h, TEST_HASH2, TEST_BLOCK2);
-      await put(h, TEST_HASH3, TEST_BLOCK3);
-      const got = await Promise.all([readAll(h.volume, TEST_HASH), readAll(h.volume, TEST_HASH2), readAll(h.volume, TEST_HASH3)]);
-      assert.deepEqual(got, [TEST_BLOCK, TEST_BLOCK2, TEST_BLOCK3]);
-    }));
+    it(
+      "serves concurrent reads",
+      withVolume(HOUR, async (h) => {
+        await put(h, TEST_HASH, TEST_BLOCK);
+        await put(h, TEST_HASH2, TEST_BLOCK2);
+        await put(h, TEST_HASH3, TEST_BLOCK3);
+        const got = await Promise.all([
+          readAll(h.volume, TEST_HASH),
+          readAll(h.volume, TEST_HASH2),
+          readAll(h.volume, TEST_HASH3),
+        ]);
+        assert.deepEqual(got, [TEST_BLOCK, TEST_BLOCK2, TEST_BLOCK3]);
+      }),
+    );
 
-    it("serves concurrent writes", { skip: ro }, withVolume(HOUR, async (h) => {
-      await Promise.all([
-        write(h.volume, TEST_HASH, TEST_BLOCK),
-        write(h.volume, TEST_HASH2, TEST_BLOCK2),
-        write(h.volume, TEST_HASH3, TEST_BLOCK3),
-      ]);
-      assert.deepEqual(await readAll(h.volume, TEST_HASH2), TEST_BLOCK2);
-      assert.deepEqual(await readAll(h.volume, TEST_HASH3), TEST_BLOCK3);
-    }));
+    it(
+      "serves concurrent writes",
+      { skip: ro },
+      withVolume(HOUR, async (h) => {
+        await Promise.all([
+          write(h.volume, TEST_HASH, TEST_BLOCK),
+          write(h.volume, TEST_HASH2, TEST_BLOCK2),
+          write(h.volume, TEST_HASH3, TEST_BLOCK3),
+        ]);
+        assert.deepEqual(await readAll(h.volume, TEST_HASH2), TEST_BLOCK2);
+        assert.deepEqual(await readAll(h.volume, TEST_HASH3), TEST_BLOCK3);
+      }),
+    );
 
-    it("round-trips a full 64 MiB block", { skip: ro || caps.skipFullBlock || false }, withVolume(HOUR, async (h) => {
-      const big = Buffer.alloc(64 * 1024 * 1024);
-      for (let i = 0; i < big.length; i++) big[i] = 97 + (i % 26);
-      const hash = md5hex(big);
-      await write(h.volume, hash, big);
-      const back = await readAll(h.volume, hash);
-      assert.equal(md5hex(back), hash);
-    }));
+    it(
+      "round-trips a full 64 MiB block",
+      { skip: ro || caps.skipFullBlock || false },
+      withVolume(HOUR, async (h) => {
+        const big = Buffer.alloc(64 * 1024 * 1024);
+        for (let i = 0; i < big.length; i++) big[i] = 97 + (i % 26);
+        const hash = md5hex(big);
+        await write(h.volume, hash, big);
+        const back = await readAll(h.volume, hash);
+        assert.equal(md5hex(back), hash);
+      }),
+    );
 
-    it("a write whose data fails midway leaves nothing behind", { skip: ro }, withVolume(HOUR, async (h) => {
-      async function* failing() {
-        yield TEST_BLOCK.subarray(0, 10);
-        throw new Error("client went away");
-      }
-      await assert.rejects(h.volume.write(TEST_HASH, failing()));
-      await assert.rejects(readAll(h.volume, TEST_HASH), NotFoundError);
-      assert.deepEqual(await indexOf(h.volume), []);
-    }));
+    it(
+      "a write whose data fails midway leaves nothing behind",
+      { skip: ro },
+      withVolume(HOUR, async (h) => {
+        async function* failing() {
+          yield TEST_BLOCK.subarray(0, 10);
+          throw new Error("client went away");
+        }
+        await assert.rejects(h.volume.write(TEST_HASH, failing()));
+        await assert.rejects(readAll(h.volume, TEST_HASH), NotFoundError);
+        assert.deepEqual(await indexOf(h.volume), []);
+      }),
+    );
 
-    it("untrash brings a trashed block back", { skip: ro }, withVolume(HOUR, async (h, clock) => {
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
-      await h.volume.trash(TEST_HASH);
-      await assert.rejects(readAll(h.volume, TEST_HASH), NotFoundError);
-      await h.volume.untrash(TEST_HASH);
-      assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
-    }));
+    it(
+      "untrash brings a trashed block back",
+      { skip: ro },
+      withVolume(HOUR, async (h, clock) => {
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await h.volume.trash(TEST_HASH);
+        await assert.rejects(readAll(h.volume, TEST_HASH), NotFoundError);
+        await h.volume.untrash(TEST_HASH);
+        assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+      }),
+    );
 
     const checkGet = async (h: VolumeHarness) => {
       assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
@@ -255,64 +347,84 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
       assert.deepEqual(await indexOf(h.volume), []);
     };
 
-    it("trash, empty trash before the deadline, untrash (set 1)", { skip: ro }, withVolume(HOUR, async (h, clock) => {
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
-      await checkGet(h);
-      await h.volume.trash(TEST_HASH);
-      await checkGone(h);
-      await assert.rejects(h.volume.touch(TEST_HASH), NotFoundError);
-      await h.volume.emptyTrash();
-      await h.volume.untrash(TEST_HASH);
-      await checkGet(h);
-      await h.volume.touch(TEST_HASH);
-      await h.volume.untrash(TEST_HASH).catch((e) => assert.ok(e instanceof NotFoundError));
-      await checkGet(h);
-    }));
+    it(
+      "trash, empty trash before the deadline, untrash (set 1)",
+      { skip: ro },
+      withVolume(HOUR, async (h, clock) => {
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await checkGet(h);
+        await h.volume.trash(TEST_HASH);
+        await checkGone(h);
+        await assert.rejects(h.volume.touch(TEST_HASH), NotFoundError);
+        await h.volume.emptyTrash();
+        await h.volume.untrash(TEST_HASH);
+        await checkGet(h);
+        await h.volume.touch(TEST_HASH);
+        await h.volume.untrash(TEST_HASH).catch((e) => assert.ok(e instanceof NotFoundError));
+        await checkGet(h);
+      }),
+    );
 
-    it("after the deadline, empty trash deletes for good (set 2)", { skip: ro }, withVolume(HOUR, async (h, clock) => {
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
-      await h.volume.trash(TEST_HASH);
-      await h.volume.untrash(TEST_HASH);
-      await checkGet(h);
-      await h.volume.trash(TEST_HASH);
-      clock.advance(HOUR + 2000);
-      const report = await h.volume.emptyTrash();
-      assert.ok(report.deleted >= 1, "the expired block was deleted");
-      await assert.rejects(h.volume.untrash(TEST_HASH), NotFoundError);
-      await checkGone(h);
-    }));
+    it(
+      "after the deadline, empty trash deletes for good (set 2)",
+      { skip: ro },
+      withVolume(HOUR, async (h, clock) => {
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await h.volume.trash(TEST_HASH);
+        await h.volume.untrash(TEST_HASH);
+        await checkGet(h);
+        await h.volume.trash(TEST_HASH);
+        clock.advance(HOUR + 2000);
+        const report = await h.volume.emptyTrash();
+        assert.ok(report.deleted >= 1, "the expired block was deleted");
+        await assert.rejects(h.volume.untrash(TEST_HASH), NotFoundError);
+        await checkGone(h);
+      }),
+    );
 
-    it("empty trash never deletes a live copy written after trashing (set 3)", { skip: ro }, withVolume(HOUR, async (h, clock) => {
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
-      await h.volume.trash(TEST_HASH);
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      clock.advance(HOUR + 2000);
-      await h.volume.emptyTrash();
-      await checkGet(h);
-    }));
+    it(
+      "empty trash never deletes a live copy written after trashing (set 3)",
+      { skip: ro },
+      withVolume(HOUR, async (h, clock) => {
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await h.volume.trash(TEST_HASH);
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        clock.advance(HOUR + 2000);
+        await h.volume.emptyTrash();
+        await checkGet(h);
+      }),
+    );
 
-    it("untrash recovers the copy whose deadline has not passed (set 4)", { skip: ro }, withVolume(HOUR, async (h, clock) => {
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
-      await h.volume.trash(TEST_HASH);
-      clock.advance(HOUR + 2000); // the first trashed copy is now expired
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
-      await h.volume.trash(TEST_HASH); // this copy has a full hour left
-      await h.volume.emptyTrash();
-      await h.volume.untrash(TEST_HASH);
-      await checkGet(h);
-    }));
+    it(
+      "untrash recovers the copy whose deadline has not passed (set 4)",
+      { skip: ro },
+      withVolume(HOUR, async (h, clock) => {
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await h.volume.trash(TEST_HASH);
+        clock.advance(HOUR + 2000); // the first trashed copy is now expired
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await h.volume.trash(TEST_HASH); // this copy has a full hour left
+        await h.volume.emptyTrash();
+        await h.volume.untrash(TEST_HASH);
+        await checkGet(h);
+      }),
+    );
 
-    it("trash with lifetime 0 deletes outright", { skip: ro }, withVolume(0, async (h, clock) => {
-      await write(h.volume, TEST_HASH, TEST_BLOCK);
-      await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
-      await h.volume.trash(TEST_HASH);
-      await checkGone(h);
-      await assert.rejects(h.volume.untrash(TEST_HASH), NotFoundError);
-    }));
+    it(
+      "trash with lifetime 0 deletes outright",
+      { skip: ro },
+      withVolume(0, async (h, clock) => {
+        await write(h.volume, TEST_HASH, TEST_BLOCK);
+        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await h.volume.trash(TEST_HASH);
+        await checkGone(h);
+        await assert.rejects(h.volume.untrash(TEST_HASH), NotFoundError);
+      }),
+    );
   });
 }

@@ -2,10 +2,10 @@
 import { promises as fs } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { type RunningServer, startKeepServer } from "../../server/serve.js";
 import type { Clock } from "../../shared/clock.js";
 import { DEFAULTS, type KeepConfig, type VolumeSpec } from "../../shared/config.js";
-import { silentLogger, type Logger } from "../../shared/log.js";
-import { type RunningServer, startKeepServer } from "../../server/serve.js";
+import { type Logger, silentLogger } from "../../shared/log.js";
 
 export interface PosixServer extends RunningServer {
   roots: string[];
@@ -22,10 +22,21 @@ export async function startPosixServer(
   for (const s of specs) {
     const root = await fs.mkdtemp(join(tmpdir(), "keepfn-srv-"));
     roots.push(root);
-    volumes.push({ driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"], ...s } as VolumeSpec);
+    volumes.push({
+      driver: "posix",
+      root,
+      serialize: false,
+      readOnly: false,
+      replication: 1,
+      storageClasses: ["default"],
+      ...s,
+    } as VolumeSpec);
   }
   const config: KeepConfig = { ...DEFAULTS, ...overrides, volumes };
-  const running = await startKeepServer(config, "127.0.0.1:0", { clock: opts.clock, logger: opts.logger ?? silentLogger() });
+  const running = await startKeepServer(config, "127.0.0.1:0", {
+    clock: opts.clock,
+    logger: opts.logger ?? silentLogger(),
+  });
   return {
     ...running,
     roots,

@@ -16,16 +16,77 @@ import { startPosixServer } from "../harness/posix-server.js";
 const HEX = "0123456789abcdef";
 const hash = fc.string({ unit: fc.constantFrom(...HEX), minLength: 32, maxLength: 32 });
 const nasty = fc.constantFrom(
-  "..", "%2e%2e", "%2E%2E/", "//", "/", "\u0000", "%00", "..%2f", "%2f", "\\", "~", "+", "++", "+A", "+R", "+0", "+-1",
-  "+99999999999999999999", "+A0@0", "?", "#", ";", "%", "%zz", "\u{1F600}", " ", "\t", "index", "mounts", "untrash", "trash",
-  "pull", "..\\..\\etc", "etc/passwd", "A".repeat(32), "a".repeat(300),
+  "..",
+  "%2e%2e",
+  "%2E%2E/",
+  "//",
+  "/",
+  "\u0000",
+  "%00",
+  "..%2f",
+  "%2f",
+  "\\",
+  "~",
+  "+",
+  "++",
+  "+A",
+  "+R",
+  "+0",
+  "+-1",
+  "+99999999999999999999",
+  "+A0@0",
+  "?",
+  "#",
+  ";",
+  "%",
+  "%zz",
+  "\u{1F600}",
+  " ",
+  "\t",
+  "index",
+  "mounts",
+  "untrash",
+  "trash",
+  "pull",
+  "..\\..\\etc",
+  "etc/passwd",
+  "A".repeat(32),
+  "a".repeat(300),
 );
-const pathPart = fc.oneof(hash, nasty, fc.string({ maxLength: 40 }), hash.map((h) => `${h}+3`));
+const pathPart = fc.oneof(
+  hash,
+  nasty,
+  fc.string({ maxLength: 40 }),
+  hash.map((h) => `${h}+3`),
+);
 const path = fc.array(pathPart, { minLength: 0, maxLength: 5 }).map((parts) => `/${parts.join("/")}`);
-const method = fc.constantFrom("GET", "HEAD", "PUT", "DELETE", "TOUCH", "POST", "OPTIONS", "PATCH", "PROPFIND", "MKCOL");
-const headerValue = fc.oneof(fc.string({ maxLength: 60 }), fc.constantFrom("Bearer", "Bearer ", `Bearer ${ADMIN}`, "Basic !!!", "Basic Og==", "OAuth2", "x".repeat(5000)));
+const method = fc.constantFrom(
+  "GET",
+  "HEAD",
+  "PUT",
+  "DELETE",
+  "TOUCH",
+  "POST",
+  "OPTIONS",
+  "PATCH",
+  "PROPFIND",
+  "MKCOL",
+);
+const headerValue = fc.oneof(
+  fc.string({ maxLength: 60 }),
+  fc.constantFrom("Bearer", "Bearer ", `Bearer ${ADMIN}`, "Basic !!!", "Basic Og==", "OAuth2", "x".repeat(5000)),
+);
 const headers = fc.dictionary(
-  fc.constantFrom("authorization", "content-length", "x-keep-storage-classes", "x-request-id", "cookie", "origin", "x-keep-desired-replicas", "x-keep-signature"),
+  fc.constantFrom(
+    "authorization",
+    "content-length",
+    "x-keep-storage-classes",
+    "x-request-id",
+    "cookie",
+    "origin",
+    "x-keep-desired-replicas",
+    "x-keep-signature",
+  ),
   headerValue,
   { maxKeys: 4 },
 );
@@ -52,7 +113,9 @@ describe("hostile input", () => {
         enforcePermissions: true,
         systemRootToken: ADMIN,
         trashEnabled: true,
-        volumes: [{ driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"] }],
+        volumes: [
+          { driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"] },
+        ],
       },
       { logger: silentLogger() },
     );
@@ -108,8 +171,12 @@ describe("hostile input", () => {
         { numRuns: 60 },
       );
       // Duplicate and contradictory framing headers.
-      await send("PUT /acbd18db4cc2f85cedef654fccc4a4d8 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nfoo");
-      await send("PUT /acbd18db4cc2f85cedef654fccc4a4d8 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nfoo\r\n0\r\n\r\n");
+      await send(
+        "PUT /acbd18db4cc2f85cedef654fccc4a4d8 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nfoo",
+      );
+      await send(
+        "PUT /acbd18db4cc2f85cedef654fccc4a4d8 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nfoo\r\n0\r\n\r\n",
+      );
       const health = await fetch(`${s.url}/index`, { headers: { authorization: `Bearer ${ADMIN}` } });
       assert.equal(health.status, 200, "the server is still serving");
       await health.text();

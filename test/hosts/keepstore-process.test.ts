@@ -17,7 +17,10 @@ const KEY = "process-test-signing-key-0123456789abcdefghijklmnopqrstuvwxyz";
 const USER = "v2/zzzzz-gj3su-000000000000000/process-test-user";
 
 async function start(args: string[], cwd: string): Promise<{ child: ChildProcess; url: string; stderr: () => string }> {
-  const child = spawn(process.execPath, [MAIN, "-listen=127.0.0.1:0", ...args], { cwd, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [MAIN, "-listen=127.0.0.1:0", ...args], {
+    cwd,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let out = "";
   let err = "";
   child.stderr?.on("data", (d) => {
@@ -37,7 +40,10 @@ async function start(args: string[], cwd: string): Promise<{ child: ChildProcess
 const exited = (c: ChildProcess) => new Promise<number | null>((r) => c.on("exit", (code) => r(code)));
 
 async function curl(args: string[]): Promise<{ status: number; body: string }> {
-  const { stdout } = await run("curl", ["-sS", "-o", "-", "-w", "\n%{http_code}", ...args], { maxBuffer: 200 << 20, encoding: "latin1" });
+  const { stdout } = await run("curl", ["-sS", "-o", "-", "-w", "\n%{http_code}", ...args], {
+    maxBuffer: 200 << 20,
+    encoding: "latin1",
+  });
   const i = stdout.lastIndexOf("\n");
   return { status: Number(stdout.slice(i + 1)), body: stdout.slice(0, i) };
 }
@@ -69,8 +75,15 @@ describe("keepstore executable", () => {
     await fs.writeFile(join(dir, "key"), `${KEY}\n`);
     await fs.writeFile(join(dir, "admin"), `${ADMIN}\n`);
     const k = await start(
-      ["-enforce-permissions", `-blob-signing-key-file=${join(dir, "key")}`, `-data-manager-token-file=${join(dir, "admin")}`,
-        `-volume=${join(dir, "vol")}`, `-pid=${join(dir, "pid")}`, "-never-delete=false", "-trash-lifetime=24h"],
+      [
+        "-enforce-permissions",
+        `-blob-signing-key-file=${join(dir, "key")}`,
+        `-data-manager-token-file=${join(dir, "admin")}`,
+        `-volume=${join(dir, "vol")}`,
+        `-pid=${join(dir, "pid")}`,
+        "-never-delete=false",
+        "-trash-lifetime=24h",
+      ],
       dir,
     );
     try {
@@ -78,19 +91,40 @@ describe("keepstore executable", () => {
       const big = Buffer.alloc(64 << 20);
       for (let i = 0; i < big.length; i += 8192) big.writeUInt32LE(i, i);
       await fs.writeFile(join(dir, "big"), big);
-      const blocks: Array<[string, string]> = [["small", "foo"], ["empty", ""], ["big", ""]];
+      const blocks: Array<[string, string]> = [
+        ["small", "foo"],
+        ["empty", ""],
+        ["big", ""],
+      ];
       await fs.writeFile(join(dir, "small"), "foo");
       await fs.writeFile(join(dir, "empty"), "");
       for (const [name] of blocks) {
         const data = await fs.readFile(join(dir, name));
         const hash = createHash("md5").update(data).digest("hex");
         // As the Python SDK: PUT of the bare hash, Expect: 100-continue, no Content-Type.
-        const put = await curl(["-X", "PUT", "-H", "Expect: 100-continue", "-H", "Content-Type:", "-H", `Authorization: Bearer ${USER}`,
-          "--data-binary", `@${join(dir, name)}`, `${k.url}/${hash}`]);
+        const put = await curl([
+          "-X",
+          "PUT",
+          "-H",
+          "Expect: 100-continue",
+          "-H",
+          "Content-Type:",
+          "-H",
+          `Authorization: Bearer ${USER}`,
+          "--data-binary",
+          `@${join(dir, name)}`,
+          `${k.url}/${hash}`,
+        ]);
         assert.equal(put.status, 200, `${name}: ${put.body}`);
         const loc = put.body.trim();
         assert.match(loc, new RegExp(`^${hash}\\+${data.length}\\+A[0-9a-f]{40}@[0-9a-f]{8}$`));
-        const get = await curl(["-H", "Accept: application/octet-stream", "-H", `Authorization: Bearer ${USER}`, `${k.url}/${loc}`]);
+        const get = await curl([
+          "-H",
+          "Accept: application/octet-stream",
+          "-H",
+          `Authorization: Bearer ${USER}`,
+          `${k.url}/${loc}`,
+        ]);
         assert.equal(get.status, 200);
         assert.equal(createHash("md5").update(Buffer.from(get.body, "latin1")).digest("hex"), hash, name);
         const head = await curl(["-I", "-H", `Authorization: Bearer ${USER}`, `${k.url}/${loc}`]);
@@ -107,11 +141,23 @@ describe("keepstore executable", () => {
       const f = join(dir, "vol", "acb", "acbd18db4cc2f85cedef654fccc4a4d8");
       const old = Date.now() / 1000 - 15 * 86400;
       await fs.utimes(f, old, old);
-      const del = await curl(["-X", "DELETE", "-H", `Authorization: Bearer ${ADMIN}`, `${k.url}/acbd18db4cc2f85cedef654fccc4a4d8`]);
+      const del = await curl([
+        "-X",
+        "DELETE",
+        "-H",
+        `Authorization: Bearer ${ADMIN}`,
+        `${k.url}/acbd18db4cc2f85cedef654fccc4a4d8`,
+      ]);
       assert.equal(del.status, 200);
       const after = await curl(["-H", `Authorization: Bearer ${ADMIN}`, `${k.url}/index/acbd`]);
       assert.equal(after.body, "\n");
-      const untrash = await curl(["-X", "PUT", "-H", `Authorization: Bearer ${ADMIN}`, `${k.url}/untrash/acbd18db4cc2f85cedef654fccc4a4d8`]);
+      const untrash = await curl([
+        "-X",
+        "PUT",
+        "-H",
+        `Authorization: Bearer ${ADMIN}`,
+        `${k.url}/untrash/acbd18db4cc2f85cedef654fccc4a4d8`,
+      ]);
       assert.equal(untrash.status, 200);
     } finally {
       k.child.kill("SIGTERM");
@@ -130,13 +176,22 @@ describe("keepstore executable", () => {
       const u = new URL(k.url);
       const { request } = await import("node:http");
       const reply = await new Promise<{ status: number; text: string }>((resolveReply, reject) => {
-        const req = request({ host: u.hostname, port: u.port, method: "PUT", path: `/${hash}`, headers: { "content-length": data.length } }, (res) => {
-          let text = "";
-          res.on("data", (d) => {
-            text += d;
-          });
-          res.on("end", () => resolveReply({ status: res.statusCode ?? 0, text }));
-        });
+        const req = request(
+          {
+            host: u.hostname,
+            port: u.port,
+            method: "PUT",
+            path: `/${hash}`,
+            headers: { "content-length": data.length },
+          },
+          (res) => {
+            let text = "";
+            res.on("data", (d) => {
+              text += d;
+            });
+            res.on("end", () => resolveReply({ status: res.statusCode ?? 0, text }));
+          },
+        );
         req.on("error", reject);
         // First MiB, then SIGTERM while the upload is in flight, then the rest.
         req.write(data.subarray(0, 1 << 20), () => {

@@ -8,8 +8,8 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { BackendError } from "../../shared/errors.js";
 import { PosixVolume } from "../../shared/volume/posix.js";
-import { ADMIN } from "../conformance/http-contract.js";
 import { md5hex } from "../conformance/fixtures.js";
+import { ADMIN } from "../conformance/http-contract.js";
 import { startPosixServer } from "../harness/posix-server.js";
 import { RecordingVolume } from "../harness/recording-volume.js";
 
@@ -46,7 +46,13 @@ describe("container host over real HTTP", () => {
     try {
       const u = new URL(s.url);
       const status = await new Promise<number>((resolve, reject) => {
-        const req = request({ host: u.hostname, port: u.port, method: "PUT", path: `/${FOO_HASH}`, headers: { expect: "100-continue", "content-length": 3 } });
+        const req = request({
+          host: u.hostname,
+          port: u.port,
+          method: "PUT",
+          path: `/${FOO_HASH}`,
+          headers: { expect: "100-continue", "content-length": 3 },
+        });
         req.on("continue", () => req.end("foo"));
         req.on("response", (res) => {
           res.resume();
@@ -64,7 +70,10 @@ describe("container host over real HTTP", () => {
   it("refuses a declared body over 64 MiB with 413 before reading it", async () => {
     const s = await startPosixServer();
     try {
-      const out = await rawRequest(s.url, `PUT /${FOO_HASH} HTTP/1.1\r\nHost: x\r\nContent-Length: ${64 * 1024 * 1024 + 1}\r\nConnection: close\r\n\r\n`);
+      const out = await rawRequest(
+        s.url,
+        `PUT /${FOO_HASH} HTTP/1.1\r\nHost: x\r\nContent-Length: ${64 * 1024 * 1024 + 1}\r\nConnection: close\r\n\r\n`,
+      );
       assert.match(out, /^HTTP\/1\.1 413 /);
     } finally {
       await s.cleanup();
@@ -109,7 +118,8 @@ describe("container host over real HTTP", () => {
         sock.on("error", () => {});
       });
       // Wait until the server has noticed and cleaned up: poll, bounded.
-      for (let i = 0; i < 100 && (await files(s.roots[0] as string)).length > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      for (let i = 0; i < 100 && (await files(s.roots[0] as string)).length > 0; i++)
+        await new Promise((r) => setTimeout(r, 20));
       assert.deepEqual(await files(s.roots[0] as string), []);
     } finally {
       await s.cleanup();
@@ -122,7 +132,13 @@ describe("container host over real HTTP", () => {
       const n = 10_000_000;
       const good = Buffer.alloc(n, 3);
       const hash = md5hex(good);
-      for (const bad of [Buffer.from("abc"), Buffer.alloc(n, 4), Buffer.alloc(n - 1, 3), Buffer.alloc(n + 1, 3), Buffer.alloc(2 * n, 3)]) {
+      for (const bad of [
+        Buffer.from("abc"),
+        Buffer.alloc(n, 4),
+        Buffer.alloc(n - 1, 3),
+        Buffer.alloc(n + 1, 3),
+        Buffer.alloc(2 * n, 3),
+      ]) {
         await fs.mkdir(join(s.roots[0] as string, hash.slice(0, 3)), { recursive: true });
         await fs.writeFile(join(s.roots[0] as string, hash.slice(0, 3), hash), bad);
         const got = await new Promise<{ status: number; cl: string | undefined; bytes: number }>((resolve) => {
@@ -170,13 +186,24 @@ describe("container host over real HTTP", () => {
     const server = await startKeepServer(
       {
         ...DEFAULTS,
-        volumes: roots.map((root, i) => ({ driver: "posix" as const, root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"], priority: 10 - i })),
+        volumes: roots.map((root, i) => ({
+          driver: "posix" as const,
+          root,
+          serialize: false,
+          readOnly: false,
+          replication: 1,
+          storageClasses: ["default"],
+          priority: 10 - i,
+        })),
       },
       "127.0.0.1:0",
       {
         logger: silentLogger(),
         createVolume: async (spec, params) => {
-          const v = new RecordingVolume(new PosixVolume({ root: (spec as { root: string }).root }, params), String(vols.length));
+          const v = new RecordingVolume(
+            new PosixVolume({ root: (spec as { root: string }).root }, params),
+            String(vols.length),
+          );
           vols.push(v);
           return v;
         },
@@ -212,7 +239,13 @@ describe("container host over real HTTP", () => {
     const root = await mkdtemp(join(tmpdir(), "keepfn-to-"));
     let vol!: RecordingVolume;
     const server = await startKeepServer(
-      { ...DEFAULTS, requestTimeoutMs: 300, volumes: [{ driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"] }] },
+      {
+        ...DEFAULTS,
+        requestTimeoutMs: 300,
+        volumes: [
+          { driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"] },
+        ],
+      },
       "127.0.0.1:0",
       {
         logger: silentLogger(),
@@ -249,7 +282,14 @@ describe("container host over real HTTP", () => {
     const root = await mkdtemp(join(tmpdir(), "keepfn-lim-"));
     let vol!: RecordingVolume;
     const server = await startKeepServer(
-      { ...DEFAULTS, maxRequests: 1, maxQueuedRequests: 0, volumes: [{ driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"] }] },
+      {
+        ...DEFAULTS,
+        maxRequests: 1,
+        maxQueuedRequests: 0,
+        volumes: [
+          { driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"] },
+        ],
+      },
       "127.0.0.1:0",
       {
         logger: silentLogger(),
@@ -306,7 +346,11 @@ describe("container host over real HTTP", () => {
         { locator: "37b51d194a7513e45b56f6524f2d51f2+3", servers: [src.url] },
         { locator: `${FOO_HASH}+3`, servers: [src.url], mount_uuid: "zzzzz-nyw5e-000000000000000" },
       ];
-      const r = await fetch(`${dst.url}/pull`, { method: "PUT", body: JSON.stringify(list), headers: { authorization: `Bearer ${ADMIN}` } });
+      const r = await fetch(`${dst.url}/pull`, {
+        method: "PUT",
+        body: JSON.stringify(list),
+        headers: { authorization: `Bearer ${ADMIN}` },
+      });
       assert.equal(r.status, 200);
       await dst.app.pullWorker.queue.idle();
       const idx = await (await fetch(`${dst.url}/index`, { headers: { authorization: `Bearer ${ADMIN}` } })).text();

@@ -1,19 +1,21 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { msToNs } from "../../shared/clock.js";
-import {
-  ChecksumMismatchError, CollisionError, InsufficientStorageError, NotFoundError,
-} from "../../shared/errors.js";
+import { ChecksumMismatchError, CollisionError, InsufficientStorageError, NotFoundError } from "../../shared/errors.js";
 import { TrashWorker } from "../../shared/keep/trash-worker.js";
 import { silentLogger } from "../../shared/log.js";
-import { TEST_BLOCK, TEST_HASH, chunks, collect } from "../conformance/fixtures.js";
-import { TTL_MS, makeStore } from "../harness/stores.js";
+import { chunks, collect, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
+import { makeStore, TTL_MS } from "../harness/stores.js";
 
 const FOO = Buffer.from("foo");
 const FOO_HASH = "acbd18db4cc2f85cedef654fccc4a4d8";
 
-const put = (keep: Awaited<ReturnType<typeof makeStore>>["keep"], hash: string, data: Uint8Array, classes: string[] = []) =>
-  keep.write({ hash, locator: hash, body: chunks(data), contentLength: data.length, storageClasses: classes });
+const put = (
+  keep: Awaited<ReturnType<typeof makeStore>>["keep"],
+  hash: string,
+  data: Uint8Array,
+  classes: string[] = [],
+) => keep.write({ hash, locator: hash, body: chunks(data), contentLength: data.length, storageClasses: classes });
 
 describe("keepstore service", () => {
   it("confirms storage classes as the reference does (PutStorageClasses)", async () => {
@@ -36,7 +38,12 @@ describe("keepstore service", () => {
       for (const [classes, replicas, confirmed] of ok) {
         const r = await put(s.keep, TEST_HASH, TEST_BLOCK, classes);
         assert.equal(r.replicas, replicas, classes.join(","));
-        const got = Object.fromEntries(r.classesConfirmed.split(", ").map((kv) => kv.split("=")).map(([k, v]) => [k, Number(v)]));
+        const got = Object.fromEntries(
+          r.classesConfirmed
+            .split(", ")
+            .map((kv) => kv.split("="))
+            .map(([k, v]) => [k, Number(v)]),
+        );
         assert.deepEqual(got, confirmed, classes.join(","));
       }
       for (const classes of [["doesnotexist"], ["doesnotexist", "readonly"], ["readonly"]]) {
@@ -72,10 +79,16 @@ describe("keepstore service", () => {
   });
 
   it("answers 507 and writes nothing without a writable mount", async () => {
-    const s = await makeStore([{ label: "1", readOnly: true }, { label: "2", readOnly: true }]);
+    const s = await makeStore([
+      { label: "1", readOnly: true },
+      { label: "2", readOnly: true },
+    ]);
     try {
       await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), InsufficientStorageError);
-      assert.deepEqual(s.log.filter((l) => l.startsWith("write")), []);
+      assert.deepEqual(
+        s.log.filter((l) => l.startsWith("write")),
+        [],
+      );
     } finally {
       await s.cleanup();
     }
@@ -89,14 +102,20 @@ describe("keepstore service", () => {
         const { createHash } = await import("node:crypto");
         await put(s.keep, createHash("md5").update(data).digest("hex"), data);
       }
-      assert.deepEqual(s.log.filter((l) => l.endsWith(" ro")), []);
+      assert.deepEqual(
+        s.log.filter((l) => l.endsWith(" ro")),
+        [],
+      );
     } finally {
       await s.cleanup();
     }
   });
 
   it("reports a collision for a corrupt copy and never falls back to a good one (ChecksumMismatch)", async () => {
-    const s = await makeStore([{ label: "a", priority: 2 }, { label: "b", priority: 1 }]);
+    const s = await makeStore([
+      { label: "a", priority: 2 },
+      { label: "b", priority: 1 },
+    ]);
     try {
       await s.putRaw("a", FOO_HASH, Buffer.from("bar"));
       await assert.rejects(put(s.keep, FOO_HASH, FOO), CollisionError);
@@ -116,7 +135,10 @@ describe("keepstore service", () => {
   });
 
   it("reads the higher-priority mount first", async () => {
-    const s = await makeStore([{ label: "low", priority: 1 }, { label: "high", priority: 9 }]);
+    const s = await makeStore([
+      { label: "low", priority: 1 },
+      { label: "high", priority: 9 },
+    ]);
     try {
       await s.putRaw("low", TEST_HASH, TEST_BLOCK);
       await s.putRaw("high", TEST_HASH, TEST_BLOCK);
@@ -130,7 +152,12 @@ describe("keepstore service", () => {
   });
 
   it("trashes old copies on every mount that allows it (BlockTrash)", async () => {
-    const specs = [{ label: "rw1" }, { label: "rw2" }, { label: "ro3", readOnly: true }, { label: "ro4", readOnly: true, allowTrashWhenReadOnly: true }];
+    const specs = [
+      { label: "rw1" },
+      { label: "rw2" },
+      { label: "ro3", readOnly: true },
+      { label: "ro4", readOnly: true, allowTrashWhenReadOnly: true },
+    ];
     const s = await makeStore(specs);
     try {
       const old = s.clock.now() - 2 * TTL_MS;
@@ -140,7 +167,11 @@ describe("keepstore service", () => {
       await s.putRaw("rw1", FOO_HASH, FOO, old);
       await s.keep.trash(TEST_HASH);
       await s.keep.trash(FOO_HASH);
-      const alive = async (label: string, hash: string) => s.vols[label]?.inner.mtime(hash).then(() => true, () => false);
+      const alive = async (label: string, hash: string) =>
+        s.vols[label]?.inner.mtime(hash).then(
+          () => true,
+          () => false,
+        );
       assert.deepEqual(await Promise.all(specs.map((m) => alive(m.label, TEST_HASH))), [false, false, true, false]);
       assert.equal(await alive("rw1", FOO_HASH), false);
       assert.equal(await alive("rw2", FOO_HASH), true);
@@ -175,17 +206,37 @@ describe("keepstore service", () => {
   });
 
   it("carries out trash lists only for old blocks whose mtime still matches (TrashList_Execute)", async () => {
-    const s = await makeStore([{ label: "m1" }, { label: "m2" }, { label: "ro", readOnly: true }, { label: "rot", readOnly: true, allowTrashWhenReadOnly: true }]);
+    const s = await makeStore([
+      { label: "m1" },
+      { label: "m2" },
+      { label: "ro", readOnly: true },
+      { label: "rot", readOnly: true, allowTrashWhenReadOnly: true },
+    ]);
     try {
-      const worker = new TrashWorker(s.keep.mounts, { clock: s.clock, signingTtlMs: TTL_MS, enabled: true, logger: silentLogger(), concurrency: 2 });
+      const worker = new TrashWorker(s.keep.mounts, {
+        clock: s.clock,
+        signingTtlMs: TTL_MS,
+        enabled: true,
+        logger: silentLogger(),
+        concurrency: 2,
+      });
       const old = s.clock.now() - 2 * TTL_MS;
       const uuid = (l: string) => s.mounts.find((m) => m.volume.deviceId.endsWith(`#${l}`))?.uuid as string;
       // The filesystem stores the mtime we set; read it back rather than predicting rounding.
       let oldNs = msToNs(old);
-      const alive = async (l: string) => s.vols[l]?.inner.mtime(TEST_HASH).then(() => true, () => false);
+      const alive = async (l: string) =>
+        s.vols[l]?.inner.mtime(TEST_HASH).then(
+          () => true,
+          () => false,
+        );
       // 1: too new → skipped.
       await s.putRaw("m1", TEST_HASH, TEST_BLOCK);
-      await worker.run({ locator: TEST_HASH, hash: TEST_HASH, blockMtimeNs: await s.vols.m1!.inner.mtime(TEST_HASH), mountUuid: "" });
+      await worker.run({
+        locator: TEST_HASH,
+        hash: TEST_HASH,
+        blockMtimeNs: await s.vols.m1!.inner.mtime(TEST_HASH),
+        mountUuid: "",
+      });
       assert.equal(await alive("m1"), true);
       // 3: named mount whose mtime differs → skipped.
       await s.putRaw("m1", TEST_HASH, TEST_BLOCK, old);

@@ -3,8 +3,8 @@ import { promises as fs } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { ConfigError } from "../../shared/config.js";
 import { parseDuration, parseFlags } from "../../server/flags.js";
+import { ConfigError } from "../../shared/config.js";
 
 describe("keepstore flags", () => {
   it("takes one or two dashes, -flag=value and -flag value", () => {
@@ -12,20 +12,44 @@ describe("keepstore flags", () => {
     assert.equal(o.listen, ":25107");
     assert.equal(o.config.maxBuffers, 10);
     assert.equal(o.config.maxRequests, 20, "max-requests defaults to 2 x max-buffers");
-    assert.deepEqual(o.config.volumes.map((v) => (v.driver === "posix" ? v.root : "")), ["/a", "/b"]);
+    assert.deepEqual(
+      o.config.volumes.map((v) => (v.driver === "posix" ? v.root : "")),
+      ["/a", "/b"],
+    );
   });
 
   it("applies -readonly and -serialize to the volumes that follow, as the seed's example does", () => {
-    const o = parseFlags(["-readonly", "-volume", "/data/disk0", "-volume", "/data/disk1", "-readonly=false", "-serialize", "-volume=/mnt/keep"]);
-    assert.deepEqual(o.config.volumes.map((v) => v.readOnly), [true, true, false]);
-    assert.deepEqual(o.config.volumes.map((v) => v.driver === "posix" && v.serialize), [false, false, true]);
+    const o = parseFlags([
+      "-readonly",
+      "-volume",
+      "/data/disk0",
+      "-volume",
+      "/data/disk1",
+      "-readonly=false",
+      "-serialize",
+      "-volume=/mnt/keep",
+    ]);
+    assert.deepEqual(
+      o.config.volumes.map((v) => v.readOnly),
+      [true, true, false],
+    );
+    assert.deepEqual(
+      o.config.volumes.map((v) => v.driver === "posix" && v.serialize),
+      [false, false, true],
+    );
   });
 
   it("reads key and token files, trimming one trailing newline", async () => {
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-flags-"));
     await fs.writeFile(join(dir, "key"), "secretkey\n");
     await fs.writeFile(join(dir, "tok"), "admintoken\n");
-    const o = parseFlags(["-enforce-permissions", `-blob-signing-key-file=${join(dir, "key")}`, `-data-manager-token-file=${join(dir, "tok")}`, "-permission-ttl=3600", "-volume=/x"]);
+    const o = parseFlags([
+      "-enforce-permissions",
+      `-blob-signing-key-file=${join(dir, "key")}`,
+      `-data-manager-token-file=${join(dir, "tok")}`,
+      "-permission-ttl=3600",
+      "-volume=/x",
+    ]);
     assert.equal(o.config.blobSigningKey, "secretkey");
     assert.equal(o.config.systemRootToken, "admintoken");
     assert.equal(o.config.blobSigningTtlSeconds, 3600);
@@ -35,16 +59,30 @@ describe("keepstore flags", () => {
 
   it("builds Azure volumes per account, mixed with local ones (the seed's example)", () => {
     const o = parseFlags([
-      "-readonly", "-volume", "/data/disk0", "-readonly=false",
-      "-azure-storage-account-key-file", "./first.key", "-azure-storage-account-name", "firstaccount",
-      "-azure-storage-container-volume", "containerA", "-azure-storage-container-volume", "containerB",
-      "-azure-storage-account-key-file", "./second.key", "-azure-storage-account-name", "secondaccount",
-      "-azure-storage-container-volume", "containerX",
+      "-readonly",
+      "-volume",
+      "/data/disk0",
+      "-readonly=false",
+      "-azure-storage-account-key-file",
+      "./first.key",
+      "-azure-storage-account-name",
+      "firstaccount",
+      "-azure-storage-container-volume",
+      "containerA",
+      "-azure-storage-container-volume",
+      "containerB",
+      "-azure-storage-account-key-file",
+      "./second.key",
+      "-azure-storage-account-name",
+      "secondaccount",
+      "-azure-storage-container-volume",
+      "containerX",
     ]);
     const az = o.config.volumes.filter((v) => v.driver === "azure");
-    assert.deepEqual(az.map((v) => v.driver === "azure" && `${v.accountName}/${v.container}/${v.replication}`), [
-      "firstaccount/containerA/3", "firstaccount/containerB/3", "secondaccount/containerX/3",
-    ]);
+    assert.deepEqual(
+      az.map((v) => v.driver === "azure" && `${v.accountName}/${v.container}/${v.replication}`),
+      ["firstaccount/containerA/3", "firstaccount/containerB/3", "secondaccount/containerX/3"],
+    );
     assert.equal(o.config.volumes[0]?.readOnly, true);
   });
 

@@ -1,9 +1,14 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { FakeClock } from "../../shared/clock.js";
-import { BadLocatorError, ExpiredSignatureError, InvalidSignatureError, UnauthorizedError } from "../../shared/errors.js";
+import {
+  BadLocatorError,
+  ExpiredSignatureError,
+  InvalidSignatureError,
+  UnauthorizedError,
+} from "../../shared/errors.js";
 import { isStrictLocator, parseLocator } from "../../shared/locator.js";
-import { constantTimeEqual, signLocator, signature, verifyLocator } from "../../shared/signature.js";
+import { constantTimeEqual, signature, signLocator, verifyLocator } from "../../shared/signature.js";
 import { tokensFromRequest } from "../../shared/tokens.js";
 
 // Test data from the reference suite (sdk/go/arvados/blob_signature_test.go), see §2.2.
@@ -52,7 +57,13 @@ describe("locators", () => {
 
   it("knows the strict documented form", () => {
     assert.equal(isStrictLocator(`${KNOWN_HASH}+3+Afoo@bar`), true);
-    for (const bad of [KNOWN_HASH, `${KNOWN_HASH}+Afoo+3`, `${KNOWN_HASH}+3+4`, `${KNOWN_HASH}+3+afoo`, `${KNOWN_HASH}+3+A*`]) {
+    for (const bad of [
+      KNOWN_HASH,
+      `${KNOWN_HASH}+Afoo+3`,
+      `${KNOWN_HASH}+3+4`,
+      `${KNOWN_HASH}+3+afoo`,
+      `${KNOWN_HASH}+3+A*`,
+    ]) {
       assert.equal(isStrictLocator(bad), false, bad);
     }
   });
@@ -80,7 +91,10 @@ describe("permission signatures", () => {
     assert.throws(() => verifyLocator(`${KNOWN_HASH}+3+A${KNOWN_SIG}@7fffffff`, "", clock, P), UnauthorizedError);
     assert.throws(() => verifyLocator(`${KNOWN_HASH}+3`, KNOWN_TOKEN, clock, P), InvalidSignatureError);
     assert.throws(() => verifyLocator(`${KNOWN_HASH}+3+Agarbled`, KNOWN_TOKEN, clock, P), InvalidSignatureError);
-    assert.throws(() => verifyLocator(`${KNOWN_HASH}+3+A${KNOWN_SIG}@7fffffff`, "other", clock, P), InvalidSignatureError);
+    assert.throws(
+      () => verifyLocator(`${KNOWN_HASH}+3+A${KNOWN_SIG}@7fffffff`, "other", clock, P),
+      InvalidSignatureError,
+    );
     assert.throws(
       () => verifyLocator(`${KNOWN_HASH}+3+A${KNOWN_SIG}@7fffffff`, KNOWN_TOKEN, clock, { ...P, ttlSeconds: 60 }),
       InvalidSignatureError,

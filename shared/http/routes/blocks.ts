@@ -43,7 +43,8 @@ export async function putBlock(ctx: RequestContext, locator: string): Promise<Re
   const hash = parseLocator(locator).hash;
   const cl = ctx.req.headers.get("content-length");
   const contentLength = cl === null ? undefined : Number(cl);
-  if (contentLength !== undefined && !Number.isSafeInteger(contentLength)) throw new BadRequestError("invalid Content-Length");
+  if (contentLength !== undefined && !Number.isSafeInteger(contentLength))
+    throw new BadRequestError("invalid Content-Length");
   const classes = (ctx.req.headers.get("x-keep-storage-classes") ?? "")
     .split(",")
     .map((s) => s.trim())

@@ -14,7 +14,8 @@ export async function metrics(ctx: RequestContext, json: boolean): Promise<Respo
 }
 
 export function healthPing(ctx: RequestContext): Response {
-  if (!ctx.services.config.managementToken) throw new NotFoundError("health check is not configured (no management token)");
+  if (!ctx.services.config.managementToken)
+    throw new NotFoundError("health check is not configured (no management token)");
   requireToken(ctx, ctx.services.config.managementToken);
   ctx.headers.set("content-type", "application/json");
   return new Response('{"health":"OK"}\n', { status: 200, headers: ctx.headers });

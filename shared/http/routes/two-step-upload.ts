@@ -11,7 +11,10 @@ export async function presignRoute(ctx: RequestContext, hash: string, size: stri
     hash,
     size: Number(size),
     contentMd5: ctx.req.headers.get("content-md5") ?? undefined,
-    storageClasses: (ctx.req.headers.get("x-keep-storage-classes") ?? "").split(",").map((s) => s.trim()).filter(Boolean),
+    storageClasses: (ctx.req.headers.get("x-keep-storage-classes") ?? "")
+      .split(",")
+      .map((s) => s.trim())
+      .filter(Boolean),
     defaultStorageClasses: config.defaultStorageClasses,
   });
   const commitPath = `/uploads/${ticket.locator}/${ticket.mountUuid}/${ticket.uploadId}`;
@@ -28,7 +31,13 @@ export async function presignRoute(ctx: RequestContext, hash: string, size: stri
   return new Response(`${JSON.stringify(body)}\n`, { status: 200, headers: ctx.headers });
 }
 
-export async function commitRoute(ctx: RequestContext, hash: string, size: string, mount: string, id: string): Promise<Response> {
+export async function commitRoute(
+  ctx: RequestContext,
+  hash: string,
+  size: string,
+  mount: string,
+  id: string,
+): Promise<Response> {
   const { config, keep, clock } = ctx.services;
   const result = await commitUpload(keep, { hash, size: Number(size), mountUuid: mount, uploadId: id });
   const signed = signLocator(result.locator, ctx.tokens[0] ?? "", clock.now() / 1000 + config.blobSigningTtlSeconds, {

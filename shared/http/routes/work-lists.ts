@@ -25,7 +25,13 @@ async function readList(ctx: RequestContext): Promise<unknown[]> {
   return list;
 }
 
-function field<T>(item: unknown, i: number, name: string, check: (v: unknown) => v is T, optional = false): T | undefined {
+function field<T>(
+  item: unknown,
+  i: number,
+  name: string,
+  check: (v: unknown) => v is T,
+  optional = false,
+): T | undefined {
   const v = (item as Record<string, unknown>)[name];
   if (v === undefined && optional) return undefined;
   if (!check(v)) throw new BadRequestError(`item ${i}: field ${name} is missing or has the wrong type`);
@@ -36,7 +42,8 @@ const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every
 const isIntString = (v: unknown): v is string => typeof v === "string" && /^-?\d+$/.test(v);
 
 function itemLocator(item: unknown, i: number): { locator: string; hash: string; size?: number } {
-  if (typeof item !== "object" || item === null || Array.isArray(item)) throw new BadRequestError(`item ${i}: expected an object`);
+  if (typeof item !== "object" || item === null || Array.isArray(item))
+    throw new BadRequestError(`item ${i}: expected an object`);
   const locator = field(item, i, "locator", isString) as string;
   try {
     return { locator, ...parseLocator(locator) };
@@ -51,7 +58,12 @@ export async function putTrashList(ctx: RequestContext): Promise<Response> {
   const items: TrashRequest[] = list.map((item, i) => {
     const { locator, hash } = itemLocator(item, i);
     const mtime = field(item, i, "block_mtime", isIntString) as string;
-    return { locator, hash, blockMtimeNs: BigInt(mtime), mountUuid: field(item, i, "mount_uuid", isString, true) ?? "" };
+    return {
+      locator,
+      hash,
+      blockMtimeNs: BigInt(mtime),
+      mountUuid: field(item, i, "mount_uuid", isString, true) ?? "",
+    };
   });
   ctx.services.trashWorker.queue.replace(items);
   return new Response(null, { status: 200, headers: ctx.headers });
@@ -65,7 +77,8 @@ export async function putPullList(ctx: RequestContext): Promise<Response> {
     if (size === undefined) throw new BadRequestError(`item ${i}: locator has no size`);
     const servers = field(item, i, "servers", isStringArray) as string[];
     for (const s of servers) {
-      if (!/^https?:\/\/[^/]+\/?$/.test(s)) throw new BadRequestError(`item ${i}: server ${JSON.stringify(s)} is not scheme://host:port`);
+      if (!/^https?:\/\/[^/]+\/?$/.test(s))
+        throw new BadRequestError(`item ${i}: server ${JSON.stringify(s)} is not scheme://host:port`);
     }
     return { locator, servers, mountUuid: field(item, i, "mount_uuid", isString, true) ?? "" };
   });
