@@ -5,6 +5,7 @@
 // hold one request while another runs, and that enforces If-Match, which s3rver does not).
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { createServer } from "node:http";
 import { after, before, describe, it } from "node:test";
 import { HeadObjectCommand, ListObjectsV2Command, type S3Client } from "@aws-sdk/client-s3";
 import { FakeClock, msToNs } from "../../shared/clock.js";
@@ -232,6 +233,70 @@ describe("s3 volume: a bucket written by the reference keepstore", () => {
       }
     });
   }
+});
+
+describe("s3 volume: listing and credentials", () => {
+  for (const prefixLength of [0, 3]) {
+    it(`indexes 256 blocks through pages of 3, by prefix (the reference's S3 Index case, PrefixLength=${prefixLength})`, async () => {
+      const clock = new FakeClock();
+      const bucket = await server.createBucket();
+      const raw = server.client();
+      const keys = new S3Volume({ bucket, prefixLength }, { clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR }).keys;
+      await Promise.all(
+        Array.from({ length: 256 }, async (_, i) => {
+          const hash = `${i.toString(16).padStart(2, "0")}${i.toString(16).padStart(30, "0")}`;
+          await putAt(raw, bucket, keys.key(hash), Buffer.from("foo"), clock.now());
+          await putAt(raw, bucket, `recent/${keys.key(hash)}`, new Uint8Array(0), clock.now() - i * 1000);
+        }),
+      );
+      const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR }, { prefixLength, bucket });
+      const paged = new S3Volume(
+        { bucket, endpoint: server.endpoint, accessKey: "S3RVER", secretKey: "S3RVER", prefixLength, indexPageSize: 3 },
+        { clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR },
+      );
+      try {
+        for (const [prefix, n] of [["", 256], ["c", 16], ["bc", 1], ["abc", 0]] as const) {
+          const got: Array<{ hash: string; mtimeNs: bigint }> = [];
+          for await (const e of paged.index(prefix)) got.push(e);
+          assert.equal(got.length, n, `prefix ${JSON.stringify(prefix)}`);
+          for (const e of got) {
+            const i = Number.parseInt(e.hash.slice(0, 2), 16);
+            assert.equal(e.mtimeNs, msToNs(Math.floor((clock.now() - i * 1000) / 1000) * 1000), "mtime from its own recent/ marker");
+          }
+        }
+      } finally {
+        await paged.close();
+        await h.teardown();
+        raw.destroy();
+      }
+    });
+  }
+
+  it("without keys, uses the SDK's default chain (here the container credentials endpoint of ECS/Fargate; a Lambda role arrives as environment variables, the same chain)", async () => {
+    let served = 0;
+    const creds = createServer((_req, res) => {
+      served++;
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ AccessKeyId: "S3RVER", SecretAccessKey: "S3RVER", Token: "placeholder-session-token", Expiration: new Date(Date.now() + HOUR).toISOString() }));
+    });
+    await new Promise<void>((r) => creds.listen(0, "127.0.0.1", r));
+    const saved = { ...process.env };
+    for (const k of ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"]) delete process.env[k];
+    process.env.AWS_CONTAINER_CREDENTIALS_FULL_URI = `http://127.0.0.1:${(creds.address() as { port: number }).port}/v2/credentials`;
+    process.env.AWS_CONFIG_FILE = "/nonexistent/keepfn-test-config";
+    process.env.AWS_SHARED_CREDENTIALS_FILE = "/nonexistent/keepfn-test-credentials";
+    const bucket = await server.createBucket();
+    const v = new S3Volume({ bucket, endpoint: server.endpoint, prefixLength: 0 }, { clock: new FakeClock(), signingTtlMs: HOUR, trashLifetimeMs: HOUR });
+    try {
+      await v.write(TEST_HASH, chunks(TEST_BLOCK));
+      assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
+      assert.ok(served >= 1, "credentials came from the container endpoint");
+    } finally {
+      await v.close();
+      process.env = saved;
+      creds.close();
+    }
+  });
 });
 
 describe("s3 volume: faults", () => {
