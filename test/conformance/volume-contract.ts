@@ -62,6 +62,12 @@ async function write(v: Volume, hash: string, data: Uint8Array): Promise<void> {
   await v.write(hash, chunks(data), { size: data.length });
 }
 
+/** TEST_BLOCK, stored and backdated past the signing TTL so trash() acts on it. */
+async function writeOld(h: VolumeHarness, clock: FakeClock): Promise<void> {
+  await write(h.volume, TEST_HASH, TEST_BLOCK);
+  await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+}
+
 async function indexOf(v: Volume, prefix = ""): Promise<string[]> {
   const out: string[] = [];
   for await (const e of v.index(prefix)) out.push(`${e.hash}+${e.size}`);
@@ -231,8 +237,7 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
       "trash hides an old block from read, mtime, touch and index",
       { skip: ro },
       withVolume(HOUR, async (h, clock) => {
-        await write(h.volume, TEST_HASH, TEST_BLOCK);
-        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await writeOld(h, clock);
         await h.volume.trash(TEST_HASH);
         await assert.rejects(readAll(h.volume, TEST_HASH), NotFoundError);
         await assert.rejects(h.volume.mtime(TEST_HASH), NotFoundError);
@@ -327,8 +332,7 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
       "untrash brings a trashed block back",
       { skip: ro },
       withVolume(HOUR, async (h, clock) => {
-        await write(h.volume, TEST_HASH, TEST_BLOCK);
-        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await writeOld(h, clock);
         await h.volume.trash(TEST_HASH);
         await assert.rejects(readAll(h.volume, TEST_HASH), NotFoundError);
         await h.volume.untrash(TEST_HASH);
@@ -351,8 +355,7 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
       "trash, empty trash before the deadline, untrash (set 1)",
       { skip: ro },
       withVolume(HOUR, async (h, clock) => {
-        await write(h.volume, TEST_HASH, TEST_BLOCK);
-        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await writeOld(h, clock);
         await checkGet(h);
         await h.volume.trash(TEST_HASH);
         await checkGone(h);
@@ -370,8 +373,7 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
       "after the deadline, empty trash deletes for good (set 2)",
       { skip: ro },
       withVolume(HOUR, async (h, clock) => {
-        await write(h.volume, TEST_HASH, TEST_BLOCK);
-        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await writeOld(h, clock);
         await h.volume.trash(TEST_HASH);
         await h.volume.untrash(TEST_HASH);
         await checkGet(h);
@@ -388,8 +390,7 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
       "empty trash never deletes a live copy written after trashing (set 3)",
       { skip: ro },
       withVolume(HOUR, async (h, clock) => {
-        await write(h.volume, TEST_HASH, TEST_BLOCK);
-        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await writeOld(h, clock);
         await h.volume.trash(TEST_HASH);
         await write(h.volume, TEST_HASH, TEST_BLOCK);
         clock.advance(HOUR + 2000);
@@ -402,12 +403,10 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
       "untrash recovers the copy whose deadline has not passed (set 4)",
       { skip: ro },
       withVolume(HOUR, async (h, clock) => {
-        await write(h.volume, TEST_HASH, TEST_BLOCK);
-        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await writeOld(h, clock);
         await h.volume.trash(TEST_HASH);
         clock.advance(HOUR + 2000); // the first trashed copy is now expired
-        await write(h.volume, TEST_HASH, TEST_BLOCK);
-        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await writeOld(h, clock);
         await h.volume.trash(TEST_HASH); // this copy has a full hour left
         await h.volume.emptyTrash();
         await h.volume.untrash(TEST_HASH);
@@ -419,8 +418,7 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
       "trash with lifetime 0 deletes outright",
       { skip: ro },
       withVolume(0, async (h, clock) => {
-        await write(h.volume, TEST_HASH, TEST_BLOCK);
-        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await writeOld(h, clock);
         await h.volume.trash(TEST_HASH);
         await checkGone(h);
         await assert.rejects(h.volume.untrash(TEST_HASH), NotFoundError);

@@ -4,17 +4,21 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type RunningServer, startKeepServer } from "../../server/serve.js";
 import type { Clock } from "../../shared/clock.js";
-import { DEFAULTS, type KeepConfig, type VolumeSpec } from "../../shared/config.js";
+import { DEFAULTS, type KeepConfig, type PosixVolumeSpec, type VolumeSpec } from "../../shared/config.js";
 import { type Logger, silentLogger } from "../../shared/log.js";
+import { PosixVolume } from "../../shared/volume/posix.js";
+import { RecordingVolume } from "./recording-volume.js";
 
 export interface PosixServer extends RunningServer {
   roots: string[];
+  /** With `record: true`, each volume wrapped for fault injection, in volume order. */
+  recorded: RecordingVolume[];
   cleanup(): Promise<void>;
 }
 
 export async function startPosixServer(
   overrides: Partial<KeepConfig> = {},
-  opts: { clock?: Clock; volumes?: Array<Partial<VolumeSpec>>; logger?: Logger } = {},
+  opts: { clock?: Clock; volumes?: Array<Partial<VolumeSpec>>; logger?: Logger; record?: boolean } = {},
 ): Promise<PosixServer> {
   const specs = opts.volumes ?? [{}];
   const roots: string[] = [];
@@ -33,13 +37,23 @@ export async function startPosixServer(
     } as VolumeSpec);
   }
   const config: KeepConfig = { ...DEFAULTS, ...overrides, volumes };
+  const recorded: RecordingVolume[] = [];
   const running = await startKeepServer(config, "127.0.0.1:0", {
     clock: opts.clock,
     logger: opts.logger ?? silentLogger(),
+    createVolume: opts.record
+      ? async (spec, params) => {
+          const root = (spec as PosixVolumeSpec).root;
+          const v = new RecordingVolume(new PosixVolume({ root }, params), String(recorded.length));
+          recorded.push(v);
+          return v;
+        }
+      : undefined,
   });
   return {
     ...running,
     roots,
+    recorded,
     async cleanup() {
       await running.close(1000);
       for (const r of roots) await fs.rm(r, { recursive: true, force: true });

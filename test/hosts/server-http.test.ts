@@ -6,12 +6,12 @@ import { request } from "node:http";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { FakeClock } from "../../shared/clock.js";
 import { BackendError } from "../../shared/errors.js";
-import { PosixVolume } from "../../shared/volume/posix.js";
 import { md5hex } from "../conformance/fixtures.js";
 import { ADMIN } from "../conformance/http-contract.js";
 import { startPosixServer } from "../harness/posix-server.js";
-import { RecordingVolume } from "../harness/recording-volume.js";
+import type { RecordingVolume } from "../harness/recording-volume.js";
 
 const FOO_HASH = "acbd18db4cc2f85cedef654fccc4a4d8";
 
@@ -174,145 +174,66 @@ describe("container host over real HTTP", () => {
   });
 
   it("passes a volume's own status through and falls back to another mount", async () => {
-    // With injected volumes: mount 0 fails with a 502 backend error, mount 1 is empty.
-    const { startKeepServer } = await import("../../server/serve.js");
-    const { DEFAULTS } = await import("../../shared/config.js");
-    const { silentLogger } = await import("../../shared/log.js");
-    const { FakeClock } = await import("../../shared/clock.js");
-    const { mkdtemp } = await import("node:fs/promises");
-    const { tmpdir } = await import("node:os");
-    const roots = [await mkdtemp(join(tmpdir(), "keepfn-ve-")), await mkdtemp(join(tmpdir(), "keepfn-ve-"))];
-    const vols: RecordingVolume[] = [];
-    const server = await startKeepServer(
-      {
-        ...DEFAULTS,
-        volumes: roots.map((root, i) => ({
-          driver: "posix" as const,
-          root,
-          serialize: false,
-          readOnly: false,
-          replication: 1,
-          storageClasses: ["default"],
-          priority: 10 - i,
-        })),
-      },
-      "127.0.0.1:0",
-      {
-        logger: silentLogger(),
-        createVolume: async (spec, params) => {
-          const v = new RecordingVolume(
-            new PosixVolume({ root: (spec as { root: string }).root }, params),
-            String(vols.length),
-          );
-          vols.push(v);
-          return v;
-        },
-        clock: new FakeClock(),
-      },
+    // Mount 0 (read first) fails with a 502 backend error; mount 1 is empty at first.
+    const s = await startPosixServer(
+      {},
+      { volumes: [{ priority: 10 }, { priority: 9 }], record: true, clock: new FakeClock() },
     );
     try {
-      vols[0]?.faults.set("read", () => new BackendError("test error", 502));
-      let r = await fetch(`${server.url}/${FOO_HASH}+3`);
+      s.recorded[0]?.faults.set("read", () => new BackendError("test error", 502));
+      let r = await fetch(`${s.url}/${FOO_HASH}+3`);
       assert.equal(r.status, 502);
       assert.equal(await r.text(), "test error\n");
-      vols[0]?.faults.set("read", () => new Error("plain failure"));
-      r = await fetch(`${server.url}/${FOO_HASH}+3`);
+      s.recorded[0]?.faults.set("read", () => new Error("plain failure"));
+      r = await fetch(`${s.url}/${FOO_HASH}+3`);
       assert.equal(r.status, 500);
       await r.text();
-      await fs.mkdir(join(roots[1] as string, "acb"), { recursive: true });
-      await fs.writeFile(join(roots[1] as string, "acb", FOO_HASH), "foo");
-      r = await fetch(`${server.url}/${FOO_HASH}+3`);
+      await fs.mkdir(join(s.roots[1] as string, "acb"), { recursive: true });
+      await fs.writeFile(join(s.roots[1] as string, "acb", FOO_HASH), "foo");
+      r = await fetch(`${s.url}/${FOO_HASH}+3`);
       assert.equal(r.status, 200);
       assert.equal(await r.text(), "foo");
     } finally {
-      await server.close(100);
-      for (const r of roots) await fs.rm(r, { recursive: true, force: true });
+      await s.cleanup();
     }
   });
 
   it("ends a request at the deadline with 499, but lets a slow index finish", async () => {
-    const { startKeepServer } = await import("../../server/serve.js");
-    const { DEFAULTS } = await import("../../shared/config.js");
-    const { silentLogger } = await import("../../shared/log.js");
-    const { mkdtemp } = await import("node:fs/promises");
-    const { tmpdir } = await import("node:os");
-    const root = await mkdtemp(join(tmpdir(), "keepfn-to-"));
-    let vol!: RecordingVolume;
-    const server = await startKeepServer(
-      {
-        ...DEFAULTS,
-        requestTimeoutMs: 300,
-        volumes: [
-          { driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"] },
-        ],
-      },
-      "127.0.0.1:0",
-      {
-        logger: silentLogger(),
-        createVolume: async (_spec, params) => {
-          vol = new RecordingVolume(new PosixVolume({ root }, params), "slow");
-          return vol;
-        },
-      },
-    );
+    const s = await startPosixServer({ requestTimeoutMs: 300 }, { record: true });
+    const vol = s.recorded[0] as RecordingVolume;
     try {
       let open!: () => void;
       vol.gate = new Promise<void>((r) => {
         open = r;
       });
-      const put = await fetch(`${server.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
+      const put = await fetch(`${s.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
       assert.equal(put.status, 499);
-      const idx = fetch(`${server.url}/index`);
+      const idx = fetch(`${s.url}/index`);
       setTimeout(open, 500);
       const r = await idx;
       assert.equal(r.status, 200);
       assert.equal(await r.text(), "\n");
     } finally {
-      await server.close(100);
-      await fs.rm(root, { recursive: true, force: true });
+      await s.cleanup();
     }
   });
 
   it("sheds load with 503 past max-requests and the queue", async () => {
-    const { startKeepServer } = await import("../../server/serve.js");
-    const { DEFAULTS } = await import("../../shared/config.js");
-    const { silentLogger } = await import("../../shared/log.js");
-    const { mkdtemp } = await import("node:fs/promises");
-    const { tmpdir } = await import("node:os");
-    const root = await mkdtemp(join(tmpdir(), "keepfn-lim-"));
-    let vol!: RecordingVolume;
-    const server = await startKeepServer(
-      {
-        ...DEFAULTS,
-        maxRequests: 1,
-        maxQueuedRequests: 0,
-        volumes: [
-          { driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"] },
-        ],
-      },
-      "127.0.0.1:0",
-      {
-        logger: silentLogger(),
-        createVolume: async (_spec, params) => {
-          vol = new RecordingVolume(new PosixVolume({ root }, params), "x");
-          return vol;
-        },
-      },
-    );
+    const s = await startPosixServer({ maxRequests: 1, maxQueuedRequests: 0 }, { record: true });
+    const vol = s.recorded[0] as RecordingVolume;
     try {
       let open!: () => void;
       vol.gate = new Promise<void>((r) => {
         open = r;
       });
-      const first = fetch(`${server.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
+      const first = fetch(`${s.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
       await new Promise((r) => setTimeout(r, 50));
-      const second = await fetch(`${server.url}/${FOO_HASH}+3`);
+      const second = await fetch(`${s.url}/${FOO_HASH}+3`);
       assert.equal(second.status, 503);
       open();
       assert.equal((await first).status, 200);
     } finally {
-      await server.close(100);
-      await fs.rm(root, { recursive: true, force: true });
+      await s.cleanup();
     }
   });
 
