@@ -13,10 +13,8 @@
 // MD5: the conformance suite stores empty data under any name, as the reference does.)
 //
 // mtime is the `touch` metadata (Unix seconds) when it holds an integer, else Last-Modified.
-// We write `touch` on every write/touch/untrash with the injected clock; the reference writes
-// it on touch and drops all metadata on write and trash, so both agree on live blobs.
-import { createHash, randomBytes } from "node:crypto";
-import { Readable } from "node:stream";
+// We write `touch` on every write and touch with the injected clock, and trash/untrash keep it;
+// the reference writes it on touch and drops all metadata on write, so both agree on live blobs.
 import type {
   BlobGetPropertiesResponse,
   BlockBlobClient,
@@ -32,7 +30,6 @@ import {
   KeepError,
   NotFoundError,
   TooLargeError,
-  throwIfAborted,
   VolumeFullError,
   VolumeUnavailableError,
 } from "../errors.js";
@@ -46,6 +43,7 @@ import {
   sleep,
   statusOf,
 } from "./azure-client.js";
+import { putBlobStreamed, readRanges, readWhole, stageAndCommit } from "./azure-io.js";
 import { EXPIRES_KEY, TRASH_TAG, TrashSweeper, tagValue } from "./azure-sweep.js";
 import {
   type BlockData,
@@ -85,7 +83,6 @@ export interface AzureBlobVolumeOptions {
 const EMPTY_HASH = "d41d8cd98f00b204e9800998ecf8427e";
 const TOUCH_KEY = "touch";
 const CONFLICT_RETRIES = 5;
-const COALESCE = 1 << 20;
 
 export class AzureBlobVolume implements Volume {
   readonly deviceId: string;
@@ -158,11 +155,7 @@ export class AzureBlobVolume implements Volume {
       const size = p.contentLength ?? 0;
       if (size > BLOCK_SIZE) throw new TooLargeError(`stored block ${hash} is larger than 64 MiB`);
       // Generators start on the first next(): no connection is taken until the body is read.
-      const body =
-        this.maxGetBytes && size > this.maxGetBytes
-          ? this.readRanges(hash, size, signal)
-          : this.readWhole(hash, size, signal);
-      return { size, body };
+      return { size, body: this.body(hash, size, signal) };
     } catch (err) {
       throw this.translateError(err, signal);
     }
@@ -187,187 +180,35 @@ export class AzureBlobVolume implements Volume {
     return p;
   }
 
-  private async *readWhole(hash: string, size: number, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
-    if (size === 0) return;
-    let got = 0;
+  private async *body(hash: string, size: number, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+    const io = { conn: this.conn, stats: this.stats };
     try {
-      const res = await this.conn.call(
-        "get",
-        (c) => this.blob(c, hash).download(0, undefined, { abortSignal: signal, maxRetryRequests: 2 }),
-        signal,
-      );
-      if (res.metadata?.[EXPIRES_KEY]) throw new NotFoundError();
-      if (res.contentLength !== size) throw new KeepError(`block ${hash} changed size while being read`);
-      // Socket reads arrive in ~64 KiB pieces; handing them on in 1 MiB ones costs a copy but
-      // saves every layer above (hashing, HTTP) a thousand hops per block.
-      let buf = Buffer.allocUnsafe(Math.min(COALESCE, size));
-      let fill = 0;
-      for await (const chunk of res.readableStreamBody as AsyncIterable<Buffer>) {
-        got += chunk.length;
-        this.stats.inBytes += chunk.length;
-        if (got > size) throw new KeepError(`block ${hash} grew while being read`);
-        let off = 0;
-        while (off < chunk.length) {
-          const n = chunk.copy(buf, fill, off);
-          fill += n;
-          off += n;
-          if (fill === buf.length) {
-            yield buf;
-            buf = Buffer.allocUnsafe(Math.min(COALESCE, size - got + (chunk.length - off)));
-            fill = 0;
-          }
-        }
-      }
-      if (fill > 0) yield buf.subarray(0, fill);
+      if (this.maxGetBytes && size > this.maxGetBytes)
+        yield* readRanges(io, hash, size, this.maxGetBytes, this.opts.getConcurrency ?? 4, signal);
+      else yield* readWhole(io, hash, size, signal);
     } catch (err) {
       throw this.translateError(err, signal);
-    }
-    if (got !== size) throw new KeepError(`short read: block ended at ${got} of ${size} bytes`);
-  }
-
-  /** Concurrent range GETs, yielded in order; at most getConcurrency ranges buffered. */
-  private async *readRanges(hash: string, size: number, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
-    const step = this.maxGetBytes;
-    const n = Math.ceil(size / step);
-    const stop = new AbortController();
-    const sig = signal ? AbortSignal.any([signal, stop.signal]) : stop.signal;
-    const fetchRange = (i: number) => {
-      const off = i * step;
-      const count = Math.min(step, size - off);
-      return this.conn.call(
-        "get_range",
-        async (c) => {
-          const r = await this.blob(c, hash).download(off, count, { abortSignal: sig, maxRetryRequests: 2 });
-          if (r.metadata?.[EXPIRES_KEY]) throw new NotFoundError();
-          return collect(r.readableStreamBody as AsyncIterable<Buffer>, count);
-        },
-        sig,
-      );
-    };
-    const pending: Promise<Buffer>[] = [];
-    let next = 0;
-    const fill = () => {
-      while (next < n && pending.length < Math.max(1, this.opts.getConcurrency ?? 4)) {
-        const p = fetchRange(next++);
-        p.catch(() => {});
-        pending.push(p);
-      }
-    };
-    try {
-      fill();
-      for (let i = 0; i < n; i++) {
-        const buf = await (pending.shift() as Promise<Buffer>);
-        fill();
-        this.stats.inBytes += buf.length;
-        yield buf;
-      }
-    } catch (err) {
-      throw this.translateError(err, signal);
-    } finally {
-      stop.abort();
     }
   }
 
   async write(hash: string, data: AsyncIterable<Uint8Array>, opts: WriteOptions = {}): Promise<void> {
     this.check(hash);
     if (opts.size !== undefined && opts.size > BLOCK_SIZE) throw new TooLargeError();
-    if (opts.size === undefined) return this.stagedWrite(hash, data, opts.signal);
-    const size = opts.size;
-    const abort = new AbortController();
-    const signal = opts.signal ? AbortSignal.any([opts.signal, abort.signal]) : abort.signal;
-    let sourceErr: unknown;
-    const stats = this.stats;
-    async function* guarded(): AsyncGenerator<Uint8Array> {
-      let total = 0;
-      let held: Uint8Array | undefined;
+    const io = { conn: this.conn, stats: this.stats };
+    const metadata = () => ({ [TOUCH_KEY]: this.nowS() });
+    if (opts.size === undefined) {
       try {
-        for await (const chunk of data) {
-          total += chunk.length;
-          if (total > size) throw new KeepError(`block body is longer than the ${size} bytes declared`);
-          if (held) yield held;
-          held = chunk;
-          stats.outBytes += chunk.length;
-        }
-        if (total !== size) throw new KeepError(`block body ended at ${total} of ${size} bytes`);
-        throwIfAborted(opts.signal);
+        return await stageAndCommit(io, hash, data, this.opts.stageBlockBytes ?? 4 << 20, metadata, opts.signal);
       } catch (err) {
-        sourceErr = err;
-        abort.abort(err);
-        throw err;
+        throw this.translateError(err, opts.signal);
       }
-      if (held) yield held;
     }
-    const stream = Readable.from(guarded(), { objectMode: false });
-    try {
-      await this.conn.call(
-        "create",
-        (c) =>
-          this.blob(c, hash).upload(() => stream, size, {
-            // Becomes the transactional Content-MD5 (see transactionalMd5 in azure-client.ts).
-            blobHTTPHeaders: size > 0 ? { blobContentMD5: Buffer.from(hash, "hex") } : undefined,
-            metadata: { [TOUCH_KEY]: this.nowS() },
-            abortSignal: signal,
-          }),
-        signal,
-        false,
-      );
-    } catch (err) {
-      stream.destroy();
-      if (sourceErr !== undefined) throw sourceErr instanceof Error ? sourceErr : new KeepError(String(sourceErr));
-      // The body cannot be replayed; swap a rotated key now so the client's retry succeeds.
-      if (statusOf(err) === 403) await this.conn.rekeyAfter403().catch(() => {});
-      throw this.translateError(err, opts.signal);
-    }
-  }
-
-  private async stagedWrite(hash: string, data: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<void> {
-    const stage = this.opts.stageBlockBytes ?? 4 << 20;
-    const prefix = randomBytes(8).toString("hex");
-    const ids: string[] = [];
-    const whole = createHash("md5");
-    let parts: Uint8Array[] = [];
-    let partBytes = 0;
-    let total = 0;
-    const flush = async () => {
-      const body = Buffer.concat(parts, partBytes);
-      parts = [];
-      partBytes = 0;
-      const id = Buffer.from(`${prefix}${String(ids.length).padStart(8, "0")}`).toString("base64");
-      const md5 = createHash("md5").update(body).digest();
-      await this.conn.call(
-        "put_block",
-        (c) =>
-          this.blob(c, hash).stageBlock(id, body, body.length, { transactionalContentMD5: md5, abortSignal: signal }),
-        signal,
-      );
-      ids.push(id);
-      this.stats.outBytes += body.length;
-    };
-    try {
-      for await (const chunk of data) {
-        total += chunk.length;
-        if (total > BLOCK_SIZE) throw new TooLargeError();
-        whole.update(chunk);
-        parts.push(chunk);
-        partBytes += chunk.length;
-        if (partBytes >= stage) await flush();
-      }
-      throwIfAborted(signal);
-      if (partBytes > 0) await flush();
-      const md5 = whole.digest();
-      await this.conn.call(
-        "put_block_list",
-        (c) =>
-          this.blob(c, hash).commitBlockList(ids, {
-            blobHTTPHeaders: { blobContentMD5: md5 },
-            metadata: { [TOUCH_KEY]: this.nowS() },
-            abortSignal: signal,
-          }),
-        signal,
-      );
-    } catch (err) {
-      throw this.translateError(err, signal);
-    }
+    const r = await putBlobStreamed(io, hash, data, opts.size, metadata(), opts.signal);
+    if (r.error === undefined) return;
+    if (r.sourceFailed) throw r.error;
+    // The body cannot be replayed; swap a rotated key now so the client's retry succeeds.
+    if (statusOf(r.error) === 403) await this.conn.rekeyAfter403().catch(() => {});
+    throw this.translateError(r.error, opts.signal);
   }
 
   async touch(hash: string): Promise<void> {
@@ -532,16 +373,4 @@ export function blobEndpoint(account: string, endpoint?: string): string {
   const pathStyle = /^(\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]|localhost)$/i.test(u.hostname);
   if (pathStyle && (u.pathname === "/" || u.pathname === "")) return `${u.origin}/${account}`;
   return endpoint.replace(/\/+$/, "");
-}
-
-async function collect(src: AsyncIterable<Buffer>, count: number): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(count);
-  let pos = 0;
-  for await (const chunk of src) {
-    if (pos + chunk.length > count) throw new KeepError("range longer than requested");
-    chunk.copy(out, pos);
-    pos += chunk.length;
-  }
-  if (pos !== count) throw new KeepError(`short range: ${pos} of ${count} bytes`);
-  return out;
 }
