@@ -29,6 +29,13 @@ M._load = function (req: string, ...rest: unknown[]) {
   return req === "@azure/functions-core" ? fakeCore : origLoad.call(this, req, ...rest);
 };
 
+// The App Service managed identity environment, before @azure/identity is loaded.
+const { IdentityStub } = await import("../harness/identity-stub.js");
+const identity = await IdentityStub.start();
+Object.assign(process.env, identity.env());
+const { KeyVaultStub } = await import("../harness/keyvault-stub.js");
+const { signLocator } = await import("../../shared/signature.js");
+
 const { default: azf } = await import("@azure/functions");
 const { DEFAULTS } = await import("../../shared/config.js");
 const { silentLogger } = await import("../../shared/log.js");
@@ -45,6 +52,7 @@ before(async () => {
 });
 after(async () => {
   await azurite?.close();
+  await identity.close();
 });
 
 /** The app settings a deployment would have, for a fresh Azurite container. */
@@ -294,6 +302,57 @@ describe("keepfn-local --host functions (the CLI)", () => {
       const exited = new Promise((r) => child.once("exit", r));
       child.kill("SIGTERM");
       await exited;
+    }
+  });
+});
+
+describe("Function App configured from Key Vault through the managed identity", () => {
+  it("reads the account key, signing key and admin token from Key Vault at cold start", async () => {
+    const vault = await KeyVaultStub.start((t) => identity.issued.has(t));
+    try {
+      const container = `kv${randomBytes(6).toString("hex")}`;
+      await azurite.createContainer(container);
+      const signingKey = "s".repeat(50);
+      vault.secrets.set("storage-account-key", AZURITE_KEY);
+      vault.secrets.set("blob-signing-key", `${signingKey}\n`);
+      vault.secrets.set("data-manager-token", "admin-from-vault");
+      const env = {
+        KEEP_KEYVAULT_URL: vault.url,
+        KEEP_KEYVAULT_CA_FILE: vault.caFile,
+        KEEP_VOLUMES: JSON.stringify([
+          { account: AZURITE_ACCOUNT, container, endpoint: azurite.endpoint, keySecret: "storage-account-key" },
+        ]),
+        KEEP_BLOB_SIGNING_KEY_SECRET: "blob-signing-key",
+        KEEP_SYSTEM_ROOT_TOKEN_SECRET: "data-manager-token",
+        KEEP_ENFORCE_PERMISSIONS: "true",
+      };
+      const host = await runLocal("127.0.0.1:0", env, { logger: silentLogger() });
+      try {
+        const put = await fetch(`${host.url}/${FOO_HASH}`, {
+          method: "PUT",
+          body: FOO as unknown as BodyInit,
+          headers: { authorization: "Bearer user" },
+        });
+        assert.equal(put.status, 200);
+        const loc = (await put.text()).trim();
+        const exp = Number.parseInt(loc.split("@")[1] as string, 16);
+        assert.equal(
+          loc,
+          signLocator(`${FOO_HASH}+3`, "user", exp, { key: signingKey, ttlSeconds: DEFAULTS.blobSigningTtlSeconds }),
+        );
+        assert.equal((await fetch(`${host.url}/${loc}`, { headers: { authorization: "Bearer user" } })).status, 200);
+        assert.equal((await fetch(`${host.url}/index`)).status, 401);
+        assert.equal(
+          (await fetch(`${host.url}/index`, { headers: { authorization: "Bearer admin-from-vault" } })).status,
+          200,
+        );
+        assert.ok(vault.reads >= 3, "three secrets read from the vault");
+        assert.ok(identity.requests.some((r) => r.resource.startsWith("https://vault.azure.net")));
+      } finally {
+        await host.close();
+      }
+    } finally {
+      await vault.close();
     }
   });
 });
