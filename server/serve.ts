@@ -4,6 +4,7 @@ import type { AddressInfo } from "node:net";
 import { type AppDeps, createKeepApp, type KeepApp } from "../shared/app.js";
 import type { KeepConfig } from "../shared/config.js";
 import { nodeListener } from "./node-adapter.js";
+import { handleTouchClientError } from "./touch-method.js";
 
 export interface RunningServer {
   app: KeepApp;
@@ -19,6 +20,7 @@ export async function startKeepServer(config: KeepConfig, listen: string, deps: 
     { requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 },
     nodeListener(app.handler, (err) => app.logger.error({ err }, "adapter error")),
   );
+  server.on("clientError", handleTouchClientError(app.handler));
   const { host, port } = splitListen(listen);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);

@@ -1,0 +1,50 @@
+// keepstore's admin TOUCH method is not an HTTP method Node's parser (llhttp) knows, so it
+// fails the request before any handler runs. We catch that parse error, read the request
+// line and headers from the raw packet ourselves (TOUCH has no body), run the same fetch
+// handler, and write its answer on the socket. Anything else keeps Node's 400.
+import type { Socket } from "node:net";
+import type { FetchHandler } from "../shared/http/router.js";
+
+export function handleTouchClientError(handler: FetchHandler) {
+  return (err: Error & { code?: string; rawPacket?: Buffer }, socket: Socket): void => {
+    const raw = err.rawPacket?.toString("latin1") ?? "";
+    const end = raw.indexOf("\r\n\r\n");
+    if (err.code !== "HPE_INVALID_METHOD" || !raw.startsWith("TOUCH /") || end < 0 || !socket.writable) {
+      if (socket.writable)
+        socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 12\r\n\r\nBad Request\n");
+      return;
+    }
+    const [requestLine = "", ...headerLines] = raw.slice(0, end).split("\r\n");
+    const target = requestLine.split(" ")[1] ?? "/";
+    const headers = new Headers();
+    for (const line of headerLines) {
+      const colon = line.indexOf(":");
+      if (colon > 0) {
+        try {
+          headers.append(line.slice(0, colon).trim(), line.slice(colon + 1).trim());
+        } catch {
+          // an invalid header value is dropped, as the main adapter does
+        }
+      }
+    }
+    const abort = new AbortController();
+    socket.once("close", () => abort.abort(new Error("client disconnected")));
+    handler(
+      new Request(`http://${headers.get("host") ?? "localhost"}${target}`, {
+        method: "TOUCH",
+        headers,
+        signal: abort.signal,
+      }),
+    )
+      .then(async (res) => {
+        const body = Buffer.from(await res.arrayBuffer());
+        let head = `HTTP/1.1 ${res.status} ${res.statusText || "Status"}\r\n`;
+        res.headers.forEach((v, k) => {
+          head += `${k}: ${v}\r\n`;
+        });
+        head += `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
+        socket.end(Buffer.concat([Buffer.from(head, "latin1"), body]));
+      })
+      .catch(() => socket.destroy());
+  };
+}
