@@ -8,13 +8,13 @@ import { createHash } from "node:crypto";
 import { Writable } from "node:stream";
 import { GetObjectCommand, PutObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import type { Context, LambdaFunctionURLEvent } from "aws-lambda";
+import { createLambdaHost } from "../lambda/host.js";
+import { MAX_BINARY_BODY } from "../lambda/limits.js";
+import { installLocalLambdaRuntime } from "../lambda/local-runtime.js";
 import { FakeClock } from "../shared/clock.js";
 import { silentLogger } from "../shared/log.js";
 import { S3Volume } from "../shared/volume/s3.js";
-import { MAX_BINARY_BODY } from "../lambda/limits.js";
-import { createLambdaHost } from "../lambda/host.js";
-import { installLocalLambdaRuntime } from "../lambda/local-runtime.js";
-import { S3rver, followClock, putAt } from "../test/harness/s3-server.js";
+import { followClock, putAt, S3rver } from "../test/harness/s3-server.js";
 
 const RUNS = 7;
 const LIVE = Number(process.env.BENCH_S3_LIVE ?? 10_000);
@@ -30,13 +30,25 @@ function bytes(n: number, seed: number): Buffer {
 
 function event(method: string, path: string, body?: Buffer): LambdaFunctionURLEvent {
   return {
-    version: "2.0", routeKey: "$default", rawPath: path, rawQueryString: "", headers: { host: "bench.lambda-url.invalid" },
+    version: "2.0",
+    routeKey: "$default",
+    rawPath: path,
+    rawQueryString: "",
+    headers: { host: "bench.lambda-url.invalid" },
     requestContext: {
-      accountId: "anonymous", apiId: "bench", domainName: "bench.lambda-url.invalid", domainPrefix: "bench",
+      accountId: "anonymous",
+      apiId: "bench",
+      domainName: "bench.lambda-url.invalid",
+      domainPrefix: "bench",
       http: { method, path, protocol: "HTTP/1.1", sourceIp: "127.0.0.1", userAgent: "bench" },
-      requestId: "r", routeKey: "$default", stage: "$default", time: "", timeEpoch: 0,
+      requestId: "r",
+      routeKey: "$default",
+      stage: "$default",
+      time: "",
+      timeEpoch: 0,
     },
-    body: body?.toString("base64"), isBase64Encoded: !!body,
+    body: body?.toString("base64"),
+    isBase64Encoded: !!body,
   };
 }
 
@@ -58,9 +70,11 @@ async function pair(a: () => Promise<void>, b: () => Promise<void>, reps = 1): P
 
 async function pool<T>(items: T[], n: number, fn: (t: T) => Promise<void>): Promise<void> {
   let i = 0;
-  await Promise.all(Array.from({ length: n }, async () => {
-    while (i < items.length) await fn(items[i++] as T);
-  }));
+  await Promise.all(
+    Array.from({ length: n }, async () => {
+      while (i < items.length) await fn(items[i++] as T);
+    }),
+  );
 }
 
 export default async function run(): Promise<void> {
@@ -68,79 +82,155 @@ export default async function run(): Promise<void> {
   const s3 = await S3rver.start();
   const direct: S3Client = s3.client();
   // Direct transfers get what the driver gets: Content-MD5, and no SHA-256 of the body.
-  direct.middlewareStack.add((next) => async (args) => {
-    const req = args.request as { headers?: Record<string, string> };
-    if (req.headers?.["content-md5"]) req.headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD";
-    return next(args);
-  }, { step: "build", name: "benchUnsigned" });
+  direct.middlewareStack.add(
+    (next) => async (args) => {
+      const req = args.request as { headers?: Record<string, string> };
+      if (req.headers?.["content-md5"]) req.headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD";
+      return next(args);
+    },
+    { step: "build", name: "benchUnsigned" },
+  );
   const bucket = await s3.createBucket("bench");
-  const env = { KEEP_S3_BUCKET: bucket, KEEP_S3_ENDPOINT: s3.endpoint, KEEP_S3_ACCESS_KEY: "S3RVER", KEEP_S3_SECRET_KEY: "S3RVER", KEEP_LOG_LEVEL: "silent" };
+  const env = {
+    KEEP_S3_BUCKET: bucket,
+    KEEP_S3_ENDPOINT: s3.endpoint,
+    KEEP_S3_ACCESS_KEY: "S3RVER",
+    KEEP_S3_SECRET_KEY: "S3RVER",
+    KEEP_LOG_LEVEL: "silent",
+  };
   const host = createLambdaHost(() => env, { logger: silentLogger() });
   const stream = awslambda.streamifyResponse(host.stream);
   const out: string[] = [];
   const line = (label: string, viaMs: number, directMs: number, size: number) => {
     const mibps = (ms: number) => (size / 1048576 / (ms / 1000)).toFixed(1);
-    out.push(`${label.padEnd(44)} handler ${mibps(viaMs).padStart(7)} MiB/s  direct ${mibps(directMs).padStart(7)} MiB/s  ratio ${(directMs / viaMs).toFixed(2)}`);
+    out.push(
+      `${label.padEnd(44)} handler ${mibps(viaMs).padStart(7)} MiB/s  direct ${mibps(directMs).padStart(7)} MiB/s  ratio ${(directMs / viaMs).toFixed(2)}`,
+    );
   };
   try {
-    for (const [label, size] of [["64 KiB block", 64 << 10], [`largest Lambda body (${MAX_BINARY_BODY} B)`, MAX_BINARY_BODY]] as const) {
+    for (const [label, size] of [
+      ["64 KiB block", 64 << 10],
+      [`largest Lambda body (${MAX_BINARY_BODY} B)`, MAX_BINARY_BODY],
+    ] as const) {
       const reps = size < 1 << 20 ? 20 : 2;
       // New blocks each time (PUT of a block already stored is a read-compare-touch instead).
       let seq = 0;
       const blocks = Array.from({ length: 2 * RUNS * reps }, (_, i) => {
         const data = bytes(size, size + i);
         const hash = md5(data);
-        return { data, hash, md5b64: Buffer.from(hash, "hex").toString("base64"), event: event("PUT", `/${hash}`, data) };
+        return {
+          data,
+          hash,
+          md5b64: Buffer.from(hash, "hex").toString("base64"),
+          event: event("PUT", `/${hash}`, data),
+        };
       });
-      const [viaPut, directPut] = await pair(async () => {
-        const b = blocks[seq++ % blocks.length] as (typeof blocks)[number];
-        const r = await host.buffered(b.event, ctx); // base64 is the platform's work, not timed
-        if (r.statusCode !== 200) throw new Error(`PUT ${r.statusCode}: ${r.body}`);
-      }, async () => {
-        const b = blocks[seq++ % blocks.length] as (typeof blocks)[number];
-        await direct.send(new PutObjectCommand({ Bucket: bucket, Key: `direct/${b.hash}`, Body: b.data, ContentMD5: b.md5b64, ContentLength: size }));
-      }, reps);
+      const [viaPut, directPut] = await pair(
+        async () => {
+          const b = blocks[seq++ % blocks.length] as (typeof blocks)[number];
+          const r = await host.buffered(b.event, ctx); // base64 is the platform's work, not timed
+          if (r.statusCode !== 200) throw new Error(`PUT ${r.statusCode}: ${r.body}`);
+        },
+        async () => {
+          const b = blocks[seq++ % blocks.length] as (typeof blocks)[number];
+          await direct.send(
+            new PutObjectCommand({
+              Bucket: bucket,
+              Key: `direct/${b.hash}`,
+              Body: b.data,
+              ContentMD5: b.md5b64,
+              ContentLength: size,
+            }),
+          );
+        },
+        reps,
+      );
       line(`PUT ${label}`, viaPut, directPut, size);
       const { hash, data, md5b64 } = blocks[0] as (typeof blocks)[number];
-      await direct.send(new PutObjectCommand({ Bucket: bucket, Key: `direct/${hash}`, Body: data, ContentMD5: md5b64, ContentLength: size }));
+      await direct.send(
+        new PutObjectCommand({
+          Bucket: bucket,
+          Key: `direct/${hash}`,
+          Body: data,
+          ContentMD5: md5b64,
+          ContentLength: size,
+        }),
+      );
       const getEvent = event("GET", `/${hash}+${size}`);
       const viaGet = async () => {
         let n = 0;
-        const sink = new Writable({ write(c, _e, cb) { n += c.length; cb(); } });
+        const sink = new Writable({
+          write(c, _e, cb) {
+            n += c.length;
+            cb();
+          },
+        });
         await stream(getEvent, sink as unknown as awslambda.HttpResponseStream, ctx);
         if (n < size) throw new Error("short GET");
       };
-      const [g1, directGet] = await pair(viaGet, async () => {
-        const r = await direct.send(new GetObjectCommand({ Bucket: bucket, Key: `direct/${hash}` }));
-        for await (const _ of r.Body as AsyncIterable<Uint8Array>);
-      }, reps);
+      const [g1, directGet] = await pair(
+        viaGet,
+        async () => {
+          const r = await direct.send(new GetObjectCommand({ Bucket: bucket, Key: `direct/${hash}` }));
+          for await (const _ of r.Body as AsyncIterable<Uint8Array>);
+        },
+        reps,
+      );
       line(`GET ${label} (streamed)`, g1, directGet, size);
-      const [g2, directGetMd5] = await pair(viaGet, async () => {
-        const r = await direct.send(new GetObjectCommand({ Bucket: bucket, Key: `direct/${hash}` }));
-        const h = createHash("md5");
-        for await (const c of r.Body as AsyncIterable<Uint8Array>) h.update(c);
-        if (h.digest("hex") !== hash) throw new Error("bad data");
-      }, reps);
+      const [g2, directGetMd5] = await pair(
+        viaGet,
+        async () => {
+          const r = await direct.send(new GetObjectCommand({ Bucket: bucket, Key: `direct/${hash}` }));
+          const h = createHash("md5");
+          for await (const c of r.Body as AsyncIterable<Uint8Array>) h.update(c);
+          if (h.digest("hex") !== hash) throw new Error("bad data");
+        },
+        reps,
+      );
       line(`GET ${label} vs direct GET + MD5 check`, g2, directGetMd5, size);
     }
 
     const big = bytes(64 << 20, 7);
     const bigHash = md5(big);
-    const [viaTwoStep, directBig] = await pair(async () => {
-      const t = await host.buffered(event("POST", `/uploads/${bigHash}+${big.length}`), ctx);
-      const ticket = JSON.parse(Buffer.from(t.body as string, "base64").toString()) as { upload_url: string; headers: Record<string, string>; commit_url: string };
-      const up = await fetch(ticket.upload_url, { method: "PUT", headers: ticket.headers, body: big as unknown as Uint8Array<ArrayBuffer> });
-      if (up.status !== 200) throw new Error(`upload ${up.status}`);
-      await up.arrayBuffer();
-      const c = await host.buffered(event("POST", new URL(ticket.commit_url).pathname), ctx);
-      if (c.statusCode !== 200) throw new Error(`commit ${c.statusCode}`);
-    }, async () => {
-      await direct.send(new PutObjectCommand({ Bucket: bucket, Key: `direct/${bigHash}`, Body: big, ContentMD5: Buffer.from(bigHash, "hex").toString("base64"), ContentLength: big.length }));
-    });
+    const [viaTwoStep, directBig] = await pair(
+      async () => {
+        const t = await host.buffered(event("POST", `/uploads/${bigHash}+${big.length}`), ctx);
+        const ticket = JSON.parse(Buffer.from(t.body as string, "base64").toString()) as {
+          upload_url: string;
+          headers: Record<string, string>;
+          commit_url: string;
+        };
+        const up = await fetch(ticket.upload_url, {
+          method: "PUT",
+          headers: ticket.headers,
+          body: big as unknown as Uint8Array<ArrayBuffer>,
+        });
+        if (up.status !== 200) throw new Error(`upload ${up.status}`);
+        await up.arrayBuffer();
+        const c = await host.buffered(event("POST", new URL(ticket.commit_url).pathname), ctx);
+        if (c.statusCode !== 200) throw new Error(`commit ${c.statusCode}`);
+      },
+      async () => {
+        await direct.send(
+          new PutObjectCommand({
+            Bucket: bucket,
+            Key: `direct/${bigHash}`,
+            Body: big,
+            ContentMD5: Buffer.from(bigHash, "hex").toString("base64"),
+            ContentLength: big.length,
+          }),
+        );
+      },
+    );
     line("two-step upload, 64 MiB", viaTwoStep, directBig, big.length);
     const viaBigGet = async () => {
       let n = 0;
-      const sink = new Writable({ write(c, _e, cb) { n += c.length; cb(); } });
+      const sink = new Writable({
+        write(c, _e, cb) {
+          n += c.length;
+          cb();
+        },
+      });
       await stream(event("GET", `/${bigHash}+${big.length}`), sink as unknown as awslambda.HttpResponseStream, ctx);
       if (n < big.length) throw new Error("short GET");
     };
@@ -163,7 +253,10 @@ export default async function run(): Promise<void> {
     const clock = new FakeClock();
     const hour = 3600_000;
     const sweepBucket = await s3.createBucket("sweep");
-    const volume = new S3Volume({ bucket: sweepBucket, endpoint: s3.endpoint, accessKey: "S3RVER", secretKey: "S3RVER" }, { clock, signingTtlMs: hour, trashLifetimeMs: hour });
+    const volume = new S3Volume(
+      { bucket: sweepBucket, endpoint: s3.endpoint, accessKey: "S3RVER", secretKey: "S3RVER" },
+      { clock, signingTtlMs: hour, trashLifetimeMs: hour },
+    );
     followClock(volume.client, clock);
     const filled = performance.now();
     const raw = s3.client();

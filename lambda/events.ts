@@ -30,7 +30,13 @@ export function toRequest(event: HttpEvent, signal: AbortSignal): Request {
   const body = method === "GET" || method === "HEAD" ? undefined : eventBody(event);
   if (body) headers.set("content-length", String(body.length));
   const scheme = headers.get("x-forwarded-proto") === "http" ? "http" : "https";
-  return new Request(`${scheme}://${host}${event.rawPath || "/"}${query}`, { method, headers, body, signal, duplex: "half" } as RequestInit);
+  return new Request(`${scheme}://${host}${event.rawPath || "/"}${query}`, {
+    method,
+    headers,
+    body,
+    signal,
+    duplex: "half",
+  } as RequestInit);
 }
 
 function splitHeaders(res: Response): { headers: Record<string, string>; cookies: string[] } {
@@ -49,7 +55,10 @@ export async function toBufferedResult(res: Response): Promise<APIGatewayProxySt
   const declared = Number(res.headers.get("content-length") ?? 0);
   if (res.body && (declared * 4) / 3 > MAX_EVENT_BYTES - 16 * 1024) {
     await res.body.cancel().catch(() => {});
-    return text(502, `the response (${declared} bytes) is larger than a buffered Lambda response (6 MB); read large blocks through the streaming Function URL or the container host`);
+    return text(
+      502,
+      `the response (${declared} bytes) is larger than a buffered Lambda response (6 MB); read large blocks through the streaming Function URL or the container host`,
+    );
   }
   let body: Buffer;
   try {
@@ -62,7 +71,12 @@ export async function toBufferedResult(res: Response): Promise<APIGatewayProxySt
 }
 
 function text(statusCode: number, message: string): APIGatewayProxyStructuredResultV2 {
-  return { statusCode, headers: { "content-type": "text/plain; charset=utf-8" }, body: `${message}\n`, isBase64Encoded: false };
+  return {
+    statusCode,
+    headers: { "content-type": "text/plain; charset=utf-8" },
+    body: `${message}\n`,
+    isBase64Encoded: false,
+  };
 }
 
 /** Streaming mode: the prelude (status, headers) through HttpResponseStream, then the bytes. */

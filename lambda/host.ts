@@ -2,7 +2,7 @@
 // three entry points (buffered HTTP, streamed HTTP, scheduled sweep) over it. No Keep logic.
 import type { Writable } from "node:stream";
 import type { APIGatewayProxyStructuredResultV2, Context } from "aws-lambda";
-import { type AppDeps, type KeepApp, createKeepApp } from "../shared/app.js";
+import { type AppDeps, createKeepApp, type KeepApp } from "../shared/app.js";
 import { validateConfig } from "../shared/config.js";
 import { createLogger } from "../shared/log.js";
 import { type HttpEvent, toBufferedResult, toRequest, writeStreamed } from "./events.js";

@@ -4,15 +4,15 @@
 // by the same environment variables as the deployed function. Not emulated: the 2 MB/s cap
 // on streamed bytes after the first 6 MB, cold starts, and concurrency limits.
 import { randomUUID } from "node:crypto";
-import { type IncomingMessage, type ServerResponse, createServer } from "node:http";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Writable } from "node:stream";
 import type { Context, LambdaFunctionURLEvent } from "aws-lambda";
-import type { AppDeps } from "../shared/app.js";
 import { splitListen } from "../server/serve.js";
+import type { AppDeps } from "../shared/app.js";
 import { createLambdaHost } from "./host.js";
 import { EVENT_OVERHEAD_BYTES, MAX_EVENT_BYTES, MAX_STREAMED_RESPONSE, tooLargeForLambda } from "./limits.js";
-import { PRELUDE_DELIMITER, installLocalLambdaRuntime } from "./local-runtime.js";
+import { installLocalLambdaRuntime, PRELUDE_DELIMITER } from "./local-runtime.js";
 
 const TIMEOUT_MS = 15 * 60_000;
 
@@ -33,7 +33,10 @@ export async function runLocal(listen: string, env: NodeJS.ProcessEnv, deps: App
       if (Math.ceil(n / 3) * 4 <= MAX_EVENT_BYTES - EVENT_OVERHEAD_BYTES) parts.push(c);
     }
     const event = toEvent(req, Buffer.concat(parts));
-    if (Math.ceil(n / 3) * 4 > MAX_EVENT_BYTES - EVENT_OVERHEAD_BYTES || Buffer.byteLength(JSON.stringify(event)) > MAX_EVENT_BYTES) {
+    if (
+      Math.ceil(n / 3) * 4 > MAX_EVENT_BYTES - EVENT_OVERHEAD_BYTES ||
+      Buffer.byteLength(JSON.stringify(event)) > MAX_EVENT_BYTES
+    ) {
       res.writeHead(413, { "content-type": "text/plain; charset=utf-8" });
       res.end(`${tooLargeForLambda(n).message}\n`);
       return;
@@ -97,7 +100,13 @@ function toEvent(req: IncomingMessage, body: Buffer): LambdaFunctionURLEvent {
       apiId: "keepfn-local",
       domainName: headers.host ?? "localhost",
       domainPrefix: "keepfn-local",
-      http: { method: req.method ?? "GET", path: rawPath, protocol: `HTTP/${req.httpVersion}`, sourceIp: req.socket.remoteAddress ?? "127.0.0.1", userAgent: headers["user-agent"] ?? "" },
+      http: {
+        method: req.method ?? "GET",
+        path: rawPath,
+        protocol: `HTTP/${req.httpVersion}`,
+        sourceIp: req.socket.remoteAddress ?? "127.0.0.1",
+        userAgent: headers["user-agent"] ?? "",
+      },
       requestId: randomUUID(),
       routeKey: "$default",
       stage: "$default",
@@ -122,20 +131,31 @@ class PreludeSink extends Writable {
     if (this.head) {
       this.head = Buffer.concat([this.head, chunk]);
       const at = this.head.indexOf(PRELUDE_DELIMITER);
-      if (at < 0) return cb();
+      if (at < 0) {
+        cb();
+        return;
+      }
       const prelude = JSON.parse(this.head.subarray(0, at).toString("utf8")) as {
-        statusCode?: number; headers?: Record<string, string>; cookies?: string[];
+        statusCode?: number;
+        headers?: Record<string, string>;
+        cookies?: string[];
       };
       const rest = this.head.subarray(at + PRELUDE_DELIMITER.length);
       this.head = undefined;
       const headers: Record<string, string | string[]> = { ...prelude.headers };
       if (prelude.cookies?.length) headers["set-cookie"] = prelude.cookies;
       this.res.writeHead(prelude.statusCode ?? 200, headers);
-      if (!rest.length) return cb();
+      if (!rest.length) {
+        cb();
+        return;
+      }
       chunk = rest;
     }
     this.sent += chunk.length;
-    if (this.sent > MAX_STREAMED_RESPONSE) return cb(new Error("streamed response exceeds Lambda's 200 MB limit"));
+    if (this.sent > MAX_STREAMED_RESPONSE) {
+      cb(new Error("streamed response exceeds Lambda's 200 MB limit"));
+      return;
+    }
     if (this.res.write(chunk)) cb();
     else this.res.once("drain", () => cb());
   }

@@ -1,8 +1,9 @@
 // The Lambda functions' configuration: environment variables parsed ONCE into the core's
 // KeepConfig. Secrets are not in the environment: their SSM parameter names are, and
 // secrets.ts resolves them at cold start. Literal secret values are for local runs only.
-import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec, validateConfig } from "../shared/config.js";
+
 import { parseDuration } from "../server/flags.js";
+import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec, validateConfig } from "../shared/config.js";
 
 export type SecretField = "blobSigningKey" | "systemRootToken" | "managementToken";
 
@@ -25,7 +26,8 @@ export function loadSettings(env: NodeJS.ProcessEnv): LambdaSettings {
   const endpoint = get("KEEP_S3_ENDPOINT");
   const accessKey = get("KEEP_S3_ACCESS_KEY");
   const secretKey = get("KEEP_S3_SECRET_KEY");
-  if (!!accessKey !== !!secretKey) throw new ConfigError("set both KEEP_S3_ACCESS_KEY and KEEP_S3_SECRET_KEY, or neither (execution role)");
+  if (!!accessKey !== !!secretKey)
+    throw new ConfigError("set both KEEP_S3_ACCESS_KEY and KEEP_S3_SECRET_KEY, or neither (execution role)");
   c.volumes = buckets.map(
     (bucket): VolumeSpec => ({
       driver: "s3",
@@ -68,14 +70,21 @@ export function loadSettings(env: NodeJS.ProcessEnv): LambdaSettings {
   return {
     config: c,
     secretParams,
-    ssm: { region: get("AWS_REGION"), endpoint: get("KEEP_SSM_ENDPOINT"), cacheMs: dur(get("KEEP_SECRETS_CACHE_TTL"), "KEEP_SECRETS_CACHE_TTL", 300_000) },
+    ssm: {
+      region: get("AWS_REGION"),
+      endpoint: get("KEEP_SSM_ENDPOINT"),
+      cacheMs: dur(get("KEEP_SECRETS_CACHE_TTL"), "KEEP_SECRETS_CACHE_TTL", 300_000),
+    },
     sweepBudgetMs: dur(get("KEEP_SWEEP_BUDGET"), "KEEP_SWEEP_BUDGET", 10 * 60_000),
     logLevel: get("KEEP_LOG_LEVEL") ?? "info",
   };
 }
 
 function list(v: string | undefined): string[] | undefined {
-  return v?.split(",").map((s) => s.trim()).filter(Boolean);
+  return v
+    ?.split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
 }
 
 function bool(v: string | undefined, name: string, dflt: boolean): boolean {

@@ -5,7 +5,12 @@ import { Agent as HttpAgent } from "node:http";
 import { Agent as HttpsAgent } from "node:https";
 import type { Readable } from "node:stream";
 import {
-  CopyObjectCommand, DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client,
+  CopyObjectCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  PutObjectCommand,
+  S3Client,
 } from "@aws-sdk/client-s3";
 import type { Clock } from "../clock.js";
 import { NotFoundError, TooLargeError, VolumeUnavailableError } from "../errors.js";
@@ -22,7 +27,12 @@ export interface Head {
 const MAX_COPY_SKEW_MS = 600_000;
 
 export function makeS3Client(o: {
-  region?: string; endpoint?: string; forcePathStyle?: boolean; accessKey?: string; secretKey?: string; maxAttempts?: number;
+  region?: string;
+  endpoint?: string;
+  forcePathStyle?: boolean;
+  accessKey?: string;
+  secretKey?: string;
+  maxAttempts?: number;
 }): S3Client {
   const client = new S3Client({
     region: o.region || "us-east-1",
@@ -76,7 +86,9 @@ export class S3Objects {
   async head(key: string, signal?: AbortSignal): Promise<Head | undefined> {
     this.stats.op("head");
     try {
-      const r = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal: signal });
+      const r = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }), {
+        abortSignal: signal,
+      });
       return { size: Number(r.ContentLength ?? 0), lastModified: r.LastModified ?? new Date(0), etag: r.ETag ?? "" };
     } catch (err) {
       const e = translateS3Error(err, `HEAD ${key}`, this.stats, signal);
@@ -87,7 +99,9 @@ export class S3Objects {
 
   async get(key: string, signal?: AbortSignal): Promise<BlockData> {
     this.stats.op("get");
-    const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal: signal }).catch(this.fail(`GET ${key}`, signal));
+    const r = await this.client
+      .send(new GetObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal: signal })
+      .catch(this.fail(`GET ${key}`, signal));
     const stream = r.Body as Readable;
     const size = Number(r.ContentLength ?? 0);
     if (size > BLOCK_SIZE) {
@@ -102,7 +116,15 @@ export class S3Objects {
     this.stats.op("put");
     const md5 = createHash("md5").update(body).digest("base64");
     await this.client
-      .send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentMD5: md5, ContentLength: body.length }))
+      .send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          Body: body,
+          ContentMD5: md5,
+          ContentLength: body.length,
+        }),
+      )
       .catch(this.fail(`PUT ${key}`));
     this.stats.outBytes += body.length;
   }
@@ -117,7 +139,14 @@ export class S3Objects {
   async copy(dst: string, src: string): Promise<void> {
     this.stats.op("put");
     const r = await this.client
-      .send(new CopyObjectCommand({ Bucket: this.bucket, Key: dst, CopySource: `${this.bucket}/${src}`, ContentType: "application/octet-stream" }))
+      .send(
+        new CopyObjectCommand({
+          Bucket: this.bucket,
+          Key: dst,
+          CopySource: `${this.bucket}/${src}`,
+          ContentType: "application/octet-stream",
+        }),
+      )
       .catch(this.fail(`COPY ${src} to ${dst}`));
     const t = r.CopyObjectResult?.LastModified?.getTime();
     // Both clocks: a test clock may run ahead of the server's; real skew shows against either.
@@ -142,6 +171,12 @@ export class S3Objects {
 
   list(prefix: string, signal?: AbortSignal, startAfter?: string): AsyncGenerator<Listed> {
     const translate = (e: unknown) => translateS3Error(e, "LIST", this.stats, signal);
-    return listAll(this.client, this.bucket, prefix, { pageSize: this.pageSize, startAfter, signal, stats: this.stats, translate });
+    return listAll(this.client, this.bucket, prefix, {
+      pageSize: this.pageSize,
+      startAfter,
+      signal,
+      stats: this.stats,
+      translate,
+    });
   }
 }

@@ -57,7 +57,13 @@ export async function* listAll(
   client: S3Client,
   bucket: string,
   prefix: string,
-  opts: { pageSize: number; startAfter?: string; signal?: AbortSignal; stats: VolumeStats; translate: (e: unknown) => Error },
+  opts: {
+    pageSize: number;
+    startAfter?: string;
+    signal?: AbortSignal;
+    stats: VolumeStats;
+    translate: (e: unknown) => Error;
+  },
 ): AsyncGenerator<Listed> {
   let token: string | undefined;
   do {
@@ -166,14 +172,21 @@ export function translateS3Error(err: unknown, where: string, stats: VolumeStats
   const code = e.Code ?? e.name ?? e.code ?? "Error";
   stats.error(status ? `${status} ${code}` : code);
   if (signal?.aborted || code === "AbortError") return new CancelledError("request cancelled", { cause: err });
-  if (code === "NoSuchKey" || code === "NotFound" || status === 404) return new NotFoundError("file does not exist", { cause: err });
-  if (status === 412 || code === "PreconditionFailed") return new ConditionNotMetError(`${where}: precondition failed`, { cause: err });
+  if (code === "NoSuchKey" || code === "NotFound" || status === 404)
+    return new NotFoundError("file does not exist", { cause: err });
+  if (status === 412 || code === "PreconditionFailed")
+    return new ConditionNotMetError(`${where}: precondition failed`, { cause: err });
   if (code === "BadDigest" || code === "InvalidDigest")
-    return new HashMismatchError(`${where}: S3 rejected the data: it does not match its Content-MD5 (${code})`, { cause: err });
+    return new HashMismatchError(`${where}: S3 rejected the data: it does not match its Content-MD5 (${code})`, {
+      cause: err,
+    });
   if (code === "EntityTooLarge") return new TooLargeError(undefined, { cause: err });
   // Throttling, 5xx after the SDK's retries, refused or reset connections, timeouts, bad
   // credentials: the volume cannot serve now; clients retry (503) and PUT tries other mounts.
-  return new VolumeUnavailableError(`${where}: ${status ? `${status} ` : ""}${code}: ${e.message ?? "S3 request failed"}`, {
-    cause: err,
-  });
+  return new VolumeUnavailableError(
+    `${where}: ${status ? `${status} ` : ""}${code}: ${e.message ?? "S3 request failed"}`,
+    {
+      cause: err,
+    },
+  );
 }

@@ -2,9 +2,9 @@
 // with a fresh look at trash/X right before deleting it and a conditional delete of the
 // marker (RACES (3) and (4) in s3.ts). Time-boxed: it saves where it stopped and resumes.
 import { NotFoundError } from "../errors.js";
-import type { EmptyTrashReport, VolumeParams } from "./volume.js";
 import type { Head, S3Objects } from "./s3-objects.js";
 import { ConditionNotMetError, type Listed, type S3Keys } from "./s3-support.js";
+import type { EmptyTrashReport, VolumeParams } from "./volume.js";
 
 const CURSOR_KEY = "keepfn/empty-trash-cursor";
 const STALE_UPLOAD_MS = 24 * 3600_000;
@@ -21,7 +21,10 @@ export interface SweepContext {
   untrash(hash: string): Promise<void>;
 }
 
-export async function emptyTrash(s: SweepContext, opts: { deadlineMs?: number; signal?: AbortSignal }): Promise<EmptyTrashReport> {
+export async function emptyTrash(
+  s: SweepContext,
+  opts: { deadlineMs?: number; signal?: AbortSignal },
+): Promise<EmptyTrashReport> {
   const report: EmptyTrashReport = { deleted: 0, examined: 0, complete: true };
   const start = s.params.clock.now();
   const cursor = await readCursor(s.o);

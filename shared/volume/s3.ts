@@ -34,15 +34,21 @@
 import { randomBytes } from "node:crypto";
 import { PutObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
-import { BadLocatorError, HashMismatchError, NotFoundError, VolumeUnavailableError, cancelled } from "../errors.js";
+import { BadLocatorError, cancelled, HashMismatchError, NotFoundError, VolumeUnavailableError } from "../errors.js";
 import { isHash } from "../locator.js";
-import { S3Objects, makeS3Client } from "./s3-objects.js";
-import { emptyTrash } from "./s3-sweep.js";
+import { makeS3Client, S3Objects } from "./s3-objects.js";
 import { ConditionNotMetError, S3Keys, toNs } from "./s3-support.js";
+import { emptyTrash } from "./s3-sweep.js";
 import { streamedBody, verifyStaged } from "./s3-upload.js";
 import {
-  type BlockData, type EmptyTrashReport, type IndexEntry, type PresignedUpload, type Volume, type VolumeParams,
-  VolumeStats, type WriteOptions,
+  type BlockData,
+  type EmptyTrashReport,
+  type IndexEntry,
+  type PresignedUpload,
+  type Volume,
+  type VolumeParams,
+  VolumeStats,
+  type WriteOptions,
 } from "./volume.js";
 
 export interface S3VolumeOptions {
@@ -119,7 +125,11 @@ export class S3Volume implements Volume {
     await this.client
       .send(
         new PutObjectCommand({
-          Bucket: this.opts.bucket, Key: key, Body: body, ContentLength: length, ContentType: "application/octet-stream",
+          Bucket: this.opts.bucket,
+          Key: key,
+          Body: body,
+          ContentLength: length,
+          ContentType: "application/octet-stream",
           ContentMD5: Buffer.from(hash, "hex").toString("base64"),
         }),
         { abortSignal: opts.signal },
@@ -137,7 +147,9 @@ export class S3Volume implements Volume {
       await this.o.copy(key, `trash/${key}`);
     } catch (err) {
       if (err instanceof NotFoundError)
-        throw new VolumeUnavailableError(`${key} was trashed while being written and no trash copy is left; write it again`);
+        throw new VolumeUnavailableError(
+          `${key} was trashed while being written and no trash copy is left; write it again`,
+        );
       throw err;
     }
   }
@@ -223,8 +235,14 @@ export class S3Volume implements Volume {
   emptyTrash(opts: { deadlineMs?: number; signal?: AbortSignal } = {}): Promise<EmptyTrashReport> {
     return emptyTrash(
       {
-        o: this.o, keys: this.keys, params: this.params, raceWindowMs: this.raceWindowMs, uploadPrefix: UPLOAD_PREFIX,
-        fixRace: (key) => this.fixRace(key), touch: (hash) => this.touch(hash), untrash: (hash) => this.untrash(hash),
+        o: this.o,
+        keys: this.keys,
+        params: this.params,
+        raceWindowMs: this.raceWindowMs,
+        uploadPrefix: UPLOAD_PREFIX,
+        fixRace: (key) => this.fixRace(key),
+        touch: (hash) => this.touch(hash),
+        untrash: (hash) => this.untrash(hash),
       },
       opts,
     );
@@ -240,7 +258,7 @@ export class S3Volume implements Volume {
         if (signal?.aborted) throw cancelled(signal);
         if (d.key >= "g") break; // recent/, trash/, uploads/ sort after every hex key
         const hash = this.keys.hashOf(d.key);
-        if (!hash || !hash.startsWith(prefix)) continue;
+        if (!hash?.startsWith(prefix)) continue;
         let stamp = d.lastModified;
         while (!r.done) {
           const rk = r.value.key.slice(7);
@@ -266,12 +284,23 @@ export class S3Volume implements Volume {
     this.blockKey(hash);
     const uploadId = randomBytes(16).toString("hex");
     const md5 = Buffer.from(hash, "hex").toString("base64");
-    const cmd = new PutObjectCommand({ Bucket: this.opts.bucket, Key: `${UPLOAD_PREFIX}${hash}/${uploadId}`, ContentMD5: md5, ContentLength: size });
+    const cmd = new PutObjectCommand({
+      Bucket: this.opts.bucket,
+      Key: `${UPLOAD_PREFIX}${hash}/${uploadId}`,
+      ContentMD5: md5,
+      ContentLength: size,
+    });
     const url = await getSignedUrl(this.client, cmd, {
       expiresIn: expiresInSeconds,
       signableHeaders: new Set(["content-md5", "content-length"]),
     });
-    return { uploadId, url, method: "PUT", headers: { "content-md5": md5 }, expiresAt: new Date(this.params.clock.now() + expiresInSeconds * 1000) };
+    return {
+      uploadId,
+      url,
+      method: "PUT",
+      headers: { "content-md5": md5 },
+      expiresAt: new Date(this.params.clock.now() + expiresInSeconds * 1000),
+    };
   }
 
   /**
@@ -283,7 +312,10 @@ export class S3Volume implements Volume {
     if (!/^[0-9a-f]{32}$/.test(uploadId)) throw new NotFoundError("no such upload");
     const staged = `${UPLOAD_PREFIX}${hash}/${uploadId}`;
     const h = await this.o.head(staged);
-    if (!h) throw new NotFoundError(`no upload ${uploadId} for ${hash}: it was never uploaded, has expired, or was already committed`);
+    if (!h)
+      throw new NotFoundError(
+        `no upload ${uploadId} for ${hash}: it was never uploaded, has expired, or was already committed`,
+      );
     const problem = await verifyStaged(h, hash, size, () => this.o.get(staged));
     if (problem) {
       await this.o.del(staged);

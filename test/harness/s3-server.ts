@@ -11,7 +11,13 @@
 // stock s3rver answers PutObject before its write stream has flushed.
 import { type ChildProcess, spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
-import { type IncomingMessage, type Server, type ServerResponse, createServer, request as httpRequest } from "node:http";
+import {
+  createServer,
+  request as httpRequest,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from "node:http";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -21,7 +27,7 @@ import { freePort } from "./azurite.js";
 
 export const CLOCK_HEADER = "x-keepfn-test-clock";
 
-const PRELOAD = String.raw`'use strict';
+const PRELOAD = `'use strict';
 const http = require('http');
 const fs = require('fs');
 const path = require('path');
@@ -97,9 +103,12 @@ export class S3rver {
   /** A client for putting objects in place directly (reference layouts, backdating). */
   client(endpoint = this.endpoint): S3Client {
     return new S3Client({
-      endpoint, forcePathStyle: true, region: "us-east-1",
+      endpoint,
+      forcePathStyle: true,
+      region: "us-east-1",
       credentials: { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" },
-      requestChecksumCalculation: "WHEN_REQUIRED", responseChecksumValidation: "WHEN_REQUIRED",
+      requestChecksumCalculation: "WHEN_REQUIRED",
+      responseChecksumValidation: "WHEN_REQUIRED",
       maxAttempts: 1,
     });
   }
@@ -116,8 +125,17 @@ export class S3rver {
     const req = createRequire(import.meta.url);
     const root = dirname(req.resolve("s3rver/package.json"));
     const args = [
-      "--openssl-legacy-provider", "-r", join(this.dir, "preload.cjs"), join(root, "bin/s3rver.js"),
-      "-d", join(this.dir, "data"), "-a", "127.0.0.1", "-p", String(this.port), "--silent",
+      "--openssl-legacy-provider",
+      "-r",
+      join(this.dir, "preload.cjs"),
+      join(root, "bin/s3rver.js"),
+      "-d",
+      join(this.dir, "data"),
+      "-a",
+      "127.0.0.1",
+      "-p",
+      String(this.port),
+      "--silent",
     ];
     const env = { ...process.env, KEEPFN_S3RVER_FS: join(root, "lib/stores/filesystem.js") };
     const child = spawn(process.execPath, args, { stdio: ["ignore", "ignore", "pipe"], env });
@@ -128,7 +146,8 @@ export class S3rver {
     });
     const deadline = Date.now() + 15_000;
     for (;;) {
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`s3rver exited with ${child.exitCode}: ${stderr}`);
+      if (child.exitCode !== null || child.signalCode !== null)
+        throw new Error(`s3rver exited with ${child.exitCode}: ${stderr}`);
       if (await answers(this.endpoint)) return;
       if (Date.now() > deadline) throw new Error(`s3rver did not start on port ${this.port}: ${stderr}`);
       await new Promise((r) => setTimeout(r, 50));
@@ -179,7 +198,13 @@ export function followClock(client: S3Client, clock: Clock): void {
 }
 
 /** PUT an object as of `atMs` (the reference's TouchWithDate / a fake server clock). */
-export async function putAt(client: S3Client, bucket: string, key: string, body: Uint8Array, atMs: number): Promise<void> {
+export async function putAt(
+  client: S3Client,
+  bucket: string,
+  key: string,
+  body: Uint8Array,
+  atMs: number,
+): Promise<void> {
   const cmd = new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentLength: body.length });
   cmd.middlewareStack.add(
     (next) => async (args) => {
@@ -244,7 +269,9 @@ export class S3Proxy {
     if (fault) {
       req.resume();
       res.writeHead(fault.status, { "content-type": "application/xml" });
-      res.end(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${fault.code}</Code><Message>injected by the test proxy</Message></Error>`);
+      res.end(
+        `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${fault.code}</Code><Message>injected by the test proxy</Message></Error>`,
+      );
       return;
     }
     const up = httpRequest(`${this.target}${seen.path}`, { method: seen.method, headers: req.headers }, (r) => {

@@ -6,25 +6,25 @@
 // too large for the platform.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { type Server, createServer } from "node:http";
+import { createServer, type Server } from "node:http";
 import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { ListObjectsV2Command } from "@aws-sdk/client-s3";
 import type { APIGatewayProxyEventV2, Context, LambdaFunctionURLEvent } from "aws-lambda";
+import { createLambdaHost } from "../../lambda/host.js";
+import { MAX_BINARY_BODY } from "../../lambda/limits.js";
+import { runLocal } from "../../lambda/local-host.js";
+import { installLocalLambdaRuntime } from "../../lambda/local-runtime.js";
+import { clearSecretCache } from "../../lambda/secrets.js";
+import type { AppDeps } from "../../shared/app.js";
+import type { Clock } from "../../shared/clock.js";
 import { FakeClock } from "../../shared/clock.js";
 import type { KeepConfig } from "../../shared/config.js";
 import { silentLogger } from "../../shared/log.js";
-import { describeHttpContract } from "../conformance/http-contract.js";
-import { S3rver, followClock } from "../harness/s3-server.js";
-import type { AppDeps } from "../../shared/app.js";
-import type { Clock } from "../../shared/clock.js";
 import { createVolume } from "../../shared/volume/factory.js";
 import { S3Volume } from "../../shared/volume/s3.js";
-import { installLocalLambdaRuntime } from "../../lambda/local-runtime.js";
-import { MAX_BINARY_BODY } from "../../lambda/limits.js";
-import { createLambdaHost } from "../../lambda/host.js";
-import { runLocal } from "../../lambda/local-host.js";
-import { clearSecretCache } from "../../lambda/secrets.js";
+import { describeHttpContract } from "../conformance/http-contract.js";
+import { followClock, S3rver } from "../harness/s3-server.js";
 
 installLocalLambdaRuntime();
 let server: S3rver;
@@ -68,25 +68,60 @@ const clocked = (clock: Clock): AppDeps => ({
   },
 });
 
-const context = (remainingMs = 60_000) => ({ awsRequestId: "req-test", functionName: "keepfn", getRemainingTimeInMillis: () => remainingMs }) as Context;
+const context = (remainingMs = 60_000) =>
+  ({ awsRequestId: "req-test", functionName: "keepfn", getRemainingTimeInMillis: () => remainingMs }) as Context;
 
-function functionUrlEvent(method: string, rawPath: string, o: { body?: Uint8Array; headers?: Record<string, string>; query?: string; cookies?: string[] } = {}): LambdaFunctionURLEvent {
+function functionUrlEvent(
+  method: string,
+  rawPath: string,
+  o: { body?: Uint8Array; headers?: Record<string, string>; query?: string; cookies?: string[] } = {},
+): LambdaFunctionURLEvent {
   return {
-    version: "2.0", routeKey: "$default", rawPath, rawQueryString: o.query ?? "", cookies: o.cookies,
-    headers: { host: "abcdefghij.lambda-url.us-east-1.on.aws", "x-forwarded-proto": "https", "user-agent": "keep-test", ...o.headers },
+    version: "2.0",
+    routeKey: "$default",
+    rawPath,
+    rawQueryString: o.query ?? "",
+    cookies: o.cookies,
+    headers: {
+      host: "abcdefghij.lambda-url.us-east-1.on.aws",
+      "x-forwarded-proto": "https",
+      "user-agent": "keep-test",
+      ...o.headers,
+    },
     requestContext: {
-      accountId: "anonymous", apiId: "abcdefghij", domainName: "abcdefghij.lambda-url.us-east-1.on.aws", domainPrefix: "abcdefghij",
+      accountId: "anonymous",
+      apiId: "abcdefghij",
+      domainName: "abcdefghij.lambda-url.us-east-1.on.aws",
+      domainPrefix: "abcdefghij",
       http: { method, path: rawPath, protocol: "HTTP/1.1", sourceIp: "192.0.2.1", userAgent: "keep-test" },
-      requestId: "req-1", routeKey: "$default", stage: "$default", time: "23/Nov/2026:11:00:00 +0000", timeEpoch: Date.now(),
+      requestId: "req-1",
+      routeKey: "$default",
+      stage: "$default",
+      time: "23/Nov/2026:11:00:00 +0000",
+      timeEpoch: Date.now(),
     },
     body: o.body ? Buffer.from(o.body).toString("base64") : undefined,
     isBase64Encoded: !!o.body,
   };
 }
 
-function httpApiEvent(method: string, rawPath: string, o: { body?: Uint8Array; headers?: Record<string, string> } = {}): APIGatewayProxyEventV2 {
+function httpApiEvent(
+  method: string,
+  rawPath: string,
+  o: { body?: Uint8Array; headers?: Record<string, string> } = {},
+): APIGatewayProxyEventV2 {
   const e = functionUrlEvent(method, rawPath, o) as unknown as APIGatewayProxyEventV2;
-  return { ...e, routeKey: "ANY /{proxy+}", pathParameters: { proxy: rawPath.slice(1) }, requestContext: { ...e.requestContext, routeKey: "ANY /{proxy+}", stage: "$default", domainName: "api.example.invalid" } };
+  return {
+    ...e,
+    routeKey: "ANY /{proxy+}",
+    pathParameters: { proxy: rawPath.slice(1) },
+    requestContext: {
+      ...e.requestContext,
+      routeKey: "ANY /{proxy+}",
+      stage: "$default",
+      domainName: "api.example.invalid",
+    },
+  };
 }
 
 /** Runs the streaming handler into a collecting stream; splits prelude and body as AWS does. */
@@ -111,9 +146,18 @@ describe("lambda handlers: events in, responses out", () => {
 
   it("PUT (Function URL, base64 body, token in a cookie) then GET buffered and streamed", async () => {
     const cookie = `arvados_api_token=${Buffer.from(USER).toString("base64url")}`;
-    const put = await handlers.handler(functionUrlEvent("PUT", `/${hash}`, { body: block, cookies: [cookie], headers: { "x-keep-storage-classes": "default, default" } }), context());
+    const put = await handlers.handler(
+      functionUrlEvent("PUT", `/${hash}`, {
+        body: block,
+        cookies: [cookie],
+        headers: { "x-keep-storage-classes": "default, default" },
+      }),
+      context(),
+    );
     assert.equal(put.statusCode, 200);
-    const locator = Buffer.from(put.body as string, put.isBase64Encoded ? "base64" : "utf8").toString().trim();
+    const locator = Buffer.from(put.body as string, put.isBase64Encoded ? "base64" : "utf8")
+      .toString()
+      .trim();
     assert.match(locator, new RegExp(`^${hash}\\+${block.length}\\+A[0-9a-f]{40}@[0-9a-f]{8}$`));
     assert.equal(put.headers?.["x-keep-replicas-stored"], "2", "S3 volumes count 2 replicas by default");
 
@@ -136,7 +180,10 @@ describe("lambda handlers: events in, responses out", () => {
     const get = await handlers.handler(httpApiEvent("GET", `//${h}+${bin.length}`), context());
     assert.equal(get.statusCode, 200, "//locator is served as /locator, not redirected");
     assert.deepEqual(Buffer.from(get.body as string, "base64"), bin);
-    const idx = await handlers.handler({ ...httpApiEvent("GET", "/index/"), rawQueryString: `api_token=${ADMIN}&prefix=${h.slice(0, 4)}` }, context());
+    const idx = await handlers.handler(
+      { ...httpApiEvent("GET", "/index/"), rawQueryString: `api_token=${ADMIN}&prefix=${h.slice(0, 4)}` },
+      context(),
+    );
     assert.equal(idx.statusCode, 200);
     assert.match(Buffer.from(idx.body as string, "base64").toString(), new RegExp(`^${h}\\+8 \\d+\\n\\n$`));
     const bad = await handlers.handler(httpApiEvent("PUT", `//${h}`, { body: bin }), context());
@@ -144,16 +191,30 @@ describe("lambda handlers: events in, responses out", () => {
   });
 
   it("a hash mismatch is a 400 and nothing is stored", async () => {
-    const r = await handlers.handler(functionUrlEvent("PUT", `/${hash.replace(/^./, "0")}`, { body: block }), context());
+    const r = await handlers.handler(
+      functionUrlEvent("PUT", `/${hash.replace(/^./, "0")}`, { body: block }),
+      context(),
+    );
     assert.equal(r.statusCode, 400);
-    assert.match(Buffer.from(r.body as string, r.isBase64Encoded ? "base64" : "utf8").toString(), /did not match specified locator/);
+    assert.match(
+      Buffer.from(r.body as string, r.isBase64Encoded ? "base64" : "utf8").toString(),
+      /did not match specified locator/,
+    );
   });
 
   it("a block too big for a buffered response streams; buffered mode says why it cannot", async () => {
     const big = Buffer.alloc(8 << 20, 3);
     const h = md5(big);
     const host = await handlers.lambdaHost.app();
-    await host.keep.write({ hash: h, locator: h, body: (async function* () { yield big; })(), contentLength: big.length, storageClasses: [] });
+    await host.keep.write({
+      hash: h,
+      locator: h,
+      body: (async function* () {
+        yield big;
+      })(),
+      contentLength: big.length,
+      storageClasses: [],
+    });
     const streamed = await invokeStreamed(functionUrlEvent("GET", `/${h}+${big.length}`));
     assert.equal(streamed.statusCode, 200);
     assert.equal(md5(streamed.body), h);
@@ -165,9 +226,16 @@ describe("lambda handlers: events in, responses out", () => {
   it("the scheduled handler empties trash within its time budget and finishes on a later run", async () => {
     const clock = new FakeClock();
     const bucket = await server.createBucket("sweep");
-    const host = createLambdaHost(() => baseEnv(bucket, {
-      KEEP_TRASH_ENABLED: "true", KEEP_TRASH_LIFETIME: "1h", KEEP_BLOB_SIGNING_TTL: "60", KEEP_SYSTEM_ROOT_TOKEN: ADMIN,
-    }), clocked(clock));
+    const host = createLambdaHost(
+      () =>
+        baseEnv(bucket, {
+          KEEP_TRASH_ENABLED: "true",
+          KEEP_TRASH_LIFETIME: "1h",
+          KEEP_BLOB_SIGNING_TTL: "60",
+          KEEP_SYSTEM_ROOT_TOKEN: ADMIN,
+        }),
+      clocked(clock),
+    );
     try {
       const app = await host.app();
       const hashes: string[] = [];
@@ -178,7 +246,9 @@ describe("lambda handlers: events in, responses out", () => {
       }
       clock.advance(120_000);
       for (const h of hashes) {
-        const r = await app.handler(new Request(`http://x/${h}`, { method: "DELETE", headers: { authorization: `Bearer ${ADMIN}` } }));
+        const r = await app.handler(
+          new Request(`http://x/${h}`, { method: "DELETE", headers: { authorization: `Bearer ${ADMIN}` } }),
+        );
         assert.equal(r.status, 200);
       }
       clock.advance(3600_000 + 2000);
@@ -204,7 +274,12 @@ describe("lambda handlers: events in, responses out", () => {
         assert.equal(req.headers["x-amz-target"], "AmazonSSM.GetParameters");
         const names = (JSON.parse(body) as { Names: string[] }).Names;
         res.writeHead(200, { "content-type": "application/x-amz-json-1.1" });
-        res.end(JSON.stringify({ Parameters: names.map((Name) => ({ Name, Type: "SecureString", Value: `${KEY}\n` })), InvalidParameters: [] }));
+        res.end(
+          JSON.stringify({
+            Parameters: names.map((Name) => ({ Name, Type: "SecureString", Value: `${KEY}\n` })),
+            InvalidParameters: [],
+          }),
+        );
       });
     });
     await new Promise<void>((r) => ssm.listen(0, "127.0.0.1", r));
@@ -213,16 +288,25 @@ describe("lambda handlers: events in, responses out", () => {
     process.env.AWS_SECRET_ACCESS_KEY = "placeholder-secret";
     clearSecretCache();
     const env = baseEnv(await server.createBucket("ssm"), {
-      KEEP_BLOB_SIGNING_KEY_PARAM: "/keepfn/blob-signing-key", KEEP_ENFORCE_PERMISSIONS: "true",
+      KEEP_BLOB_SIGNING_KEY_PARAM: "/keepfn/blob-signing-key",
+      KEEP_ENFORCE_PERMISSIONS: "true",
       KEEP_SSM_ENDPOINT: `http://127.0.0.1:${(ssm.address() as { port: number }).port}`,
     });
     const hosts = [createLambdaHost(() => env), createLambdaHost(() => env)];
     try {
       for (const host of hosts) {
-        const put = await host.buffered(functionUrlEvent("PUT", `/${hash}`, { body: block, headers: { authorization: `Bearer ${USER}` } }), context());
+        const put = await host.buffered(
+          functionUrlEvent("PUT", `/${hash}`, { body: block, headers: { authorization: `Bearer ${USER}` } }),
+          context(),
+        );
         assert.equal(put.statusCode, 200);
-        const loc = Buffer.from(put.body as string, "base64").toString().trim();
-        const get = await host.buffered(functionUrlEvent("GET", `/${loc}`, { headers: { authorization: `Bearer ${USER}` } }), context());
+        const loc = Buffer.from(put.body as string, "base64")
+          .toString()
+          .trim();
+        const get = await host.buffered(
+          functionUrlEvent("GET", `/${loc}`, { headers: { authorization: `Bearer ${USER}` } }),
+          context(),
+        );
         assert.equal(get.statusCode, 200, "signed with the key from SSM, verified with it");
       }
       assert.equal(calls, 1, "the second cold start in this process used the cached value");
@@ -262,7 +346,8 @@ describeHttpContract(
   {
     maxPutBytes: MAX_BINARY_BODY,
     maxPutReason: "Lambda takes at most 6 MB per request: 64 MiB blocks use the two-step upload (tested below)",
-    noTouchMethod: "Function URLs and API Gateway pass only standard HTTP methods (and node:http, the local front end, refuses TOUCH)",
+    noTouchMethod:
+      "Function URLs and API Gateway pass only standard HTTP methods (and node:http, the local front end, refuses TOUCH)",
   },
 );
 
@@ -271,13 +356,17 @@ describe("lambda over real HTTP (keepfn-local): platform limits and the two-step
   let bucket: string;
   before(async () => {
     bucket = await server.createBucket("local");
-    local = await runLocal("127.0.0.1:0", baseEnv(bucket, { KEEP_BLOB_SIGNING_KEY: KEY, KEEP_SYSTEM_ROOT_TOKEN: ADMIN }), { logger: silentLogger() });
+    local = await runLocal(
+      "127.0.0.1:0",
+      baseEnv(bucket, { KEEP_BLOB_SIGNING_KEY: KEY, KEEP_SYSTEM_ROOT_TOKEN: ADMIN }),
+      { logger: silentLogger() },
+    );
   });
   after(async () => {
     await local?.close();
   });
   const big = Buffer.alloc(64 << 20);
-  for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE(i * 2654435761 >>> 0, i);
+  for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE((i * 2654435761) >>> 0, i);
   const bigHash = md5(big);
 
   it("a PUT too large for the platform gets a 413 saying why and what to do", async () => {
@@ -298,7 +387,12 @@ describe("lambda over real HTTP (keepfn-local): platform limits and the two-step
     const auth = { authorization: `Bearer ${USER}` };
     const ticket = await fetch(`${local.url}/uploads/${bigHash}+${big.length}`, { method: "POST", headers: auth });
     assert.equal(ticket.status, 200);
-    const t = (await ticket.json()) as { upload_url: string; method: string; headers: Record<string, string>; commit_url: string };
+    const t = (await ticket.json()) as {
+      upload_url: string;
+      method: string;
+      headers: Record<string, string>;
+      commit_url: string;
+    };
     assert.equal(t.headers["content-md5"], Buffer.from(bigHash, "hex").toString("base64"));
     const up = await fetch(t.upload_url, { method: t.method, headers: t.headers, body: big });
     assert.equal(up.status, 200);
@@ -318,25 +412,39 @@ describe("lambda over real HTTP (keepfn-local): platform limits and the two-step
     const claimed = Buffer.from("the block the client says it is sending");
     const hash = md5(claimed);
     const t = (await (await fetch(`${local.url}/uploads/${hash}+${claimed.length}`, { method: "POST" })).json()) as {
-      upload_url: string; headers: Record<string, string>; commit_url: string;
+      upload_url: string;
+      headers: Record<string, string>;
+      commit_url: string;
     };
     // s3rver does not check Content-MD5 (S3 would refuse this PUT); the commit catches it.
     const lie = Buffer.from("different bytes of the very same length!").subarray(0, claimed.length);
     assert.equal((await fetch(t.upload_url, { method: "PUT", headers: t.headers, body: lie })).status, 200);
     const commit = await fetch(t.commit_url, { method: "POST" });
     assert.equal(commit.status, 400);
-    assert.match(await commit.text(), new RegExp(`uploaded object does not match ${hash}\\+${claimed.length}: its MD5 is ${md5(lie)}; nothing was stored`));
+    assert.match(
+      await commit.text(),
+      new RegExp(
+        `uploaded object does not match ${hash}\\+${claimed.length}: its MD5 is ${md5(lie)}; nothing was stored`,
+      ),
+    );
     assert.equal((await fetch(`${local.url}/${hash}+${claimed.length}`)).status, 404);
     const again = await fetch(t.commit_url, { method: "POST" });
     assert.equal(again.status, 404, "the staged object was removed");
     await again.text();
     const short = await fetch(`${local.url}/uploads/${hash}+${claimed.length}`, { method: "POST" });
     const t2 = (await short.json()) as { upload_url: string; headers: Record<string, string>; commit_url: string };
-    await fetch(t2.upload_url, { method: "PUT", headers: { "content-md5": t2.headers["content-md5"] as string }, body: claimed.subarray(1) });
+    await fetch(t2.upload_url, {
+      method: "PUT",
+      headers: { "content-md5": t2.headers["content-md5"] as string },
+      body: claimed.subarray(1),
+    });
     const c2 = await fetch(t2.commit_url, { method: "POST" });
     assert.equal(c2.status, 400);
     assert.match(await c2.text(), /holds \d+ bytes, not \d+/);
-    const wrongMd5 = await fetch(`${local.url}/uploads/${hash}+${claimed.length}`, { method: "POST", headers: { "content-md5": "AAAAAAAAAAAAAAAAAAAAAA==" } });
+    const wrongMd5 = await fetch(`${local.url}/uploads/${hash}+${claimed.length}`, {
+      method: "POST",
+      headers: { "content-md5": "AAAAAAAAAAAAAAAAAAAAAA==" },
+    });
     assert.equal(wrongMd5.status, 400);
     await wrongMd5.text();
   });

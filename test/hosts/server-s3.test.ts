@@ -33,16 +33,33 @@ describe("container host with -s3-* flags", () => {
     await fs.writeFile(join(dir, "ak"), "S3RVER\n");
     await fs.writeFile(join(dir, "sk"), "S3RVER\n");
     const opts = parseFlags([
-      "-listen", "127.0.0.1:0", "-s3-endpoint", s3.endpoint, "-s3-region", "us-east-1",
-      "-s3-access-key-file", join(dir, "ak"), "-s3-secret-key-file", join(dir, "sk"),
-      "-s3-replication", "3", "-s3-prefix-length", "3", "-s3-bucket-volume", bucket,
+      "-listen",
+      "127.0.0.1:0",
+      "-s3-endpoint",
+      s3.endpoint,
+      "-s3-region",
+      "us-east-1",
+      "-s3-access-key-file",
+      join(dir, "ak"),
+      "-s3-secret-key-file",
+      join(dir, "sk"),
+      "-s3-replication",
+      "3",
+      "-s3-prefix-length",
+      "3",
+      "-s3-bucket-volume",
+      bucket,
     ]);
     const srv = await startKeepServer(opts.config, opts.listen, { logger: silentLogger() });
     try {
       const big = Buffer.alloc(64 << 20);
       for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE((i * 40503) >>> 0, i);
       const hash = md5(big);
-      const put = await fetch(`${srv.url}/${hash}`, { method: "PUT", body: big, headers: { "x-keep-desired-replicas": "2" } });
+      const put = await fetch(`${srv.url}/${hash}`, {
+        method: "PUT",
+        body: big,
+        headers: { "x-keep-desired-replicas": "2" },
+      });
       assert.equal(put.status, 200);
       assert.equal((await put.text()).trim(), `${hash}+${big.length}`);
       assert.equal(put.headers.get("x-keep-replicas-stored"), "3");
@@ -52,7 +69,10 @@ describe("container host with -s3-* flags", () => {
       assert.equal(md5(Buffer.from(await get.arrayBuffer())), hash);
       const keys = await s3.client().send(new ListObjectsV2Command({ Bucket: bucket }));
       const names = (keys.Contents ?? []).map((o) => o.Key);
-      assert.ok(names.includes(`${hash.slice(0, 3)}/${hash}`) && names.includes(`recent/${hash.slice(0, 3)}/${hash}`), names.join(" "));
+      assert.ok(
+        names.includes(`${hash.slice(0, 3)}/${hash}`) && names.includes(`recent/${hash.slice(0, 3)}/${hash}`),
+        names.join(" "),
+      );
       const mounts = (await (await fetch(`${srv.url}/mounts`)).json()) as Array<{ device_id: string }>;
       assert.equal(mounts[0]?.device_id, `s3://${s3.endpoint}/${bucket}`, "the reference's device id");
     } finally {
@@ -63,10 +83,21 @@ describe("container host with -s3-* flags", () => {
   it("keepfn-local --host lambda serves the same bucket from environment variables", async () => {
     const bucket = await s3.createBucket("cli");
     const port = await freePort();
-    const child = spawn(process.execPath, ["dist/tools/keepfn-local.js", "--host", "lambda", "--listen", `127.0.0.1:${port}`], {
-      env: { ...process.env, KEEP_S3_BUCKET: bucket, KEEP_S3_ENDPOINT: s3.endpoint, KEEP_S3_ACCESS_KEY: "S3RVER", KEEP_S3_SECRET_KEY: "S3RVER", KEEP_LOG_LEVEL: "silent" },
-      stdio: ["ignore", "ignore", "pipe"],
-    });
+    const child = spawn(
+      process.execPath,
+      ["dist/tools/keepfn-local.js", "--host", "lambda", "--listen", `127.0.0.1:${port}`],
+      {
+        env: {
+          ...process.env,
+          KEEP_S3_BUCKET: bucket,
+          KEEP_S3_ENDPOINT: s3.endpoint,
+          KEEP_S3_ACCESS_KEY: "S3RVER",
+          KEEP_S3_SECRET_KEY: "S3RVER",
+          KEEP_LOG_LEVEL: "silent",
+        },
+        stdio: ["ignore", "ignore", "pipe"],
+      },
+    );
     try {
       let err = "";
       await new Promise<void>((resolve, reject) => {

@@ -12,9 +12,9 @@ import { FakeClock, msToNs } from "../../shared/clock.js";
 import { NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
 import { isHash } from "../../shared/locator.js";
 import { S3Volume } from "../../shared/volume/s3.js";
-import { TEST_BLOCK, TEST_HASH, chunks, collect } from "../conformance/fixtures.js";
-import { type HarnessParams, type VolumeHarness, describeVolumeContract } from "../conformance/volume-contract.js";
-import { S3Proxy, S3rver, followClock, putAt } from "../harness/s3-server.js";
+import { chunks, collect, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
+import { describeVolumeContract, type HarnessParams, type VolumeHarness } from "../conformance/volume-contract.js";
+import { followClock, putAt, S3Proxy, S3rver } from "../harness/s3-server.js";
 
 let server: S3rver;
 before(async () => {
@@ -44,8 +44,14 @@ async function s3Harness(p: HarnessParams, o: Opts = {}): Promise<S3Harness> {
   const n = o.prefixLength ?? 0;
   const volume = new S3Volume(
     {
-      bucket, endpoint: o.endpoint ?? server.endpoint, accessKey: "S3RVER", secretKey: "S3RVER", prefixLength: n,
-      raceWindowMs: o.raceWindowMs ?? 0, maxAttempts: o.maxAttempts ?? 2, sleep: o.sleep ?? (async () => {}),
+      bucket,
+      endpoint: o.endpoint ?? server.endpoint,
+      accessKey: "S3RVER",
+      secretKey: "S3RVER",
+      prefixLength: n,
+      raceWindowMs: o.raceWindowMs ?? 0,
+      maxAttempts: o.maxAttempts ?? 2,
+      sleep: o.sleep ?? (async () => {}),
     },
     p,
   );
@@ -54,7 +60,9 @@ async function s3Harness(p: HarnessParams, o: Opts = {}): Promise<S3Harness> {
   // The reference's key(): names longer than N+1 get the <name[:N]>/ prefix.
   const keyOf = (name: string) => (n > 0 && n < name.length - 1 ? `${name.slice(0, n)}/${name}` : name);
   return {
-    volume, bucket, raw,
+    volume,
+    bucket,
+    raw,
     async putRaw(name, data) {
       await putAt(raw, bucket, keyOf(name), data, p.clock.now());
       if (isHash(name)) await putAt(raw, bucket, `recent/${keyOf(name)}`, new Uint8Array(0), p.clock.now());
@@ -108,30 +116,121 @@ describe("s3 volume: the reference's BackendStates table (TTL 1h, trash lifetime
     ["No recent/X", 48 * HOUR, none, none, T, T, T, F, F, F],
     ["Not trash, but old enough to be eligible for trash", 24 * HOUR, 2 * HOUR, none, T, T, F, F, F, F],
     ["Not trash, and not old enough to be eligible for trash", 24 * HOUR, 30 * MIN, none, T, T, T, F, F, F],
-    ["Trashed + untrashed copies exist, due to recent race between Trash and Put", 24 * HOUR, 3 * MIN, 2 * MIN, T, T, T, T, T, F],
+    [
+      "Trashed + untrashed copies exist, due to recent race between Trash and Put",
+      24 * HOUR,
+      3 * MIN,
+      2 * MIN,
+      T,
+      T,
+      T,
+      T,
+      T,
+      F,
+    ],
     // DEVIATION: reference canTrash=false, canGetAfterTrash=true.
-    ["Trashed + untrashed copies exist, trash nearly eligible for deletion", 24 * HOUR, 12 * HOUR, 59 * MIN, T, T, F, T, T, F],
+    [
+      "Trashed + untrashed copies exist, trash nearly eligible for deletion",
+      24 * HOUR,
+      12 * HOUR,
+      59 * MIN,
+      T,
+      T,
+      F,
+      T,
+      T,
+      F,
+    ],
     // DEVIATION: reference canTrash=false, canGetAfterTrash=true.
-    ["Trashed + untrashed copies exist, trash is eligible for deletion", 24 * HOUR, 12 * HOUR, 61 * MIN, T, T, F, T, F, F],
+    [
+      "Trashed + untrashed copies exist, trash is eligible for deletion",
+      24 * HOUR,
+      12 * HOUR,
+      61 * MIN,
+      T,
+      T,
+      F,
+      T,
+      F,
+      F,
+    ],
     // DEVIATION: reference canTrash=false, canGetAfterTrash=true.
-    ["Trashed + untrashed copies exist, due to old race between Put and unfinished Trash", 24 * HOUR, 12 * HOUR, 12 * HOUR, T, T, F, T, T, T],
+    [
+      "Trashed + untrashed copies exist, due to old race between Put and unfinished Trash",
+      24 * HOUR,
+      12 * HOUR,
+      12 * HOUR,
+      T,
+      T,
+      F,
+      T,
+      T,
+      T,
+    ],
     ["Trashed + untrashed copies exist, made safe by fixRace+Touch", 1000, 1000, 12 * HOUR, T, T, T, T, F, F],
     // DEVIATION: reference canTrash=false, canGetAfterTrash=true.
-    ["Trashed + untrashed copies exist because Trash operation was interrupted", 24 * HOUR, 24 * HOUR, 12 * HOUR, T, T, F, T, F, F],
+    [
+      "Trashed + untrashed copies exist because Trash operation was interrupted",
+      24 * HOUR,
+      24 * HOUR,
+      12 * HOUR,
+      T,
+      T,
+      F,
+      T,
+      F,
+      F,
+    ],
     ["Trash, not yet eligible for deletion", none, 12 * HOUR, MIN, F, F, F, T, T, F],
     ["Trash, not yet eligible for deletion, prone to races", none, 12 * HOUR, 59 * MIN, F, F, F, T, T, F],
     ["Trash, eligible for deletion", none, 12 * HOUR, 2 * HOUR, F, F, F, T, F, F],
-    ["Erroneously trashed during a race, detected before BlobTrashLifetime", none, 30 * MIN, 29 * MIN, T, F, T, T, T, F],
-    ["Erroneously trashed during a race, rescued by EmptyTrash despite reaching BlobTrashLifetime", none, 90 * MIN, 89 * MIN, T, F, T, T, T, F],
+    [
+      "Erroneously trashed during a race, detected before BlobTrashLifetime",
+      none,
+      30 * MIN,
+      29 * MIN,
+      T,
+      F,
+      T,
+      T,
+      T,
+      F,
+    ],
+    [
+      "Erroneously trashed during a race, rescued by EmptyTrash despite reaching BlobTrashLifetime",
+      none,
+      90 * MIN,
+      89 * MIN,
+      T,
+      F,
+      T,
+      T,
+      T,
+      F,
+    ],
     ["Trashed copy exists with no recent/* marker; repaired by untrashing", none, none, MIN, F, F, F, T, T, T],
   ];
 
   for (const prefixLength of [0, 3]) {
-    for (const [label, dataAge, recentAge, trashAge, canGet, canTrash, canGetAfterTrash, canUntrash, haveTrash, fresh] of rows) {
+    for (const [
+      label,
+      dataAge,
+      recentAge,
+      trashAge,
+      canGet,
+      canTrash,
+      canGetAfterTrash,
+      canUntrash,
+      haveTrash,
+      fresh,
+    ] of rows) {
       it(`${label} (PrefixLength=${prefixLength})`, async () => {
         const t0 = Math.floor(Date.now() / 1000) * 1000;
         const clock = new FakeClock(t0);
-        const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR }, { prefixLength, raceWindowMs: 5 * MIN });
+        const h = await s3Harness(
+          { clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR },
+          { prefixLength, raceWindowMs: 5 * MIN },
+        );
         let n = 0;
         const setup = async () => {
           const blk = Buffer.from(`${label} ${prefixLength} ${++n}`);
@@ -151,7 +250,11 @@ describe("s3 volume: the reference's BackendStates table (TTL 1h, trash lifetime
             return false;
           }
         };
-        const ok = (p: Promise<unknown>) => p.then(() => true, () => false);
+        const ok = (p: Promise<unknown>) =>
+          p.then(
+            () => true,
+            () => false,
+          );
         try {
           let b = await setup();
           assert.equal(await canRead(b.hash), canGet, "canGet");
@@ -162,7 +265,8 @@ describe("s3 volume: the reference's BackendStates table (TTL 1h, trash lifetime
 
           b = await setup();
           assert.equal(await ok(h.volume.untrash(b.hash)), canUntrash, "canUntrash");
-          if (dataAge !== none || trashAge !== none) assert.equal(await canRead(b.hash), true, "readable after untrash");
+          if (dataAge !== none || trashAge !== none)
+            assert.equal(await canRead(b.hash), true, "readable after untrash");
 
           b = await setup();
           await h.volume.emptyTrash();
@@ -186,7 +290,11 @@ describe("s3 volume: a bucket written by the reference keepstore", () => {
       const t0 = Math.floor(Date.now() / 1000) * 1000;
       const clock = new FakeClock(t0);
       const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: 2 * HOUR }, { prefixLength });
-      const blk = (s: string) => ({ b: Buffer.from(s), hash: md5(Buffer.from(s)), key: h.volume.keys.key(md5(Buffer.from(s))) });
+      const blk = (s: string) => ({
+        b: Buffer.from(s),
+        hash: md5(Buffer.from(s)),
+        key: h.volume.keys.key(md5(Buffer.from(s))),
+      });
       const live = blk("live and old");
       const legacy = blk("legacy, no marker");
       const expired = blk("trashed long ago");
@@ -207,9 +315,16 @@ describe("s3 volume: a bucket written by the reference keepstore", () => {
         await assert.rejects(h.volume.read(expired.hash), NotFoundError);
         const idx = new Map<string, bigint>();
         for await (const e of h.volume.index("")) idx.set(`${e.hash}+${e.size}`, e.mtimeNs);
-        assert.deepEqual([...idx.keys()].sort(), [`${live.hash}+${live.b.length}`, `${legacy.hash}+${legacy.b.length}`].sort());
+        assert.deepEqual(
+          [...idx.keys()].sort(),
+          [`${live.hash}+${live.b.length}`, `${legacy.hash}+${legacy.b.length}`].sort(),
+        );
         assert.equal(idx.get(`${live.hash}+${live.b.length}`), msToNs(t0 - 3 * HOUR), "mtime from recent/");
-        assert.equal(idx.get(`${legacy.hash}+${legacy.b.length}`), msToNs(t0 - 50 * HOUR), "mtime from the data object");
+        assert.equal(
+          idx.get(`${legacy.hash}+${legacy.b.length}`),
+          msToNs(t0 - 50 * HOUR),
+          "mtime from the data object",
+        );
         assert.equal(await h.volume.mtime(live.hash), msToNs(t0 - 3 * HOUR));
 
         await h.volume.trash(live.hash);
@@ -227,7 +342,9 @@ describe("s3 volume: a bucket written by the reference keepstore", () => {
         // What we write is what the reference reads: <key> and recent/<key>.
         await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
         const keys = await keysOf(h.raw, h.bucket);
-        assert.ok(keys.includes(h.volume.keys.key(TEST_HASH)) && keys.includes(`recent/${h.volume.keys.key(TEST_HASH)}`));
+        assert.ok(
+          keys.includes(h.volume.keys.key(TEST_HASH)) && keys.includes(`recent/${h.volume.keys.key(TEST_HASH)}`),
+        );
       } finally {
         await h.teardown();
       }
@@ -255,13 +372,22 @@ describe("s3 volume: listing and credentials", () => {
         { clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR },
       );
       try {
-        for (const [prefix, n] of [["", 256], ["c", 16], ["bc", 1], ["abc", 0]] as const) {
+        for (const [prefix, n] of [
+          ["", 256],
+          ["c", 16],
+          ["bc", 1],
+          ["abc", 0],
+        ] as const) {
           const got: Array<{ hash: string; mtimeNs: bigint }> = [];
           for await (const e of paged.index(prefix)) got.push(e);
           assert.equal(got.length, n, `prefix ${JSON.stringify(prefix)}`);
           for (const e of got) {
             const i = Number.parseInt(e.hash.slice(0, 2), 16);
-            assert.equal(e.mtimeNs, msToNs(Math.floor((clock.now() - i * 1000) / 1000) * 1000), "mtime from its own recent/ marker");
+            assert.equal(
+              e.mtimeNs,
+              msToNs(Math.floor((clock.now() - i * 1000) / 1000) * 1000),
+              "mtime from its own recent/ marker",
+            );
           }
         }
       } finally {
@@ -277,16 +403,27 @@ describe("s3 volume: listing and credentials", () => {
     const creds = createServer((_req, res) => {
       served++;
       res.writeHead(200, { "content-type": "application/json" });
-      res.end(JSON.stringify({ AccessKeyId: "S3RVER", SecretAccessKey: "S3RVER", Token: "placeholder-session-token", Expiration: new Date(Date.now() + HOUR).toISOString() }));
+      res.end(
+        JSON.stringify({
+          AccessKeyId: "S3RVER",
+          SecretAccessKey: "S3RVER",
+          Token: "placeholder-session-token",
+          Expiration: new Date(Date.now() + HOUR).toISOString(),
+        }),
+      );
     });
     await new Promise<void>((r) => creds.listen(0, "127.0.0.1", r));
     const saved = { ...process.env };
-    for (const k of ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"]) delete process.env[k];
+    for (const k of ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"])
+      delete process.env[k];
     process.env.AWS_CONTAINER_CREDENTIALS_FULL_URI = `http://127.0.0.1:${(creds.address() as { port: number }).port}/v2/credentials`;
     process.env.AWS_CONFIG_FILE = "/nonexistent/keepfn-test-config";
     process.env.AWS_SHARED_CREDENTIALS_FILE = "/nonexistent/keepfn-test-credentials";
     const bucket = await server.createBucket();
-    const v = new S3Volume({ bucket, endpoint: server.endpoint, prefixLength: 0 }, { clock: new FakeClock(), signingTtlMs: HOUR, trashLifetimeMs: HOUR });
+    const v = new S3Volume(
+      { bucket, endpoint: server.endpoint, prefixLength: 0 },
+      { clock: new FakeClock(), signingTtlMs: HOUR, trashLifetimeMs: HOUR },
+    );
     try {
       await v.write(TEST_HASH, chunks(TEST_BLOCK));
       assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
@@ -309,7 +446,9 @@ describe("s3 volume: faults", () => {
       let faults = 0;
       proxy.intercept = (r) => {
         if (r.method === "PUT" && r.path.includes(TEST_HASH) && !r.path.includes("recent/") && faults < 2)
-          return Promise.resolve(faults++ === 0 ? { status: 503, code: "SlowDown" } : { status: 500, code: "InternalError" });
+          return Promise.resolve(
+            faults++ === 0 ? { status: 503, code: "SlowDown" } : { status: 500, code: "InternalError" },
+          );
         return undefined;
       };
       await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
@@ -395,8 +534,14 @@ describe("s3 volume: faults", () => {
       const seen = proxy.log.length;
       const second = await h.volume.emptyTrash();
       assert.deepEqual([second.complete, second.examined, second.deleted], [true, 6, 6]);
-      const list = proxy.log.slice(seen).find((r) => r.method === "GET" && r.path.includes("list-type=2") && r.path.includes("trash"));
-      assert.match(decodeURIComponent(list?.path ?? ""), /start-after=trash\/[0-9a-f]{32}/, "resumed after the last key done");
+      const list = proxy.log
+        .slice(seen)
+        .find((r) => r.method === "GET" && r.path.includes("list-type=2") && r.path.includes("trash"));
+      assert.match(
+        decodeURIComponent(list?.path ?? ""),
+        /start-after=trash\/[0-9a-f]{32}/,
+        "resumed after the last key done",
+      );
       assert.ok(!(await exists(h.raw, h.bucket, "keepfn/empty-trash-cursor")), "a complete sweep forgets its place");
       const third = await h.volume.emptyTrash();
       assert.deepEqual([third.complete, third.examined], [true, 0]);
@@ -464,7 +609,9 @@ describe("s3 volume: races closed by strong consistency and conditional requests
       for await (const e of h.volume.index("")) listed.push(e.hash);
       assert.deepEqual(listed, [TEST_HASH]);
       assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
-      assert.ok(proxy.log.some((r) => r.method === "PUT" && isKey(r.path, TEST_HASH) && r.headers["x-amz-copy-source"]));
+      assert.ok(
+        proxy.log.some((r) => r.method === "PUT" && isKey(r.path, TEST_HASH) && r.headers["x-amz-copy-source"]),
+      );
     } finally {
       await h.teardown();
       await proxy.close();
