@@ -72,126 +72,120 @@ async function startServer(dir: string, extra: string[] = []) {
   throw new Error("server did not start");
 }
 
+/** Run `fn` against a fresh server over a fresh volume directory under `base`. */
+async function withServer(base: string, fn: (url: string, pid: number) => Promise<void>): Promise<void> {
+  const dir = await fs.mkdtemp(join(base, "keepfn-bench-"));
+  const { url, child } = await startServer(dir);
+  try {
+    await fn(url, child.pid as number);
+  } finally {
+    child.kill("SIGTERM");
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** `n` distinct 64 MiB blocks derived from `data`. */
+function variants(data: Buffer, n: number, salt: number) {
+  return Array.from({ length: n }, (_, i) => {
+    const b = Buffer.from(data);
+    b.writeUInt32LE(salt + i, 0);
+    return { b, h: createHash("md5").update(b).digest("hex") };
+  });
+}
+
 export default async function run(): Promise<void> {
   const data = Buffer.alloc(BLOCK);
   for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
   const hash = createHash("md5").update(data).digest("hex");
   const md5 = median([md5Rate(data), md5Rate(data), md5Rate(data)]);
   console.log(`single-core MD5: ${md5.toFixed(0)} MiB/s (the floor every transfer pays)`);
+  const ratio = (rate: number) => `${rate.toFixed(0)} MiB/s = ${(rate / md5).toFixed(2)}x MD5`;
 
   for (const [label, base] of [
     ["disk (os tmpdir)", tmpdir()],
     ["tmpfs (/dev/shm)", "/dev/shm"],
   ] as const) {
-    const dir = await fs.mkdtemp(join(base, "keepfn-bench-"));
-    const { url, child } = await startServer(dir);
-    try {
+    await withServer(base, async (url) => {
+      // New blocks for PUT (a re-PUT compares with the stored copy instead of writing).
       const puts: number[] = [];
+      for (const { b, h } of variants(data, 5, 1)) {
+        const [p, t] = await timed(() => http("PUT", `${url}/${h}`, b));
+        if (p.status !== 200) throw new Error(`PUT ${p.status} ${p.text}`);
+        puts.push(BLOCK / MiB / t);
+      }
+      const reputs: number[] = [];
       const gets: number[] = [];
       for (let i = 0; i < 5; i++) {
         const [p, tp] = await timed(() => http("PUT", `${url}/${hash}`, data));
         if (p.status !== 200) throw new Error(`PUT ${p.status} ${p.text}`);
-        puts.push(BLOCK / MiB / tp);
+        reputs.push(BLOCK / MiB / tp);
         const [g, tg] = await timed(() => http("GET", `${url}/${hash}+${BLOCK}`));
         if (g.bytes !== BLOCK) throw new Error(`GET returned ${g.bytes} bytes`);
         gets.push(BLOCK / MiB / tg);
       }
-      // Fresh blocks for PUT (a re-PUT compares with the stored copy instead of writing).
-      const fresh: number[] = [];
-      for (let i = 0; i < 4; i++) {
-        data.writeUInt32LE(i + 1, 0);
-        const h = createHash("md5").update(data).digest("hex");
-        const [p, tp] = await timed(() => http("PUT", `${url}/${h}`, data));
-        if (p.status !== 200) throw new Error(`PUT ${p.status}`);
-        fresh.push(BLOCK / MiB / tp);
-      }
-      data.writeUInt32LE(0, 0);
-      const mPut = median(fresh);
-      const mRePut = median(puts);
-      const mGet = median(gets);
-      console.log(
-        `[${label}] 64 MiB PUT (new block):      ${mPut.toFixed(0)} MiB/s = ${(mPut / md5).toFixed(2)}x MD5  (target >= 0.70x)`,
-      );
-      console.log(
-        `[${label}] 64 MiB PUT (existing block): ${mRePut.toFixed(0)} MiB/s = ${(mRePut / md5).toFixed(2)}x MD5`,
-      );
-      console.log(
-        `[${label}] 64 MiB GET:                  ${mGet.toFixed(0)} MiB/s = ${(mGet / md5).toFixed(2)}x MD5  (target >= 0.80x)`,
-      );
-    } finally {
-      child.kill("SIGTERM");
-      await fs.rm(dir, { recursive: true, force: true });
-    }
+      console.log(`[${label}] 64 MiB PUT (new block):      ${ratio(median(puts))}  (target >= 0.70x)`);
+      console.log(`[${label}] 64 MiB PUT (existing block): ${ratio(median(reputs))}`);
+      console.log(`[${label}] 64 MiB GET:                  ${ratio(median(gets))}  (target >= 0.80x)`);
+    });
   }
+
+  // Concurrent 64 MiB transfers: above 1.0x MD5 means hashing uses more than one core.
+  await withServer("/dev/shm", async (url) => {
+    const blocks = variants(data, 4, 100);
+    const [, tp] = await timed(() => Promise.all(blocks.map(({ b, h }) => http("PUT", `${url}/${h}`, b))));
+    const [, tg] = await timed(() => Promise.all(blocks.map(({ h }) => http("GET", `${url}/${h}+${BLOCK}`))));
+    console.log(
+      `4 concurrent 64 MiB PUTs: ${ratio((4 * BLOCK) / MiB / tp)} aggregate; GETs: ${ratio((4 * BLOCK) / MiB / tg)}`,
+    );
+  });
 
   // Small blocks: requests per second at concurrency 16.
-  {
-    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-bench-"));
-    const { url, child } = await startServer(dir);
-    try {
-      const blocks = Array.from({ length: 2000 }, (_, i) => {
-        const b = Buffer.alloc(4096, i % 251);
-        b.writeUInt32LE(i, 0);
-        return { b, h: createHash("md5").update(b).digest("hex") };
-      });
-      const pool = async (fn: (i: number) => Promise<void>) => {
-        let next = 0;
-        await Promise.all(
-          Array.from({ length: 16 }, async () => {
-            while (next < blocks.length) await fn(next++);
-          }),
-        );
-      };
-      const [, tp] = await timed(() =>
-        pool(async (i) => {
-          const x = blocks[i]!;
-          const r = await http("PUT", `${url}/${x.h}`, x.b);
-          if (r.status !== 200) throw new Error(`PUT ${r.status}`);
+  await withServer(tmpdir(), async (url) => {
+    const blocks = Array.from({ length: 2000 }, (_, i) => {
+      const b = Buffer.alloc(4096, i % 251);
+      b.writeUInt32LE(i, 0);
+      return { b, h: createHash("md5").update(b).digest("hex") };
+    });
+    const pool = async (fn: (x: { b: Buffer; h: string }) => Promise<void>) => {
+      let next = 0;
+      await Promise.all(
+        Array.from({ length: 16 }, async () => {
+          while (next < blocks.length) await fn(blocks[next++] as { b: Buffer; h: string });
         }),
       );
-      const [, tg] = await timed(() =>
-        pool(async (i) => {
-          const x = blocks[i]!;
-          const r = await http("GET", `${url}/${x.h}+4096`);
-          if (r.bytes !== 4096) throw new Error("short GET");
-        }),
-      );
-      console.log(
-        `4 KiB blocks, concurrency 16: PUT ${(blocks.length / tp).toFixed(0)} req/s, GET ${(blocks.length / tg).toFixed(0)} req/s`,
-      );
-    } finally {
-      child.kill("SIGTERM");
-      await fs.rm(dir, { recursive: true, force: true });
-    }
-  }
+    };
+    const [, tp] = await timed(() =>
+      pool(async ({ b, h }) => {
+        const r = await http("PUT", `${url}/${h}`, b);
+        if (r.status !== 200) throw new Error(`PUT ${r.status}`);
+      }),
+    );
+    const [, tg] = await timed(() =>
+      pool(async ({ h }) => {
+        const r = await http("GET", `${url}/${h}+4096`);
+        if (r.bytes !== 4096) throw new Error("short GET");
+      }),
+    );
+    console.log(
+      `4 KiB blocks, concurrency 16: PUT ${(blocks.length / tp).toFixed(0)} req/s, GET ${(blocks.length / tg).toFixed(0)} req/s`,
+    );
+  });
 
   // Peak RSS growth during 8 concurrent 64 MiB PUTs (distinct blocks).
-  {
-    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-bench-"));
-    const { url, child } = await startServer(dir);
-    try {
-      await http("PUT", `${url}/${hash}`, data); // warm up code paths
-      const before = rssKiB(child.pid as number, "VmRSS");
-      const bodies = Array.from({ length: 8 }, (_, i) => {
-        const b = Buffer.from(data);
-        b.writeUInt32LE(1000 + i, 0);
-        return { b, h: createHash("md5").update(b).digest("hex") };
-      });
-      await Promise.all(
-        bodies.map(async ({ b, h }) => {
-          const r = await http("PUT", `${url}/${h}`, b);
-          if (r.status !== 200) throw new Error(`PUT ${r.status}`);
-        }),
-      );
-      const peak = rssKiB(child.pid as number, "VmHWM");
-      const growth = (peak - before) / 1024;
-      console.log(
-        `8 concurrent 64 MiB PUTs: server RSS ${(before / 1024).toFixed(0)} MiB before, peak ${(peak / 1024).toFixed(0)} MiB, growth ${growth.toFixed(0)} MiB = ${(growth / 64).toFixed(2)} x 64 MiB (target <= 9)`,
-      );
-    } finally {
-      child.kill("SIGTERM");
-      await fs.rm(dir, { recursive: true, force: true });
-    }
-  }
+  await withServer(tmpdir(), async (url, pid) => {
+    await http("PUT", `${url}/${hash}`, data); // warm up code paths
+    const before = rssKiB(pid, "VmRSS");
+    await Promise.all(
+      variants(data, 8, 1000).map(async ({ b, h }) => {
+        const r = await http("PUT", `${url}/${h}`, b);
+        if (r.status !== 200) throw new Error(`PUT ${r.status}`);
+      }),
+    );
+    const peak = rssKiB(pid, "VmHWM");
+    const growth = (peak - before) / 1024;
+    console.log(
+      `8 concurrent 64 MiB PUTs: server RSS ${(before / 1024).toFixed(0)} MiB before, peak ${(peak / 1024).toFixed(0)} MiB, growth ${growth.toFixed(0)} MiB = ${(growth / 64).toFixed(2)} x 64 MiB (target <= 9)`,
+    );
+  });
   agent.destroy();
 }
