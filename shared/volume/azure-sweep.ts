@@ -19,8 +19,9 @@ import type {
   ContainerListBlobFlatSegmentResponse,
 } from "@azure/storage-blob";
 import type { Clock } from "../clock.js";
+import { CredentialError } from "../credentials/account-key.js";
 import { isHash } from "../locator.js";
-import { type ContainerConnection, codeOf, statusOf } from "./azure-client.js";
+import { type ContainerConnection, codeOf, isTransient, statusOf } from "./azure-client.js";
 import type { EmptyTrashReport } from "./volume.js";
 
 export const EXPIRES_KEY = "expires_at";
@@ -60,6 +61,21 @@ export class TrashSweeper {
     return report;
   }
 
+  /**
+   * One blob's trouble (a lease, an odd state) must not stop the sweep for every other blob:
+   * it is skipped and the run reported incomplete. Service-wide trouble (5xx, connection
+   * refused, credentials) ends the run.
+   */
+  private async tolerant(report: EmptyTrashReport, fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+    } catch (err) {
+      const s = statusOf(err);
+      if (err instanceof CredentialError || isTransient(err) || s === undefined || s === 403) throw err;
+      report.complete = false;
+    }
+  }
+
   private outOfTime(b: Budget): boolean {
     return !!b.signal?.aborted || (b.deadlineMs !== undefined && Date.now() > b.deadlineMs);
   }
@@ -81,10 +97,12 @@ export class TrashSweeper {
         budget.signal,
       );
       const names = (page?.blobs ?? []).map((b) => b.name).filter((n) => isHash(n));
-      await pool(names, this.opts.concurrency, async (name) => {
-        report.examined++;
-        if (await this.expireOne(name, nowS, budget.signal)) report.deleted++;
-      });
+      await pool(names, this.opts.concurrency, (name) =>
+        this.tolerant(report, async () => {
+          report.examined++;
+          if (await this.expireOne(name, nowS, budget.signal)) report.deleted++;
+        }),
+      );
       marker = page?.continuationToken || undefined;
       if (marker && this.outOfTime(budget)) {
         report.complete = false;
@@ -166,16 +184,18 @@ export class TrashSweeper {
         budget.signal,
       );
       const items = (page?.segment.blobItems ?? []).filter((b) => isHash(b.name) && b.metadata?.[EXPIRES_KEY]);
-      await pool(items, this.opts.concurrency, async (b) => {
-        const exp = b.metadata?.[EXPIRES_KEY] as string;
-        if (!/^\d+$/.test(exp)) return;
-        report.examined++;
-        if (Number(exp) <= nowS) {
-          if (await this.deleteIfUnchanged(b.name, b.properties.etag as string, budget.signal)) report.deleted++;
-        } else if (b.tags?.[TRASH_TAG] !== tagValue(Number(exp))) {
-          await this.setTag(b.name, tagValue(Number(exp)), budget.signal);
-        }
-      });
+      await pool(items, this.opts.concurrency, (b) =>
+        this.tolerant(report, async () => {
+          const exp = b.metadata?.[EXPIRES_KEY] as string;
+          if (!/^\d+$/.test(exp)) return;
+          report.examined++;
+          if (Number(exp) <= nowS) {
+            if (await this.deleteIfUnchanged(b.name, b.properties.etag as string, budget.signal)) report.deleted++;
+          } else if (b.tags?.[TRASH_TAG] !== tagValue(Number(exp))) {
+            await this.setTag(b.name, tagValue(Number(exp)), budget.signal);
+          }
+        }),
+      );
       marker = page?.continuationToken || undefined;
       if (!marker) {
         await this.saveState({ lastFullPassMs: this.clock.now() }, budget.signal);
@@ -193,7 +213,12 @@ export class TrashSweeper {
     try {
       const body = await this.conn.call(
         "get",
-        (c) => c.getBlockBlobClient(STATE_BLOB).downloadToBuffer(0, undefined, { abortSignal: signal }),
+        async (c) => {
+          const r = await c.getBlockBlobClient(STATE_BLOB).download(0, undefined, { abortSignal: signal });
+          const parts: Buffer[] = [];
+          for await (const p of r.readableStreamBody as AsyncIterable<Buffer>) parts.push(p);
+          return Buffer.concat(parts);
+        },
         signal,
       );
       return { state: JSON.parse(body.toString("utf8")) as SweepState };
