@@ -322,6 +322,23 @@ describe("azure blob volume", () => {
       assert.equal(left, 0);
     }));
 
+  it("one blob the service refuses to delete (snapshots present) does not stop the sweep", () =>
+    withH({ legacySweepIntervalMs: 0 }, async (h, p) => {
+      const blocks = [Buffer.from("has a snapshot"), Buffer.from("plain trash")];
+      for (const d of blocks) {
+        await h.volume.write(md5hex(d), chunks(d), { size: d.length });
+        await h.setMtime(md5hex(d), p.clock.now() - 2 * TTL);
+        await h.volume.trash(md5hex(d));
+      }
+      await h.container.getBlockBlobClient(md5hex(blocks[0] as Buffer)).createSnapshot();
+      p.clock.advance(HOUR + 1000);
+      const r = await h.volume.emptyTrash();
+      assert.equal(r.examined, 2);
+      assert.equal(r.deleted, 1);
+      assert.equal(r.complete, false, "a blob was left behind");
+      assert.equal(await h.container.getBlockBlobClient(md5hex(blocks[1] as Buffer)).exists(), false);
+    }));
+
   it("service calls of a sweep follow the trash, not the container (after the first full pass)", () =>
     withH({ legacySweepIntervalMs: 7 * 24 * HOUR }, async (h, p) => {
       for (let i = 0; i < 60; i++) {
