@@ -2,6 +2,8 @@
 // HttpResponseInit and the core's fetch handler. Bodies are streams both ways (the app calls
 // app.setup({ enableHttpStream: true })): a 64 MiB block is never buffered here.
 import type { HttpRequest, HttpResponseInit, InvocationContext, Timer } from "@azure/functions";
+import type { KeepApp } from "../shared/app.js";
+import { ConfigError } from "../shared/config.js";
 import type { FunctionsInstance } from "./instance.js";
 
 export type HttpHandler = (request: HttpRequest, context: InvocationContext) => Promise<HttpResponseInit>;
@@ -9,7 +11,16 @@ export type TimerHandler = (timer: Timer, context: InvocationContext) => Promise
 
 export function makeHandlers(instance: FunctionsInstance): { http: HttpHandler; timer: TimerHandler } {
   const http: HttpHandler = async (request, context) => {
-    const app = await instance.app();
+    let app: KeepApp;
+    try {
+      app = await instance.app();
+    } catch (err) {
+      // Bad settings are permanent (500); a cold start that could not reach Key Vault or the
+      // like is worth a retry (503, which Keep clients retry). The next invocation tries again.
+      context.error(err);
+      const status = err instanceof ConfigError ? 500 : 503;
+      return { status, headers: { "content-type": "text/plain" }, body: `${(err as Error).message}\n` };
+    }
     const method = request.method.toUpperCase();
     const hasBody = method !== "GET" && method !== "HEAD" && request.body !== null;
     const headers = new Headers(request.headers);

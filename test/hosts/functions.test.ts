@@ -351,6 +351,22 @@ describe("Function App configured from Key Vault through the managed identity", 
       } finally {
         await host.close();
       }
+      // A cold start while Key Vault is down answers 503 (clients retry), and the next
+      // invocation after the vault is back builds the app.
+      const { createInstance } = await import("../../functions/instance.js");
+      const { makeHandlers } = await import("../../functions/handlers.js");
+      const { resetKeyVaultCache } = await import("../../shared/credentials/keyvault.js");
+      resetKeyVaultCache();
+      const instance = createInstance(env, { logger: silentLogger() });
+      const handlers = makeHandlers(instance);
+      await vault.stop();
+      const req = () => new azf.HttpRequest({ method: "GET", url: `https://example.azurewebsites.net/${FOO_HASH}+3` });
+      const down = await handlers.http(req(), ctx());
+      assert.equal(down.status, 503);
+      await vault.listen();
+      const up = await handlers.http(req(), ctx());
+      assert.equal(up.status, 401, "built: the request now reaches keepstore (unsigned read refused)");
+      await instance.close();
     } finally {
       await vault.close();
     }
