@@ -78,7 +78,14 @@ export class Keepstore {
       for (const m of orderForBlock(this.mounts, hash)) {
         try {
           const data = await m.volume.read(hash, signal);
-          const body = releasing(verifiedDownload(data.body, hash, sizeHint ?? data.size), release);
+          // Keep the volume's own iterator: closing the body before the first chunk must still
+          // reach it (a generator that never started would not pass return() on).
+          const source = data.body[Symbol.asyncIterator]();
+          const checked = verifiedDownload({ [Symbol.asyncIterator]: () => source }, hash, sizeHint ?? data.size);
+          const body = releasing(checked, () => {
+            release();
+            void source.return?.()?.catch(() => {});
+          });
           return { size: data.size, body };
         } catch (err) {
           if (err instanceof CancelledError) throw err;
@@ -314,12 +321,18 @@ async function drain(body: AsyncIterable<Uint8Array>): Promise<void> {
 }
 
 /**
- * Wrap a body so its buffer slot is released exactly once: at the end, on error, or when
- * the consumer closes it, even before the first chunk was pulled (a generator's finally
- * would not run then).
+ * Wrap a body so `release` runs exactly once: at the end, on error, or when the consumer
+ * closes it, even before the first chunk was pulled (a generator's finally would not run then).
  */
-function releasing(src: AsyncIterable<Uint8Array>, release: () => void): AsyncIterable<Uint8Array> {
+function releasing(src: AsyncIterable<Uint8Array>, releaseOnce: () => void): AsyncIterable<Uint8Array> {
   const it = src[Symbol.asyncIterator]();
+  let released = false;
+  const release = () => {
+    if (!released) {
+      released = true;
+      releaseOnce();
+    }
+  };
   return {
     [Symbol.asyncIterator]: () => ({
       next: async () => {

@@ -259,4 +259,38 @@ describe("keepstore service", () => {
       await s.cleanup();
     }
   });
+
+  it("closing a read body before the first chunk releases the volume's stream and the buffer", async () => {
+    const s = await makeStore([{ label: "a" }]);
+    try {
+      await s.putRaw("a", TEST_HASH, TEST_BLOCK);
+      const vol = s.vols.a!;
+      let closed = 0;
+      const innerRead = vol.read.bind(vol);
+      vol.read = async (hash, signal) => {
+        const d = await innerRead(hash, signal);
+        const it = d.body[Symbol.asyncIterator]();
+        // An eager backend (an open HTTP response) that must hear about an early close.
+        return {
+          size: d.size,
+          body: {
+            [Symbol.asyncIterator]: () => ({
+              next: () => it.next(),
+              return: async () => {
+                closed++;
+                return { done: true as const, value: undefined };
+              },
+            }),
+          },
+        };
+      };
+      const data = await s.keep.read(TEST_HASH, TEST_BLOCK.length);
+      assert.equal(s.keep.buffers.used, 1);
+      await data.body[Symbol.asyncIterator]().return?.();
+      assert.equal(closed, 1);
+      assert.equal(s.keep.buffers.used, 0);
+    } finally {
+      await s.cleanup();
+    }
+  });
 });
