@@ -1,0 +1,166 @@
+// The PUT algorithm of §5.1 over a stream: plan which mounts get the block (existing copies
+// are compared and touched, writes go where storage classes still need a replica), then
+// stream the body once, hash-checked, to every planned mount in lock step.
+import {
+  CancelledError,
+  CollisionError,
+  InsufficientStorageError,
+  KeepError,
+  TooLargeError,
+  VolumeFullError,
+  VolumeUnavailableError,
+} from "../errors.js";
+import type { Logger } from "../log.js";
+import { lockstepTee, sameBytes, verifiedUpload } from "./block-streams.js";
+import { type Mount, orderForBlock } from "./mount.js";
+import { PutProgress } from "./put-progress.js";
+
+export interface WriteRequest {
+  hash: string;
+  /** The path as given, for error messages. */
+  locator: string;
+  body: AsyncIterable<Uint8Array>;
+  contentLength?: number;
+  storageClasses: string[];
+  signal?: AbortSignal;
+}
+
+export interface WriteResult {
+  /** `hash+size`, unsigned. */
+  locator: string;
+  replicas: number;
+  classesConfirmed: string;
+}
+
+export interface PutOptions {
+  /** Classes a PUT without X-Keep-Storage-Classes asks for. */
+  defaultStorageClasses: string[];
+  logger: Logger;
+}
+
+export async function putBlock(mounts: readonly Mount[], req: WriteRequest, opts: PutOptions): Promise<WriteResult> {
+  const { hash, signal } = req;
+  const classes = req.storageClasses.length ? req.storageClasses : opts.defaultStorageClasses;
+  const progress = new PutProgress(classes);
+  const writable = orderForBlock(mounts, hash).filter((m) => m.allowWrite);
+
+  // Plan: existing copies first (compared, then touched), then writes where still wanted.
+  const compare: Mount[] = [];
+  const write: Mount[] = [];
+  let fullSeen = 0;
+  for (const m of writable) {
+    if (!progress.wants(m)) continue;
+    if (await hasBlock(m, hash)) {
+      compare.push(m);
+      progress.add(m);
+    }
+  }
+  for (const m of writable) {
+    if (!progress.wants(m) || compare.includes(m)) continue;
+    if (await m.volume.isFull?.().catch(() => false)) {
+      fullSeen++;
+      continue;
+    }
+    write.push(m);
+    progress.add(m);
+  }
+  if (compare.length + write.length === 0) {
+    await drain(req.body);
+    throw new InsufficientStorageError();
+  }
+
+  const size = { n: 0 };
+  const verified = counting(verifiedUpload(req.body, hash, req.locator, req.contentLength), size);
+  const branches = lockstepTee(verified, compare.length + write.length);
+  const outcomes = await Promise.allSettled([
+    ...compare.map(async (m, i) => {
+      const existing = await m.volume.read(hash, signal);
+      return sameBytes(branches[i] as AsyncIterable<Uint8Array>, existing.body);
+    }),
+    ...write.map((m, i) =>
+      m.volume.write(hash, branches[compare.length + i] as AsyncIterable<Uint8Array>, {
+        size: req.contentLength || undefined,
+        signal,
+      }),
+    ),
+  ]);
+  // A bad upload (hash, length, size, client gone) is the client's error, whatever else failed.
+  await drainAfterFailure(verified);
+  const final = new PutProgress(classes);
+  let lastErr: unknown;
+  let attempts = 0;
+  let fulls = fullSeen;
+  for (const o of outcomes) {
+    if (o.status === "rejected") {
+      if (o.reason instanceof KeepError && isClientError(o.reason)) throw o.reason;
+      lastErr = o.reason;
+    }
+  }
+  for (const [i, m] of compare.entries()) {
+    const o = outcomes[i] as PromiseSettledResult<boolean>;
+    if (o.status === "fulfilled" && !o.value) throw new CollisionError();
+    if (o.status === "fulfilled") {
+      try {
+        await m.volume.touch(hash);
+        final.add(m);
+      } catch (err) {
+        lastErr = err;
+      }
+    }
+  }
+  for (const [i, m] of write.entries()) {
+    const o = outcomes[compare.length + i] as PromiseSettledResult<void>;
+    attempts++;
+    if (o.status === "fulfilled") final.add(m);
+    else if (o.reason instanceof VolumeFullError) fulls++;
+    else opts.logger.warn({ err: o.reason, mount: m.uuid, hash }, "block write failed");
+  }
+  if (final.total > 0) {
+    return { locator: `${hash}+${size.n}`, replicas: final.total, classesConfirmed: final.confirmedHeader() };
+  }
+  if (fulls >= attempts + fullSeen && fulls > 0) throw new InsufficientStorageError();
+  throw new VolumeUnavailableError("volume unavailable", { cause: lastErr });
+}
+
+async function hasBlock(m: Mount, hash: string): Promise<boolean> {
+  try {
+    await m.volume.mtime(hash);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function isClientError(err: KeepError): boolean {
+  return (
+    err.code === "hash_mismatch" ||
+    err.code === "content_length_mismatch" ||
+    err instanceof TooLargeError ||
+    err instanceof CancelledError
+  );
+}
+
+async function* counting(src: AsyncIterable<Uint8Array>, n: { n: number }) {
+  for await (const c of src) {
+    n.n += c.length;
+    yield c;
+  }
+}
+
+/** Run the verifier to its end if every consumer stopped early, to learn whether the client was at fault. */
+async function drainAfterFailure(src: AsyncGenerator<Uint8Array>): Promise<void> {
+  try {
+    for (;;) {
+      const r = await src.next();
+      if (r.done) return;
+    }
+  } catch (err) {
+    if (err instanceof KeepError && isClientError(err)) throw err;
+  }
+}
+
+async function drain(body: AsyncIterable<Uint8Array>): Promise<void> {
+  for await (const _ of body) {
+    /* discard */
+  }
+}
