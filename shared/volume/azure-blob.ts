@@ -242,13 +242,18 @@ export class AzureBlobVolume implements Volume {
         return;
       }
       const deadline = Math.floor((now + this.params.trashLifetimeMs) / 1000);
-      // The tag first: it is only a hint for the sweep, which trusts the metadata alone.
+      // The tag first, so no trashed blob lacks one; it is a hint, checked before any delete.
       await this.conn.call("set_tags", (c) => this.blob(c, hash).setTags({ [TRASH_TAG]: tagValue(deadline) }));
       // Like the reference, trash replaces the metadata; `touch` keeps the mtime for untrash.
       const touch = String(Math.floor(this.mtimeMs(p.metadata, p.lastModified) / 1000));
-      await this.conn.call("set_metadata", (c) =>
+      const r = await this.conn.call("set_metadata", (c) =>
         this.blob(c, hash).setMetadata({ [EXPIRES_KEY]: String(deadline), [TOUCH_KEY]: touch }, ifMatch),
       );
+      // Then the ETag the trash produced, so the sweep can delete with one If-Match call.
+      // Best effort: without it the sweep reads the blob first.
+      await this.conn
+        .call("set_tags", (c) => this.blob(c, hash).setTags({ [TRASH_TAG]: tagValue(deadline, r.etag) }))
+        .catch(() => {});
     });
   }
 

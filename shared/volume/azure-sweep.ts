@@ -28,7 +28,22 @@ export const EXPIRES_KEY = "expires_at";
 export const TRASH_TAG = "keep_expires_at";
 export const STATE_BLOB = "_keepfn/sweep-state.json";
 
-export const tagValue = (deadlineS: number): string => String(Math.max(0, Math.floor(deadlineS))).padStart(12, "0");
+/**
+ * The tag: the deadline (12 digits, so strings sort as numbers), then the ETag the blob got
+ * when it was trashed. If the blob still has that ETag it is exactly as trash left it, so the
+ * sweep may delete it with If-Match on that ETag without reading it first. Without the ETag
+ * (trash interrupted, or set by the full pass) the sweep reads the blob first.
+ */
+export function tagValue(deadlineS: number, etag?: string): string {
+  const d = String(Math.max(0, Math.floor(deadlineS))).padStart(12, "0");
+  const e = etag?.replace(/"/g, "");
+  return e && /^[0-9A-Za-z]+$/.test(e) ? `${d}-${e}` : d;
+}
+
+function parseTag(v: string | undefined): { deadlineS: number; etag?: string } | undefined {
+  const m = /^(\d{12})(?:-([0-9A-Za-z]+))?$/.exec(v ?? "");
+  return m ? { deadlineS: Number(m[1]), etag: m[2] ? `"${m[2]}"` : undefined } : undefined;
+}
 
 export interface SweepOptions {
   legacyIntervalMs: number;
@@ -82,7 +97,8 @@ export class TrashSweeper {
 
   /** Blobs whose tag says the deadline passed. At least one page is handled per call. */
   private async tagPass(nowS: number, budget: Budget, report: EmptyTrashReport): Promise<void> {
-    const where = `"${TRASH_TAG}" <= '${tagValue(nowS)}'`;
+    // Every tag starting with a deadline <= now sorts below the next second's bare deadline.
+    const where = `"${TRASH_TAG}" < '${tagValue(nowS + 1)}'`;
     let marker: string | undefined;
     do {
       const page: ContainerFindBlobsByTagsSegmentResponse | undefined = await this.conn.call(
@@ -96,11 +112,11 @@ export class TrashSweeper {
           ).value,
         budget.signal,
       );
-      const names = (page?.blobs ?? []).map((b) => b.name).filter((n) => isHash(n));
-      await pool(names, this.opts.concurrency, (name) =>
+      const found = (page?.blobs ?? []).filter((b) => isHash(b.name));
+      await pool(found, this.opts.concurrency, (b) =>
         this.tolerant(report, async () => {
           report.examined++;
-          if (await this.expireOne(name, nowS, budget.signal)) report.deleted++;
+          if (await this.expireOne(b.name, b.tags?.[TRASH_TAG], nowS, budget.signal)) report.deleted++;
         }),
       );
       marker = page?.continuationToken || undefined;
@@ -111,8 +127,14 @@ export class TrashSweeper {
     } while (marker);
   }
 
-  /** Delete `name` if its metadata (not its tag) says the trash deadline passed. */
-  private async expireOne(name: string, nowS: number, signal?: AbortSignal): Promise<boolean> {
+  /** Delete `name` if it is still exactly as trash left it, or if its metadata says it is due. */
+  private async expireOne(name: string, tag: string | undefined, nowS: number, signal?: AbortSignal): Promise<boolean> {
+    const t = parseTag(tag);
+    if (t?.etag && t.deadlineS <= nowS) {
+      await this.opts.beforeDelete?.(name);
+      if (await this.deleteIfUnchanged(name, t.etag, signal)) return true;
+      // Changed since it was trashed (or gone): look at what it is now.
+    }
     let props: Awaited<ReturnType<ReturnType<ContainerClient["getBlockBlobClient"]>["getProperties"]>>;
     try {
       props = await this.conn.call(
@@ -127,7 +149,7 @@ export class TrashSweeper {
     const exp = props.metadata?.[EXPIRES_KEY];
     if (!exp || !/^\d+$/.test(exp) || Number(exp) > nowS) {
       // Untrashed or rewritten (stale tag), or trashed again with a later deadline: fix the hint.
-      await this.setTag(name, exp && /^\d+$/.test(exp) ? tagValue(Number(exp)) : undefined, signal);
+      await this.setTag(name, exp && /^\d+$/.test(exp) ? tagValue(Number(exp), props.etag) : undefined, signal);
       return false;
     }
     await this.opts.beforeDelete?.(name);
@@ -191,8 +213,8 @@ export class TrashSweeper {
           report.examined++;
           if (Number(exp) <= nowS) {
             if (await this.deleteIfUnchanged(b.name, b.properties.etag as string, budget.signal)) report.deleted++;
-          } else if (b.tags?.[TRASH_TAG] !== tagValue(Number(exp))) {
-            await this.setTag(b.name, tagValue(Number(exp)), budget.signal);
+          } else if (b.tags?.[TRASH_TAG] !== tagValue(Number(exp), b.properties.etag)) {
+            await this.setTag(b.name, tagValue(Number(exp), b.properties.etag), budget.signal);
           }
         }),
       );
