@@ -9,7 +9,9 @@ import { Readable } from "node:stream";
 import type { HttpRequestInit, HttpResponseInit } from "@azure/functions";
 import azf from "@azure/functions";
 import { splitListen } from "../server/serve.js";
+import { handleTouchClientError } from "../server/touch-method.js";
 import type { AppDeps } from "../shared/app.js";
+import type { FetchHandler } from "../shared/http/router.js";
 import { type HttpHandler, makeHandlers } from "./handlers.js";
 import { createInstance, type FunctionsInstance } from "./instance.js";
 
@@ -32,6 +34,9 @@ export async function runLocal(
   const server = createServer({ requestTimeout: 0 }, (req, res) => {
     serve(handlers.http, req, res).catch(() => res.destroy());
   });
+  // keepstore's TOUCH is not a method Node's parser accepts: the container host's raw-line
+  // fallback serves it, here through the Functions handler.
+  server.on("clientError", handleTouchClientError(viaFunctions(handlers.http)));
   const { host, port } = splitListen(listen);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -65,6 +70,17 @@ export async function runLocal(
       });
       await instance.close();
     },
+  };
+}
+
+function viaFunctions(handler: HttpHandler): FetchHandler {
+  return async (req) => {
+    const context = new azf.InvocationContext({ functionName: "keepTouch", invocationId: randomUUID() });
+    const out = await handler(new azf.HttpRequest({ nativeRequest: req } as HttpRequestInit), context);
+    return new Response((out.body ?? null) as BodyInit | null, {
+      status: out.status ?? 200,
+      headers: out.headers as HeadersInit,
+    });
   };
 }
 

@@ -88,18 +88,11 @@ async function settingsFor(
   return { env, container };
 }
 
-describeHttpContract(
-  "Azure Functions handlers (keepfn-local) over Azurite",
-  async (overrides, { clock }) => {
-    const { env } = await settingsFor(overrides);
-    const host = await runLocal("127.0.0.1:0", env, { clock, logger: silentLogger() });
-    return { url: host.url, close: () => host.close() };
-  },
-  {
-    noTouchMethod:
-      "keepfn-local serves over node:http, whose parser (llhttp) rejects the non-standard TOUCH method; whether the Functions front end passes TOUCH could not be tested here",
-  },
-);
+describeHttpContract("Azure Functions handlers (keepfn-local) over Azurite", async (overrides, { clock }) => {
+  const { env } = await settingsFor(overrides);
+  const host = await runLocal("127.0.0.1:0", env, { clock, logger: silentLogger() });
+  return { url: host.url, close: () => host.close() };
+});
 
 const FOO = Buffer.from("foo");
 const FOO_HASH = md5hex(FOO);
