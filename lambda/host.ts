@@ -39,7 +39,18 @@ export function createLambdaHost(env: () => NodeJS.ProcessEnv, deps: AppDeps = {
   const invoke = async (event: HttpEvent, context: Context) => {
     const a = await app();
     const signal = AbortSignal.timeout(Math.max(1000, context.getRemainingTimeInMillis() - MARGIN_MS));
-    return a.handler(toRequest(event, signal));
+    let req: Request;
+    try {
+      req = toRequest(event, signal);
+    } catch (err) {
+      // An event the Fetch API cannot turn into a request (a Host header or method that makes
+      // no URL) is the client's mistake: 400, not an invocation error the front end turns into 502.
+      return new Response(`bad request: ${(err as Error).message}\n`, {
+        status: 400,
+        headers: { "content-type": "text/plain; charset=utf-8" },
+      });
+    }
+    return a.handler(req);
   };
   return {
     app,

@@ -19,11 +19,17 @@ const TIMEOUT_MS = 15 * 60_000;
 export async function runLocal(listen: string, env: NodeJS.ProcessEnv, deps: AppDeps = {}) {
   installLocalLambdaRuntime();
   const host = createLambdaHost(() => env, deps);
-  await host.app(); // a bad setting fails here, not on the first request
+  const app = await host.app(); // a bad setting fails here, not on the first request
   const stream = awslambda.streamifyResponse(host.stream);
-  const server = createServer((req, res) => {
-    serve(req, res).catch(() => res.destroy());
-  });
+  // The body is buffered into the event before the handler runs, so the handler's deadline
+  // cannot cover a client trickling it: bound the whole request by KEEP_REQUEST_TIMEOUT (408).
+  const timeout = app.config.requestTimeoutMs;
+  const server = createServer(
+    { requestTimeout: timeout, connectionsCheckingInterval: Math.min(30_000, Math.max(100, timeout / 4)) },
+    (req, res) => {
+      serve(req, res).catch(() => res.destroy());
+    },
+  );
   async function serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = Date.now();
     const parts: Buffer[] = [];

@@ -18,21 +18,35 @@ export function iterableToStream(src: AsyncIterable<Uint8Array>): ReadableStream
   );
 }
 
-/** A request body as an async iterable (an empty one when there is no body). */
-export async function* streamToIterable(body: ReadableStream<Uint8Array> | null): AsyncGenerator<Uint8Array> {
+/**
+ * A request body as an async iterable (an empty one when there is no body). With `signal`,
+ * a read still waiting when the request is aborted (deadline, client gone) ends with the
+ * abort reason: a host may never end a body whose response has already been sent, and a
+ * consumer waiting on it would hold its buffer and temp file forever.
+ */
+export async function* streamToIterable(
+  body: ReadableStream<Uint8Array> | null,
+  signal?: AbortSignal,
+): AsyncGenerator<Uint8Array> {
   if (!body) return;
   const reader = body.getReader();
   let finished = false;
+  const onAbort = () => void reader.cancel(signal?.reason).catch(() => {});
+  signal?.addEventListener("abort", onAbort, { once: true });
   try {
     for (;;) {
+      if (signal?.aborted) throw signal.reason;
       const r = await reader.read();
       if (r.done) {
+        // A cancel by the abort ends the pending read as if the body were complete: it is not.
+        if (signal?.aborted) throw signal.reason;
         finished = true;
         return;
       }
       yield r.value;
     }
   } finally {
+    signal?.removeEventListener("abort", onAbort);
     // Stopped early: tell the host to stop reading the client's body.
     if (!finished) await reader.cancel().catch(() => {});
     reader.releaseLock();
@@ -40,10 +54,14 @@ export async function* streamToIterable(body: ReadableStream<Uint8Array> | null)
 }
 
 /** Read a small body (JSON lists) with a hard cap, so a huge body cannot exhaust memory. */
-export async function readCapped(body: ReadableStream<Uint8Array> | null, cap: number): Promise<Buffer | undefined> {
+export async function readCapped(
+  body: ReadableStream<Uint8Array> | null,
+  cap: number,
+  signal?: AbortSignal,
+): Promise<Buffer | undefined> {
   const parts: Uint8Array[] = [];
   let n = 0;
-  for await (const chunk of streamToIterable(body)) {
+  for await (const chunk of streamToIterable(body, signal)) {
     n += chunk.length;
     if (n > cap) return undefined;
     parts.push(chunk);

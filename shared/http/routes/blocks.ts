@@ -52,7 +52,7 @@ export async function putBlock(ctx: RequestContext, locator: string): Promise<Re
   const result = await keep.write({
     hash,
     locator,
-    body: streamToIterable(ctx.req.body),
+    body: streamToIterable(ctx.req.body, ctx.signal),
     contentLength,
     storageClasses: classes,
     signal: ctx.signal,

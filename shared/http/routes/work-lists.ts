@@ -11,7 +11,7 @@ import { type RequestContext, requireAdmin } from "../context.js";
 const MAX_LIST_BYTES = 64 * 1024 * 1024;
 
 async function readList(ctx: RequestContext): Promise<unknown[]> {
-  const raw = await readCapped(ctx.req.body, MAX_LIST_BYTES);
+  const raw = await readCapped(ctx.req.body, MAX_LIST_BYTES, ctx.signal);
   if (!raw) throw new TooLargeError(`list too large: at most ${MAX_LIST_BYTES} bytes`);
   // block_mtime is an int64 of nanoseconds: keep it exact by quoting it before JSON.parse.
   const text = raw.toString("utf8").replace(/("block_mtime"\s*:\s*)(-?\d+)/g, '$1"$2"');
