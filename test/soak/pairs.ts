@@ -1,0 +1,282 @@
+// Starts each host over each backend for the soak run: the container host over POSIX, Azurite
+// and s3rver, the Functions app (keepfn-local) over Azurite, the Lambda handler (keepfn-local)
+// over s3rver. Backends are real processes with on-disk data, so they can be stopped and
+// restarted mid-run. Every host logs into a captured buffer for the secret scan.
+import { randomBytes, randomUUID } from "node:crypto";
+import { promises as fs } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Writable } from "node:stream";
+import azf from "@azure/functions";
+import type { Context } from "aws-lambda";
+import { runLocal as runFunctions } from "../../functions/local-host.js";
+import { createLambdaHost } from "../../lambda/host.js";
+import { MAX_BINARY_BODY } from "../../lambda/limits.js";
+import { runLocal as runLambda } from "../../lambda/local-host.js";
+import { startKeepServer } from "../../server/serve.js";
+import type { AppDeps } from "../../shared/app.js";
+import { FakeClock } from "../../shared/clock.js";
+import { DEFAULTS, type KeepConfig, type VolumeSpec } from "../../shared/config.js";
+import { createLogger } from "../../shared/log.js";
+import { createVolume } from "../../shared/volume/factory.js";
+import { S3Volume } from "../../shared/volume/s3.js";
+import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
+import { followClock, S3rver } from "../harness/s3-server.js";
+import type { Fault, SoakTarget } from "./driver.js";
+
+export const PAIRS = ["server-posix", "server-azurite", "server-s3", "functions-azurite", "lambda-s3"] as const;
+export type PairName = (typeof PAIRS)[number];
+
+/** Secrets of a run: none of them may appear in a log line or an error body. */
+export const SECRETS = {
+  signingKey: `soak-signing-key-${randomBytes(24).toString("hex")}`,
+  admin: `soak-admin-${randomBytes(16).toString("hex")}`,
+  user: `v2/zzzzz-gj3su-${randomBytes(8).toString("hex").slice(0, 15)}/soak-user-${randomBytes(16).toString("hex")}`,
+};
+export const TRASH_LIFETIME_MS = 3600_000;
+
+export interface StartedPair {
+  target: SoakTarget;
+  /** Backend outage (stop, wait, start) for pairs whose backend is a separate process. */
+  backendRestart?: (outageMs: number) => Fault;
+  logs: string[];
+  /** Secrets this pair's configuration holds besides SECRETS (e.g. a storage account key). */
+  secrets: string[];
+  /** The POSIX volume directory (server-posix only). */
+  root?: string;
+  close(): Promise<void>;
+}
+
+function captureLogs(): { lines: string[]; logger: ReturnType<typeof createLogger> } {
+  const lines: string[] = [];
+  const destination = new Writable({
+    write(chunk, _enc, cb) {
+      lines.push(...String(chunk).split("\n").filter(Boolean));
+      cb();
+    },
+  });
+  return { lines, logger: createLogger({ level: "debug", destination }) };
+}
+
+const config = (volumes: VolumeSpec[], extra: Partial<KeepConfig> = {}): KeepConfig => ({
+  ...DEFAULTS,
+  blobSigningKey: SECRETS.signingKey,
+  enforcePermissions: true,
+  systemRootToken: SECRETS.admin,
+  trashEnabled: true,
+  trashLifetimeMs: TRASH_LIFETIME_MS,
+  trashCheckIntervalMs: 0,
+  maxBuffers: 32,
+  volumes,
+  ...extra,
+});
+
+const common = { readOnly: false, replication: 1, storageClasses: ["default"] };
+
+/** The app's clock drives s3rver's object timestamps too (as in test/hosts/lambda.test.ts). */
+const clocked = (clock: FakeClock, logger: AppDeps["logger"]): AppDeps => ({
+  clock,
+  logger,
+  async createVolume(spec, params) {
+    const v = await createVolume(spec, params);
+    if (v instanceof S3Volume) followClock(v.client, clock);
+    return v;
+  },
+});
+
+const restartFault = (name: string, stop: () => Promise<void>, start: () => Promise<void>) => (outageMs: number) => ({
+  name,
+  at: 0.5,
+  async run() {
+    await stop();
+    await new Promise((r) => setTimeout(r, outageMs));
+    await start();
+  },
+});
+
+export async function startPair(name: PairName): Promise<StartedPair> {
+  const clock = new FakeClock();
+  const { lines, logger } = captureLogs();
+  const base = {
+    name,
+    adminToken: SECRETS.admin,
+    userToken: SECRETS.user,
+    signingKey: SECRETS.signingKey,
+    signingTtlSeconds: DEFAULTS.blobSigningTtlSeconds,
+    trashLifetimeMs: TRASH_LIFETIME_MS,
+    clock,
+    maxBlockBytes: 64 << 20,
+  };
+  if (name === "server-posix") {
+    const root = await fs.mkdtemp(join(tmpdir(), "keepfn-soak-"));
+    const srv = await startKeepServer(config([{ driver: "posix", root, serialize: false, ...common }]), "127.0.0.1:0", {
+      clock,
+      logger,
+    });
+    return {
+      target: { ...base, url: srv.url, sweep: async () => void (await srv.app.emptyTrash()) },
+      logs: lines,
+      secrets: [],
+      root,
+      async close() {
+        await srv.close(1000);
+        await fs.rm(root, { recursive: true, force: true });
+      },
+    };
+  }
+  if (name === "server-azurite" || name === "functions-azurite") {
+    const azurite = await Azurite.start();
+    const container = `soak${randomBytes(4).toString("hex")}`;
+    await azurite.createContainer(container);
+    const backendRestart = restartFault(
+      "Azurite stopped and restarted",
+      () => azurite.stop(),
+      () => azurite.restart(),
+    );
+    if (name === "server-azurite") {
+      const spec = {
+        driver: "azure",
+        accountName: AZURITE_ACCOUNT,
+        container,
+        endpoint: azurite.endpoint,
+        credential: { kind: "key", key: AZURITE_KEY },
+        maxGetBytes: 0,
+        retryBudgetMs: 3000,
+        ...common,
+      } as VolumeSpec;
+      const srv = await startKeepServer(config([spec]), "127.0.0.1:0", { clock, logger });
+      return {
+        target: { ...base, url: srv.url, sweep: async () => void (await srv.app.emptyTrash()) },
+        backendRestart,
+        logs: lines,
+        secrets: [AZURITE_KEY],
+        async close() {
+          await srv.close(1000);
+          await azurite.close();
+        },
+      };
+    }
+    const env: NodeJS.ProcessEnv = {
+      KEEP_VOLUMES: JSON.stringify([
+        { account: AZURITE_ACCOUNT, container, endpoint: azurite.endpoint, key: AZURITE_KEY, replication: 1 },
+      ]),
+      KEEP_BLOB_SIGNING_KEY: SECRETS.signingKey,
+      KEEP_ENFORCE_PERMISSIONS: "true",
+      KEEP_SYSTEM_ROOT_TOKEN: SECRETS.admin,
+      KEEP_TRASH_ENABLED: "true",
+      KEEP_TRASH_LIFETIME: `${TRASH_LIFETIME_MS}ms`,
+      KEEP_MAX_BUFFERS: "32",
+      KEEP_MAX_REQUESTS: "64",
+    };
+    const host = await runFunctions("127.0.0.1:0", env, { clock, logger });
+    const timer = {
+      isPastDue: false,
+      schedule: { adjustForDST: false },
+      scheduleStatus: { last: "", next: "", lastUpdated: "" },
+    };
+    return {
+      target: {
+        ...base,
+        url: host.url,
+        sweep: () =>
+          host.handlers.timer(
+            timer,
+            new azf.InvocationContext({ functionName: "emptyTrash", invocationId: randomUUID() }),
+          ),
+      },
+      backendRestart,
+      logs: lines,
+      secrets: [AZURITE_KEY],
+      async close() {
+        await host.close();
+        await azurite.close();
+      },
+    };
+  }
+  // S3 pairs.
+  const s3 = await S3rver.start();
+  const bucket = await s3.createBucket("soak");
+  const backendRestart = restartFault(
+    "s3rver killed and restarted",
+    () => s3.stop(),
+    () => s3.restart(),
+  );
+  if (name === "server-s3") {
+    const spec = {
+      driver: "s3",
+      bucket,
+      endpoint: s3.endpoint,
+      region: "us-east-1",
+      accessKey: "S3RVER",
+      secretKey: "S3RVER",
+      forcePathStyle: true,
+      prefixLength: 0,
+      maxAttempts: 3,
+      ...common,
+    } as VolumeSpec;
+    const srv = await startKeepServer(config([spec]), "127.0.0.1:0", clocked(clock, logger));
+    return {
+      target: { ...base, url: srv.url, sweep: async () => void (await srv.app.emptyTrash()) },
+      backendRestart,
+      logs: lines,
+      secrets: [],
+      async close() {
+        await srv.close(1000);
+        await s3.close();
+      },
+    };
+  }
+  const env: NodeJS.ProcessEnv = {
+    KEEP_S3_BUCKET: bucket,
+    KEEP_S3_ENDPOINT: s3.endpoint,
+    KEEP_S3_ACCESS_KEY: "S3RVER",
+    KEEP_S3_SECRET_KEY: "S3RVER",
+    KEEP_S3_REGION: "us-east-1",
+    KEEP_BLOB_SIGNING_KEY: SECRETS.signingKey,
+    KEEP_ENFORCE_PERMISSIONS: "true",
+    KEEP_SYSTEM_ROOT_TOKEN: SECRETS.admin,
+    KEEP_TRASH_ENABLED: "true",
+    KEEP_TRASH_LIFETIME: `${TRASH_LIFETIME_MS}ms`,
+    KEEP_SWEEP_BUDGET: "60s",
+    KEEP_MAX_BUFFERS: "32",
+    KEEP_MAX_REQUESTS: "64",
+  };
+  const deps = clocked(clock, logger);
+  const local = await runLambda("127.0.0.1:0", env, deps);
+  // Scheduled sweeps run in other Lambda containers: separate hosts over the same bucket.
+  const sweepers = [createLambdaHost(() => env, deps), createLambdaHost(() => env, deps)];
+  let turn = 0;
+  const ctx = {
+    awsRequestId: "soak-sweep",
+    functionName: "keepfn-sweep",
+    getRemainingTimeInMillis: () => 120_000,
+  } as Context;
+  return {
+    target: {
+      ...base,
+      url: local.url,
+      maxBlockBytes: MAX_BINARY_BODY,
+      sweep: async () => void (await (sweepers[turn++ % 2] as ReturnType<typeof createLambdaHost>).sweep({}, ctx)),
+    },
+    backendRestart,
+    logs: lines,
+    // s3rver only accepts S3RVER/S3RVER, which is also the (public) access key id: not scanned.
+    secrets: [],
+    async close() {
+      await local.close();
+      await Promise.all(sweepers.map((s) => s.close()));
+      await s3.close();
+    },
+  };
+}
+
+/** Every place a secret could leak: captured log lines and error bodies. */
+export function findSecrets(texts: string[], secrets: string[]): string[] {
+  const found: string[] = [];
+  for (const s of secrets) {
+    if (!s) continue;
+    const hit = texts.find((t) => t.includes(s));
+    if (hit) found.push(`${s.slice(0, 6)}… in ${hit.slice(0, 200)}`);
+  }
+  return found;
+}
