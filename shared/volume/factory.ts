@@ -1,16 +1,19 @@
 // Turns a driver spec from the config into a Volume. The one place that knows every driver.
+// Cloud drivers are imported on first use, so a host loads (and a cold start pays for) only
+// the SDK its volumes need: a Lambda over S3 never evaluates the Azure SDK, and vice versa.
 import { ConfigError, type DriverSpec } from "../config.js";
-import type { Volume, VolumeParams } from "./volume.js";
 import { PosixVolume } from "./posix.js";
-import { S3Volume } from "./s3.js";
-import { AzureBlobVolume } from "./azure-blob.js";
-import { azureAuth } from "../credentials/resolve.js";
+import type { Volume, VolumeParams } from "./volume.js";
 
 export async function createVolume(spec: DriverSpec, params: VolumeParams): Promise<Volume> {
   switch (spec.driver) {
     case "posix":
       return new PosixVolume({ root: spec.root, serialize: spec.serialize }, params);
-    case "azure":
+    case "azure": {
+      const [{ AzureBlobVolume }, { azureAuth }] = await Promise.all([
+        import("./azure-blob.js"),
+        import("../credentials/resolve.js"),
+      ]);
       return new AzureBlobVolume(
         {
           accountName: spec.accountName,
@@ -26,8 +29,10 @@ export async function createVolume(spec: DriverSpec, params: VolumeParams): Prom
         },
         params,
       );
-    case "s3":
+    }
+    case "s3": {
       if (!spec.bucket) throw new ConfigError("an S3 volume needs a bucket name");
+      const { S3Volume } = await import("./s3.js");
       return new S3Volume(
         {
           bucket: spec.bucket,
@@ -44,5 +49,6 @@ export async function createVolume(spec: DriverSpec, params: VolumeParams): Prom
         },
         params,
       );
+    }
   }
 }
