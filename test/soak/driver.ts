@@ -99,6 +99,8 @@ interface Block {
   deleted: boolean;
   listed: boolean;
   lastDeclared: number;
+  /** What the run did to it, for the diagnosis of a violation. */
+  history: string[];
 }
 
 /** Deterministic block bytes: an AES-CTR keystream, so big blocks need not stay in memory. */
@@ -230,7 +232,16 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
       const loc = (await res.text()).trim();
       if (!loc.startsWith(`${hash}+${size}`)) violations.push(`PUT ${hash} answered 200 with locator ${loc}`);
       unacked.delete(hash);
-      ledger.set(hash, { hash, size, seed, state: "live", deleted: false, listed: false, lastDeclared: -1 });
+      ledger.set(hash, {
+        hash,
+        size,
+        seed,
+        state: "live",
+        deleted: false,
+        listed: false,
+        lastDeclared: -1,
+        history: [`put@${tick}`],
+      });
     });
   }
 
@@ -286,8 +297,13 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     if (!(text === "\n" || text.endsWith("\n\n"))) return err("index without end marker");
     const seen = checkIndex(text, prefix, `index/${prefix}`);
     for (const b of expected)
-      if (b.state === "live" && b.lastDeclared < t0 && !seen.has(b.hash))
-        violations.push(`index/${prefix} misses live block ${b.hash}`);
+      if (b.state === "live" && b.lastDeclared < t0 && !seen.has(b.hash)) {
+        // Tell a listing that skipped a block from a block that was really gone.
+        const h = await call(`/${locator(b)}`, { method: "HEAD", headers: bearer(t.userToken) }).catch(() => undefined);
+        violations.push(
+          `index/${prefix} (from tick ${t0}) misses live block ${b.hash} (HEAD right after: ${h?.status ?? "failed"}; history ${b.history.join(" ")})`,
+        );
+      }
   }
 
   /** Parses an index and checks each entry against the ledger; returns the hashes. */
@@ -319,6 +335,7 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     const b = rng.pick(candidates) as Block;
     b.state = "unref";
     b.lastDeclared = ++tick;
+    b.history.push(`declared@${tick}`);
     return b;
   }
 
@@ -326,6 +343,7 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     const b = declare();
     if (!b) return;
     const res = await call(`/${b.hash}`, { method: "DELETE", headers: bearer(t.adminToken) });
+    b.history.push(`DELETE ${res.status}@${tick}`);
     if (res.status === 200) b.deleted = true;
     else await noteBody("delete", res);
   }
@@ -350,6 +368,7 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     if (!b) return;
     b.deleted = false; // nobody else picks it while this runs
     const res = await call(`/untrash/${b.hash}+${b.size}`, { method: "PUT", headers: bearer(t.adminToken) });
+    b.history.push(`untrash ${res.status}@${++tick}`);
     if (res.status === 200) {
       await res.text();
       b.state = "live";
