@@ -497,7 +497,8 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
   };
   let full = "";
   const ires = await retrying(() => call("/index", { headers: bearer(t.adminToken) }));
-  if (ires.status !== 200) violations.push(`final index: status ${ires.status}`);
+  if (ires.status !== 200)
+    violations.push(`final index: status ${ires.status}: ${(await ires.text().catch(() => "")).trim().slice(0, 300)}`);
   else {
     full = await ires.text();
     if (!(full === "\n" || full.endsWith("\n\n"))) violations.push("final index has no end marker");
