@@ -30,7 +30,7 @@ parentPort.on("message", (m) => {
   if (!h) hashes.set(m.id, (h = createHash("md5")));
   if (m.buf) {
     h.update(new Uint8Array(m.buf, 0, m.len));
-    parentPort.postMessage({ id: m.id, ack: true });
+    parentPort.postMessage({ id: m.id, ack: true, buf: m.buf }, [m.buf]);
   }
   if (m.done) {
     hashes.delete(m.id);
@@ -55,8 +55,9 @@ class Md5Pool {
     if (this.workers.length < this.size) {
       const worker = new Worker(WORKER_SOURCE, { eval: true });
       const pw: PoolWorker = { worker, active: 0 };
-      worker.on("message", (m: { id: number; hex?: string; ack?: boolean }) => {
+      worker.on("message", (m: { id: number; hex?: string; ack?: boolean; buf?: ArrayBuffer }) => {
         const st = this.streams.get(m.id);
+        if (m.buf && spare.length < MAX_SPARE) spare.push(m.buf);
         if (m.ack) st?.onAck();
         if (m.hex !== undefined) {
           // Idle workers must not keep the process alive; busy ones must (a digest is awaited).
@@ -87,6 +88,10 @@ class Md5Pool {
 }
 
 let pool: Md5Pool | undefined;
+/** Batch buffers the workers handed back, reused so steady transfers allocate nothing. */
+const spare: ArrayBuffer[] = [];
+const MAX_SPARE = 64;
+const batchBuffer = (): Buffer => Buffer.from(spare.pop() ?? new ArrayBuffer(BATCH));
 let poolSize = availableParallelism();
 
 /** 0 hashes everything inline (e.g. a one-vCPU Lambda); default: one worker per core. */
@@ -99,7 +104,7 @@ export function configureMd5Workers(n: number): void {
 
 export function md5Stream(): Md5Stream {
   if (poolSize === 0) return inline();
-  let staging = Buffer.allocUnsafe(BATCH);
+  let staging = batchBuffer();
   let used = 0;
   let remote: ReturnType<Md5Pool["open"]> | undefined;
   let queued = 0;
@@ -116,10 +121,10 @@ export function md5Stream(): Md5Stream {
     pool ??= new Md5Pool(poolSize);
     remote ??= pool.open(onAck);
     queued++;
-    // Transfer the batch: no second copy; a fresh staging buffer takes its place.
-    const ab = staging.buffer.slice(staging.byteOffset, staging.byteOffset + used) as ArrayBuffer;
+    // Transfer the whole batch buffer (no copy); the worker sends it back with its ack.
+    const ab = staging.buffer as ArrayBuffer;
     remote.pw.worker.postMessage({ id: remote.id, buf: ab, len: used }, [ab]);
-    staging = Buffer.allocUnsafe(BATCH);
+    staging = batchBuffer();
     used = 0;
   };
   return {
