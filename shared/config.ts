@@ -17,7 +17,13 @@ export interface AzureVolumeSpec {
   credential:
     | { kind: "key"; key: string }
     | { kind: "keyFile"; path: string }
-    | { kind: "keyVault"; vaultUrl: string; secretName: string; clientId?: string; /** Extra CA (test vaults only). */ caFile?: string }
+    | {
+        kind: "keyVault";
+        vaultUrl: string;
+        secretName: string;
+        clientId?: string /** Extra CA (test vaults only). */;
+        caFile?: string;
+      }
     | { kind: "token"; clientId?: string };
   maxGetBytes: number;
   requestTimeoutMs?: number;
@@ -107,7 +113,8 @@ export const DEFAULTS: KeepConfig = {
 export function validateConfig(c: KeepConfig): KeepConfig {
   if (c.enforcePermissions && !c.blobSigningKey)
     throw new ConfigError("permissions are enforced but no blob signing key was given (-blob-signing-key-file)");
-  if (!(c.blobSigningTtlSeconds > 0)) throw new ConfigError("the blob signature TTL must be a positive number of seconds");
+  if (!(c.blobSigningTtlSeconds > 0))
+    throw new ConfigError("the blob signature TTL must be a positive number of seconds");
   if (!(c.maxBuffers > 0)) throw new ConfigError("max-buffers must be greater than 0");
   if (c.volumes.length === 0) throw new ConfigError("no volumes configured");
   for (const v of c.volumes) if (!(v.replication >= 1)) v.replication = 1;

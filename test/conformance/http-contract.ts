@@ -3,8 +3,8 @@
 // A host supplies a factory that starts it with config overrides over its own backend.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { FakeClock } from "../../shared/clock.js";
 import type { Clock } from "../../shared/clock.js";
+import { FakeClock } from "../../shared/clock.js";
 import type { KeepConfig } from "../../shared/config.js";
 import { signLocator } from "../../shared/signature.js";
 import { md5hex } from "./fixtures.js";
@@ -56,261 +56,386 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
     const sign = (loc: string, token: string, clock: Clock) =>
       signLocator(loc, token, clock.now() / 1000 + TTL, { key: KEY, ttlSeconds: TTL });
 
-    it("PUT returns a signed locator that GET and HEAD accept", withHost(signing, async (url, clock) => {
-      const res = await put(url, FOO_HASH, FOO, bearer(USER));
-      assert.equal(res.status, 200);
-      const loc = (await res.text()).trim();
-      assert.match(loc, /^acbd18db4cc2f85cedef654fccc4a4d8\+3\+A[0-9a-f]{40}@[0-9a-f]{8}$/);
-      assert.equal(loc, sign(`${FOO_HASH}+3`, USER, clock));
-      assert.equal(res.headers.get("x-keep-replicas-stored") !== null, true);
-      const get = await fetch(`${url}/${loc}`, { headers: bearer(USER) });
-      assert.equal(get.status, 200);
-      assert.equal(await get.text(), "foo");
-      assert.equal(get.headers.get("access-control-allow-origin"), "*");
-      assert.match(get.headers.get("vary") ?? "", /X-Keep-Signature/);
-      const head = await fetch(`${url}/${loc}`, { method: "HEAD", headers: bearer(USER) });
-      assert.equal(head.status, 200);
-      assert.equal(head.headers.get("content-length"), "3");
-      assert.equal((await head.arrayBuffer()).byteLength, 0);
-    }));
+    it(
+      "PUT returns a signed locator that GET and HEAD accept",
+      withHost(signing, async (url, clock) => {
+        const res = await put(url, FOO_HASH, FOO, bearer(USER));
+        assert.equal(res.status, 200);
+        const loc = (await res.text()).trim();
+        assert.match(loc, /^acbd18db4cc2f85cedef654fccc4a4d8\+3\+A[0-9a-f]{40}@[0-9a-f]{8}$/);
+        assert.equal(loc, sign(`${FOO_HASH}+3`, USER, clock));
+        assert.equal(res.headers.get("x-keep-replicas-stored") !== null, true);
+        const get = await fetch(`${url}/${loc}`, { headers: bearer(USER) });
+        assert.equal(get.status, 200);
+        assert.equal(await get.text(), "foo");
+        assert.equal(get.headers.get("access-control-allow-origin"), "*");
+        assert.match(get.headers.get("vary") ?? "", /X-Keep-Signature/);
+        const head = await fetch(`${url}/${loc}`, { method: "HEAD", headers: bearer(USER) });
+        assert.equal(head.status, 200);
+        assert.equal(head.headers.get("content-length"), "3");
+        assert.equal((await head.arrayBuffer()).byteLength, 0);
+      }),
+    );
 
-    it("refuses reads without a valid signature when permissions are enforced", withHost(signing, async (url, clock) => {
-      await put(url, FOO_HASH, FOO);
-      const loc = sign(`${FOO_HASH}+3`, USER, clock);
-      let r = await fetch(`${url}/${loc}`);
-      assert.equal(r.status, 401);
-      assert.equal(await r.text(), "no token provided in Authorization header\n");
-      r = await fetch(`${url}/${loc}`, { headers: bearer("someone-else") });
-      assert.equal(r.status, 400);
-      assert.equal(await r.text(), "invalid signature\n");
-      r = await fetch(`${url}/${FOO_HASH}+3`, { headers: bearer(USER) });
-      assert.equal(r.status, 400, "unsigned locator");
-      clock.advance((TTL + 10) * 1000);
-      r = await fetch(`${url}/${loc}`, { headers: bearer(USER) });
-      assert.equal(r.status, 401);
-      assert.equal(await r.text(), "expired signature\n");
-    }));
+    it(
+      "refuses reads without a valid signature when permissions are enforced",
+      withHost(signing, async (url, clock) => {
+        await put(url, FOO_HASH, FOO);
+        const loc = sign(`${FOO_HASH}+3`, USER, clock);
+        let r = await fetch(`${url}/${loc}`);
+        assert.equal(r.status, 401);
+        assert.equal(await r.text(), "no token provided in Authorization header\n");
+        r = await fetch(`${url}/${loc}`, { headers: bearer("someone-else") });
+        assert.equal(r.status, 400);
+        assert.equal(await r.text(), "invalid signature\n");
+        r = await fetch(`${url}/${FOO_HASH}+3`, { headers: bearer(USER) });
+        assert.equal(r.status, 400, "unsigned locator");
+        clock.advance((TTL + 10) * 1000);
+        r = await fetch(`${url}/${loc}`, { headers: bearer(USER) });
+        assert.equal(r.status, 401);
+        assert.equal(await r.text(), "expired signature\n");
+      }),
+    );
 
-    it("serves //locator like /locator", withHost(signing, async (url, clock) => {
-      await put(url, FOO_HASH, FOO);
-      const loc = sign(`${FOO_HASH}+3`, USER, clock);
-      assert.equal((await fetch(`${url}//${loc}`, { headers: bearer(USER) })).status, 200);
-      assert.equal((await fetch(`${url}//${loc}`, { method: "HEAD", headers: bearer(USER) })).status, 200);
-    }));
+    it(
+      "serves //locator like /locator",
+      withHost(signing, async (url, clock) => {
+        await put(url, FOO_HASH, FOO);
+        const loc = sign(`${FOO_HASH}+3`, USER, clock);
+        assert.equal((await fetch(`${url}//${loc}`, { headers: bearer(USER) })).status, 200);
+        assert.equal((await fetch(`${url}//${loc}`, { method: "HEAD", headers: bearer(USER) })).status, 200);
+      }),
+    );
 
-    it("GET needs a size hint; HEAD does not (signing on)", withHost(signing, async (url, clock) => {
-      await put(url, FOO_HASH, FOO);
-      assert.equal((await fetch(`${url}/${sign(FOO_HASH, USER, clock)}`, { headers: bearer(USER) })).status, 405);
-      assert.equal((await fetch(`${url}/${FOO_HASH}`, { method: "HEAD" })).status, 401);
-      assert.equal((await fetch(`${url}/${FOO_HASH}+3`, { method: "HEAD" })).status, 401);
-    }));
+    it(
+      "GET needs a size hint; HEAD does not (signing on)",
+      withHost(signing, async (url, clock) => {
+        await put(url, FOO_HASH, FOO);
+        assert.equal((await fetch(`${url}/${sign(FOO_HASH, USER, clock)}`, { headers: bearer(USER) })).status, 405);
+        assert.equal((await fetch(`${url}/${FOO_HASH}`, { method: "HEAD" })).status, 401);
+        assert.equal((await fetch(`${url}/${FOO_HASH}+3`, { method: "HEAD" })).status, 401);
+      }),
+    );
 
-    it("GET needs a size hint; HEAD does not (signing off)", withHost({}, async (url) => {
-      await put(url, FOO_HASH, FOO);
-      assert.equal((await fetch(`${url}/${FOO_HASH}`)).status, 405);
-      const head = await fetch(`${url}/${FOO_HASH}`, { method: "HEAD" });
-      assert.equal(head.status, 200);
-      assert.equal(head.headers.get("content-length"), "3");
-    }));
+    it(
+      "GET needs a size hint; HEAD does not (signing off)",
+      withHost({}, async (url) => {
+        await put(url, FOO_HASH, FOO);
+        assert.equal((await fetch(`${url}/${FOO_HASH}`)).status, 405);
+        const head = await fetch(`${url}/${FOO_HASH}`, { method: "HEAD" });
+        assert.equal(head.status, 200);
+        assert.equal(head.headers.get("content-length"), "3");
+      }),
+    );
 
-    it("with signing off, PUT returns an unsigned locator and any signature reads", withHost({}, async (url, clock) => {
-      const res = await put(url, FOO_HASH, FOO, bearer(USER));
-      assert.equal((await res.text()).trim(), `${FOO_HASH}+3`);
-      for (const [loc, tok] of [[`${FOO_HASH}+3`, ""], [sign(`${FOO_HASH}+3`, USER, clock), "junk"], [`${FOO_HASH}+3+Abad@ffffffff`, USER]]) {
-        const r = await fetch(`${url}/${loc}`, { headers: tok ? bearer(tok as string) : {} });
-        assert.equal(r.status, 200, String(loc));
-        assert.equal(await r.text(), "foo");
-      }
-    }));
+    it(
+      "with signing off, PUT returns an unsigned locator and any signature reads",
+      withHost({}, async (url, clock) => {
+        const res = await put(url, FOO_HASH, FOO, bearer(USER));
+        assert.equal((await res.text()).trim(), `${FOO_HASH}+3`);
+        for (const [loc, tok] of [
+          [`${FOO_HASH}+3`, ""],
+          [sign(`${FOO_HASH}+3`, USER, clock), "junk"],
+          [`${FOO_HASH}+3+Abad@ffffffff`, USER],
+        ]) {
+          const r = await fetch(`${url}/${loc}`, { headers: tok ? bearer(tok as string) : {} });
+          assert.equal(r.status, 200, String(loc));
+          assert.equal(await r.text(), "foo");
+        }
+      }),
+    );
 
-    it("signs PUT replies when a key is set, even with enforcement off", withHost({ blobSigningKey: KEY }, async (url) => {
-      const loc = (await (await put(url, FOO_HASH, FOO, bearer(USER))).text()).trim();
-      assert.match(loc, /\+A[0-9a-f]{40}@[0-9a-f]{8}$/);
-    }));
+    it(
+      "signs PUT replies when a key is set, even with enforcement off",
+      withHost({ blobSigningKey: KEY }, async (url) => {
+        const loc = (await (await put(url, FOO_HASH, FOO, bearer(USER))).text()).trim();
+        assert.match(loc, /\+A[0-9a-f]{40}@[0-9a-f]{8}$/);
+      }),
+    );
 
-    it("answers 404 for a block that is not stored", withHost({}, async (url) => {
-      const r = await fetch(`${url}/${BAR_HASH}+3`);
-      assert.equal(r.status, 404);
-    }));
+    it(
+      "answers 404 for a block that is not stored",
+      withHost({}, async (url) => {
+        const r = await fetch(`${url}/${BAR_HASH}+3`);
+        assert.equal(r.status, 404);
+      }),
+    );
 
-    it("rejects a body that does not match the locator, and stores nothing", withHost({}, async (url) => {
-      const r = await put(url, FOO_HASH, BAR);
-      assert.equal(r.status, 400);
-      assert.match(await r.text(), /content hash 37b51d194a7513e45b56f6524f2d51f2 did not match specified locator acbd18db4cc2f85cedef654fccc4a4d8/);
-      assert.equal((await fetch(`${url}/${FOO_HASH}+3`)).status, 404);
-    }));
+    it(
+      "rejects a body that does not match the locator, and stores nothing",
+      withHost({}, async (url) => {
+        const r = await put(url, FOO_HASH, BAR);
+        assert.equal(r.status, 400);
+        assert.match(
+          await r.text(),
+          /content hash 37b51d194a7513e45b56f6524f2d51f2 did not match specified locator acbd18db4cc2f85cedef654fccc4a4d8/,
+        );
+        assert.equal((await fetch(`${url}/${FOO_HASH}+3`)).status, 404);
+      }),
+    );
 
-    it("stores and serves the empty block", withHost({}, async (url) => {
-      const empty = "d41d8cd98f00b204e9800998ecf8427e";
-      assert.equal((await put(url, empty, new Uint8Array(0))).status, 200);
-      const r = await fetch(`${url}/${empty}`);
-      assert.equal(r.status, 200);
-      assert.equal((await r.arrayBuffer()).byteLength, 0);
-    }));
-
-    it("reports storage classes and replicas", withHost({}, async (url) => {
-      let r = await put(url, FOO_HASH, FOO, { "x-keep-desired-replicas": "2" });
-      assert.equal(r.headers.get("x-keep-storage-classes-confirmed"), "default=" + r.headers.get("x-keep-replicas-stored"));
-      r = await put(url, FOO_HASH, FOO, { "x-keep-storage-classes": " , default , " });
-      assert.equal(r.status, 200);
-      r = await put(url, BAR_HASH, BAR, { "x-keep-storage-classes": "no-such-class" });
-      assert.equal(r.status, 507);
-    }));
-
-    it("answers 400 for unknown routes and methods", withHost(signing, async (url) => {
-      const bad: Array<[string, string]> = [
-        ["GET", "/"], ["GET", "/xyz"], ["GET", "/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabcdefg"], ["GET", "/untrash"],
-        ["GET", "/mounts/blocks/123"], ["GET", "/trash"], ["GET", "/pull"], ["GET", "/debug.json"],
-        ["GET", "/status.json"], ["GET", "//mounts"], ["GET", "//index"], ["PUT", `//${"a".repeat(32)}`],
-        ["POST", "/"], ["POST", `/${"a".repeat(32)}`], ["POST", "/trash"], ["PROPFIND", "/"], ["MAKE-COFFEE", "/"],
-      ];
-      for (const [method, path] of bad) {
-        const r = await fetch(`${url}${path}`, { method, headers: bearer(ADMIN), body: method === "GET" ? undefined : "" });
-        assert.equal(r.status, 400, `${method} ${path}`);
-        await r.arrayBuffer();
-      }
-    }));
-
-    it("requires the admin token on admin routes", withHost(signing, async (url) => {
-      const routes: Array<[string, string]> = [
-        ["PUT", "/pull"], ["PUT", "/trash"], ["GET", "/index"], ["GET", "/index/"], ["GET", "/index/1234"],
-        ["PUT", `/untrash/${FOO_HASH}`], ["GET", "/mounts"], ["DELETE", `/${FOO_HASH}`],
-      ];
-      if (!caps.noTouchMethod) routes.push(["TOUCH", `/${FOO_HASH}`]);
-      for (const [method, path] of routes) {
-        const body = method === "PUT" ? "[]" : undefined;
-        let r = await fetch(`${url}${path}`, { method, body });
-        assert.equal(r.status, 401, `${method} ${path} without token`);
-        assert.equal(await r.text(), "Unauthorized\n");
-        r = await fetch(`${url}${path}`, { method, body, headers: bearer(USER) });
-        assert.equal(r.status, 403, `${method} ${path} with a user token`);
-        assert.equal(await r.text(), "Forbidden\n");
-      }
-    }));
-
-    it("indexes with an end marker, by path and query prefix", withHost(signing, async (url) => {
-      let r = await fetch(`${url}/index`, { headers: bearer(ADMIN) });
-      assert.equal(await r.text(), "\n");
-      await put(url, FOO_HASH, FOO);
-      await put(url, BAR_HASH, BAR);
-      for (const path of ["/index/acb", "/index?prefix=acb", "/index/?prefix=acb", "/index/fff?prefix=acb"]) {
-        r = await fetch(`${url}${path}`, { headers: bearer(ADMIN) });
+    it(
+      "stores and serves the empty block",
+      withHost({}, async (url) => {
+        const empty = "d41d8cd98f00b204e9800998ecf8427e";
+        assert.equal((await put(url, empty, new Uint8Array(0))).status, 200);
+        const r = await fetch(`${url}/${empty}`);
         assert.equal(r.status, 200);
-        assert.match(await r.text(), /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d{10,}\n\n$/, path);
-      }
-      r = await fetch(`${url}/index?prefix=fff`, { headers: bearer(ADMIN) });
-      assert.equal(await r.text(), "\n");
-      const all = await (await fetch(`${url}/index`, { headers: bearer(ADMIN) })).text();
-      assert.equal(all.split("\n").length, 4, "two lines, then the end marker");
-    }));
-
-    it("lists mounts and indexes one mount", withHost(signing, async (url) => {
-      const r = await fetch(`${url}/mounts`, { headers: bearer(ADMIN) });
-      assert.equal(r.status, 200);
-      const mounts = (await r.json()) as Array<Record<string, unknown>>;
-      assert.ok(mounts.length >= 1);
-      for (const m of mounts) {
-        for (const f of ["uuid", "device_id", "allow_write", "allow_trash", "replication", "storage_classes"]) assert.ok(f in m, f);
-      }
-      await put(url, FOO_HASH, FOO);
-      const uuid = mounts.find((m) => m.allow_write)?.uuid as string;
-      let idx = await fetch(`${url}/mounts/${uuid}/blocks?prefix=acb`, { headers: bearer(ADMIN) });
-      assert.match(await idx.text(), /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d+\n\n$/);
-      idx = await fetch(`${url}/mounts/${uuid}/blocks/`, { headers: bearer(ADMIN) });
-      assert.equal(idx.status, 200);
-      await idx.text();
-      idx = await fetch(`${url}/mounts/zzzzz-nyw5e-nonexistentmount/blocks`, { headers: bearer(ADMIN) });
-      assert.equal(idx.status, 404);
-    }));
-
-    it("touches with the admin token", { skip: caps.noTouchMethod ?? false }, withHost(signing, async (url) => {
-      assert.equal((await fetch(`${url}/${FOO_HASH}`, { method: "TOUCH", headers: bearer(ADMIN) })).status, 404);
-      await put(url, FOO_HASH, FOO);
-      assert.equal((await fetch(`${url}/${FOO_HASH}`, { method: "TOUCH", headers: bearer(ADMIN) })).status, 200);
-    }));
-
-    it("trashes and untrashes with the admin token", withHost({ ...signing, trashEnabled: true, trashLifetimeMs: 3600_000 }, async (url, clock) => {
-      await put(url, FOO_HASH, FOO);
-      // Too new to trash: DELETE succeeds but the block stays.
-      assert.equal((await fetch(`${url}/${FOO_HASH}`, { method: "DELETE", headers: bearer(ADMIN) })).status, 200);
-      const loc = () => sign(`${FOO_HASH}+3`, USER, clock);
-      assert.equal((await fetch(`${url}/${loc()}`, { headers: bearer(USER) })).status, 200);
-      clock.advance((TTL + 60) * 1000);
-      assert.equal((await fetch(`${url}/${FOO_HASH}`, { method: "DELETE", headers: bearer(ADMIN) })).status, 200);
-      assert.equal((await fetch(`${url}/${loc()}`, { headers: bearer(USER) })).status, 404);
-      assert.equal((await fetch(`${url}/untrash/${FOO_HASH}`, { method: "PUT", headers: bearer(ADMIN) })).status, 200);
-      assert.equal((await fetch(`${url}/${loc()}`, { headers: bearer(USER) })).status, 200);
-      assert.equal((await fetch(`${url}/untrash/${BAR_HASH}`, { method: "PUT", headers: bearer(ADMIN) })).status, 404);
-    }));
-
-    it("refuses DELETE when trash is disabled", withHost({ ...signing, trashEnabled: false }, async (url) => {
-      await put(url, FOO_HASH, FOO);
-      assert.equal((await fetch(`${url}/${FOO_HASH}`, { method: "DELETE", headers: bearer(ADMIN) })).status, 405);
-    }));
-
-    it("accepts trash and pull lists, rejects malformed ones with 400", withHost(signing, async (url) => {
-      const send = (path: string, body: string) => fetch(`${url}${path}`, { method: "PUT", body, headers: bearer(ADMIN) });
-      assert.equal((await send("/trash", "[]")).status, 200);
-      assert.equal((await send("/pull", "[]")).status, 200);
-      assert.equal((await send("/trash", `[{"locator":"${FOO_HASH}+3","block_mtime":1700000000123456789,"mount_uuid":""}]`)).status, 200);
-      for (const bad of ["{", "{}", '[{"locator":1}]', '[{"locator":"zz","block_mtime":1}]', '[{"locator":"' + FOO_HASH + '+3","block_mtime":"x"}]']) {
-        const r = await send("/trash", bad);
-        assert.equal(r.status, 400, bad);
-        await r.text();
-      }
-      const r = await send("/pull", `[{"locator":"${FOO_HASH}","servers":["http://127.0.0.1:1"]}]`);
-      assert.equal(r.status, 400, "pull list locator without a size");
-    }));
-
-    it("answers OPTIONS with CORS headers and an empty body", withHost(signing, async (url) => {
-      for (const path of ["/", `/${FOO_HASH}`, "/index"]) {
-        const r = await fetch(`${url}${path}`, { method: "OPTIONS" });
-        assert.equal(r.status, 200);
-        assert.equal(r.headers.get("access-control-allow-methods"), "GET, HEAD, PUT, OPTIONS");
         assert.equal((await r.arrayBuffer()).byteLength, 0);
-      }
-    }));
+      }),
+    );
 
-    it("echoes X-Request-Id and makes one up when absent", withHost({}, async (url) => {
-      let r = await fetch(`${url}/${FOO_HASH}+3`, { headers: { "x-request-id": "req-abc" } });
-      assert.equal(r.headers.get("x-request-id"), "req-abc");
-      r = await fetch(`${url}/${FOO_HASH}+3`);
-      assert.match(r.headers.get("x-request-id") ?? "", /^req-[0-9a-z]{20}$/);
-    }));
+    it(
+      "reports storage classes and replicas",
+      withHost({}, async (url) => {
+        let r = await put(url, FOO_HASH, FOO, { "x-keep-desired-replicas": "2" });
+        assert.equal(
+          r.headers.get("x-keep-storage-classes-confirmed"),
+          `default=${r.headers.get("x-keep-replicas-stored")}`,
+        );
+        r = await put(url, FOO_HASH, FOO, { "x-keep-storage-classes": " , default , " });
+        assert.equal(r.status, 200);
+        r = await put(url, BAR_HASH, BAR, { "x-keep-storage-classes": "no-such-class" });
+        assert.equal(r.status, 507);
+      }),
+    );
 
-    it("guards /metrics and /_health/ping with the management token", withHost({ managementToken: MGMT }, async (url) => {
-      assert.equal((await fetch(`${url}/metrics`)).status, 401);
-      assert.equal((await fetch(`${url}/metrics`, { headers: bearer("wrong") })).status, 403);
-      await put(url, FOO_HASH, FOO);
-      const m = await fetch(`${url}/metrics`, { headers: bearer(MGMT) });
-      assert.equal(m.status, 200);
-      const text = await m.text();
-      assert.match(text, /arvados_keepstore_bufferpool_max_buffers/);
-      assert.match(text, /request_duration_seconds_count\{method="PUT",code="200"\} 1/);
-      assert.equal((await fetch(`${url}/metrics.json`, { headers: bearer(MGMT) })).status, 200);
-      assert.equal((await fetch(`${url}/_health/ping`)).status, 401);
-      assert.equal((await fetch(`${url}/_health/ping`, { headers: bearer("wrong") })).status, 403);
-      const h = await fetch(`${url}/_health/ping`, { headers: bearer(MGMT) });
-      assert.deepEqual(await h.json(), { health: "OK" });
-    }));
+    it(
+      "answers 400 for unknown routes and methods",
+      withHost(signing, async (url) => {
+        const bad: Array<[string, string]> = [
+          ["GET", "/"],
+          ["GET", "/xyz"],
+          ["GET", "/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabcdefg"],
+          ["GET", "/untrash"],
+          ["GET", "/mounts/blocks/123"],
+          ["GET", "/trash"],
+          ["GET", "/pull"],
+          ["GET", "/debug.json"],
+          ["GET", "/status.json"],
+          ["GET", "//mounts"],
+          ["GET", "//index"],
+          ["PUT", `//${"a".repeat(32)}`],
+          ["POST", "/"],
+          ["POST", `/${"a".repeat(32)}`],
+          ["POST", "/trash"],
+          ["PROPFIND", "/"],
+          ["MAKE-COFFEE", "/"],
+        ];
+        for (const [method, path] of bad) {
+          const r = await fetch(`${url}${path}`, {
+            method,
+            headers: bearer(ADMIN),
+            body: method === "GET" ? undefined : "",
+          });
+          assert.equal(r.status, 400, `${method} ${path}`);
+          await r.arrayBuffer();
+        }
+      }),
+    );
 
-    it("/_health/ping is 404 without a management token", withHost({}, async (url) => {
-      assert.equal((await fetch(`${url}/_health/ping`)).status, 404);
-    }));
+    it(
+      "requires the admin token on admin routes",
+      withHost(signing, async (url) => {
+        const routes: Array<[string, string]> = [
+          ["PUT", "/pull"],
+          ["PUT", "/trash"],
+          ["GET", "/index"],
+          ["GET", "/index/"],
+          ["GET", "/index/1234"],
+          ["PUT", `/untrash/${FOO_HASH}`],
+          ["GET", "/mounts"],
+          ["DELETE", `/${FOO_HASH}`],
+        ];
+        if (!caps.noTouchMethod) routes.push(["TOUCH", `/${FOO_HASH}`]);
+        for (const [method, path] of routes) {
+          const body = method === "PUT" ? "[]" : undefined;
+          let r = await fetch(`${url}${path}`, { method, body });
+          assert.equal(r.status, 401, `${method} ${path} without token`);
+          assert.equal(await r.text(), "Unauthorized\n");
+          r = await fetch(`${url}${path}`, { method, body, headers: bearer(USER) });
+          assert.equal(r.status, 403, `${method} ${path} with a user token`);
+          assert.equal(await r.text(), "Forbidden\n");
+        }
+      }),
+    );
+
+    it(
+      "indexes with an end marker, by path and query prefix",
+      withHost(signing, async (url) => {
+        let r = await fetch(`${url}/index`, { headers: bearer(ADMIN) });
+        assert.equal(await r.text(), "\n");
+        await put(url, FOO_HASH, FOO);
+        await put(url, BAR_HASH, BAR);
+        for (const path of ["/index/acb", "/index?prefix=acb", "/index/?prefix=acb", "/index/fff?prefix=acb"]) {
+          r = await fetch(`${url}${path}`, { headers: bearer(ADMIN) });
+          assert.equal(r.status, 200);
+          assert.match(await r.text(), /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d{10,}\n\n$/, path);
+        }
+        r = await fetch(`${url}/index?prefix=fff`, { headers: bearer(ADMIN) });
+        assert.equal(await r.text(), "\n");
+        const all = await (await fetch(`${url}/index`, { headers: bearer(ADMIN) })).text();
+        assert.equal(all.split("\n").length, 4, "two lines, then the end marker");
+      }),
+    );
+
+    it(
+      "lists mounts and indexes one mount",
+      withHost(signing, async (url) => {
+        const r = await fetch(`${url}/mounts`, { headers: bearer(ADMIN) });
+        assert.equal(r.status, 200);
+        const mounts = (await r.json()) as Array<Record<string, unknown>>;
+        assert.ok(mounts.length >= 1);
+        for (const m of mounts) {
+          for (const f of ["uuid", "device_id", "allow_write", "allow_trash", "replication", "storage_classes"])
+            assert.ok(f in m, f);
+        }
+        await put(url, FOO_HASH, FOO);
+        const uuid = mounts.find((m) => m.allow_write)?.uuid as string;
+        let idx = await fetch(`${url}/mounts/${uuid}/blocks?prefix=acb`, { headers: bearer(ADMIN) });
+        assert.match(await idx.text(), /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d+\n\n$/);
+        idx = await fetch(`${url}/mounts/${uuid}/blocks/`, { headers: bearer(ADMIN) });
+        assert.equal(idx.status, 200);
+        await idx.text();
+        idx = await fetch(`${url}/mounts/zzzzz-nyw5e-nonexistentmount/blocks`, { headers: bearer(ADMIN) });
+        assert.equal(idx.status, 404);
+      }),
+    );
+
+    it(
+      "touches with the admin token",
+      { skip: caps.noTouchMethod ?? false },
+      withHost(signing, async (url) => {
+        assert.equal((await fetch(`${url}/${FOO_HASH}`, { method: "TOUCH", headers: bearer(ADMIN) })).status, 404);
+        await put(url, FOO_HASH, FOO);
+        assert.equal((await fetch(`${url}/${FOO_HASH}`, { method: "TOUCH", headers: bearer(ADMIN) })).status, 200);
+      }),
+    );
+
+    it(
+      "trashes and untrashes with the admin token",
+      withHost({ ...signing, trashEnabled: true, trashLifetimeMs: 3600_000 }, async (url, clock) => {
+        await put(url, FOO_HASH, FOO);
+        // Too new to trash: DELETE succeeds but the block stays.
+        assert.equal((await fetch(`${url}/${FOO_HASH}`, { method: "DELETE", headers: bearer(ADMIN) })).status, 200);
+        const loc = () => sign(`${FOO_HASH}+3`, USER, clock);
+        assert.equal((await fetch(`${url}/${loc()}`, { headers: bearer(USER) })).status, 200);
+        clock.advance((TTL + 60) * 1000);
+        assert.equal((await fetch(`${url}/${FOO_HASH}`, { method: "DELETE", headers: bearer(ADMIN) })).status, 200);
+        assert.equal((await fetch(`${url}/${loc()}`, { headers: bearer(USER) })).status, 404);
+        assert.equal(
+          (await fetch(`${url}/untrash/${FOO_HASH}`, { method: "PUT", headers: bearer(ADMIN) })).status,
+          200,
+        );
+        assert.equal((await fetch(`${url}/${loc()}`, { headers: bearer(USER) })).status, 200);
+        assert.equal(
+          (await fetch(`${url}/untrash/${BAR_HASH}`, { method: "PUT", headers: bearer(ADMIN) })).status,
+          404,
+        );
+      }),
+    );
+
+    it(
+      "refuses DELETE when trash is disabled",
+      withHost({ ...signing, trashEnabled: false }, async (url) => {
+        await put(url, FOO_HASH, FOO);
+        assert.equal((await fetch(`${url}/${FOO_HASH}`, { method: "DELETE", headers: bearer(ADMIN) })).status, 405);
+      }),
+    );
+
+    it(
+      "accepts trash and pull lists, rejects malformed ones with 400",
+      withHost(signing, async (url) => {
+        const send = (path: string, body: string) =>
+          fetch(`${url}${path}`, { method: "PUT", body, headers: bearer(ADMIN) });
+        assert.equal((await send("/trash", "[]")).status, 200);
+        assert.equal((await send("/pull", "[]")).status, 200);
+        assert.equal(
+          (await send("/trash", `[{"locator":"${FOO_HASH}+3","block_mtime":1700000000123456789,"mount_uuid":""}]`))
+            .status,
+          200,
+        );
+        for (const bad of [
+          "{",
+          "{}",
+          '[{"locator":1}]',
+          '[{"locator":"zz","block_mtime":1}]',
+          `[{"locator":"${FOO_HASH}+3","block_mtime":"x"}]`,
+        ]) {
+          const r = await send("/trash", bad);
+          assert.equal(r.status, 400, bad);
+          await r.text();
+        }
+        const r = await send("/pull", `[{"locator":"${FOO_HASH}","servers":["http://127.0.0.1:1"]}]`);
+        assert.equal(r.status, 400, "pull list locator without a size");
+      }),
+    );
+
+    it(
+      "answers OPTIONS with CORS headers and an empty body",
+      withHost(signing, async (url) => {
+        for (const path of ["/", `/${FOO_HASH}`, "/index"]) {
+          const r = await fetch(`${url}${path}`, { method: "OPTIONS" });
+          assert.equal(r.status, 200);
+          assert.equal(r.headers.get("access-control-allow-methods"), "GET, HEAD, PUT, OPTIONS");
+          assert.equal((await r.arrayBuffer()).byteLength, 0);
+        }
+      }),
+    );
+
+    it(
+      "echoes X-Request-Id and makes one up when absent",
+      withHost({}, async (url) => {
+        let r = await fetch(`${url}/${FOO_HASH}+3`, { headers: { "x-request-id": "req-abc" } });
+        assert.equal(r.headers.get("x-request-id"), "req-abc");
+        r = await fetch(`${url}/${FOO_HASH}+3`);
+        assert.match(r.headers.get("x-request-id") ?? "", /^req-[0-9a-z]{20}$/);
+      }),
+    );
+
+    it(
+      "guards /metrics and /_health/ping with the management token",
+      withHost({ managementToken: MGMT }, async (url) => {
+        assert.equal((await fetch(`${url}/metrics`)).status, 401);
+        assert.equal((await fetch(`${url}/metrics`, { headers: bearer("wrong") })).status, 403);
+        await put(url, FOO_HASH, FOO);
+        const m = await fetch(`${url}/metrics`, { headers: bearer(MGMT) });
+        assert.equal(m.status, 200);
+        const text = await m.text();
+        assert.match(text, /arvados_keepstore_bufferpool_max_buffers/);
+        assert.match(text, /request_duration_seconds_count\{method="PUT",code="200"\} 1/);
+        assert.equal((await fetch(`${url}/metrics.json`, { headers: bearer(MGMT) })).status, 200);
+        assert.equal((await fetch(`${url}/_health/ping`)).status, 401);
+        assert.equal((await fetch(`${url}/_health/ping`, { headers: bearer("wrong") })).status, 403);
+        const h = await fetch(`${url}/_health/ping`, { headers: bearer(MGMT) });
+        assert.deepEqual(await h.json(), { health: "OK" });
+      }),
+    );
+
+    it(
+      "/_health/ping is 404 without a management token",
+      withHost({}, async (url) => {
+        assert.equal((await fetch(`${url}/_health/ping`)).status, 404);
+      }),
+    );
 
     const big = 64 * 1024 * 1024;
     const tooBig = caps.maxPutBytes !== undefined && big > caps.maxPutBytes;
-    it("round-trips a 64 MiB block", { skip: tooBig ? caps.maxPutReason ?? "larger than the platform allows" : false }, withHost({}, async (url) => {
-      const data = Buffer.alloc(big);
-      for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE(i, i);
-      const hash = md5hex(data);
-      const r = await put(url, hash, data);
-      assert.equal(r.status, 200);
-      assert.equal((await r.text()).trim(), `${hash}+${big}`);
-      const g = await fetch(`${url}/${hash}+${big}`);
-      assert.equal(g.status, 200);
-      assert.equal(g.headers.get("content-length"), String(big));
-      assert.equal(md5hex(Buffer.from(await g.arrayBuffer())), hash);
-    }));
+    it(
+      "round-trips a 64 MiB block",
+      { skip: tooBig ? (caps.maxPutReason ?? "larger than the platform allows") : false },
+      withHost({}, async (url) => {
+        const data = Buffer.alloc(big);
+        for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE(i, i);
+        const hash = md5hex(data);
+        const r = await put(url, hash, data);
+        assert.equal(r.status, 200);
+        assert.equal((await r.text()).trim(), `${hash}+${big}`);
+        const g = await fetch(`${url}/${hash}+${big}`);
+        assert.equal(g.status, 200);
+        assert.equal(g.headers.get("content-length"), String(big));
+        assert.equal(md5hex(Buffer.from(await g.arrayBuffer())), hash);
+      }),
+    );
   });
 }

@@ -6,8 +6,8 @@ import { describe, it } from "node:test";
 import { FakeClock } from "../../shared/clock.js";
 import { BadLocatorError, CancelledError, VolumeFullError } from "../../shared/errors.js";
 import { PosixVolume } from "../../shared/volume/posix.js";
-import { TEST_BLOCK, TEST_HASH, chunks, collect } from "../conformance/fixtures.js";
-import { type HarnessParams, type VolumeHarness, describeVolumeContract } from "../conformance/volume-contract.js";
+import { chunks, collect, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
+import { describeVolumeContract, type HarnessParams, type VolumeHarness } from "../conformance/volume-contract.js";
 
 async function posixHarness(p: HarnessParams, serialize = false): Promise<VolumeHarness & { root: string }> {
   const root = await fs.mkdtemp(join(tmpdir(), "keepfn-posix-"));
@@ -74,7 +74,13 @@ describe("posix volume", () => {
   it("refuses names that are not 32 lowercase hex digits, so nothing escapes the root", async () => {
     const h = await posixHarness(params());
     try {
-      for (const bad of ["../../etc/passwd", "/etc/passwd", `${"a".repeat(31)}/`, "A".repeat(32), `${"a".repeat(30)}..`]) {
+      for (const bad of [
+        "../../etc/passwd",
+        "/etc/passwd",
+        `${"a".repeat(31)}/`,
+        "A".repeat(32),
+        `${"a".repeat(30)}..`,
+      ]) {
         await assert.rejects(h.volume.write(bad, chunks(TEST_BLOCK)), BadLocatorError);
         await assert.rejects(h.volume.read(bad), BadLocatorError);
         await assert.rejects(h.volume.trash(bad), BadLocatorError);
