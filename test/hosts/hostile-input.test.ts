@@ -11,85 +11,8 @@ import { createKeepApp } from "../../shared/app.js";
 import { DEFAULTS } from "../../shared/config.js";
 import { silentLogger } from "../../shared/log.js";
 import { ADMIN, KEY } from "../conformance/http-contract.js";
+import { headers, method, path } from "../harness/hostile-arbitraries.js";
 import { startPosixServer } from "../harness/posix-server.js";
-
-const HEX = "0123456789abcdef";
-const hash = fc.string({ unit: fc.constantFrom(...HEX), minLength: 32, maxLength: 32 });
-const nasty = fc.constantFrom(
-  "..",
-  "%2e%2e",
-  "%2E%2E/",
-  "//",
-  "/",
-  "\u0000",
-  "%00",
-  "..%2f",
-  "%2f",
-  "\\",
-  "~",
-  "+",
-  "++",
-  "+A",
-  "+R",
-  "+0",
-  "+-1",
-  "+99999999999999999999",
-  "+A0@0",
-  "?",
-  "#",
-  ";",
-  "%",
-  "%zz",
-  "\u{1F600}",
-  " ",
-  "\t",
-  "index",
-  "mounts",
-  "untrash",
-  "trash",
-  "pull",
-  "..\\..\\etc",
-  "etc/passwd",
-  "A".repeat(32),
-  "a".repeat(300),
-);
-const pathPart = fc.oneof(
-  hash,
-  nasty,
-  fc.string({ maxLength: 40 }),
-  hash.map((h) => `${h}+3`),
-);
-const path = fc.array(pathPart, { minLength: 0, maxLength: 5 }).map((parts) => `/${parts.join("/")}`);
-const method = fc.constantFrom(
-  "GET",
-  "HEAD",
-  "PUT",
-  "DELETE",
-  "TOUCH",
-  "POST",
-  "OPTIONS",
-  "PATCH",
-  "PROPFIND",
-  "MKCOL",
-);
-const headerValue = fc.oneof(
-  fc.string({ maxLength: 60 }),
-  fc.constantFrom("Bearer", "Bearer ", `Bearer ${ADMIN}`, "Basic !!!", "Basic Og==", "OAuth2", "x".repeat(5000)),
-);
-const headers = fc.dictionary(
-  fc.constantFrom(
-    "authorization",
-    "content-length",
-    "x-keep-storage-classes",
-    "x-request-id",
-    "cookie",
-    "origin",
-    "x-keep-desired-replicas",
-    "x-keep-signature",
-  ),
-  headerValue,
-  { maxKeys: 4 },
-);
 
 async function filesUnder(dir: string): Promise<string[]> {
   const out: string[] = [];
