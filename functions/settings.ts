@@ -1,8 +1,8 @@
 // The Function App's configuration: app settings (environment variables) parsed ONCE into the
 // core's KeepConfig. Secrets named here are read from Key Vault by instance.ts at cold start.
 
-import { parseDuration } from "../server/flags.js";
 import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec } from "../shared/config.js";
+import { envBool, envDuration, envInt, envList } from "../shared/config-values.js";
 
 export interface FunctionsSettings {
   config: KeepConfig;
@@ -45,15 +45,15 @@ export function parseSettings(env: NodeJS.ProcessEnv): FunctionsSettings {
   c.blobSigningKey = get("KEEP_BLOB_SIGNING_KEY") ?? "";
   c.systemRootToken = get("KEEP_SYSTEM_ROOT_TOKEN") ?? "";
   c.managementToken = get("KEEP_MANAGEMENT_TOKEN") ?? "";
-  c.enforcePermissions = bool(get("KEEP_ENFORCE_PERMISSIONS"), "KEEP_ENFORCE_PERMISSIONS", false);
-  c.blobSigningTtlSeconds = int(get("KEEP_BLOB_SIGNING_TTL"), "KEEP_BLOB_SIGNING_TTL", c.blobSigningTtlSeconds);
-  c.trashEnabled = bool(get("KEEP_TRASH_ENABLED"), "KEEP_TRASH_ENABLED", false);
-  c.trashLifetimeMs = dur(get("KEEP_TRASH_LIFETIME"), "KEEP_TRASH_LIFETIME", 0);
-  c.requestTimeoutMs = dur(get("KEEP_REQUEST_TIMEOUT"), "KEEP_REQUEST_TIMEOUT", 220_000);
-  c.maxBuffers = int(get("KEEP_MAX_BUFFERS"), "KEEP_MAX_BUFFERS", 16);
-  c.maxRequests = int(get("KEEP_MAX_REQUESTS"), "KEEP_MAX_REQUESTS", 2 * c.maxBuffers);
-  c.maxQueuedRequests = int(get("KEEP_MAX_QUEUED_REQUESTS"), "KEEP_MAX_QUEUED_REQUESTS", c.maxQueuedRequests);
-  c.defaultStorageClasses = list(get("KEEP_DEFAULT_STORAGE_CLASSES")) ?? c.defaultStorageClasses;
+  c.enforcePermissions = envBool(get("KEEP_ENFORCE_PERMISSIONS"), "KEEP_ENFORCE_PERMISSIONS", false);
+  c.blobSigningTtlSeconds = envInt(get("KEEP_BLOB_SIGNING_TTL"), "KEEP_BLOB_SIGNING_TTL", c.blobSigningTtlSeconds);
+  c.trashEnabled = envBool(get("KEEP_TRASH_ENABLED"), "KEEP_TRASH_ENABLED", false);
+  c.trashLifetimeMs = envDuration(get("KEEP_TRASH_LIFETIME"), "KEEP_TRASH_LIFETIME", 0);
+  c.requestTimeoutMs = envDuration(get("KEEP_REQUEST_TIMEOUT"), "KEEP_REQUEST_TIMEOUT", 220_000);
+  c.maxBuffers = envInt(get("KEEP_MAX_BUFFERS"), "KEEP_MAX_BUFFERS", 16);
+  c.maxRequests = envInt(get("KEEP_MAX_REQUESTS"), "KEEP_MAX_REQUESTS", 2 * c.maxBuffers);
+  c.maxQueuedRequests = envInt(get("KEEP_MAX_QUEUED_REQUESTS"), "KEEP_MAX_QUEUED_REQUESTS", c.maxQueuedRequests);
+  c.defaultStorageClasses = envList(get("KEEP_DEFAULT_STORAGE_CLASSES")) ?? c.defaultStorageClasses;
   c.trashCheckIntervalMs = 0; // the timer trigger's schedule (KEEP_TRASH_SCHEDULE) drives sweeps
   const secrets: FunctionsSettings["secrets"] = {};
   for (const [field, name] of [
@@ -73,7 +73,7 @@ export function parseSettings(env: NodeJS.ProcessEnv): FunctionsSettings {
     config: c,
     secrets,
     vault,
-    sweepBudgetMs: dur(get("KEEP_SWEEP_BUDGET"), "KEEP_SWEEP_BUDGET", 8 * 60_000),
+    sweepBudgetMs: envDuration(get("KEEP_SWEEP_BUDGET"), "KEEP_SWEEP_BUDGET", 8 * 60_000),
     authLevel,
   };
 }
@@ -120,29 +120,4 @@ function parseVolumes(raw: string | undefined, vault: FunctionsSettings["vault"]
       uuid: v.uuid,
     } satisfies VolumeSpec;
   });
-}
-
-function bool(v: string | undefined, name: string, dflt: boolean): boolean {
-  if (v === undefined) return dflt;
-  if (/^(1|true|yes)$/i.test(v)) return true;
-  if (/^(0|false|no)$/i.test(v)) return false;
-  throw new ConfigError(`${name}=${v}: expected true or false`);
-}
-
-function int(v: string | undefined, name: string, dflt: number): number {
-  if (v === undefined) return dflt;
-  if (!/^\d+$/.test(v)) throw new ConfigError(`${name}=${v}: expected a whole number`);
-  return Number(v);
-}
-
-function dur(v: string | undefined, name: string, dflt: number): number {
-  return v === undefined ? dflt : parseDuration(name, v);
-}
-
-function list(v: string | undefined): string[] | undefined {
-  const items = v
-    ?.split(",")
-    .map((s) => s.trim())
-    .filter(Boolean);
-  return items?.length ? items : undefined;
 }

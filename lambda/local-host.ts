@@ -8,8 +8,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { Writable } from "node:stream";
 import type { Context, LambdaFunctionURLEvent } from "aws-lambda";
-import { splitListen } from "../server/serve.js";
 import type { AppDeps } from "../shared/app.js";
+import { splitListen } from "../shared/config-values.js";
 import { createLambdaHost } from "./host.js";
 import { EVENT_OVERHEAD_BYTES, MAX_EVENT_BYTES, MAX_STREAMED_RESPONSE, tooLargeForLambda } from "./limits.js";
 import { installLocalLambdaRuntime, PRELUDE_DELIMITER } from "./local-runtime.js";

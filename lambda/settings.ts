@@ -2,8 +2,8 @@
 // KeepConfig. Secrets are not in the environment: their SSM parameter names are, and
 // secrets.ts resolves them at cold start. Literal secret values are for local runs only.
 
-import { parseDuration } from "../server/flags.js";
 import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec, validateConfig } from "../shared/config.js";
+import { envBool, envDuration, envInt, envList } from "../shared/config-values.js";
 
 export type SecretField = "blobSigningKey" | "systemRootToken" | "managementToken";
 
@@ -21,7 +21,7 @@ export function loadSettings(env: NodeJS.ProcessEnv): LambdaSettings {
   const get = (name: string) => env[name]?.trim() || undefined;
   const c: KeepConfig = { ...DEFAULTS, volumes: [] };
   c.clusterId = get("KEEP_CLUSTER_ID") ?? c.clusterId;
-  const buckets = list(get("KEEP_S3_BUCKETS") ?? get("KEEP_S3_BUCKET"));
+  const buckets = envList(get("KEEP_S3_BUCKETS") ?? get("KEEP_S3_BUCKET"));
   if (!buckets?.length) throw new ConfigError("KEEP_S3_BUCKET is not set: name the bucket that holds the blocks");
   const endpoint = get("KEEP_S3_ENDPOINT");
   const accessKey = get("KEEP_S3_ACCESS_KEY");
@@ -36,25 +36,25 @@ export function loadSettings(env: NodeJS.ProcessEnv): LambdaSettings {
       endpoint,
       accessKey,
       secretKey,
-      forcePathStyle: bool(get("KEEP_S3_FORCE_PATH_STYLE"), "KEEP_S3_FORCE_PATH_STYLE", !!endpoint),
-      prefixLength: int(get("KEEP_S3_PREFIX_LENGTH"), "KEEP_S3_PREFIX_LENGTH", 0),
-      raceWindowMs: dur(get("KEEP_S3_RACE_WINDOW"), "KEEP_S3_RACE_WINDOW", 10_000),
-      replication: int(get("KEEP_S3_REPLICATION"), "KEEP_S3_REPLICATION", 2),
-      readOnly: bool(get("KEEP_S3_READONLY"), "KEEP_S3_READONLY", false),
-      storageClasses: list(get("KEEP_S3_STORAGE_CLASSES")) ?? ["default"],
+      forcePathStyle: envBool(get("KEEP_S3_FORCE_PATH_STYLE"), "KEEP_S3_FORCE_PATH_STYLE", !!endpoint),
+      prefixLength: envInt(get("KEEP_S3_PREFIX_LENGTH"), "KEEP_S3_PREFIX_LENGTH", 0),
+      raceWindowMs: envDuration(get("KEEP_S3_RACE_WINDOW"), "KEEP_S3_RACE_WINDOW", 10_000),
+      replication: envInt(get("KEEP_S3_REPLICATION"), "KEEP_S3_REPLICATION", 2),
+      readOnly: envBool(get("KEEP_S3_READONLY"), "KEEP_S3_READONLY", false),
+      storageClasses: envList(get("KEEP_S3_STORAGE_CLASSES")) ?? ["default"],
     }),
   );
   c.blobSigningKey = get("KEEP_BLOB_SIGNING_KEY") ?? "";
   c.systemRootToken = get("KEEP_SYSTEM_ROOT_TOKEN") ?? "";
   c.managementToken = get("KEEP_MANAGEMENT_TOKEN") ?? "";
-  c.enforcePermissions = bool(get("KEEP_ENFORCE_PERMISSIONS"), "KEEP_ENFORCE_PERMISSIONS", false);
-  c.blobSigningTtlSeconds = int(get("KEEP_BLOB_SIGNING_TTL"), "KEEP_BLOB_SIGNING_TTL", c.blobSigningTtlSeconds);
-  c.trashEnabled = bool(get("KEEP_TRASH_ENABLED"), "KEEP_TRASH_ENABLED", false);
-  c.trashLifetimeMs = dur(get("KEEP_TRASH_LIFETIME"), "KEEP_TRASH_LIFETIME", 0);
-  c.requestTimeoutMs = dur(get("KEEP_REQUEST_TIMEOUT"), "KEEP_REQUEST_TIMEOUT", 120_000);
-  c.maxBuffers = int(get("KEEP_MAX_BUFFERS"), "KEEP_MAX_BUFFERS", 16);
-  c.maxRequests = int(get("KEEP_MAX_REQUESTS"), "KEEP_MAX_REQUESTS", 2 * c.maxBuffers);
-  c.defaultStorageClasses = list(get("KEEP_DEFAULT_STORAGE_CLASSES")) ?? c.defaultStorageClasses;
+  c.enforcePermissions = envBool(get("KEEP_ENFORCE_PERMISSIONS"), "KEEP_ENFORCE_PERMISSIONS", false);
+  c.blobSigningTtlSeconds = envInt(get("KEEP_BLOB_SIGNING_TTL"), "KEEP_BLOB_SIGNING_TTL", c.blobSigningTtlSeconds);
+  c.trashEnabled = envBool(get("KEEP_TRASH_ENABLED"), "KEEP_TRASH_ENABLED", false);
+  c.trashLifetimeMs = envDuration(get("KEEP_TRASH_LIFETIME"), "KEEP_TRASH_LIFETIME", 0);
+  c.requestTimeoutMs = envDuration(get("KEEP_REQUEST_TIMEOUT"), "KEEP_REQUEST_TIMEOUT", 120_000);
+  c.maxBuffers = envInt(get("KEEP_MAX_BUFFERS"), "KEEP_MAX_BUFFERS", 16);
+  c.maxRequests = envInt(get("KEEP_MAX_REQUESTS"), "KEEP_MAX_REQUESTS", 2 * c.maxBuffers);
+  c.defaultStorageClasses = envList(get("KEEP_DEFAULT_STORAGE_CLASSES")) ?? c.defaultStorageClasses;
   c.trashCheckIntervalMs = 0; // the EventBridge schedule drives sweeps
   const secretParams: LambdaSettings["secretParams"] = {};
   for (const [field, name] of [
@@ -73,33 +73,9 @@ export function loadSettings(env: NodeJS.ProcessEnv): LambdaSettings {
     ssm: {
       region: get("AWS_REGION"),
       endpoint: get("KEEP_SSM_ENDPOINT"),
-      cacheMs: dur(get("KEEP_SECRETS_CACHE_TTL"), "KEEP_SECRETS_CACHE_TTL", 300_000),
+      cacheMs: envDuration(get("KEEP_SECRETS_CACHE_TTL"), "KEEP_SECRETS_CACHE_TTL", 300_000),
     },
-    sweepBudgetMs: dur(get("KEEP_SWEEP_BUDGET"), "KEEP_SWEEP_BUDGET", 10 * 60_000),
+    sweepBudgetMs: envDuration(get("KEEP_SWEEP_BUDGET"), "KEEP_SWEEP_BUDGET", 10 * 60_000),
     logLevel: get("KEEP_LOG_LEVEL") ?? "info",
   };
-}
-
-function list(v: string | undefined): string[] | undefined {
-  return v
-    ?.split(",")
-    .map((s) => s.trim())
-    .filter(Boolean);
-}
-
-function bool(v: string | undefined, name: string, dflt: boolean): boolean {
-  if (v === undefined) return dflt;
-  if (/^(1|t|true|yes)$/i.test(v)) return true;
-  if (/^(0|f|false|no)$/i.test(v)) return false;
-  throw new ConfigError(`${name}=${v}: expected true or false`);
-}
-
-function int(v: string | undefined, name: string, dflt: number): number {
-  if (v === undefined) return dflt;
-  if (!/^\d+$/.test(v)) throw new ConfigError(`${name}=${v}: expected a whole number`);
-  return Number(v);
-}
-
-function dur(v: string | undefined, name: string, dflt: number): number {
-  return v === undefined ? dflt : parseDuration(name, v);
 }

@@ -5,6 +5,9 @@
 // single-dash long flags or positional state, hence this small parser.
 import { readFileSync } from "node:fs";
 import { ConfigError, DEFAULTS, type DriverSpec, type KeepConfig, validateConfig } from "../shared/config.js";
+import { parseDuration } from "../shared/config-values.js";
+
+export { parseDuration };
 
 export interface ServerOptions {
   config: KeepConfig;
@@ -129,13 +132,13 @@ export function parseFlags(argv: string[]): ServerOptions {
         c.managementToken = readSecret(value, name);
         break;
       case "trash-lifetime":
-        c.trashLifetimeMs = parseDuration(name, value);
+        c.trashLifetimeMs = parseDuration(`-${name}`, value);
         break;
       case "trash-check-interval":
-        c.trashCheckIntervalMs = parseDuration(name, value);
+        c.trashCheckIntervalMs = parseDuration(`-${name}`, value);
         break;
       case "request-timeout":
-        c.requestTimeoutMs = parseDuration(name, value);
+        c.requestTimeoutMs = parseDuration(`-${name}`, value);
         break;
       case "max-buffers":
         c.maxBuffers = parseIntFlag(name, value);
@@ -198,7 +201,7 @@ export function parseFlags(argv: string[]): ServerOptions {
         s3.prefixLength = parseIntFlag(name, value);
         break;
       case "s3-race-window":
-        s3.raceWindowMs = parseDuration(name, value);
+        s3.raceWindowMs = parseDuration(`-${name}`, value);
         break;
       case "s3-bucket-volume":
         if (!s3.endpoint && !s3.region)
@@ -234,23 +237,6 @@ function parseBool(name: string, v: string): boolean {
 function parseIntFlag(name: string, v: string): number {
   if (!/^-?\d+$/.test(v.trim())) throw new ConfigError(`-${name}=${v}: expected a whole number`);
   return Number(v);
-}
-
-const UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/** Go durations ("336h", "1h30m", "500ms", "0"); returns milliseconds. */
-export function parseDuration(name: string, v: string): number {
-  if (v === "0") return 0;
-  const re = /(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/gy;
-  let total = 0;
-  let pos = 0;
-  for (let m = re.exec(v); m; m = re.exec(v)) {
-    total += Number(m[1]) * (UNITS[m[2] as string] as number);
-    pos = re.lastIndex;
-  }
-  if (pos === 0 || pos !== v.length)
-    throw new ConfigError(`-${name}=${v}: expected a duration such as 336h, 90m or 30s`);
-  return total;
 }
 
 /** A key or token file: one line; a trailing newline is ignored (as the seed documents). */

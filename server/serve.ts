@@ -3,8 +3,11 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { type AppDeps, createKeepApp, type KeepApp } from "../shared/app.js";
 import type { KeepConfig } from "../shared/config.js";
+import { splitListen } from "../shared/config-values.js";
 import { nodeListener } from "./node-adapter.js";
 import { handleTouchClientError } from "./touch-method.js";
+
+export { splitListen };
 
 export interface RunningServer {
   app: KeepApp;
@@ -55,11 +58,4 @@ export async function startKeepServer(config: KeepConfig, listen: string, deps: 
       await app.close();
     },
   };
-}
-
-/** "host:port", ":port" (all interfaces) or "[v6]:port". */
-export function splitListen(listen: string): { host?: string; port: number } {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(listen);
-  if (!m) throw new Error(`-listen ${listen}: expected host:port or :port`);
-  return { host: m[1] ?? (m[2] || undefined), port: Number(m[3]) };
 }

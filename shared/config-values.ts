@@ -1,0 +1,56 @@
+// Parsers for setting values, shared by every host's edge (flags, app settings, env vars).
+// Pure functions on strings: nothing here reads process.env or argv.
+import { ConfigError } from "./config.js";
+
+const UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** Go durations ("336h", "1h30m", "500ms", "0"); returns milliseconds. `label` names the setting. */
+export function parseDuration(label: string, v: string): number {
+  if (v === "0") return 0;
+  const re = /(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/gy;
+  let total = 0;
+  let pos = 0;
+  for (let m = re.exec(v); m; m = re.exec(v)) {
+    total += Number(m[1]) * (UNITS[m[2] as string] as number);
+    pos = re.lastIndex;
+  }
+  if (pos === 0 || pos !== v.length)
+    throw new ConfigError(`${label}=${v}: expected a duration such as 336h, 90m or 30s`);
+  return total;
+}
+
+/** An optional boolean setting: 1/t/true/yes or 0/f/false/no, any case. */
+export function envBool(v: string | undefined, name: string, dflt: boolean): boolean {
+  if (v === undefined) return dflt;
+  if (/^(1|t|true|yes)$/i.test(v)) return true;
+  if (/^(0|f|false|no)$/i.test(v)) return false;
+  throw new ConfigError(`${name}=${v}: expected true or false`);
+}
+
+/** An optional whole-number setting. */
+export function envInt(v: string | undefined, name: string, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (!/^\d+$/.test(v)) throw new ConfigError(`${name}=${v}: expected a whole number`);
+  return Number(v);
+}
+
+/** An optional duration setting, in milliseconds. */
+export function envDuration(v: string | undefined, name: string, dflt: number): number {
+  return v === undefined ? dflt : parseDuration(name, v);
+}
+
+/** A comma-separated list; undefined when absent or empty. */
+export function envList(v: string | undefined): string[] | undefined {
+  const items = v
+    ?.split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+  return items?.length ? items : undefined;
+}
+
+/** "host:port", ":port" (all interfaces) or "[v6]:port". */
+export function splitListen(listen: string): { host?: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(listen);
+  if (!m) throw new ConfigError(`listen address ${listen}: expected host:port or :port`);
+  return { host: m[1] ?? (m[2] || undefined), port: Number(m[3]) };
+}
