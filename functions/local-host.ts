@@ -8,7 +8,7 @@ import type { AddressInfo } from "node:net";
 import { Readable } from "node:stream";
 import type { HttpRequestInit, HttpResponseInit } from "@azure/functions";
 import azf from "@azure/functions";
-import { handleTouchClientError } from "../server/touch-method.js";
+import { handleTouchClientError } from "../server/touch-method.js"; // dev tool: reuses the container host's TOUCH fallback
 import type { AppDeps } from "../shared/app.js";
 import { splitListen } from "../shared/config-values.js";
 import type { FetchHandler } from "../shared/http/router.js";
