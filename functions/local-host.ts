@@ -5,10 +5,11 @@
 import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { Readable } from "node:stream";
 import type { HttpRequestInit, HttpResponseInit } from "@azure/functions";
 import azf from "@azure/functions";
-import { handleTouchClientError } from "../server/touch-method.js"; // dev tool: reuses the container host's TOUCH fallback
+// A dev tool (never deployed): it reuses the container host's node:http pieces.
+import { toRequest } from "../server/node-adapter.js";
+import { handleTouchClientError } from "../server/touch-method.js";
 import type { AppDeps } from "../shared/app.js";
 import { splitListen } from "../shared/config-values.js";
 import type { FetchHandler } from "../shared/http/router.js";
@@ -89,23 +90,9 @@ async function serve(handler: HttpHandler, req: IncomingMessage, res: ServerResp
   res.on("close", () => {
     if (!res.writableFinished) abort.abort(new Error("client disconnected"));
   });
-  const headers = new Headers();
-  for (let i = 0; i < req.rawHeaders.length; i += 2) {
-    try {
-      headers.append(req.rawHeaders[i] as string, req.rawHeaders[i + 1] as string);
-    } catch {
-      // dropped, as the Functions front end would refuse it
-    }
-  }
-  const method = req.method ?? "GET";
-  const hasBody = method !== "GET" && method !== "HEAD";
-  const nativeRequest = new Request(`http://${headers.get("host") ?? "localhost"}${req.url ?? "/"}`, {
-    method,
-    headers,
-    body: hasBody ? (Readable.toWeb(req) as ReadableStream<Uint8Array>) : undefined,
-    duplex: "half",
-    signal: abort.signal,
-  } as RequestInit);
+  // The same conversion as the container host (its own body stream: Readable.toWeb throws
+  // an uncatchable error when a handler stops reading early).
+  const nativeRequest = toRequest(req, abort.signal);
   // nativeRequest is how the runtime's streaming path builds HttpRequest (createStreamRequest).
   const init = { nativeRequest, params: { path: (req.url ?? "/").slice(1).split("?")[0] ?? "" } } as HttpRequestInit;
   const context = new azf.InvocationContext({ functionName: "keep", invocationId: randomUUID() });

@@ -24,7 +24,8 @@ export function nodeListener(handler: FetchHandler, onError: (err: unknown) => v
   };
 }
 
-function toRequest(req: IncomingMessage, signal: AbortSignal): Request {
+/** A web Request for a node:http request: raw path kept, body streamed with backpressure. */
+export function toRequest(req: IncomingMessage, signal: AbortSignal): Request {
   const headers = new Headers();
   for (let i = 0; i < req.rawHeaders.length; i += 2) {
     try {
