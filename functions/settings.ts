@@ -2,7 +2,7 @@
 // core's KeepConfig. Secrets named here are read from Key Vault by instance.ts at cold start.
 
 import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec } from "../shared/config.js";
-import { envBool, envDuration, envInt, envList } from "../shared/config-values.js";
+import { applyKeepSettings, envDuration, envInt } from "../shared/config-values.js";
 
 export interface FunctionsSettings {
   config: KeepConfig;
@@ -42,18 +42,8 @@ export function parseSettings(env: NodeJS.ProcessEnv): FunctionsSettings {
   const c: KeepConfig = { ...DEFAULTS, volumes: [] };
   c.clusterId = get("KEEP_CLUSTER_ID") ?? c.clusterId;
   c.volumes = parseVolumes(get("KEEP_VOLUMES"), vault);
-  c.blobSigningKey = get("KEEP_BLOB_SIGNING_KEY") ?? "";
-  c.systemRootToken = get("KEEP_SYSTEM_ROOT_TOKEN") ?? "";
-  c.managementToken = get("KEEP_MANAGEMENT_TOKEN") ?? "";
-  c.enforcePermissions = envBool(get("KEEP_ENFORCE_PERMISSIONS"), "KEEP_ENFORCE_PERMISSIONS", false);
-  c.blobSigningTtlSeconds = envInt(get("KEEP_BLOB_SIGNING_TTL"), "KEEP_BLOB_SIGNING_TTL", c.blobSigningTtlSeconds);
-  c.trashEnabled = envBool(get("KEEP_TRASH_ENABLED"), "KEEP_TRASH_ENABLED", false);
-  c.trashLifetimeMs = envDuration(get("KEEP_TRASH_LIFETIME"), "KEEP_TRASH_LIFETIME", 0);
-  c.requestTimeoutMs = envDuration(get("KEEP_REQUEST_TIMEOUT"), "KEEP_REQUEST_TIMEOUT", 220_000);
-  c.maxBuffers = envInt(get("KEEP_MAX_BUFFERS"), "KEEP_MAX_BUFFERS", 16);
-  c.maxRequests = envInt(get("KEEP_MAX_REQUESTS"), "KEEP_MAX_REQUESTS", 2 * c.maxBuffers);
+  applyKeepSettings(c, get, { requestTimeoutMs: 220_000 });
   c.maxQueuedRequests = envInt(get("KEEP_MAX_QUEUED_REQUESTS"), "KEEP_MAX_QUEUED_REQUESTS", c.maxQueuedRequests);
-  c.defaultStorageClasses = envList(get("KEEP_DEFAULT_STORAGE_CLASSES")) ?? c.defaultStorageClasses;
   c.trashCheckIntervalMs = 0; // the timer trigger's schedule (KEEP_TRASH_SCHEDULE) drives sweeps
   const secrets: FunctionsSettings["secrets"] = {};
   for (const [field, name] of [

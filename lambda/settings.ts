@@ -3,7 +3,7 @@
 // secrets.ts resolves them at cold start. Literal secret values are for local runs only.
 
 import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec, validateConfig } from "../shared/config.js";
-import { envBool, envDuration, envInt, envList } from "../shared/config-values.js";
+import { applyKeepSettings, envBool, envDuration, envInt, envList } from "../shared/config-values.js";
 
 export type SecretField = "blobSigningKey" | "systemRootToken" | "managementToken";
 
@@ -44,17 +44,7 @@ export function loadSettings(env: NodeJS.ProcessEnv): LambdaSettings {
       storageClasses: envList(get("KEEP_S3_STORAGE_CLASSES")) ?? ["default"],
     }),
   );
-  c.blobSigningKey = get("KEEP_BLOB_SIGNING_KEY") ?? "";
-  c.systemRootToken = get("KEEP_SYSTEM_ROOT_TOKEN") ?? "";
-  c.managementToken = get("KEEP_MANAGEMENT_TOKEN") ?? "";
-  c.enforcePermissions = envBool(get("KEEP_ENFORCE_PERMISSIONS"), "KEEP_ENFORCE_PERMISSIONS", false);
-  c.blobSigningTtlSeconds = envInt(get("KEEP_BLOB_SIGNING_TTL"), "KEEP_BLOB_SIGNING_TTL", c.blobSigningTtlSeconds);
-  c.trashEnabled = envBool(get("KEEP_TRASH_ENABLED"), "KEEP_TRASH_ENABLED", false);
-  c.trashLifetimeMs = envDuration(get("KEEP_TRASH_LIFETIME"), "KEEP_TRASH_LIFETIME", 0);
-  c.requestTimeoutMs = envDuration(get("KEEP_REQUEST_TIMEOUT"), "KEEP_REQUEST_TIMEOUT", 120_000);
-  c.maxBuffers = envInt(get("KEEP_MAX_BUFFERS"), "KEEP_MAX_BUFFERS", 16);
-  c.maxRequests = envInt(get("KEEP_MAX_REQUESTS"), "KEEP_MAX_REQUESTS", 2 * c.maxBuffers);
-  c.defaultStorageClasses = envList(get("KEEP_DEFAULT_STORAGE_CLASSES")) ?? c.defaultStorageClasses;
+  applyKeepSettings(c, get, { requestTimeoutMs: 120_000 });
   c.trashCheckIntervalMs = 0; // the EventBridge schedule drives sweeps
   const secretParams: LambdaSettings["secretParams"] = {};
   for (const [field, name] of [

@@ -1,6 +1,6 @@
 // Parsers for setting values, shared by every host's edge (flags, app settings, env vars).
 // Pure functions on strings: nothing here reads process.env or argv.
-import { ConfigError } from "./config.js";
+import { ConfigError, type KeepConfig } from "./config.js";
 
 const UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
@@ -53,4 +53,26 @@ export function splitListen(listen: string): { host?: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(listen);
   if (!m) throw new ConfigError(`listen address ${listen}: expected host:port or :port`);
   return { host: m[1] ?? (m[2] || undefined), port: Number(m[3]) };
+}
+
+/**
+ * The KEEP_* settings every serverless host shares (signing, tokens, trash, limits), read
+ * through `get` so callers decide where values come from. Host-specific defaults are passed in.
+ */
+export function applyKeepSettings(
+  c: KeepConfig,
+  get: (name: string) => string | undefined,
+  defaults: { requestTimeoutMs: number },
+): void {
+  c.blobSigningKey = get("KEEP_BLOB_SIGNING_KEY") ?? "";
+  c.systemRootToken = get("KEEP_SYSTEM_ROOT_TOKEN") ?? "";
+  c.managementToken = get("KEEP_MANAGEMENT_TOKEN") ?? "";
+  c.enforcePermissions = envBool(get("KEEP_ENFORCE_PERMISSIONS"), "KEEP_ENFORCE_PERMISSIONS", false);
+  c.blobSigningTtlSeconds = envInt(get("KEEP_BLOB_SIGNING_TTL"), "KEEP_BLOB_SIGNING_TTL", c.blobSigningTtlSeconds);
+  c.trashEnabled = envBool(get("KEEP_TRASH_ENABLED"), "KEEP_TRASH_ENABLED", false);
+  c.trashLifetimeMs = envDuration(get("KEEP_TRASH_LIFETIME"), "KEEP_TRASH_LIFETIME", 0);
+  c.requestTimeoutMs = envDuration(get("KEEP_REQUEST_TIMEOUT"), "KEEP_REQUEST_TIMEOUT", defaults.requestTimeoutMs);
+  c.maxBuffers = envInt(get("KEEP_MAX_BUFFERS"), "KEEP_MAX_BUFFERS", 16);
+  c.maxRequests = envInt(get("KEEP_MAX_REQUESTS"), "KEEP_MAX_REQUESTS", 2 * c.maxBuffers);
+  c.defaultStorageClasses = envList(get("KEEP_DEFAULT_STORAGE_CLASSES")) ?? c.defaultStorageClasses;
 }

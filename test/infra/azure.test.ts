@@ -581,7 +581,9 @@ describe("infra/azure (Bicep, structural checks; no compiler here)", () => {
   });
 
   it("the app settings parse with functions/settings.ts into the intended config (when the Functions app exists)", async (t) => {
-    const src = sourcesUnder("functions");
+    // The host's own sources plus the shared settings parser it calls (applyKeepSettings).
+    const own = sourcesUnder("functions");
+    const src = own && `${own}\n${read("shared/config-values.ts")}`;
     if (!src || !exists("dist/functions/settings.js")) {
       t.skip("functions/settings.ts not written yet (issue 3)");
       return;
