@@ -30,18 +30,21 @@ interface VolumeSetting {
   readOnly?: boolean;
   storageClasses?: string[];
   maxGetBytes?: number;
+  /** How long one storage call may keep retrying 5xx and connection errors (ms, default 10 s). */
+  retryBudgetMs?: number;
   uuid?: string;
 }
 
 export function parseSettings(env: NodeJS.ProcessEnv): FunctionsSettings {
   const get = (name: string) => env[name]?.trim() || undefined;
   const vaultUrl = get("KEEP_KEYVAULT_URL");
-  const vault = vaultUrl
-    ? { vaultUrl, clientId: get("AZURE_CLIENT_ID"), caFile: get("KEEP_KEYVAULT_CA_FILE") }
-    : undefined;
+  // The user-assigned identity serves Key Vault and Entra ID storage access alike, with or
+  // without a vault.
+  const clientId = get("AZURE_CLIENT_ID");
+  const vault = vaultUrl ? { vaultUrl, clientId, caFile: get("KEEP_KEYVAULT_CA_FILE") } : undefined;
   const c: KeepConfig = { ...DEFAULTS, volumes: [] };
   c.clusterId = get("KEEP_CLUSTER_ID") ?? c.clusterId;
-  c.volumes = parseVolumes(get("KEEP_VOLUMES"), vault);
+  c.volumes = parseVolumes(get("KEEP_VOLUMES"), vault, clientId);
   applyKeepSettings(c, get, { requestTimeoutMs: 220_000 });
   c.maxQueuedRequests = envInt(get("KEEP_MAX_QUEUED_REQUESTS"), "KEEP_MAX_QUEUED_REQUESTS", c.maxQueuedRequests);
   c.trashCheckIntervalMs = 0; // the timer trigger's schedule (KEEP_TRASH_SCHEDULE) drives sweeps
@@ -68,7 +71,11 @@ export function parseSettings(env: NodeJS.ProcessEnv): FunctionsSettings {
   };
 }
 
-function parseVolumes(raw: string | undefined, vault: FunctionsSettings["vault"]): VolumeSpec[] {
+function parseVolumes(
+  raw: string | undefined,
+  vault: FunctionsSettings["vault"],
+  clientId: string | undefined,
+): VolumeSpec[] {
   if (!raw)
     throw new ConfigError(
       "KEEP_VOLUMES is not set: give a JSON array of {account, container, keySecret|keyFile|identity}",
@@ -95,7 +102,7 @@ function parseVolumes(raw: string | undefined, vault: FunctionsSettings["vault"]
       };
     } else if (v.keyFile) credential = { kind: "keyFile", path: v.keyFile };
     else if (v.key) credential = { kind: "key", key: v.key };
-    else if (v.identity) credential = { kind: "token", clientId: vault?.clientId };
+    else if (v.identity) credential = { kind: "token", clientId };
     else throw new ConfigError(`${where}: give keySecret (Key Vault), keyFile, key or identity:true`);
     return {
       driver: "azure",
@@ -104,6 +111,7 @@ function parseVolumes(raw: string | undefined, vault: FunctionsSettings["vault"]
       endpoint: v.endpoint,
       credential,
       maxGetBytes: v.maxGetBytes ?? 64 * 1024 * 1024,
+      ...(v.retryBudgetMs !== undefined ? { retryBudgetMs: v.retryBudgetMs } : {}),
       replication: v.replication ?? 3,
       readOnly: !!v.readOnly,
       storageClasses: v.storageClasses?.length ? v.storageClasses : ["default"],

@@ -358,10 +358,18 @@ export class AzureBlobVolume implements Volume {
         502,
         { cause: err },
       );
-    if (status === undefined || status === 0 || status >= 500)
-      return new VolumeUnavailableError(`${where}: ${code ?? (err as Error)?.message ?? "unavailable"}`, {
-        cause: err,
-      });
+    if (status === undefined || status === 0)
+      return new VolumeUnavailableError(
+        `${where}: the storage service at ${new URL(this.conn.url).host} cannot be reached (${code ?? (err as Error)?.message ?? "no answer"})`,
+        { cause: err },
+      );
+    if (status >= 500)
+      return new VolumeUnavailableError(
+        `${where}: the storage service answered ${status} (${code ?? "no error code"})`,
+        {
+          cause: err,
+        },
+      );
     return new BackendError(`${where}: ${code ?? status}: ${(err as Error).message?.split("\n")[0]}`, status, {
       cause: err,
     });

@@ -309,6 +309,7 @@ describe("Function App configured from Key Vault through the managed identity", 
       vault.secrets.set("storage-account-key", AZURITE_KEY);
       vault.secrets.set("blob-signing-key", `${signingKey}\n`);
       vault.secrets.set("data-manager-token", "admin-from-vault");
+      vault.secrets.set("management-token", "metrics-from-vault");
       const env = {
         KEEP_KEYVAULT_URL: vault.url,
         KEEP_KEYVAULT_CA_FILE: vault.caFile,
@@ -317,6 +318,7 @@ describe("Function App configured from Key Vault through the managed identity", 
         ]),
         KEEP_BLOB_SIGNING_KEY_SECRET: "blob-signing-key",
         KEEP_SYSTEM_ROOT_TOKEN_SECRET: "data-manager-token",
+        KEEP_MANAGEMENT_TOKEN_SECRET: "management-token",
         KEEP_ENFORCE_PERMISSIONS: "true",
       };
       const host = await runLocal("127.0.0.1:0", env, { logger: silentLogger() });
@@ -339,7 +341,21 @@ describe("Function App configured from Key Vault through the managed identity", 
           (await fetch(`${host.url}/index`, { headers: { authorization: "Bearer admin-from-vault" } })).status,
           200,
         );
-        assert.ok(vault.reads >= 3, "three secrets read from the vault");
+        assert.equal((await fetch(`${host.url}/metrics.json`)).status, 401);
+        assert.equal(
+          (await fetch(`${host.url}/metrics.json`, { headers: { authorization: "Bearer admin-from-vault" } })).status,
+          403,
+          "the admin token is not the management token",
+        );
+        const ping = await fetch(`${host.url}/_health/ping`, {
+          headers: { authorization: "Bearer metrics-from-vault" },
+        });
+        assert.equal(ping.status, 200);
+        assert.equal(
+          (await fetch(`${host.url}/metrics.json`, { headers: { authorization: "Bearer metrics-from-vault" } })).status,
+          200,
+        );
+        assert.equal(vault.reads, 4, "four secrets read from the vault, once each");
         assert.ok(identity.requests.some((r) => r.resource.startsWith("https://vault.azure.net")));
       } finally {
         await host.close();
@@ -363,5 +379,203 @@ describe("Function App configured from Key Vault through the managed identity", 
     } finally {
       await vault.close();
     }
+  });
+});
+
+describe("Functions over Azurite that stops mid-request (keepfn-local, real HTTP)", () => {
+  it("answers a clear 503 while storage is down, commits no half PUT, and serves again once it is back", async () => {
+    // On disk, so a restart brings the blobs back.
+    const disk = await Azurite.start();
+    const container = `down${randomBytes(4).toString("hex")}`;
+    await disk.createContainer(container);
+    const env = {
+      KEEP_VOLUMES: JSON.stringify([
+        { account: AZURITE_ACCOUNT, container, endpoint: disk.endpoint, key: AZURITE_KEY, retryBudgetMs: 500 },
+      ]),
+    };
+    const host = await runLocal("127.0.0.1:0", env, { logger: silentLogger() });
+    try {
+      const big = randomBytes(48 << 20);
+      const bigHash = md5hex(big);
+      assert.equal((await fetch(`${host.url}/${bigHash}`, { method: "PUT", body: big })).status, 200);
+
+      // A GET in flight when storage goes away: the client never gets a 200 it could take
+      // for the whole block (the body is cut short, so fetch rejects), or gets exactly the block.
+      const res = await fetch(`${host.url}/${bigHash}+${big.length}`);
+      assert.equal(res.status, 200);
+      const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+      const parts: Uint8Array[] = [(await reader.read()).value as Uint8Array];
+      await disk.stop();
+      const rest = await (async () => {
+        for (let r = await reader.read(); !r.done; r = await reader.read()) parts.push(r.value);
+      })().then(
+        () => "complete",
+        () => "cut short",
+      );
+      if (rest === "complete") assert.equal(md5hex(Buffer.concat(parts)), bigHash, "a complete body is the block");
+
+      // While it is down: 503 naming the volume and the unreachable service, for reads and writes.
+      const get = await fetch(`${host.url}/${bigHash}+${big.length}`);
+      assert.equal(get.status, 503);
+      assert.match(
+        await get.text(),
+        new RegExp(`azure container ${container}: the storage service at 127\\.0\\.0\\.1:\\d+ cannot be reached`),
+      );
+      const small = Buffer.from("written while storage is down");
+      const put = await fetch(`${host.url}/${md5hex(small)}`, { method: "PUT", body: small });
+      assert.equal(put.status, 503);
+      await put.text();
+      await disk.restart();
+
+      // A PUT whose upload is cut by storage stopping midway: 503, and nothing is committed.
+      const cut = randomBytes(24 << 20);
+      let sent = 0;
+      let stopped: Promise<void> | undefined;
+      const body = new ReadableStream<Uint8Array>({
+        async pull(c) {
+          if (sent === 8 << 20) {
+            stopped = disk.stop();
+            await stopped;
+          }
+          if (sent >= cut.length) return c.close();
+          c.enqueue(cut.subarray(sent, sent + (1 << 20)));
+          sent += 1 << 20;
+        },
+      });
+      const cutPut = await fetch(`${host.url}/${md5hex(cut)}`, { method: "PUT", body, duplex: "half" } as RequestInit)
+        .then(async (r) => ({ status: r.status, text: await r.text() }))
+        .catch((err: Error) => ({ status: 0, text: err.message }));
+      await stopped;
+      assert.equal(cutPut.status, 503, cutPut.text);
+
+      // Back: the same host (no restart) serves the stored block and takes writes again.
+      await disk.restart();
+      const again = await fetch(`${host.url}/${bigHash}+${big.length}`);
+      assert.equal(again.status, 200);
+      assert.equal(md5hex(Buffer.from(await again.arrayBuffer())), bigHash);
+      assert.equal((await fetch(`${host.url}/${md5hex(small)}`, { method: "PUT", body: small })).status, 200);
+      const c = disk.serviceClient().getContainerClient(container);
+      assert.equal(await c.getBlockBlobClient(md5hex(cut)).exists(), false, "the cut PUT left no blob");
+      const names: string[] = [];
+      for await (const b of c.listBlobsFlat({ includeUncommitedBlobs: true })) names.push(b.name);
+      assert.deepEqual(names.sort(), [bigHash, md5hex(small)].sort());
+    } finally {
+      await host.close();
+      await disk.close();
+    }
+  });
+});
+
+describe("Entra ID token to storage, configured by app settings (identity: true)", () => {
+  it("keepfn-local serves blocks over Azurite (HTTPS, --oauth basic) with the managed identity's token and no key", async () => {
+    const certs = await KeyVaultStub.start(); // only for its throwaway certificate
+    const secure = await Azurite.start({
+      inMemory: true,
+      cert: certs.caFile,
+      key: `${certs.dir}/key.pem`,
+      oauth: true,
+    });
+    const { spawn } = await import("node:child_process");
+    const { freePort } = await import("../harness/azurite.js");
+    const { BlobServiceClient, StorageSharedKeyCredential } = await import("@azure/storage-blob");
+    const { readFileSync } = await import("node:fs");
+    let child: import("node:child_process").ChildProcess | undefined;
+    try {
+      const admin = new BlobServiceClient(
+        secure.endpoint,
+        new StorageSharedKeyCredential(AZURITE_ACCOUNT, AZURITE_KEY),
+        {
+          tlsOptions: { ca: readFileSync(certs.caFile, "utf8") },
+        } as never,
+      );
+      await admin.getContainerClient("entra").create();
+      const port = await freePort();
+      const before = identity.requests.length;
+      child = spawn(
+        process.execPath,
+        ["dist/tools/keepfn-local.js", "--host", "functions", "--listen", `127.0.0.1:${port}`],
+        {
+          env: {
+            ...process.env, // IDENTITY_ENDPOINT / IDENTITY_HEADER, as the platform sets them
+            NODE_EXTRA_CA_CERTS: certs.caFile,
+            AZURE_CLIENT_ID: "11111111-2222-3333-4444-555555555555",
+            KEEP_VOLUMES: JSON.stringify([
+              { account: AZURITE_ACCOUNT, container: "entra", endpoint: secure.endpoint, identity: true },
+            ]),
+          },
+          stdio: ["ignore", "ignore", "pipe"],
+        },
+      );
+      let err = "";
+      await new Promise<void>((resolve, reject) => {
+        child?.stderr?.on("data", (d) => {
+          err += d;
+          if (err.includes("handlers serving")) resolve();
+        });
+        child?.once("exit", (code) => reject(new Error(`keepfn-local exited ${code}: ${err}`)));
+      });
+      const url = `http://127.0.0.1:${port}`;
+      const data = randomBytes(3 << 20);
+      assert.equal((await fetch(`${url}/${md5hex(data)}`, { method: "PUT", body: data })).status, 200);
+      const got = await fetch(`${url}/${md5hex(data)}+${data.length}`);
+      assert.equal(md5hex(Buffer.from(await got.arrayBuffer())), md5hex(data));
+      const asked = identity.requests.slice(before);
+      assert.ok(
+        asked.some(
+          (r) =>
+            r.resource.startsWith("https://storage.azure.com") && r.clientId === "11111111-2222-3333-4444-555555555555",
+        ),
+        `a storage token for the user-assigned identity: ${JSON.stringify(asked)}`,
+      );
+      assert.ok(!asked.some((r) => r.resource.includes("vault")), "no Key Vault involved");
+    } finally {
+      if (child && child.exitCode === null) {
+        const exited = new Promise((r) => child?.once("exit", r));
+        child.kill("SIGTERM");
+        await exited;
+      }
+      await secure.close();
+      await certs.close();
+    }
+  });
+});
+
+describe("host.json and the documented app settings", () => {
+  it("host.json: empty route prefix, a function timeout above the sweep budget, logging", async () => {
+    const { readFileSync } = await import("node:fs");
+    const hostJson = JSON.parse(readFileSync("host.json", "utf8"));
+    assert.equal(hostJson.version, "2.0");
+    assert.equal(hostJson.extensions.http.routePrefix, "", "paths are keepstore's (/<hash>, /index…)");
+    const [h, m, sec] = String(hostJson.functionTimeout).split(":").map(Number);
+    const timeoutMs = (((h as number) * 60 + (m as number)) * 60 + (sec as number)) * 1000;
+    const { parseSettings } = await import("../../functions/settings.js");
+    const s = parseSettings({ KEEP_VOLUMES: '[{"account":"a","container":"c","key":"k"}]' });
+    assert.ok(s.sweepBudgetMs < timeoutMs, "the default sweep budget ends before the function timeout");
+    assert.ok(timeoutMs <= 10 * 60_000, "within the Consumption plan's 10-minute maximum");
+    assert.ok(s.config.requestTimeoutMs < 230_000, "HTTP requests end before the 230 s load balancer limit");
+    assert.ok(hostJson.logging?.logLevel?.default, "log level set");
+  });
+
+  it("the README lists every app setting the Functions app reads", async () => {
+    const { readFileSync } = await import("node:fs");
+    const readme = readFileSync("README.md", "utf8");
+    const section = readme.slice(readme.indexOf("<!-- section: azure"), readme.indexOf("<!-- section: aws"));
+    const sources = [
+      "functions/settings.ts",
+      "functions/index.ts",
+      "functions/local-host.ts",
+      "shared/config-values.ts",
+    ]
+      .map((f) => readFileSync(f, "utf8"))
+      .join("\n");
+    const names = new Set([...sources.matchAll(/["'`%]((?:KEEP|AZURE)_[A-Z0-9_]+)["'`%]/g)].map((m) => m[1] as string));
+    assert.ok(names.size > 15, [...names].join(" "));
+    const missing = [...names].filter((n) => !section.includes(n));
+    assert.deepEqual(missing, [], "settings read but not in the README's Azure section");
+    for (const field of ["account", "container", "keySecret", "keyFile", "identity", "maxGetBytes", "retryBudgetMs"])
+      assert.ok(
+        section.includes(`\`${field}\``) || section.includes(`\`${field}: `),
+        `KEEP_VOLUMES field ${field} documented`,
+      );
   });
 });

@@ -1,18 +1,16 @@
 // The Azure Blob volume against Azurite (a real blob service on loopback): the generic
 // conformance suite, plain and with ranged reads, then Azure-specific behaviour.
 import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { promises as fs } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { ContainerClient } from "@azure/storage-blob";
-import { parseFlags } from "../../server/flags.js";
-import { startKeepServer } from "../../server/serve.js";
 import { FakeClock } from "../../shared/clock.js";
 import { staticKey } from "../../shared/credentials/account-key.js";
 import { CancelledError, NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
-import { silentLogger } from "../../shared/log.js";
 import { AzureBlobVolume, type AzureBlobVolumeOptions } from "../../shared/volume/azure-blob.js";
 import { STATE_BLOB, TRASH_TAG } from "../../shared/volume/azure-sweep.js";
 import { chunks, collect, md5hex, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
@@ -419,103 +417,126 @@ async function azureOpts(container: string): Promise<AzureBlobVolumeOptions> {
   };
 }
 
+// The seed's second example (../shared/seeds/keep-azure-storage.txt), as operators type it.
+const SEED_MULTI_ACCOUNT = String.raw`keepstore \
+ -readonly \
+ -volume /data/disk0 -volume /data/disk1 \
+ -readonly=false \
+ -azure-storage-account-key-file ./firstaccount.key \
+ -azure-storage-account-name firstaccount \
+ -azure-storage-container-volume containerA \
+ -azure-storage-container-volume containerB \
+ -azure-storage-container-volume containerC \
+ -azure-storage-account-key-file ./secondaccount.key \
+ -azure-storage-account-name secondaccount \
+ -azure-storage-container-volume containerX \
+ -azure-storage-container-volume containerY \
+ -azure-storage-container-volume containerZ`;
+
 describe("container host with the seed's Azure flags", () => {
-  it("serves the seed's multi-account example verbatim (plus -azure-blob-endpoint) over two Azurite accounts", async () => {
+  it("runs the seed's multi-account example (plus -azure-blob-endpoint) as a process over two Azurite accounts", async () => {
+    const first = { name: "firstaccount", key: Buffer.alloc(64, 8).toString("base64") };
     const second = { name: "secondaccount", key: Buffer.alloc(64, 9).toString("base64") };
-    const az2 = await Azurite.start({ inMemory: true, accounts: [second] });
+    const accounts = [first, second];
+    const az2 = await Azurite.start({ inMemory: true, accounts });
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-seed-"));
-    let server: Awaited<ReturnType<typeof startKeepServer>> | undefined;
+    let child: ChildProcess | undefined;
     try {
-      for (const c of ["containera", "containerb", "containerc"]) await az2.createContainer(c);
-      for (const c of ["containerx", "containery", "containerz"]) await az2.createContainer(c, second.name, second.key);
-      await fs.writeFile(join(dir, "firstaccount.key"), `${AZURITE_KEY}\n`);
+      // Two substitutions, both forced: Azure (and Azurite) refuse upper-case container names
+      // (400 InvalidResourceName), so containerA is created and named containera; and the
+      // POSIX volumes live in a temp dir rather than /data.
+      const argv = SEED_MULTI_ACCOUNT.replace(/\\\n/g, " ")
+        .split(/\s+/)
+        .filter(Boolean)
+        .slice(1)
+        .map((a) => (a.startsWith("container") ? a.toLowerCase() : a.replace(/^\/data\//, `${dir}/`)));
+      for (const [acct, cs] of [
+        [first, ["containera", "containerb", "containerc"]],
+        [second, ["containerx", "containery", "containerz"]],
+      ] as const)
+        for (const c of cs) await az2.createContainer(c, acct.name, acct.key);
+      // "A trailing newline will be ignored": the key files as the seed tells operators to write them.
+      await fs.writeFile(join(dir, "firstaccount.key"), `${first.key}\n`);
       await fs.writeFile(join(dir, "secondaccount.key"), `${second.key}\n`);
       await fs.mkdir(join(dir, "disk0"));
       await fs.mkdir(join(dir, "disk1"));
-      // The seed's second example; account names are the emulator's, containers lower-case.
-      const argv = [
-        "-azure-blob-endpoint",
-        az2.baseUrl,
-        "-readonly",
-        "-volume",
-        join(dir, "disk0"),
-        "-volume",
-        join(dir, "disk1"),
-        "-readonly=false",
-        "-azure-storage-account-key-file",
-        join(dir, "firstaccount.key"),
-        "-azure-storage-account-name",
-        AZURITE_ACCOUNT,
-        "-azure-storage-container-volume",
-        "containera",
-        "-azure-storage-container-volume",
-        "containerb",
-        "-azure-storage-container-volume",
-        "containerc",
-        "-azure-storage-account-key-file",
-        join(dir, "secondaccount.key"),
-        "-azure-storage-account-name",
-        second.name,
-        "-azure-storage-container-volume",
-        "containerx",
-        "-azure-storage-container-volume",
-        "containery",
-        "-azure-storage-container-volume",
-        "containerz",
-        "-listen",
-        "127.0.0.1:0",
-      ];
-      const opts = parseFlags(argv);
-      server = await startKeepServer(opts.config, opts.listen, { logger: silentLogger() });
-      const mounts = (await (await fetch(`${server.url}/mounts`)).json()) as Array<{
+      child = spawn(
+        process.execPath,
+        [resolve("dist/server/main.js"), "-azure-blob-endpoint", az2.baseUrl, ...argv, "-listen=127.0.0.1:0"],
+        { cwd: dir, stdio: ["ignore", "pipe", "pipe"] },
+      );
+      const url = await listening(child);
+      const mounts = (await (await fetch(`${url}/mounts`)).json()) as Array<{
         device_id: string;
         allow_write: boolean;
         replication: number;
       }>;
       assert.equal(mounts.length, 8);
       const azure = mounts.filter((m) => m.device_id.startsWith("azure://"));
-      assert.equal(azure.length, 6);
+      assert.deepEqual(azure.map((m) => m.device_id.replace(/^azure:\/\/[^/]+\//, "")).sort(), [
+        "firstaccount/containera",
+        "firstaccount/containerb",
+        "firstaccount/containerc",
+        "secondaccount/containerx",
+        "secondaccount/containery",
+        "secondaccount/containerz",
+      ]);
       assert.ok(azure.every((m) => m.allow_write && m.replication === 3));
       assert.ok(mounts.filter((m) => !m.device_id.startsWith("azure://")).every((m) => !m.allow_write));
-      assert.ok(azure.some((m) => m.device_id.endsWith(`/${second.name}/containerz`)));
-      const stored = new Set<string>();
       for (let i = 0; i < 24; i++) {
         const d = Buffer.from(`seed block ${i}`);
-        const put: Response = await fetch(`${server.url}/${md5hex(d)}`, {
-          method: "PUT",
-          body: d as unknown as BodyInit,
-        });
+        const put: Response = await fetch(`${url}/${md5hex(d)}`, { method: "PUT", body: d as unknown as BodyInit });
         assert.equal(put.status, 200);
         assert.equal(put.headers.get("x-keep-replicas-stored"), "3");
-        const got: Response = await fetch(`${server.url}/${md5hex(d)}+${d.length}`);
+        const got: Response = await fetch(`${url}/${md5hex(d)}+${d.length}`);
         assert.deepEqual(Buffer.from(await got.arrayBuffer()), d);
       }
-      for (const [acct, key, cs] of [
-        [AZURITE_ACCOUNT, AZURITE_KEY, ["containera", "containerb", "containerc"]],
-        [second.name, second.key, ["containerx", "containery", "containerz"]],
+      const stored = new Set<string>();
+      for (const [acct, cs] of [
+        [first, ["containera", "containerb", "containerc"]],
+        [second, ["containerx", "containery", "containerz"]],
       ] as const) {
         for (const c of cs) {
-          const first = await az2.serviceClient(acct, key).getContainerClient(c).listBlobsFlat().next();
-          if (!first.done) stored.add(`${acct}/${c}`);
+          const first = await az2.serviceClient(acct.name, acct.key).getContainerClient(c).listBlobsFlat().next();
+          if (!first.done) stored.add(`${acct.name}/${c}`);
         }
       }
       assert.ok(stored.size >= 4, `blocks spread over ${[...stored].join(", ")}`);
       assert.ok(
-        [...stored].some((s) => s.startsWith(second.name)),
-        "the second account's key was used",
+        [...stored].some((s) => s.startsWith("secondaccount/")) &&
+          [...stored].some((s) => s.startsWith("firstaccount/")),
+        `both accounts' keys were used: ${[...stored].join(", ")}`,
       );
+      for (const d of await fs.readdir(join(dir, "disk0"))) assert.fail(`read-only disk0 got ${d}`);
       const big = pattern(64 << 20);
-      const r: Response = await fetch(`${server.url}/${md5hex(big)}`, {
-        method: "PUT",
-        body: big as unknown as BodyInit,
-      });
+      const r: Response = await fetch(`${url}/${md5hex(big)}`, { method: "PUT", body: big as unknown as BodyInit });
       assert.equal(r.status, 200);
-      const g: Response = await fetch(`${server.url}/${md5hex(big)}+${big.length}`);
+      const g: Response = await fetch(`${url}/${md5hex(big)}+${big.length}`);
       assert.equal(md5hex(Buffer.from(await g.arrayBuffer())), md5hex(big));
     } finally {
-      await server?.close(1000);
+      if (child && child.exitCode === null) {
+        const exited = new Promise((r) => child?.once("exit", r));
+        child.kill("SIGTERM");
+        await exited;
+      }
       await az2.close();
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
 });
+
+function listening(child: ChildProcess): Promise<string> {
+  let out = "";
+  let err = "";
+  child.stderr?.on("data", (d) => {
+    err += d;
+  });
+  return new Promise<string>((resolveUrl, reject) => {
+    child.stdout?.on("data", (d) => {
+      out += d;
+      const m = /"url":"(http:\/\/[^"]+)","msg":"keepstore listening"/.exec(out);
+      if (m) resolveUrl(m[1] as string);
+    });
+    child.on("exit", (code) => reject(new Error(`keepstore exited ${code}: ${err}${out}`)));
+  });
+}
