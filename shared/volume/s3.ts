@@ -15,12 +15,15 @@
 // and close the windows directly:
 //  1. Every recent/ marker gets a unique body, so its ETag names one generation of it. (The
 //     reference writes empty markers, all with the same ETag; it reads only LastModified.)
-//  2. Put and Touch write data, then the marker, then HEAD the data. Trash reads the marker,
-//     copies data to trash/, deletes the data, then reads the marker again. Each request is
-//     linearizable, so whichever of "Put writes the marker" / "Trash re-reads the marker"
-//     comes second sees the other: either Trash sees a new marker and copies the block back,
-//     or Put sees the data gone and copies it back itself (or fails: then the client was
-//     never told the block was stored). No acknowledged block is lost to this race.
+//  2. Trash reads the marker, copies data to trash/, deletes the data, then reads the marker
+//     again. Each request is linearizable. Put writes the marker first and the data object
+//     after it (only once the body is known good): a marker Trash re-reads makes it copy the
+//     block back; a marker written after that re-read comes after Trash's DELETE, and so does
+//     our data object, which stays. Touch marks data that already exists, so
+//     they write the marker, then HEAD the data: whichever of "Touch writes the marker" /
+//     "Trash re-reads it" comes second sees the other: Trash copies the block back, or Touch
+//     sees the data gone and restores it from trash/ (or fails: the client was never told).
+//     No acknowledged block is lost to this race.
 //  3. EmptyTrash deletes recent/X with If-Match on the marker generation it judged, so a
 //     marker a concurrent Put/Touch just wrote is never deleted.
 //  4. EmptyTrash may have judged an old trash/X expired just as a Trash replaces it with a
@@ -32,6 +35,7 @@
 // that bound rather than on a condition S3 checks; and a bucket shared with a running
 // reference keepstore gets only the reference's guarantees for the markers it writes.
 import { randomBytes } from "node:crypto";
+import type { Readable } from "node:stream";
 import { PutObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { BadLocatorError, cancelled, HashMismatchError, NotFoundError, VolumeUnavailableError } from "../errors.js";
@@ -39,7 +43,7 @@ import { isHash } from "../locator.js";
 import { makeS3Client, S3Objects } from "./s3-objects.js";
 import { ConditionNotMetError, S3Keys, toNs } from "./s3-support.js";
 import { emptyTrash } from "./s3-sweep.js";
-import { streamedBody, verifyStaged } from "./s3-upload.js";
+import { collectBody, HeldBackBody, verifyStaged } from "./s3-upload.js";
 import {
   type BlockData,
   type EmptyTrashReport,
@@ -71,6 +75,9 @@ export interface S3VolumeOptions {
   sleep?: (ms: number) => Promise<void>;
 }
 
+/** Blocks of at least this size stream to S3 while being hashed; smaller ones are gathered first. */
+const OVERLAP_MIN_BYTES = 1 << 20;
+/** Streamed blocks below this size are also kept in memory, so a failed attempt can be repeated. */
 const STREAM_MIN_BYTES = 8 << 20;
 const MAX_SETTLE_MS = 60_000;
 export const UPLOAD_PREFIX = "uploads/";
@@ -118,9 +125,69 @@ export class S3Volume implements Volume {
 
   async write(hash: string, data: AsyncIterable<Uint8Array>, opts: WriteOptions = {}): Promise<void> {
     const key = this.blockKey(hash);
-    // Blocks up to 8 MiB are buffered so the SDK can retry them; bigger ones stream (a failed
-    // streamed PUT is not retried here: the client sees 503 and retries, as Keep clients do).
-    const { body, length } = await streamedBody(data, opts, STREAM_MIN_BYTES, (n) => (this.stats.outBytes += n));
+    // RACES (2): the marker is written before the data object exists, and only once the body
+    // is known good (the core's stream has ended cleanly, so its hash matched). Whatever a
+    // concurrent Trash does, the block is then live when we return, with no HEAD after:
+    //  - marker before Trash's first look at it: Trash finds the block young and leaves it;
+    //  - marker between Trash's two looks: Trash sees it changed and copies the block back;
+    //  - marker after Trash's second look: Trash deleted the data before that look, and our
+    //    data object is created after our marker, so after Trash's DELETE: it stays.
+    // If the data PUT then fails, the marker stays behind a block the client has and will
+    // PUT again (it gets a 503): at worst a trashed copy of that very block is restored early
+    // by a read or a sweep (fixRace), which is what the retried PUT would do anyway. A bad
+    // body never writes a marker. (The previous order, data, marker, HEAD data, cost one
+    // request and one round trip more for the same guarantee.)
+    let marked: Promise<void> | undefined;
+    const mark = () => {
+      marked ??= this.o.writeMarker(key);
+      return marked;
+    };
+    const counted = (n: number) => {
+      this.stats.outBytes += n;
+    };
+    const size = opts.size;
+    if (size === undefined || size < OVERLAP_MIN_BYTES) {
+      // Small (or unknown size): gather it, then marker, then one retryable PutObject.
+      const body = await collectBody(data, opts.signal, counted);
+      await mark();
+      return this.putBlock(key, hash, body, body.length, opts.signal);
+    }
+    // Larger: the bytes flow to S3 while the core hashes them; the last chunk waits for the
+    // clean end of the body and for the marker (HeldBackBody), so the order above holds.
+    // Up to 8 MiB the chunks are kept, so an attempt that fails can be repeated from memory
+    // (with the SDK's retries); bigger blocks are not retried here (the client gets 503 and
+    // retries, as Keep clients do).
+    const src = new HeldBackBody(data, size, size < STREAM_MIN_BYTES, counted);
+    const stop = new AbortController();
+    const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
+    try {
+      // A body that fails (or a marker that cannot be written) aborts the request.
+      await this.putBlock(
+        key,
+        hash,
+        src.body(mark, () => stop.abort()),
+        size,
+        signal,
+      );
+    } catch (err) {
+      if (src.sourceError !== undefined) throw src.sourceError;
+      if (stop.signal.aborted) await marked; // the marker failed: that is the error to report
+      if (!src.canRetry || !(err instanceof VolumeUnavailableError) || opts.signal?.aborted) throw err;
+      const body = await src.rest();
+      await mark();
+      await this.putBlock(key, hash, body, size, opts.signal);
+    } finally {
+      src.close();
+    }
+  }
+
+  private async putBlock(
+    key: string,
+    hash: string,
+    body: Buffer | Readable,
+    length: number,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
     this.stats.op("put");
     await this.client
       .send(
@@ -132,14 +199,16 @@ export class S3Volume implements Volume {
           ContentType: "application/octet-stream",
           ContentMD5: Buffer.from(hash, "hex").toString("base64"),
         }),
-        { abortSignal: opts.signal },
+        { abortSignal: signal },
       )
-      .catch(this.o.fail(`PUT ${key}`, opts.signal));
-    await this.o.writeMarker(key);
-    await this.ensureLive(key);
+      .catch(this.o.fail(`PUT ${key}`, signal));
   }
 
-  /** After a marker write, the data must exist; a Trash that raced us left a copy in trash/. */
+  /**
+   * Touch writes its marker on data it has just seen, so a Trash may delete the data between
+   * that look and the marker (RACES (2)): after the marker, the data must exist; a Trash that
+   * raced us left a copy in trash/.
+   */
   private async ensureLive(key: string): Promise<void> {
     if (await this.o.head(key)) return;
     this.stats.op("race_repair");
@@ -321,9 +390,9 @@ export class S3Volume implements Volume {
       await this.o.del(staged);
       throw new HashMismatchError(`uploaded object does not match ${hash}+${size}: ${problem}; nothing was stored`);
     }
-    await this.o.copy(key, staged);
+    // Verified, so as write(): marker first, then the data object (the copy), no HEAD after.
     await this.o.writeMarker(key);
-    await this.ensureLive(key);
+    await this.o.copy(key, staged);
     await this.o.del(staged).catch(() => {});
   }
 

@@ -9,7 +9,7 @@ import { createServer } from "node:http";
 import { after, before, describe, it } from "node:test";
 import { HeadObjectCommand, ListObjectsV2Command, type S3Client } from "@aws-sdk/client-s3";
 import { FakeClock, msToNs } from "../../shared/clock.js";
-import { NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
+import { HashMismatchError, NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
 import { isHash } from "../../shared/locator.js";
 import { S3Volume } from "../../shared/volume/s3.js";
 import { chunks, collect, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
@@ -618,7 +618,7 @@ describe("s3 volume: races closed by strong consistency and conditional requests
     }
   });
 
-  it("Trash finishes while Put writes its marker: Put sees the data gone and restores it", async () => {
+  it("Trash finishes while Put writes its marker: Put's data object comes after its marker, so it stays", async () => {
     const { proxy, h, isKey } = await setup();
     try {
       const x = hold();
@@ -637,6 +637,34 @@ describe("s3 volume: races closed by strong consistency and conditional requests
       await writing;
       assert.ok(await exists(h.raw, h.bucket, TEST_HASH), "the acknowledged block is live");
       assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
+  it("Trash finishes while Touch writes its marker: Touch sees the data gone and restores it", async () => {
+    const { proxy, h, isKey } = await setup();
+    try {
+      const x = hold();
+      proxy.intercept = async (r) => {
+        if (r.method === "PUT" && isKey(r.path, `recent/${TEST_HASH}`)) {
+          proxy.intercept = undefined;
+          x.reached();
+          await x.released;
+        }
+        return undefined;
+      };
+      const touching = h.volume.touch(TEST_HASH); // saw the data, then marks it
+      await x.atHold;
+      await h.volume.trash(TEST_HASH); // the marker is still old: the trash goes through
+      x.release();
+      await touching; // acknowledged
+      assert.ok(await exists(h.raw, h.bucket, TEST_HASH), "the touched block is live");
+      assert.ok(
+        proxy.log.some((r) => r.method === "PUT" && isKey(r.path, TEST_HASH) && r.headers["x-amz-copy-source"]),
+        "restored from trash/",
+      );
     } finally {
       await h.teardown();
       await proxy.close();
@@ -707,6 +735,129 @@ describe("s3 volume: races closed by strong consistency and conditional requests
       assert.ok(await exists(h.raw, h.bucket, `trash/${TEST_HASH}`), "a trash copy survives");
       await h.volume.untrash(TEST_HASH);
       assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+});
+
+describe("s3 volume: the write path (marker first, data held back, no HEAD after)", () => {
+  const params = () => ({ clock: new FakeClock(), signingTtlMs: 5 * MIN, trashLifetimeMs: HOUR });
+  const block = Buffer.alloc(3 << 20, 5); // streamed while hashed (>= 1 MiB), kept for a retry (< 8 MiB)
+  block.write("write path");
+  const hash = md5(block);
+
+  it("a new block costs two requests, the marker before the data, for small and streamed bodies", async () => {
+    const proxy = await S3Proxy.start(server.endpoint);
+    const h = await s3Harness(params(), { endpoint: proxy.url });
+    try {
+      for (const [b, size] of [
+        [TEST_BLOCK, undefined],
+        [block, block.length],
+      ] as const) {
+        const seen = proxy.log.length;
+        await h.volume.write(md5(b), chunks(b), { size });
+        const sent = proxy.log
+          .slice(seen)
+          .map((r) => `${r.method} ${r.path.split("?")[0]?.slice(h.bucket.length + 2)}`);
+        // A small body is sent after its marker; a streamed one starts at once but cannot
+        // complete before it (next test).
+        if (size === undefined) assert.deepEqual(sent, [`PUT recent/${md5(b)}`, `PUT ${md5(b)}`]);
+        else assert.deepEqual(sent.sort(), [`PUT ${md5(b)}`, `PUT recent/${md5(b)}`]);
+        assert.deepEqual(await collect((await h.volume.read(md5(b))).body), b);
+      }
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
+  it("a streamed block cannot land before its marker: its last bytes wait for it", async () => {
+    const proxy = await S3Proxy.start(server.endpoint);
+    const h = await s3Harness(params(), { endpoint: proxy.url });
+    try {
+      let release!: () => void;
+      const released = new Promise<void>((r) => (release = r));
+      let held!: () => void;
+      const atHold = new Promise<void>((r) => (held = r));
+      proxy.intercept = async (r) => {
+        if (r.method === "PUT" && r.path.includes(`recent/${hash}`)) {
+          held();
+          await released;
+        }
+        return undefined;
+      };
+      const writing = h.volume.write(hash, chunks(block, 1 << 20), { size: block.length });
+      await atHold;
+      // The data PUT has started (the body flows while hashed), but its last chunk waits.
+      await new Promise((r) => setTimeout(r, 200));
+      assert.ok(proxy.requests("PUT", `/${h.bucket}/${hash}`).length <= 1);
+      assert.ok(!(await exists(h.raw, h.bucket, hash)), "no data object while the marker is in flight");
+      release();
+      await writing;
+      assert.ok(await exists(h.raw, h.bucket, hash));
+      assert.equal(md5(await collect((await h.volume.read(hash)).body)), hash);
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
+  it("a streamed body that turns out bad after its last byte stores nothing, not even a marker", async () => {
+    const h = await s3Harness(params());
+    try {
+      // As the core's verified stream does: every byte, then the hash check throws.
+      async function* badAtTheEnd(): AsyncGenerator<Uint8Array> {
+        yield* chunks(block, 1 << 20);
+        throw new HashMismatchError("content hash did not match");
+      }
+      await assert.rejects(h.volume.write(hash, badAtTheEnd(), { size: block.length }), HashMismatchError);
+      assert.deepEqual(await keysOf(h.raw, h.bucket), []);
+      // Short of the announced size: refused before the last byte too.
+      await assert.rejects(h.volume.write(hash, chunks(block.subarray(1)), { size: block.length }));
+      assert.deepEqual(await keysOf(h.raw, h.bucket), []);
+    } finally {
+      await h.teardown();
+    }
+  });
+
+  it("a marker that cannot be written stops the streamed data PUT: nothing is stored", async () => {
+    const proxy = await S3Proxy.start(server.endpoint);
+    const h = await s3Harness(params(), { endpoint: proxy.url, maxAttempts: 1 });
+    try {
+      proxy.intercept = (r) =>
+        r.method === "PUT" && r.path.includes("/recent/")
+          ? Promise.resolve({ status: 500, code: "InternalError" })
+          : undefined;
+      await assert.rejects(
+        h.volume.write(hash, chunks(block, 1 << 20), { size: block.length }),
+        VolumeUnavailableError,
+      );
+      proxy.intercept = undefined;
+      assert.deepEqual(await keysOf(h.raw, h.bucket), []);
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
+  it("a streamed attempt that fails is repeated from memory, with the SDK's retries", async () => {
+    const proxy = await S3Proxy.start(server.endpoint);
+    const h = await s3Harness(params(), { endpoint: proxy.url, maxAttempts: 3 });
+    try {
+      let faults = 0;
+      proxy.intercept = (r) => {
+        if (r.method === "PUT" && r.path.split("?")[0] === `/${h.bucket}/${hash}` && faults < 2) {
+          faults++;
+          return Promise.resolve({ status: 503, code: "SlowDown" });
+        }
+        return undefined;
+      };
+      await h.volume.write(hash, chunks(block, 1 << 20), { size: block.length });
+      assert.equal(proxy.requests("PUT", `/${h.bucket}/${hash}`).filter((r) => !r.path.includes("recent/")).length, 3);
+      assert.equal(proxy.requests("PUT", `recent/${hash}`).length, 1, "one marker");
+      assert.equal(md5(await collect((await h.volume.read(hash)).body)), hash);
     } finally {
       await h.teardown();
       await proxy.close();
