@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { promises as fs } from "node:fs";
+import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
@@ -46,6 +47,128 @@ async function curl(args: string[]): Promise<{ status: number; body: string }> {
   });
   const i = stdout.lastIndexOf("\n");
   return { status: Number(stdout.slice(i + 1)), body: stdout.slice(0, i) };
+}
+
+// The Arvados Python SDK's own requests, as captured between its KeepClient (keep.py of
+// arvados/arvados 98b21d6b, pycurl 7.45.2 / libcurl 7.88.1) and keepfn during the acceptance
+// run documented in README.md: header names, order and values exactly as sent; only Host, the
+// token, the request ids and the signed locators differ per run. pycurl reuses one keep-alive
+// connection, sends `Authorization: OAuth2 <token>`, `Accept: */*` on PUT, and
+// `Expect: 100-continue` only when there is a body (then it waits for the 100 before sending).
+const PYCURL_UA =
+  "PycURL/7.45.2 libcurl/7.88.1 GnuTLS/3.7.9 zlib/1.2.13 brotli/1.0.9 zstd/1.5.4 libidn2/2.3.3 libpsl/0.21.2 (+libidn2/2.3.3) libssh2/1.10.0 nghttp2/1.52.0 librtmp/2.3 OpenLDAP/2.5.13";
+
+interface RawResponse {
+  status: number;
+  headers: Map<string, string>;
+  body: Buffer;
+}
+
+/** A raw HTTP/1.1 connection that reads responses one by one (interim 100s included). */
+class RawConnection {
+  private buf = Buffer.alloc(0);
+  private waiter?: () => void;
+  private constructor(private readonly sock: Socket) {
+    sock.on("data", (d: Buffer) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      this.waiter?.();
+    });
+    sock.on("end", () => this.waiter?.());
+  }
+
+  static open(url: string): Promise<RawConnection> {
+    const u = new URL(url);
+    return new Promise((ok, fail) => {
+      const s = connect(Number(u.port), u.hostname, () => ok(new RawConnection(s)));
+      s.once("error", fail);
+    });
+  }
+
+  write(data: string | Buffer): void {
+    this.sock.write(data);
+  }
+
+  private async need(pred: () => boolean, ms: number, what: string): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (!pred()) {
+      const left = deadline - Date.now();
+      if (left <= 0 || this.sock.readableEnded) throw new Error(`timed out waiting for ${what}`);
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, left);
+        this.waiter = () => {
+          clearTimeout(t);
+          r();
+        };
+      });
+    }
+  }
+
+  /** Next response; `head` = answer to a HEAD (no body despite Content-Length). */
+  async read(head = false, ms = 10_000): Promise<RawResponse> {
+    await this.need(() => this.buf.includes("\r\n\r\n"), ms, "a response head");
+    const end = this.buf.indexOf("\r\n\r\n");
+    const lines = this.buf.subarray(0, end).toString("latin1").split("\r\n");
+    this.buf = this.buf.subarray(end + 4);
+    const status = Number((lines[0] ?? "").split(" ")[1]);
+    const headers = new Map<string, string>();
+    for (const l of lines.slice(1)) {
+      const i = l.indexOf(":");
+      headers.set(l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim());
+    }
+    if (status === 100 || head) return { status, headers, body: Buffer.alloc(0) };
+    if (headers.get("transfer-encoding") === "chunked") {
+      const parts: Buffer[] = [];
+      for (;;) {
+        await this.need(() => this.buf.includes("\r\n"), ms, "a chunk size");
+        const eol = this.buf.indexOf("\r\n");
+        const size = Number.parseInt(this.buf.subarray(0, eol).toString("latin1"), 16);
+        await this.need(() => this.buf.length >= eol + 2 + size + 2, ms, `a ${size}-byte chunk`);
+        parts.push(this.buf.subarray(eol + 2, eol + 2 + size));
+        this.buf = this.buf.subarray(eol + 2 + size + 2);
+        if (size === 0) return { status, headers, body: Buffer.concat(parts) };
+      }
+    }
+    const len = Number(headers.get("content-length") ?? "0");
+    await this.need(() => this.buf.length >= len, ms, `${len} body bytes`);
+    const body = this.buf.subarray(0, len);
+    this.buf = this.buf.subarray(len);
+    return { status, headers, body };
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+function pycurlPut(host: string, token: string, hash: string, length: number, extra: string[] = []): string {
+  return [
+    `PUT /${hash} HTTP/1.1`,
+    `Host: ${host}`,
+    `User-Agent: ${PYCURL_UA}`,
+    "Accept: */*",
+    "X-Request-Id: req-lin7rjaaolk2bs8p8r31",
+    "X-Keep-Desired-Replicas: 1",
+    `Authorization: OAuth2 ${token}`,
+    ...extra,
+    `Content-Length: ${length}`,
+    ...(length > 0 ? ["Expect: 100-continue"] : []),
+    "",
+    "",
+  ].join("\r\n");
+}
+
+function pycurlGet(method: "GET" | "HEAD", host: string, token: string, locator: string, extra: string[] = []): string {
+  return [
+    `${method} /${locator} HTTP/1.1`,
+    `Host: ${host}`,
+    `User-Agent: ${PYCURL_UA}`,
+    "Accept: application/octet-stream",
+    ...extra,
+    "X-Request-Id: req-w6ahlrx2cpfkgmr34uzk",
+    `Authorization: OAuth2 ${token}`,
+    "",
+    "",
+  ].join("\r\n");
 }
 
 describe("keepstore executable", () => {
@@ -163,6 +286,69 @@ describe("keepstore executable", () => {
       k.child.kill("SIGTERM");
       assert.equal(await exited(k.child), 0);
       await assert.rejects(fs.access(join(dir, "pid")), "pid file removed on exit");
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("answers the Arvados Python SDK's captured requests on one keep-alive connection", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    await fs.mkdir(join(dir, "vol"));
+    await fs.writeFile(join(dir, "key"), `${KEY}\n`);
+    const k = await start(
+      ["-enforce-permissions", `-blob-signing-key-file=${join(dir, "key")}`, `-volume=${join(dir, "vol")}`],
+      dir,
+    );
+    const c = await RawConnection.open(k.url);
+    try {
+      const host = new URL(k.url).host;
+      const md5 = (b: Buffer) => createHash("md5").update(b).digest("hex");
+      // Empty block: Content-Length: 0 and no Expect header.
+      c.write(pycurlPut(host, USER, md5(Buffer.alloc(0)), 0));
+      const empty = await c.read();
+      assert.equal(empty.status, 200, empty.body.toString());
+      assert.match(empty.body.toString(), /^d41d8cd98f00b204e9800998ecf8427e\+0\+A[0-9a-f]{40}@[0-9a-f]{8}\n$/);
+      assert.equal(empty.headers.get("x-keep-replicas-stored"), "1");
+      assert.equal(empty.headers.get("x-keep-storage-classes-confirmed"), "default=1");
+      // Small and 1 MiB + 1 blocks (the second with the storage-class header put() sends
+      // for classes=['default']): the 100 Continue must come before any body byte is sent.
+      for (const [data, extra] of [
+        [Buffer.from("foo"), []],
+        [Buffer.alloc((1 << 20) + 1, 7), ["X-Keep-Storage-Classes: default"]],
+      ] as Array<[Buffer, string[]]>) {
+        const hash = md5(data);
+        c.write(pycurlPut(host, USER, hash, data.length, extra));
+        const cont = await c.read(false, 2000);
+        assert.equal(cont.status, 100, "100 Continue before the body");
+        c.write(data);
+        const put = await c.read();
+        assert.equal(put.status, 200, put.body.toString());
+        const loc = put.body.toString().trim();
+        assert.match(loc, new RegExp(`^${hash}\\+${data.length}\\+A[0-9a-f]{40}@[0-9a-f]{8}$`));
+        assert.equal(put.headers.get("x-keep-replicas-stored"), "1");
+        assert.equal(put.headers.get("x-keep-storage-classes-confirmed"), "default=1");
+        c.write(pycurlGet("GET", host, USER, loc));
+        const get = await c.read();
+        assert.equal(get.status, 200);
+        assert.equal(md5(get.body), hash);
+        c.write(pycurlGet("HEAD", host, USER, loc));
+        const head = await c.read(true);
+        assert.equal(head.status, 200);
+        assert.equal(head.headers.get("content-length"), String(data.length));
+        // refresh_signature(): HEAD with X-Keep-Signature on a local block is a plain HEAD.
+        c.write(pycurlGet("HEAD", host, USER, loc, ["X-Keep-Signature: local, 2026-11-23T14:12:54.516548Z"]));
+        const refresh = await c.read(true);
+        assert.equal(refresh.status, 200);
+        assert.equal(refresh.headers.get("x-keep-locator"), undefined);
+        // Refusals the SDK turns into KeepReadError: unsigned (400), empty OAuth2 token (401).
+        c.write(pycurlGet("GET", host, USER, `${hash}+${data.length}`));
+        assert.equal((await c.read()).status, 400);
+        c.write(pycurlGet("GET", host, "", loc));
+        assert.equal((await c.read()).status, 401);
+      }
+    } finally {
+      c.close();
+      k.child.kill("SIGTERM");
+      await exited(k.child);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
