@@ -43,7 +43,7 @@ import {
   sleep,
   statusOf,
 } from "./azure-client.js";
-import { putBlobStreamed, readRanges, readWhole, stageAndCommit } from "./azure-io.js";
+import { openBlob, putBlobStreamed, readRanges, readWhole, stageAndCommit } from "./azure-io.js";
 import { EXPIRES_KEY, TRASH_TAG, TrashSweeper, tagValue } from "./azure-sweep.js";
 import {
   type BlockData,
@@ -149,6 +149,7 @@ export class AzureBlobVolume implements Volume {
 
   async read(hash: string, signal?: AbortSignal): Promise<BlockData> {
     this.check(hash);
+    if (!this.maxGetBytes) return this.readOnce(hash, signal);
     try {
       let p = await this.liveProps(hash, signal);
       if (this.mayBeRacing(hash, p.contentLength, p.metadata)) p = await this.waitOutWriteRace(hash, p, signal);
@@ -156,6 +157,30 @@ export class AzureBlobVolume implements Volume {
       if (size > BLOCK_SIZE) throw new TooLargeError(`stored block ${hash} is larger than 64 MiB`);
       // Generators start on the first next(): no connection is taken until the body is read.
       return { size, body: this.body(hash, size, signal) };
+    } catch (err) {
+      throw this.translateError(err, signal);
+    }
+  }
+
+  /**
+   * One GET: its response headers are the properties (trash marker, size, write race), its
+   * body the block. Half the requests and round trips of properties-then-GET. The rare young
+   * empty blob (a reference write in progress) drops the response and takes the polling path.
+   */
+  private async readOnce(hash: string, signal?: AbortSignal): Promise<BlockData> {
+    try {
+      const b = await openBlob({ conn: this.conn, stats: this.stats }, hash, signal);
+      if (b.metadata?.[EXPIRES_KEY] || b.size > BLOCK_SIZE || this.mayBeRacing(hash, b.size, b.metadata)) {
+        b.discard();
+        if (b.metadata?.[EXPIRES_KEY]) throw new NotFoundError();
+        if (b.size > BLOCK_SIZE) throw new TooLargeError(`stored block ${hash} is larger than 64 MiB`);
+        let p = await this.liveProps(hash, signal);
+        p = await this.waitOutWriteRace(hash, p, signal);
+        const size = p.contentLength ?? 0;
+        return { size, body: this.body(hash, size, signal) };
+      }
+      const translate = (err: unknown) => this.translateError(err, signal);
+      return { size: b.size, body: translating(b.body, translate) };
     } catch (err) {
       throw this.translateError(err, signal);
     }
@@ -374,6 +399,22 @@ export class AzureBlobVolume implements Volume {
       cause: err,
     });
   }
+}
+
+/** Errors from `body` pass through `translate`; return() reaches the body's own iterator. */
+function translating(body: AsyncIterable<Uint8Array>, translate: (err: unknown) => Error): AsyncIterable<Uint8Array> {
+  return {
+    [Symbol.asyncIterator]() {
+      const it = body[Symbol.asyncIterator]();
+      return {
+        next: () =>
+          it.next().catch((err: unknown) => {
+            throw translate(err);
+          }),
+        return: (v?: unknown) => it.return?.(v) ?? Promise.resolve({ done: true as const, value: undefined }),
+      };
+    },
+  };
 }
 
 /**

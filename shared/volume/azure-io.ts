@@ -25,7 +25,6 @@ export async function* readWhole(
   signal?: AbortSignal,
 ): AsyncGenerator<Uint8Array> {
   if (size === 0) return;
-  let got = 0;
   const res = await io.conn.call(
     "get",
     (c) => c.getBlockBlobClient(hash).download(0, undefined, { abortSignal: signal, maxRetryRequests: 2 }),
@@ -33,9 +32,20 @@ export async function* readWhole(
   );
   if (res.metadata?.[EXPIRES_KEY]) throw new NotFoundError();
   if (res.contentLength !== size) throw new KeepError(`block ${hash} changed size while being read`);
+  yield* coalesced(io, res.readableStreamBody as AsyncIterable<Buffer>, hash, size);
+}
+
+/** The body of a download already under way, in 1 MiB pieces, checked against `size`. */
+async function* coalesced(
+  io: BlobIo,
+  src: AsyncIterable<Buffer>,
+  hash: string,
+  size: number,
+): AsyncGenerator<Uint8Array> {
+  let got = 0;
   let buf = Buffer.allocUnsafe(Math.min(COALESCE, size));
   let fill = 0;
-  for await (const chunk of res.readableStreamBody as AsyncIterable<Buffer>) {
+  for await (const chunk of src) {
     got += chunk.length;
     io.stats.inBytes += chunk.length;
     if (got > size) throw new KeepError(`block ${hash} grew while being read`);
@@ -54,6 +64,64 @@ export async function* readWhole(
   if (fill > 0) yield buf.subarray(0, fill);
   if (got !== size) throw new KeepError(`short read: block ended at ${got} of ${size} bytes`);
 }
+
+/** What one GET that doubles as the properties read returns: the blob's state and its body. */
+export interface OpenedBlob {
+  size: number;
+  metadata?: Record<string, string>;
+  lastModified?: Date;
+  /** Consume it, or call its iterator's return() to let the connection go. */
+  body: AsyncIterable<Uint8Array>;
+  /** Drop the body unread (the response is destroyed, the connection freed). */
+  discard(): void;
+}
+
+/**
+ * One GET whose response headers serve as the blob's properties (size, metadata,
+ * Last-Modified), so a read costs one request and one round trip instead of two. The body
+ * iterator's return() destroys the response even when reading never started (a generator that
+ * never started would ignore it), and an error on the socket before anyone reads is held for
+ * the reader instead of crashing the process.
+ */
+export async function openBlob(io: BlobIo, hash: string, signal?: AbortSignal): Promise<OpenedBlob> {
+  const res = await io.conn.call(
+    "get",
+    (c) => c.getBlockBlobClient(hash).download(0, undefined, { abortSignal: signal, maxRetryRequests: 2 }),
+    signal,
+  );
+  const stream = res.readableStreamBody as (NodeJS.ReadableStream & { destroy(): void }) | undefined;
+  stream?.on("error", () => {});
+  const discard = () => stream?.destroy();
+  const size = res.contentLength ?? 0;
+  if (size === 0) stream?.resume(); // nothing to read: let the connection go back to the pool
+  return {
+    size,
+    metadata: res.metadata,
+    lastModified: res.lastModified,
+    discard,
+    body: {
+      [Symbol.asyncIterator]() {
+        const it = stream && size > 0 ? coalesced(io, stream as AsyncIterable<Buffer>, hash, size) : empty();
+        return {
+          next: () => it.next(),
+          return: (v?: unknown) => {
+            discard();
+            return it.return(v);
+          },
+          throw: (e?: unknown) => {
+            discard();
+            return it.throw(e);
+          },
+          [Symbol.asyncIterator]() {
+            return this;
+          },
+        };
+      },
+    },
+  };
+}
+
+async function* empty(): AsyncGenerator<Uint8Array> {}
 
 /** Concurrent range GETs of `step` bytes, yielded in order; at most `concurrency` buffered. */
 export async function* readRanges(
