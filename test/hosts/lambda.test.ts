@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
-import { ListObjectsV2Command } from "@aws-sdk/client-s3";
+import { ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import type { APIGatewayProxyEventV2, Context, LambdaFunctionURLEvent } from "aws-lambda";
 import { createLambdaHost } from "../../lambda/host.js";
 import { MAX_BINARY_BODY } from "../../lambda/limits.js";
@@ -170,6 +170,50 @@ describe("lambda handlers: events in, responses out", () => {
     assert.equal(streamed.statusCode, 200);
     assert.equal(streamed.headers["content-length"], String(block.length));
     assert.deepEqual(streamed.body, block);
+  });
+
+  it("a corrupt stored block streams short of its Content-Length, and the next read works", async () => {
+    const good = Buffer.alloc(3 << 20, 1);
+    good.write("streamed, then corrupted in S3");
+    const h = md5(good);
+    const put = await handlers.handler(functionUrlEvent("PUT", `/${h}`, { body: good }), context());
+    assert.equal(put.statusCode, 200);
+    const raw = server.client();
+    try {
+      const bad = Buffer.from(good);
+      bad.writeUInt8((bad.at(-1) ?? 0) ^ 1, bad.length - 1); // same size, one bit off in the last chunk
+      await raw.send(new PutObjectCommand({ Bucket: process.env.KEEP_S3_BUCKET, Key: h, Body: bad }));
+      const parts: Buffer[] = [];
+      const sink = new Writable({
+        write(c, _e, cb) {
+          parts.push(Buffer.from(c));
+          cb();
+        },
+      });
+      await assert.rejects(
+        (async () =>
+          handlers.streamHandler?.(
+            functionUrlEvent("GET", `/${h}+${good.length}`),
+            sink as unknown as awslambda.HttpResponseStream,
+            context(),
+          ))(),
+      );
+      const all = Buffer.concat(parts);
+      const at = all.indexOf(Buffer.alloc(8));
+      const prelude = JSON.parse(all.subarray(0, at).toString()) as {
+        statusCode: number;
+        headers: Record<string, string>;
+      };
+      assert.equal(prelude.statusCode, 200);
+      assert.equal(prelude.headers["content-length"], String(good.length));
+      assert.ok(all.length - at - 8 < good.length, "cut short: the client sees a failed read, never wrong bytes");
+      assert.ok(sink.destroyed, "the response stream was ended with the error");
+      await raw.send(new PutObjectCommand({ Bucket: process.env.KEEP_S3_BUCKET, Key: h, Body: good }));
+      const again = await invokeStreamed(functionUrlEvent("GET", `/${h}+${good.length}`));
+      assert.equal(md5(again.body), h);
+    } finally {
+      raw.destroy();
+    }
   });
 
   it("API Gateway HTTP API events: binary body, raw path kept, query string token", async () => {
