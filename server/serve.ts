@@ -19,10 +19,19 @@ export interface RunningServer {
 
 export async function startKeepServer(config: KeepConfig, listen: string, deps: AppDeps = {}): Promise<RunningServer> {
   const app = await createKeepApp(config, deps);
-  const server = createServer(
-    { requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 },
-    nodeListener(app.handler, (err) => app.logger.error({ err }, "adapter error")),
-  );
+  const listener = nodeListener(app.handler, (err) => app.logger.error({ err }, "adapter error"));
+  const server = createServer({ requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 }, listener);
+  // Expect: 100-continue (every PUT of the Arvados Python client). Node would answer
+  // 100 Continue before the handler ran, so a PUT refused from its head alone (413 oversize,
+  // 400, 401/403, 503 overload) still made libcurl upload megabytes first. Give the handler one
+  // turn of the event loop: refusals decided without I/O are out by then and no 100 is sent;
+  // otherwise the 100 goes now (libcurl would wait up to 1 s for it).
+  server.on("checkContinue", (req, res) => {
+    listener(req, res);
+    setImmediate(() => {
+      if (!res.headersSent && !res.destroyed) res.writeContinue();
+    });
+  });
   server.on("clientError", handleTouchClientError(app.handler));
   const { host, port } = splitListen(listen);
   await new Promise<void>((resolve, reject) => {
