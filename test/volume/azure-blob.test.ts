@@ -4,6 +4,8 @@ import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { promises as fs } from "node:fs";
+import { createServer, request, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -431,6 +433,53 @@ describe("azure blob volume", () => {
     }
   });
 
+  it("503/500 from the service are retried with backoff; past the budget a clear 503; never past the caller's deadline", async () => {
+    const p = params();
+    const h = await azureHarness(p);
+    const proxy = await FaultProxy.start(azurite.port);
+    const via = (budgetMs: number) =>
+      new AzureBlobVolume(
+        {
+          ...opts(h.container.containerName),
+          endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}`,
+          retry: { budgetMs, firstDelayMs: 20, maxDelayMs: 100 },
+        },
+        p,
+      );
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      // Two ServerBusy answers, then the real service: the caller never sees them.
+      proxy.failNext(2, 503, "ServerBusy");
+      const v = via(5000);
+      assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
+      assert.equal(proxy.failed, 2);
+      proxy.failNext(1, 500, "InternalError");
+      assert.ok((await v.mtime(TEST_HASH)) > 0n);
+      // Storage keeps failing: a VolumeUnavailableError (503) naming the status, once the budget is spent.
+      proxy.failNext(Number.POSITIVE_INFINITY, 503, "ServerBusy");
+      await assert.rejects(via(300).mtime(TEST_HASH), (e: Error) => {
+        assert.ok(e instanceof VolumeUnavailableError, String(e));
+        assert.match(e.message, /answered 503 \(ServerBusy\)/);
+        return true;
+      });
+      // The request's deadline ends the retries, whatever budget is left.
+      const ac = new AbortController();
+      const hits = proxy.failed;
+      const reading = via(60_000).read(TEST_HASH, ac.signal);
+      await proxy.waitForFailures(hits + 2);
+      ac.abort(new CancelledError());
+      await assert.rejects(reading, CancelledError);
+      // A streamed upload cannot be replayed: one attempt, a 503 for the client, nothing stored.
+      proxy.failNext(1, 500, "InternalError");
+      const d = pattern(3 << 20);
+      await assert.rejects(via(5000).write(md5hex(d), chunks(d), { size: d.length }), VolumeUnavailableError);
+      assert.equal(await h.container.getBlockBlobClient(md5hex(d)).exists(), false);
+    } finally {
+      await proxy.close();
+      await h.teardown().catch(() => {});
+    }
+  });
+
   it("reports the reference's device id form", () =>
     withH({}, async (h) => {
       assert.equal(
@@ -444,6 +493,77 @@ describe("azure blob volume", () => {
       assert.equal(real.deviceId, "azure://core.windows.net/exampleaccount/c");
     }));
 });
+
+function opts(container: string): AzureBlobVolumeOptions {
+  return {
+    accountName: AZURITE_ACCOUNT,
+    container,
+    endpoint: azurite.endpoint,
+    auth: { keySource: staticKey(AZURITE_KEY) },
+  };
+}
+
+/**
+ * An HTTP proxy in front of Azurite that answers the next N requests itself with a storage
+ * error (as the service does when busy), then forwards again: Azurite cannot be made to 503.
+ */
+class FaultProxy {
+  failed = 0;
+  private left = 0;
+  private status = 503;
+  private code = "ServerBusy";
+  private waiters: Array<() => void> = [];
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
+
+  static async start(target: number): Promise<FaultProxy> {
+    let self: FaultProxy | undefined;
+    const server = createServer((req, res) => {
+      const f = self as FaultProxy;
+      if (f.left > 0) {
+        f.left--;
+        f.failed++;
+        for (const w of f.waiters.splice(0)) w();
+        req.resume();
+        res.writeHead(f.status, { "x-ms-error-code": f.code, "content-type": "application/xml" });
+        res.end(
+          `<?xml version="1.0" encoding="utf-8"?><Error><Code>${f.code}</Code><Message>injected</Message></Error>`,
+        );
+        return;
+      }
+      const up = request(
+        { host: "127.0.0.1", port: target, path: req.url, method: req.method, headers: req.headers },
+        (r) => {
+          res.writeHead(r.statusCode ?? 502, r.headers);
+          r.pipe(res);
+        },
+      );
+      up.on("error", () => res.destroy());
+      req.pipe(up);
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    self = new FaultProxy(server, (server.address() as AddressInfo).port);
+    return self;
+  }
+
+  failNext(n: number, status: number, code: string): void {
+    this.left = n;
+    this.status = status;
+    this.code = code;
+  }
+
+  async waitForFailures(n: number): Promise<void> {
+    while (this.failed < n) await new Promise<void>((r) => this.waiters.push(r));
+  }
+
+  async close(): Promise<void> {
+    this.left = 0;
+    this.server.closeAllConnections();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
 
 async function azureOpts(container: string): Promise<AzureBlobVolumeOptions> {
   return {
