@@ -27,8 +27,19 @@ export function toRequest(event: HttpEvent, signal: AbortSignal): Request {
   const method = event.requestContext.http.method.toUpperCase();
   const host = headers.get("host") ?? event.requestContext.domainName ?? "lambda.invalid";
   const query = event.rawQueryString ? `?${event.rawQueryString}` : "";
-  const body = method === "GET" || method === "HEAD" ? undefined : eventBody(event);
-  if (body) headers.set("content-length", String(body.length));
+  const bytes = method === "GET" || method === "HEAD" ? undefined : eventBody(event);
+  if (bytes) headers.set("content-length", String(bytes.length));
+  // Handed over as a one-chunk stream, not as the Buffer itself: for a Buffer, Request copies
+  // and inspects the bytes up front (~7-10 ms for a 4.5 MiB body on this machine, before the
+  // first S3 request can start); a stream passes the same bytes through without a copy.
+  const body = bytes?.length
+    ? new ReadableStream<Uint8Array>({
+        start(c) {
+          c.enqueue(bytes);
+          c.close();
+        },
+      })
+    : bytes;
   const scheme = headers.get("x-forwarded-proto") === "http" ? "http" : "https";
   return new Request(`${scheme}://${host}${event.rawPath || "/"}${query}`, {
     method,

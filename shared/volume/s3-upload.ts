@@ -29,7 +29,7 @@ export async function collectBody(
 
 /**
  * A block body that streams to PutObject while the source is still being produced (and, in
- * the core, hashed), but whose LAST chunk is held back until
+ * the core, hashed), but whose last bytes are held back until
  *   1. the source has ended cleanly: the core's verified stream throws after its last chunk
  *      when the hash or length is wrong, so a bad body never completes the request; and
  *   2. `beforeLast()` has finished: the volume writes the block's recent/ marker there.
@@ -41,12 +41,15 @@ export async function collectBody(
  * set the chunks are also kept (the block is small: as much memory as buffering it), and
  * rest() finishes reading the source so the caller can retry from memory.
  */
+/** What HeldBackBody keeps back until the body is known good and the marker is written. */
+const TAIL_BYTES = 16 << 10;
+
 export class HeldBackBody {
   /** The source's error (bad hash, client gone), if it failed: that, not the upload's error, is what happened. */
   sourceError: unknown;
   ended = false;
   private closed = false;
-  private total = 0;
+  total = 0;
   private readonly kept: Uint8Array[] | undefined;
   private readonly it: AsyncIterator<Uint8Array>;
   // Pulls are serialised: the stream of a failed attempt may still be reading when rest()
@@ -56,7 +59,7 @@ export class HeldBackBody {
 
   constructor(
     data: AsyncIterable<Uint8Array>,
-    private readonly size: number,
+    readonly size: number,
     keep: boolean,
     private readonly count: (n: number) => void,
   ) {
@@ -104,15 +107,25 @@ export class HeldBackBody {
     const self = this;
     async function* gen(): AsyncGenerator<Uint8Array> {
       try {
-        let held: Uint8Array | undefined;
-        for (;;) {
+        // Only the end of the body is held back: chunks before the size is reached go at
+        // once, and of the chunk that completes it, all but its last bytes (a Lambda body
+        // arrives as one chunk: holding all of it would upload nothing until it was hashed).
+        let tail: Uint8Array | undefined;
+        while (!tail) {
           const r = await self.pull();
-          if (r.done) break;
-          if (held) yield held;
-          held = r.value;
+          if (r.done) throw new RangeError(`the body ended before its ${self.size} bytes`);
+          if (self.total < self.size) {
+            yield r.value;
+            continue;
+          }
+          const cut = Math.max(0, r.value.length - TAIL_BYTES);
+          if (cut > 0) yield r.value.subarray(0, cut);
+          tail = r.value.subarray(cut);
         }
+        // The source must now end cleanly: that is where the core's hash check throws.
+        if (!(await self.pull()).done) throw new RangeError(`the body holds more than ${self.size} bytes`);
         await beforeLast();
-        if (held) yield held;
+        yield tail;
       } catch (err) {
         onError(err);
         throw err;

@@ -773,36 +773,40 @@ describe("s3 volume: the write path (marker first, data held back, no HEAD after
     }
   });
 
-  it("a streamed block cannot land before its marker: its last bytes wait for it", async () => {
-    const proxy = await S3Proxy.start(server.endpoint);
-    const h = await s3Harness(params(), { endpoint: proxy.url });
-    try {
-      let release!: () => void;
-      const released = new Promise<void>((r) => (release = r));
-      let held!: () => void;
-      const atHold = new Promise<void>((r) => (held = r));
-      proxy.intercept = async (r) => {
-        if (r.method === "PUT" && r.path.includes(`recent/${hash}`)) {
-          held();
-          await released;
-        }
-        return undefined;
-      };
-      const writing = h.volume.write(hash, chunks(block, 1 << 20), { size: block.length });
-      await atHold;
-      // The data PUT has started (the body flows while hashed), but its last chunk waits.
-      await new Promise((r) => setTimeout(r, 200));
-      assert.ok(proxy.requests("PUT", `/${h.bucket}/${hash}`).length <= 1);
-      assert.ok(!(await exists(h.raw, h.bucket, hash)), "no data object while the marker is in flight");
-      release();
-      await writing;
-      assert.ok(await exists(h.raw, h.bucket, hash));
-      assert.equal(md5(await collect((await h.volume.read(hash)).body)), hash);
-    } finally {
-      await h.teardown();
-      await proxy.close();
-    }
-  });
+  // In 1 MiB chunks (as from a socket) and as one chunk (a Lambda event's body).
+  for (const piece of [1 << 20, block.length]) {
+    it(`a streamed block cannot land before its marker: its last bytes wait for it (chunks of ${piece} B)`, async () => {
+      const proxy = await S3Proxy.start(server.endpoint);
+      const h = await s3Harness(params(), { endpoint: proxy.url });
+      try {
+        let release!: () => void;
+        const released = new Promise<void>((r) => (release = r));
+        let held!: () => void;
+        const atHold = new Promise<void>((r) => (held = r));
+        proxy.intercept = async (r) => {
+          if (r.method === "PUT" && r.path.includes(`recent/${hash}`)) {
+            held();
+            await released;
+          }
+          return undefined;
+        };
+        const writing = h.volume.write(hash, chunks(block, piece), { size: block.length });
+        await atHold;
+        // The data PUT has started (the body flows while hashed), but its last bytes wait:
+        // give a wrong implementation time to store it.
+        await new Promise((r) => setTimeout(r, 200));
+        assert.ok(proxy.requests("PUT", `/${h.bucket}/${hash}`).length <= 1);
+        assert.ok(!(await exists(h.raw, h.bucket, hash)), "no data object while the marker is in flight");
+        release();
+        await writing;
+        assert.ok(await exists(h.raw, h.bucket, hash));
+        assert.equal(md5(await collect((await h.volume.read(hash)).body)), hash);
+      } finally {
+        await h.teardown();
+        await proxy.close();
+      }
+    });
+  }
 
   it("a streamed body that turns out bad after its last byte stores nothing, not even a marker", async () => {
     const h = await s3Harness(params());
