@@ -95,7 +95,7 @@ export class TrashSweeper {
     return !!b.signal?.aborted || (b.deadlineMs !== undefined && Date.now() > b.deadlineMs);
   }
 
-  /** Blobs whose tag says the deadline passed. At least one page is handled per call. */
+  /** Blobs whose tag says the deadline passed, within the time budget. */
   private async tagPass(nowS: number, budget: Budget, report: EmptyTrashReport): Promise<void> {
     // Every tag starting with a deadline <= now sorts below the next second's bare deadline.
     const where = `"${TRASH_TAG}" < '${tagValue(nowS + 1)}'`;
@@ -113,14 +113,22 @@ export class TrashSweeper {
         budget.signal,
       );
       const found = (page?.blobs ?? []).filter((b) => isHash(b.name));
-      await pool(found, this.opts.concurrency, (b) =>
-        this.tolerant(report, async () => {
+      // The budget is checked per blob too (a page is up to 5,000 of them): what is left is
+      // still due, so the next run's query finds it again. At least one round of `concurrency`
+      // blobs per run, so a run that starts late still makes progress.
+      let stopped = false;
+      await pool(found, this.opts.concurrency, (b) => {
+        if (stopped || (report.examined >= this.opts.concurrency && this.outOfTime(budget))) {
+          stopped = true;
+          return Promise.resolve();
+        }
+        return this.tolerant(report, async () => {
           report.examined++;
           if (await this.expireOne(b.name, b.tags?.[TRASH_TAG], nowS, budget.signal)) report.deleted++;
-        }),
-      );
+        });
+      });
       marker = page?.continuationToken || undefined;
-      if (marker && this.outOfTime(budget)) {
+      if (stopped || (marker && this.outOfTime(budget))) {
         report.complete = false;
         return;
       }

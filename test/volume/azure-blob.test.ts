@@ -324,6 +324,22 @@ describe("azure blob volume", () => {
       assert.equal(left, 0);
     }));
 
+  it("the time budget is checked within a page of the tag query, not only between pages", () =>
+    withH({ legacySweepIntervalMs: 0, findPageSize: 100, sweepConcurrency: 2 }, async (h, p) => {
+      for (let i = 0; i < 7; i++) {
+        const d = Buffer.from(`budget ${i}`);
+        await h.volume.write(md5hex(d), chunks(d), { size: d.length });
+        await h.setMtime(md5hex(d), p.clock.now() - 2 * TTL);
+        await h.volume.trash(md5hex(d));
+      }
+      p.clock.advance(HOUR + 1000);
+      // A run that starts past its deadline still does one round (2 blobs), then stops mid-page.
+      const late = await h.volume.emptyTrash({ deadlineMs: Date.now() - 1 });
+      assert.deepEqual([late.examined, late.deleted, late.complete], [2, 2, false]);
+      const rest = await h.volume.emptyTrash();
+      assert.deepEqual([rest.examined, rest.deleted, rest.complete], [5, 5, true]);
+    }));
+
   it("one blob the service refuses to delete (snapshots present) does not stop the sweep", () =>
     withH({ legacySweepIntervalMs: 0 }, async (h, p) => {
       const blocks = [Buffer.from("has a snapshot"), Buffer.from("plain trash")];
