@@ -75,7 +75,7 @@ export interface S3VolumeOptions {
   sleep?: (ms: number) => Promise<void>;
 }
 
-/** Blocks of at least this size stream to S3 while being hashed; smaller ones are gathered first. */
+/** Blocks of at least this size stream to S3 while being hashed; smaller ones are gathered first (then sent the same way). */
 const OVERLAP_MIN_BYTES = 1 << 20;
 /** Streamed blocks below this size are also kept in memory, so a failed attempt can be repeated. */
 const STREAM_MIN_BYTES = 8 << 20;
@@ -135,29 +135,42 @@ export class S3Volume implements Volume {
     // If the data PUT then fails, the marker stays behind a block the client has and will
     // PUT again (it gets a 503): at worst a trashed copy of that very block is restored early
     // by a read or a sweep (fixRace), which is what the retried PUT would do anyway. A bad
-    // body never writes a marker. (The previous order, data, marker, HEAD data, cost one
-    // request and one round trip more for the same guarantee.)
+    // body never writes a marker. (The previous order, data, then marker, then HEAD data,
+    // was three requests one after another for the same guarantee; now two, overlapping.)
     let marked: Promise<void> | undefined;
     const mark = () => {
       marked ??= this.o.writeMarker(key);
       return marked;
     };
-    const counted = (n: number) => {
+    let counted = (n: number) => {
       this.stats.outBytes += n;
     };
-    const size = opts.size;
+    let size = opts.size;
+    let source = data;
     if (size === undefined || size < OVERLAP_MIN_BYTES) {
-      // Small (or unknown size): gather it, then marker, then one retryable PutObject.
+      // Small (or of unknown size: S3 needs the length first): gathered, so it is known good
+      // now, and the marker can start at once, side by side with the data PUT below.
       const body = await collectBody(data, opts.signal, counted);
-      await mark();
-      return this.putBlock(key, hash, body, body.length, opts.signal);
+      mark().catch(() => {}); // its failure is reported where it is awaited
+      if (body.length === 0) {
+        // Nothing to hold back: the marker, then the data.
+        await mark();
+        return this.putBlock(key, hash, body, 0, opts.signal);
+      }
+      size = body.length;
+      source = (async function* () {
+        yield body;
+      })();
+      counted = () => {};
     }
-    // Larger: the bytes flow to S3 while the core hashes them; the last chunk waits for the
-    // clean end of the body and for the marker (HeldBackBody), so the order above holds.
-    // Up to 8 MiB the chunks are kept, so an attempt that fails can be repeated from memory
-    // (with the SDK's retries); bigger blocks are not retried here (the client gets 503 and
-    // retries, as Keep clients do).
-    const src = new HeldBackBody(data, size, size < STREAM_MIN_BYTES, counted);
+    // The data PUT starts at once, the bytes flowing as they come (for a big block, while the
+    // core still hashes them), but its last bytes wait for the clean end of the body and for
+    // the marker (HeldBackBody), so the object cannot exist before its marker and the order
+    // above holds, while the two requests overlap. Up to 8 MiB the bytes are kept, so an
+    // attempt that fails is repeated from memory (with the SDK's retries, which cannot
+    // replay a stream); bigger blocks are not retried here (the client gets 503 and retries,
+    // as Keep clients do).
+    const src = new HeldBackBody(source, size, size < STREAM_MIN_BYTES, counted);
     const stop = new AbortController();
     const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
     try {
