@@ -395,7 +395,7 @@ async function sweepCost(azurite: Azurite): Promise<void> {
     const fullMs = performance.now() - t;
     process.stdout.write(
       `  ${String(live).padStart(6)} live: tag query ${calls(tagged)} calls (${JSON.stringify(Object.fromEntries(tagged.stats.ops))}), ` +
-        `deleted ${r1.deleted}, ${tagMs.toFixed(0)} ms; full listing pass ${calls(full)} calls, ${live + TRASHED} blobs listed, ` +
+        `deleted ${r1.deleted}, ${tagMs.toFixed(0)} ms; full listing pass ${calls(full)} calls (${JSON.stringify(Object.fromEntries(full.stats.ops))}), ${live + TRASHED} blobs listed, ` +
         `deleted ${r2.deleted}, ${fullMs.toFixed(0)} ms  [setup ${(fill / 1000).toFixed(1)} s]\n`,
     );
     clock.advance(-(3600_000 + 1000));
