@@ -6,9 +6,22 @@
 // A small preload (written to the temp dir) adds what the reference's own S3 test server
 // has and s3rver lacks: a server clock the test controls. A request carrying
 // `x-keepfn-test-clock: <ms>` stores its object with that LastModified, so tests backdate
-// markers and move time with a FakeClock instead of sleeping. The preload also makes s3rver
-// write objects atomically (temp file + rename) and answer only once the bytes are on disk;
-// stock s3rver answers PutObject before its write stream has flushed.
+// markers and move time with a FakeClock instead of sleeping.
+//
+// The preload also makes s3rver's filesystem store keep S3's atomicity, which stock s3rver
+// does not, and which the soak's SIGKILL of the server exposed as "lost" or truncated blocks
+// (test/soak/s3rver-faithful.test.ts shows each gap):
+// - PutObject and CopyObject write a temp file and rename it into place, answering once the
+//   bytes are on disk. Stock PutObject writes in place and answers before its stream has
+//   flushed; stock CopyObject (fs-extra copy) unlinks the destination and then copies into it,
+//   so a HEAD in between answers 404, a GET reads a short object, and a kill leaves it short.
+// - An object's MD5 and metadata live in one sidecar per generation (named by the inode),
+//   written before the rename. Stock rewrites two sidecars in place, so a reader saw an empty
+//   ETag and a kill left a truncated metadata.json that failed every listing through it (the
+//   /index stuck at 503). GET and HEAD read the generation they opened.
+// - A listing skips a file that vanished between readdir and stat (stock: 500), a copy whose
+//   source vanished answers 404 NoSuchKey (stock: 500), and DELETE removes no directories
+//   (stock's clean-up raced writes into the same directory: ENOENT, 500).
 import { type ChildProcess, spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
 import {
@@ -30,6 +43,7 @@ export const CLOCK_HEADER = "x-keepfn-test-clock";
 const PRELOAD = `'use strict';
 const http = require('http');
 const fs = require('fs');
+const fsp = fs.promises;
 const path = require('path');
 const crypto = require('crypto');
 const { pipeline } = require('stream/promises');
@@ -44,35 +58,167 @@ http.Server.prototype.emit = function (ev, req) {
 };
 async function stamp(p) {
   const t = als.getStore();
-  if (t !== undefined) await fs.promises.utimes(p, t / 1000, t / 1000);
+  if (t !== undefined) await fsp.utimes(p, t / 1000, t / 1000);
 }
+const lib = path.dirname(path.dirname(process.env.KEEPFN_S3RVER_FS));
+// Listing: a file renamed or deleted between readdir and stat is skipped, not a 500.
+// (Patched before the store module is loaded: it destructures walk at load time.)
+const utils = require(path.join(lib, 'utils.js'));
+utils.walk = function* walk(dir, recurseFilter) {
+  let names;
+  try { names = fs.readdirSync(dir); } catch (e) { if (e.code === 'ENOENT') return; throw e; }
+  for (const filename of names) {
+    const filePath = path.posix.join(dir, filename);
+    let stats;
+    try { stats = fs.statSync(filePath); } catch (e) { if (e.code === 'ENOENT') continue; throw e; }
+    if (!stats.isDirectory()) yield filePath;
+    else if (!recurseFilter || recurseFilter(filePath)) yield* walk(filePath, recurseFilter);
+  }
+};
+const S3Error = require(path.join(lib, 'models/error.js'));
+const S3Object = require(path.join(lib, 'models/object.js'));
 const FS = require(process.env.KEEPFN_S3RVER_FS);
+
+// One generation of an object = one inode. Its MD5 and metadata live in a sidecar named by
+// that inode, written before the object is renamed into place, so whoever opens the object
+// finds the sidecar of exactly those bytes; the old generation stays whole until the rename.
+const side = (objectPath, ino) => objectPath + '.i' + ino;
+const tmpFor = (objectPath) => objectPath + '.tmp' + crypto.randomBytes(6).toString('hex');
+function pickMeta(m) {
+  const out = {};
+  for (const [k, v] of Object.entries(m || {}))
+    if (S3Object.ALLOWED_METADATA.includes(k) || k.startsWith('x-amz-meta-')) out[k] = v;
+  return out;
+}
+async function hashOf(fh) {
+  const md5 = crypto.createHash('md5');
+  const buf = Buffer.alloc(1 << 20);
+  for (let pos = 0; ; ) {
+    const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+    if (!bytesRead) return md5.digest('hex');
+    md5.update(buf.subarray(0, bytesRead));
+    pos += bytesRead;
+  }
+}
+/** Metadata of the generation open in fh (an object opened by path). */
+async function describe(objectPath, fh) {
+  const st = await fh.stat();
+  let s;
+  try { s = JSON.parse(await fsp.readFile(side(objectPath, st.ino), 'utf8')); } catch { s = undefined; }
+  if (!s || s.size !== st.size) s = { md5: await hashOf(fh), metadata: {} };
+  return {
+    ...s.metadata,
+    etag: JSON.stringify(s.md5),
+    'last-modified': st.mtime.toUTCString(),
+    'content-length': st.size,
+  };
+}
+/** Makes the complete file tmp the object at objectPath, atomically. */
+async function commit(objectPath, tmp, md5, metadata) {
+  await stamp(tmp);
+  const st = await fsp.stat(tmp);
+  await fsp.writeFile(side(objectPath, st.ino), JSON.stringify({ md5, size: st.size, metadata }));
+  let old;
+  try { old = (await fsp.stat(objectPath)).ino; } catch {}
+  await fsp.rename(tmp, objectPath);
+  if (old !== undefined && old !== st.ino) await fsp.rm(side(objectPath, old), { force: true });
+  return { ...metadata, etag: JSON.stringify(md5), 'last-modified': st.mtime.toUTCString(), 'content-length': st.size };
+}
+async function openOrNull(p) {
+  try { return await fsp.open(p, 'r'); } catch (e) { if (e.code === 'ENOENT') return null; throw e; }
+}
+
+FS.prototype.getMetadata = async function (bucket, key) {
+  const p = this.getResourcePath(bucket, key, 'object');
+  const fh = await fsp.open(p, 'r'); // ENOENT: no such object (callers expect the throw)
+  try { return await describe(p, fh); } finally { await fh.close(); }
+};
+FS.prototype.putMetadata = async function (bucket, key, metadata, md5) {
+  const p = this.getResourcePath(bucket, key, 'object');
+  const fh = await fsp.open(p, 'r');
+  try {
+    const st = await fh.stat();
+    const tmp = tmpFor(side(p, st.ino));
+    await fsp.writeFile(tmp, JSON.stringify({ md5: md5 || (await hashOf(fh)), size: st.size, metadata: pickMeta(metadata) }));
+    await fsp.rename(tmp, side(p, st.ino));
+  } finally { await fh.close(); }
+};
+FS.prototype.getObject = async function (bucket, key, options) {
+  const p = this.getResourcePath(bucket, key, 'object');
+  const fh = await openOrNull(p);
+  if (!fh) return null;
+  let metadata;
+  try { metadata = await describe(p, fh); } catch (e) { await fh.close(); throw e; }
+  const lastByte = Math.max(0, Number(metadata['content-length']) - 1);
+  const range = {
+    start: (options && options.start) || 0,
+    end: Math.min((options && options.end) || Infinity, lastByte),
+  };
+  const ranged = options && (options.start !== undefined || options.end);
+  if (range.start < 0 || Math.min(range.end, lastByte) < range.start) {
+    await fh.close();
+    const object = new S3Object(bucket, key, null, metadata);
+    if (ranged) object.range = range;
+    return object;
+  }
+  const object = new S3Object(bucket, key, fh.createReadStream(range), metadata);
+  if (ranged) object.range = range;
+  return object;
+};
 FS.prototype.putObject = async function (object) {
   const objectPath = this.getResourcePath(object.bucket, object.key, 'object');
-  await fs.promises.mkdir(path.dirname(objectPath), { recursive: true });
-  const tmp = objectPath + '.tmp' + crypto.randomBytes(6).toString('hex');
+  await fsp.mkdir(path.dirname(objectPath), { recursive: true });
+  const tmp = tmpFor(objectPath);
   const md5 = crypto.createHash('md5');
   let size = 0;
-  if (Buffer.isBuffer(object.content)) {
-    await fs.promises.writeFile(tmp, object.content);
-    md5.update(object.content);
-    size = object.content.length;
-  } else {
-    const count = new Transform({ transform(c, e, cb) { md5.update(c); size += c.length; cb(null, c); } });
-    try { await pipeline(object.content, count, fs.createWriteStream(tmp)); }
-    catch (err) { await fs.promises.rm(tmp, { force: true }); throw err; }
+  try {
+    if (Buffer.isBuffer(object.content)) {
+      await fsp.writeFile(tmp, object.content);
+      md5.update(object.content);
+      size = object.content.length;
+    } else {
+      const count = new Transform({ transform(c, e, cb) { md5.update(c); size += c.length; cb(null, c); } });
+      await pipeline(object.content, count, fs.createWriteStream(tmp));
+    }
+    const digest = md5.digest('hex');
+    await commit(objectPath, tmp, digest, pickMeta(object.metadata));
+    return { size, md5: digest };
+  } catch (err) {
+    await fsp.rm(tmp, { force: true });
+    throw err;
   }
-  const digest = md5.digest('hex');
-  await stamp(tmp);
-  await this.putMetadata(object.bucket, object.key, object.metadata, digest);
-  await fs.promises.rename(tmp, objectPath);
-  return { size, md5: digest };
 };
-const copy = FS.prototype.copyObject;
-FS.prototype.copyObject = async function (sb, sk, db, dk, meta) {
-  await copy.call(this, sb, sk, db, dk, meta);
-  await stamp(this.getResourcePath(db, dk, 'object'));
-  return this.getMetadata(db, dk);
+FS.prototype.copyObject = async function (sb, sk, db, dk, replacementMetadata) {
+  const src = this.getResourcePath(sb, sk, 'object');
+  const dst = this.getResourcePath(db, dk, 'object');
+  const fh = await openOrNull(src);
+  if (!fh) throw new S3Error('NoSuchKey', 'The specified key does not exist.', { Key: sk });
+  try {
+    const m = await describe(src, fh);
+    const metadata = replacementMetadata ? pickMeta(replacementMetadata) : pickMeta(m);
+    await fsp.mkdir(path.dirname(dst), { recursive: true });
+    const tmp = tmpFor(dst);
+    try {
+      await pipeline(fh.createReadStream({ start: 0, autoClose: false }), fs.createWriteStream(tmp));
+      return await commit(dst, tmp, JSON.parse(m.etag), metadata);
+    } catch (err) {
+      await fsp.rm(tmp, { force: true });
+      throw err;
+    }
+  } finally {
+    await fh.close();
+  }
+};
+FS.prototype.deleteObject = async function (bucket, key) {
+  const p = this.getResourcePath(bucket, key, 'object');
+  let ino;
+  try { ino = (await fsp.stat(p)).ino; } catch {}
+  await fsp.rm(p, { force: true });
+  if (ino !== undefined) await fsp.rm(side(p, ino), { force: true });
+  // Stock s3rver's sidecars, if an object predates this preload.
+  await fsp.rm(this.getResourcePath(bucket, key, 'object.md5'), { force: true });
+  await fsp.rm(this.getResourcePath(bucket, key, 'metadata.json'), { force: true });
+  // No directory clean-up: S3 has no directories, and removing one races a write into it.
 };
 `;
 
