@@ -35,6 +35,8 @@ export class CachedKey implements AccountKeySource {
   private key?: string;
   private inflight?: Promise<string>;
   private lastRefresh = Number.NEGATIVE_INFINITY;
+  /** Why the last re-read failed (cleared by a successful one), for errors inside the rate limit. */
+  private lastFailure?: string;
   /** Reads of the backing store (for tests and metrics). */
   fetches = 0;
 
@@ -57,27 +59,43 @@ export class CachedKey implements AccountKeySource {
     if (this.key !== undefined && this.key !== rejected) return this.key;
     if (this.inflight) return this.checkNew(await this.inflight, rejected);
     const now = (this.opts.now ?? Date.now)();
-    if (now - this.lastRefresh < (this.opts.minRefreshIntervalMs ?? 10_000))
+    const interval = this.opts.minRefreshIntervalMs ?? 10_000;
+    if (now - this.lastRefresh < interval) {
+      const next = `next re-read in ${Math.ceil((this.lastRefresh + interval - now) / 1000)} s`;
+      // Say why the last re-read did not help, not just that it was recent.
+      if (this.lastFailure !== undefined) throw this.unreadable(this.lastFailure, next);
       throw new CredentialError(
-        `the storage account refused the key from ${this.description}, which was re-read moments ago`,
+        `the storage account refused the key from ${this.description} (403), and the key re-read from it ` +
+          `moments ago is refused too: put the storage account's current key there (${next}, no restart needed)`,
       );
+    }
     this.lastRefresh = now;
     let fresh: string;
     try {
       fresh = await this.fetchOnce();
     } catch (err) {
-      throw new CredentialError(
-        `the storage account refused the cached key (403) and ${this.description} could not be read again: ${message(err)}`,
-        { cause: err },
-      );
+      this.lastFailure = message(err);
+      throw this.unreadable(this.lastFailure, `next re-read in ${Math.ceil(interval / 1000)} s`, err);
     }
+    this.lastFailure = undefined;
     return this.checkNew(fresh, rejected);
+  }
+
+  /** Storage refused the cached key and the store that should hold the new one cannot be read. */
+  private unreadable(reason: string, next: string, cause?: unknown): CredentialError {
+    return new CredentialError(
+      `the storage account refused the cached key (403) and ${this.description} could not be read ` +
+        `again (${reason}): check that it is reachable and that this app may read it; ` +
+        `the key is re-read on the next refused request (${next}, no restart needed)`,
+      cause === undefined ? undefined : { cause },
+    );
   }
 
   private checkNew(fresh: string, rejected: string): string {
     if (fresh === rejected)
       throw new CredentialError(
-        `the storage account refused the key, and ${this.description} still holds that same key`,
+        `the storage account refused the key (403), and ${this.description} still holds that same key: ` +
+          "put the storage account's current key there (picked up without a restart)",
       );
     return fresh;
   }
@@ -107,7 +125,7 @@ export function staticKey(key: string, description = "the configured key"): Acco
     description,
     current: async () => key,
     refresh: async () => {
-      throw new CredentialError(`the storage account refused ${description}`);
+      throw new CredentialError(`the storage account refused ${description} (403): check the account name and key`);
     },
   };
 }
