@@ -232,7 +232,14 @@ export class AzureBlobVolume implements Volume {
     if (r.error === undefined) return;
     if (r.sourceFailed) throw r.error;
     // The body cannot be replayed; swap a rotated key now so the client's retry succeeds.
-    if (statusOf(r.error) === 403) await this.conn.rekeyAfter403().catch(() => {});
+    // If no new key can be had, that reason (e.g. Key Vault unreadable) is the error to report.
+    if (statusOf(r.error) === 403) {
+      const rekey = await this.conn.rekeyAfter403().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      if (rekey instanceof CredentialError) throw this.translateError(rekey, opts.signal);
+    }
     throw this.translateError(r.error, opts.signal);
   }
 

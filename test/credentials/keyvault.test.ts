@@ -108,6 +108,30 @@ describe("Key Vault account keys through the managed identity", () => {
     }
   });
 
+  it("the write path says the key was refused, that Key Vault could not be read, and what to do (also inside the re-read limit)", async () => {
+    const { name, source } = vaultKey();
+    vault.secrets.set(name, WRONG);
+    await source.current();
+    await vault.stop();
+    try {
+      const v = volumeWith({ keySource: source });
+      // A PUT of known size is one streamed Put Blob: not retried, so the rotation is tried after it.
+      for (const attempt of ["first", "second, within the 10 s re-read limit"])
+        await assert.rejects(v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length }), (e: Error) => {
+          assert.ok(e instanceof VolumeUnavailableError, String(e));
+          assert.match(
+            e.message,
+            /refused the cached key \(403\) and Key Vault .* could not be read again \(.+\): check that it is reachable and that this app may read it; .*no restart needed/,
+            `${attempt} write: ${e.message}`,
+          );
+          assert.ok(!e.message.includes(WRONG), "no key in the message");
+          return true;
+        });
+    } finally {
+      await vault.listen();
+    }
+  });
+
   it("a clear error when Key Vault still holds the refused key, and when the secret is missing", async () => {
     const { name, source } = vaultKey();
     vault.secrets.set(name, WRONG);
