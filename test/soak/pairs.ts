@@ -2,6 +2,7 @@
 // and s3rver, the Functions app (keepfn-local) over Azurite, the Lambda handler (keepfn-local)
 // over s3rver. Backends are real processes with on-disk data, so they can be stopped and
 // restarted mid-run. Every host logs into a captured buffer for the secret scan.
+import { execFileSync } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
 import { promises as fs } from "node:fs";
 import { tmpdir } from "node:os";
@@ -39,6 +40,12 @@ export interface StartedPair {
   target: SoakTarget;
   /** Backend outage (stop, wait, start) for pairs whose backend is a separate process. */
   backendRestart?: (outageMs: number) => Fault;
+  /**
+   * POSIX only, when this machine lets the run mount (root): the volume (a tmpfs) turned
+   * read-only, then full, each for `holdMs`. Empty otherwise; `volumeFaultsGap` says why.
+   */
+  volumeFaults: (holdMs: number) => Fault[];
+  volumeFaultsGap?: string;
   logs: string[];
   /** Secrets this pair's configuration holds besides SECRETS (e.g. a storage account key). */
   secrets: string[];
@@ -84,6 +91,56 @@ const clocked = (clock: FakeClock, logger: AppDeps["logger"]): AppDeps => ({
   },
 });
 
+function mount(args: string[]): string | undefined {
+  try {
+    execFileSync("mount", args, { stdio: "pipe" });
+    return undefined;
+  } catch (err) {
+    return String((err as { stderr?: Buffer }).stderr ?? err).trim();
+  }
+}
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const TMPFS_SIZE = "4g";
+
+/**
+ * Real volume faults on a tmpfs root: remounted read-only (writes, touches and trash get 503),
+ * then shrunk to what it holds plus 1 MiB (writes get 507 and the volume is marked full for an
+ * hour of the injected clock, which the next clock jump passes), each for holdMs.
+ */
+function posixVolumeFaults(root: string, holdMs: number): Fault[] {
+  const must = (args: string[]) => {
+    const gap = mount(args);
+    if (gap) throw new Error(`mount ${args.join(" ")}: ${gap}`);
+  };
+  return [
+    {
+      name: "volume remounted read-only",
+      at: 0.4,
+      async run() {
+        // A read-only bind mount over the root (remounting the tmpfs itself is refused while
+        // writes are open): new opens see a read-only file system, open writers finish below.
+        must(["--bind", root, root]);
+        try {
+          must(["-o", "remount,bind,ro", root]);
+          await sleep(holdMs);
+        } finally {
+          execFileSync("umount", ["-l", root]);
+        }
+      },
+    },
+    {
+      name: "volume full (tmpfs shrunk to its contents + 1 MiB)",
+      at: 0.6,
+      async run() {
+        const s = await fs.statfs(root);
+        must(["-o", `remount,size=${(s.blocks - s.bfree) * s.bsize + (1 << 20)}`, root]);
+        await sleep(holdMs);
+        must(["-o", `remount,size=${TMPFS_SIZE}`, root]);
+      },
+    },
+  ];
+}
+
 const restartFault = (name: string, stop: () => Promise<void>, start: () => Promise<void>) => (outageMs: number) => ({
   name,
   at: 0.5,
@@ -109,6 +166,7 @@ export async function startPair(name: PairName): Promise<StartedPair> {
   };
   if (name === "server-posix") {
     const root = await fs.mkdtemp(join(tmpdir(), "keepfn-soak-"));
+    const gap = mount(["-t", "tmpfs", "-o", `size=${TMPFS_SIZE}`, "tmpfs", root]);
     const srv = await startKeepServer(config([{ driver: "posix", root, serialize: false, ...common }]), "127.0.0.1:0", {
       clock,
       logger,
@@ -118,8 +176,12 @@ export async function startPair(name: PairName): Promise<StartedPair> {
       logs: lines,
       secrets: [],
       root,
+      volumeFaults: (holdMs) => (gap ? [] : posixVolumeFaults(root, holdMs)),
+      volumeFaultsGap: gap && `cannot mount a tmpfs here (needs root with mount rights): ${gap}`,
       async close() {
         await srv.close(1000);
+        if (!gap) mount(["-o", "remount,rw", root]);
+        if (!gap) execFileSync("umount", ["-l", root]);
         await fs.rm(root, { recursive: true, force: true });
       },
     };
@@ -148,6 +210,7 @@ export async function startPair(name: PairName): Promise<StartedPair> {
       return {
         target: { ...base, url: srv.url, sweep: async () => void (await srv.app.emptyTrash()) },
         backendRestart,
+        volumeFaults: () => [],
         logs: lines,
         secrets: [AZURITE_KEY],
         async close() {
@@ -185,6 +248,7 @@ export async function startPair(name: PairName): Promise<StartedPair> {
           ),
       },
       backendRestart,
+      volumeFaults: () => [],
       logs: lines,
       secrets: [AZURITE_KEY],
       async close() {
@@ -218,6 +282,7 @@ export async function startPair(name: PairName): Promise<StartedPair> {
     return {
       target: { ...base, url: srv.url, sweep: async () => void (await srv.app.emptyTrash()) },
       backendRestart,
+      volumeFaults: () => [],
       logs: lines,
       secrets: [],
       async close() {
@@ -259,6 +324,7 @@ export async function startPair(name: PairName): Promise<StartedPair> {
       sweep: async () => void (await (sweepers[turn++ % 2] as ReturnType<typeof createLambdaHost>).sweep({}, ctx)),
     },
     backendRestart,
+    volumeFaults: () => [],
     logs: lines,
     // s3rver only accepts S3RVER/S3RVER, which is also the (public) access key id: not scanned.
     secrets: [],

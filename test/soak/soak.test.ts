@@ -25,16 +25,19 @@ const ALL_SECRETS = [SECRETS.signingKey, SECRETS.admin, SECRETS.user, SECRETS.us
 
 describe("soak (short): nothing acknowledged is lost", () => {
   for (const name of PAIRS) {
-    it(`${name}: ledger, index and secret scan${name === "server-posix" ? "" : ", backend restarted mid-run"}`, async () => {
+    it(`${name}: ledger, index and secret scan, ${name === "server-posix" ? "volume read-only then full" : "backend restarted"} mid-run`, async () => {
       const p = await startPair(name);
       try {
-        const r = await runSoak(p.target, { ...SHORT, faults: p.backendRestart ? [p.backendRestart(300)] : [] });
+        const faults = [...(p.backendRestart ? [p.backendRestart(300)] : []), ...p.volumeFaults(300)];
+        const r = await runSoak(p.target, { ...SHORT, faults });
         const report = formatReport(r);
         assert.deepEqual(r.lost, [], report);
         assert.deepEqual(r.violations, [], report);
         assert.ok(r.acknowledged >= 10, report);
         assert.ok(r.declaredUnreferenced > 0 && (r.operations.index ?? 0) > 0, report);
         if (p.backendRestart) assert.equal(r.faults.filter((f) => f.includes("restarted")).length, 1, report);
+        if (faults.length > 1 || name === "server-posix")
+          assert.equal(r.faults.filter((f) => /read-only|full/.test(f)).length, faults.length, report);
         assert.ok(p.logs.length > 0, "logs were captured");
         assert.deepEqual(findSecrets([...p.logs, ...r.errorBodies], [...ALL_SECRETS, ...p.secrets]), []);
       } finally {
