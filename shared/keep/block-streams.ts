@@ -8,21 +8,23 @@ import { md5Stream } from "../md5.js";
 /**
  * Upload side: yields the body while hashing it; after the last chunk, throws if the body
  * exceeded 64 MiB (413), disagreed with Content-Length (400) or does not hash to `hash` (400).
- * Consumers see the error before they could commit, so a bad upload never lands.
+ * Consumers see the error before they could commit, so a bad upload never lands. With
+ * `hashing: false` only the sizes are checked: every consumer verifies the hash itself.
  */
 export async function* verifiedUpload(
   source: AsyncIterable<Uint8Array>,
   hash: string,
   locator: string,
   contentLength: number | undefined,
+  hashing = true,
 ): AsyncGenerator<Uint8Array> {
-  const md5 = md5Stream();
+  const md5 = hashing ? md5Stream() : undefined;
   try {
     let total = 0;
     for await (const chunk of source) {
       total += chunk.length;
       if (total > BLOCK_SIZE) throw new TooLargeError();
-      const wait = md5.update(chunk);
+      const wait = md5?.update(chunk);
       if (wait) await wait;
       yield chunk;
     }
@@ -30,10 +32,11 @@ export async function* verifiedUpload(
       throw new ContentLengthMismatchError(
         `content length ${contentLength} did not match specified data size ${total}`,
       );
+    if (!md5) return;
     const got = await md5.digest();
     if (got !== hash) throw new HashMismatchError(`content hash ${got} did not match specified locator ${locator}`);
   } finally {
-    md5.abort();
+    md5?.abort();
   }
 }
 

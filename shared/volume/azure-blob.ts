@@ -27,6 +27,7 @@ import {
   BackendError,
   BadLocatorError,
   cancelled,
+  HashMismatchError,
   KeepError,
   NotFoundError,
   TooLargeError,
@@ -231,6 +232,8 @@ export class AzureBlobVolume implements Volume {
     const r = await putBlobStreamed(io, hash, data, opts.size, metadata(), opts.signal);
     if (r.error === undefined) return;
     if (r.sourceFailed) throw r.error;
+    // Nobody else hashed this body: the service's refusal is the client's bad upload (400).
+    if (opts.hashUnchecked && codeOf(r.error) === "Md5Mismatch") throw md5MismatchError(r.error, hash);
     // The body cannot be replayed; swap a rotated key now so the client's retry succeeds.
     // If no new key can be had, that reason (e.g. Key Vault unreadable) is the error to report.
     if (statusOf(r.error) === 403) {
@@ -241,6 +244,11 @@ export class AzureBlobVolume implements Volume {
       if (rekey instanceof CredentialError) throw this.translateError(rekey, opts.signal);
     }
     throw this.translateError(r.error, opts.signal);
+  }
+
+  /** A Put Blob of known size carries the block's MD5 as its transactional Content-MD5. */
+  verifiesWrites(size: number | undefined): boolean {
+    return size !== undefined && size > 0 && size <= BLOCK_SIZE;
   }
 
   async touch(hash: string): Promise<void> {
@@ -434,4 +442,15 @@ export function blobEndpoint(account: string, endpoint?: string): string {
   const pathStyle = /^(\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]|localhost)$/i.test(u.hostname);
   if (pathStyle && (u.pathname === "/" || u.pathname === "")) return `${u.origin}/${account}`;
   return endpoint.replace(/\/+$/, "");
+}
+
+/** The reference's message, with the MD5 the service computed when its error names it. */
+function md5MismatchError(err: unknown, hash: string): HashMismatchError {
+  const details = (err as { details?: Record<string, unknown> }).details ?? {};
+  const key = Object.keys(details).find((k) => /^servercalculatedmd5$/i.test(k));
+  const b64 = key ? String(details[key]) : "";
+  const got = /^[A-Za-z0-9+/]{22}==$/.test(b64)
+    ? Buffer.from(b64, "base64").toString("hex")
+    : "(computed by the storage service)";
+  return new HashMismatchError(`content hash ${got} did not match specified locator ${hash}`, { cause: err });
 }

@@ -40,6 +40,11 @@ export interface WriteOptions {
   /** The exact number of bytes `data` yields, when the caller knows it. */
   size?: number;
   signal?: AbortSignal;
+  /**
+   * The caller did not hash `data`, because verifiesWrites() said this volume checks the bytes
+   * against `hash` itself: a mismatch must commit nothing and throw HashMismatchError.
+   */
+  hashUnchecked?: boolean;
 }
 
 export interface Volume {
@@ -61,6 +66,14 @@ export interface Volume {
    * VolumeFullError.
    */
   write(hash: string, data: AsyncIterable<Uint8Array>, opts?: WriteOptions): Promise<void>;
+
+  /**
+   * True when write() of a body of `size` bytes has the storage service verify the bytes
+   * against the block's MD5 and refuse to commit a mismatch (a transactional Content-MD5).
+   * The service then hashes instead of us: MD5 is the CPU floor of a transfer, and our own
+   * check would only repeat the service's. Omitted: false.
+   */
+  verifiesWrites?(size: number | undefined): boolean;
 
   /** Set the block's mtime to now. NotFoundError if absent or trashed. */
   touch(hash: string): Promise<void>;

@@ -153,6 +153,25 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
     }
 
     it(
+      "a volume that verifies writes itself refuses unhashed bytes that do not match, and stores nothing",
+      { skip: ro },
+      withVolume(HOUR, async (h) => {
+        const size = TEST_BLOCK.length;
+        // Not claimed (POSIX, S3): the keepstore always hashes before such a volume commits.
+        if (!h.volume.verifiesWrites?.(size)) return;
+        const bad = Buffer.from(TEST_BLOCK);
+        bad.writeUInt8(bad.readUInt8(0) ^ 1, 0);
+        await assert.rejects(
+          h.volume.write(TEST_HASH, chunks(bad), { size, hashUnchecked: true }),
+          (err: Error & { code?: string }) => err.code === "hash_mismatch",
+        );
+        await assert.rejects(h.volume.read(TEST_HASH), NotFoundError);
+        await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size, hashUnchecked: true });
+        assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+      }),
+    );
+
+    it(
       "stores several blocks independently",
       { skip: ro },
       withVolume(HOUR, async (h) => {
