@@ -576,6 +576,19 @@ describe("s3 volume: races closed by strong consistency and conditional requests
     const atHold = new Promise<void>((r) => (reached = r));
     return { release, reached, released, atHold };
   };
+  /** Hold the first `method` request for `key` at the proxy until the hold is released. */
+  const holdFirst = (proxy: S3Proxy, method: string, isAt: (path: string) => boolean) => {
+    const x = hold();
+    proxy.intercept = async (r) => {
+      if (r.method === method && isAt(r.path)) {
+        proxy.intercept = undefined;
+        x.reached();
+        await x.released;
+      }
+      return undefined;
+    };
+    return x;
+  };
   const setup = async (o: Opts = {}) => {
     const proxy = await S3Proxy.start(server.endpoint);
     const clock = new FakeClock(Math.floor(Date.now() / 1000) * 1000);
@@ -589,15 +602,7 @@ describe("s3 volume: races closed by strong consistency and conditional requests
   it("Put lands while Trash deletes the data: Trash sees the new marker and puts the block back", async () => {
     const { proxy, h, isKey } = await setup();
     try {
-      const x = hold();
-      proxy.intercept = async (r) => {
-        if (r.method === "DELETE" && isKey(r.path, TEST_HASH)) {
-          proxy.intercept = undefined;
-          x.reached();
-          await x.released;
-        }
-        return undefined;
-      };
+      const x = holdFirst(proxy, "DELETE", (path) => isKey(path, TEST_HASH));
       const trashing = h.volume.trash(TEST_HASH);
       await x.atHold; // trash/ copy made; its DELETE of the data is in flight
       await h.volume.write(TEST_HASH, chunks(TEST_BLOCK)); // acknowledged
@@ -621,15 +626,7 @@ describe("s3 volume: races closed by strong consistency and conditional requests
   it("Trash finishes while Put writes its marker: Put's data object comes after its marker, so it stays", async () => {
     const { proxy, h, isKey } = await setup();
     try {
-      const x = hold();
-      proxy.intercept = async (r) => {
-        if (r.method === "PUT" && isKey(r.path, `recent/${TEST_HASH}`)) {
-          proxy.intercept = undefined;
-          x.reached();
-          await x.released;
-        }
-        return undefined;
-      };
+      const x = holdFirst(proxy, "PUT", (path) => isKey(path, `recent/${TEST_HASH}`));
       const writing = h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
       await x.atHold;
       await h.volume.trash(TEST_HASH); // the marker is still old: the trash goes through
@@ -646,15 +643,7 @@ describe("s3 volume: races closed by strong consistency and conditional requests
   it("Trash finishes while Touch writes its marker: Touch sees the data gone and restores it", async () => {
     const { proxy, h, isKey } = await setup();
     try {
-      const x = hold();
-      proxy.intercept = async (r) => {
-        if (r.method === "PUT" && isKey(r.path, `recent/${TEST_HASH}`)) {
-          proxy.intercept = undefined;
-          x.reached();
-          await x.released;
-        }
-        return undefined;
-      };
+      const x = holdFirst(proxy, "PUT", (path) => isKey(path, `recent/${TEST_HASH}`));
       const touching = h.volume.touch(TEST_HASH); // saw the data, then marks it
       await x.atHold;
       await h.volume.trash(TEST_HASH); // the marker is still old: the trash goes through
@@ -677,15 +666,7 @@ describe("s3 volume: races closed by strong consistency and conditional requests
       await h.volume.trash(TEST_HASH);
       clock.advance(HOUR + 2000);
       proxy.enforceIfMatch = true; // S3 checks If-Match on DELETE; s3rver ignores it
-      const x = hold();
-      proxy.intercept = async (r) => {
-        if (r.method === "DELETE" && isKey(r.path, `recent/${TEST_HASH}`)) {
-          proxy.intercept = undefined;
-          x.reached();
-          await x.released;
-        }
-        return undefined;
-      };
+      const x = holdFirst(proxy, "DELETE", (path) => isKey(path, `recent/${TEST_HASH}`));
       const sweeping = h.volume.emptyTrash();
       await x.atHold; // trash/ copy deleted; the marker it judged is about to go
       await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
@@ -704,7 +685,7 @@ describe("s3 volume: races closed by strong consistency and conditional requests
   });
 
   it("Trash replacing a trash copy a sweep is deleting waits a race window, then copies again", async () => {
-    const x = hold();
+    let x = hold();
     let sweeping: Promise<unknown> | undefined;
     const { proxy, clock, h, isKey } = await setup({
       raceWindowMs: 5000,
@@ -719,14 +700,7 @@ describe("s3 volume: races closed by strong consistency and conditional requests
       clock.advance(HOUR + 2000);
       await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
       await h.setMtime(TEST_HASH, clock.now() - 2 * HOUR); // marked before copy 1: a plain trash
-      proxy.intercept = async (r) => {
-        if (r.method === "DELETE" && isKey(r.path, `trash/${TEST_HASH}`)) {
-          proxy.intercept = undefined;
-          x.reached();
-          await x.released;
-        }
-        return undefined;
-      };
+      x = holdFirst(proxy, "DELETE", (path) => isKey(path, `trash/${TEST_HASH}`));
       sweeping = h.volume.emptyTrash();
       await x.atHold; // the sweep judged copy 1 expired; its DELETE is in flight
       await h.volume.trash(TEST_HASH); // copy 2, which that DELETE removes; then copy 3
