@@ -31,8 +31,11 @@ export interface Fault {
   name: string;
   /** Runs once when this fraction of the planned operations has been started. */
   at: number;
-  /** `live` lists the hashes the ledger holds as live at that moment. */
-  run(ctx: { live(): string[] }): Promise<void>;
+  /**
+   * `live` lists the hashes the ledger holds as live at that moment; `acknowledged` adds a
+   * block the fault itself PUT (bytes `blockBytes(seed, size)`, answered 200) to the ledger.
+   */
+  run(ctx: { live(): string[]; acknowledged(b: { hash: string; size: number; seed: number }): void }): Promise<void>;
 }
 
 export interface SoakOptions {
@@ -441,10 +444,23 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
       const f = faults.shift() as Fault;
       const at = Date.now();
       running.push(
-        f.run({ live: () => live().map((b) => b.hash) }).then(
-          () => void faultLog.push(`${f.name} at ${Math.round(frac * 100)}% (${Date.now() - at} ms)`),
-          (e) => void violations.push(`fault ${f.name} failed to run: ${e}`),
-        ),
+        f
+          .run({
+            live: () => live().map((b) => b.hash),
+            acknowledged: (b) =>
+              void ledger.set(b.hash, {
+                ...b,
+                state: "live",
+                deleted: false,
+                listed: false,
+                lastDeclared: -1,
+                history: [`put by fault ${f.name}@${++tick}`],
+              }),
+          })
+          .then(
+            () => void faultLog.push(`${f.name} at ${Math.round(frac * 100)}% (${Date.now() - at} ms)`),
+            (e) => void violations.push(`fault ${f.name} failed to run: ${e}`),
+          ),
       );
     }
   }

@@ -3,7 +3,7 @@
 // over s3rver. Backends are real processes with on-disk data, so they can be stopped and
 // restarted mid-run. Every host logs into a captured buffer for the secret scan.
 import { execFileSync } from "node:child_process";
-import { randomBytes, randomUUID } from "node:crypto";
+import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { promises as fs } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -22,8 +22,10 @@ import { createLogger } from "../../shared/log.js";
 import { createVolume } from "../../shared/volume/factory.js";
 import { S3Volume } from "../../shared/volume/s3.js";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
+import { IdentityStub } from "../harness/identity-stub.js";
+import { KeyVaultStub } from "../harness/keyvault-stub.js";
 import { followClock, S3rver } from "../harness/s3-server.js";
-import type { Fault, SoakTarget } from "./driver.js";
+import { blockBytes, type Fault, type SoakTarget } from "./driver.js";
 
 export const PAIRS = ["server-posix", "server-azurite", "server-s3", "functions-azurite", "lambda-s3"] as const;
 export type PairName = (typeof PAIRS)[number];
@@ -46,6 +48,13 @@ export interface StartedPair {
    */
   volumeFaults: (holdMs: number) => Fault[];
   volumeFaultsGap?: string;
+  /**
+   * Functions over Azurite only: Key Vault stopped (the cached key keeps serving), then the
+   * storage account key rotated while the vault is down (503), then the vault back with the
+   * new key; it ends once the host serves again (keepfn re-reads the vault at most every 10 s
+   * of wall time, so this lasts about that long: `npm run soak` only).
+   */
+  keyRotation?: (holdMs: number) => Fault;
   logs: string[];
   /** Secrets this pair's configuration holds besides SECRETS (e.g. a storage account key). */
   secrets: string[];
@@ -219,10 +228,31 @@ export async function startPair(name: PairName): Promise<StartedPair> {
         },
       };
     }
+    // The Functions app reads its storage key from Key Vault with its managed identity
+    // (protocol-level stubs; the identity environment is read when the credential is used).
+    const identity = await IdentityStub.start();
+    Object.assign(process.env, identity.env());
+    const vault = await KeyVaultStub.start((t) => identity.issued.has(t));
+    const K1 = randomBytes(64).toString("base64");
+    const K2 = randomBytes(64).toString("base64");
+    const rotated = { name: "keepfnsoak", key: K1 };
+    const keyAzurite = await Azurite.start({ accounts: [rotated] });
+    await keyAzurite.createContainer(container, rotated.name, K1);
+    vault.secrets.set("storage-key", K1);
     const env: NodeJS.ProcessEnv = {
       KEEP_VOLUMES: JSON.stringify([
         { account: AZURITE_ACCOUNT, container, endpoint: azurite.endpoint, key: AZURITE_KEY, replication: 1 },
+        {
+          account: rotated.name,
+          container,
+          endpoint: `${keyAzurite.baseUrl}/${rotated.name}`,
+          keySecret: "storage-key",
+          replication: 1,
+          storageClasses: ["default", "rotated"],
+        },
       ]),
+      KEEP_KEYVAULT_URL: vault.url,
+      KEEP_KEYVAULT_CA_FILE: vault.caFile,
       KEEP_BLOB_SIGNING_KEY: SECRETS.signingKey,
       KEEP_ENFORCE_PERMISSIONS: "true",
       KEEP_SYSTEM_ROOT_TOKEN: SECRETS.admin,
@@ -249,11 +279,44 @@ export async function startPair(name: PairName): Promise<StartedPair> {
       },
       backendRestart,
       volumeFaults: () => [],
+      keyRotation: (holdMs) => ({
+        name: "Key Vault down, then the storage key rotated, then the vault back with it",
+        at: 0.75,
+        async run({ acknowledged }) {
+          await vault.stop();
+          await sleep(holdMs); // the cached key keeps serving
+          rotated.key = K2;
+          await keyAzurite.restart(); // the account now refuses K1; the vault is still down
+          await sleep(holdMs);
+          vault.secrets.set("storage-key", K2);
+          await vault.listen();
+          // Recovery needs no restart of keepfn: wait until a write to that volume works again.
+          // Each probe is a new block of storage class `rotated`, which only the rotated volume has.
+          for (let i = 0, deadline = Date.now() + 60_000; ; i++) {
+            const seed = 900_000_000 + i;
+            const probe = blockBytes(seed, 4096);
+            const hash = createHash("md5").update(probe).digest("hex");
+            const res = await fetch(`${host.url}/${hash}`, {
+              method: "PUT",
+              body: probe as unknown as BodyInit,
+              headers: { authorization: `Bearer ${SECRETS.user}`, "x-keep-storage-classes": "rotated" },
+            }).catch(() => undefined);
+            const ok = res?.status === 200 && (await res.text()).startsWith(hash);
+            if (ok) acknowledged({ hash, size: probe.length, seed });
+            if (ok && /rotated=1/.test(res?.headers.get("x-keep-storage-classes-confirmed") ?? "")) return;
+            if (Date.now() > deadline) throw new Error(`the host did not recover: last PUT ${res?.status}`);
+            await sleep(500);
+          }
+        },
+      }),
       logs: lines,
-      secrets: [AZURITE_KEY],
+      secrets: [AZURITE_KEY, K1, K2],
       async close() {
         await host.close();
         await azurite.close();
+        await keyAzurite.close();
+        await vault.close();
+        await identity.close();
       },
     };
   }

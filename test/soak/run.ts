@@ -1,6 +1,7 @@
 // `npm run soak`: the ledger-checked load run with 64 concurrent clients on every host and
 // backend pair, with the backend stopped and restarted mid-run (Azurite, s3rver), the POSIX
-// volume remounted read-only and then full (a tmpfs, when this machine can mount), clients
+// volume remounted read-only and then full (a tmpfs, when this machine can mount), Key Vault
+// down and the storage key rotated under the Functions app (a second volume), clients
 // cutting PUTs and GETs short, two sweeps at once and the clock moved past TTL + trash
 // lifetime twice. Prints the
 // figures; exits 1 if a block was lost, a promise was broken or a secret leaked.
@@ -25,7 +26,11 @@ console.log(
 for (const name of only) {
   const p = await startPair(name);
   try {
-    const faults = [...(p.backendRestart ? [p.backendRestart(2000)] : []), ...p.volumeFaults(2000)];
+    const faults = [
+      ...(p.backendRestart ? [p.backendRestart(2000)] : []),
+      ...p.volumeFaults(2000),
+      ...(p.keyRotation ? [p.keyRotation(2000)] : []),
+    ];
     if (p.volumeFaultsGap) console.log(`${name}: volume read-only/full faults skipped: ${p.volumeFaultsGap}`);
     const r = await runSoak(p.target, {
       clients,
