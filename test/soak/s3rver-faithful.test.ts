@@ -56,7 +56,7 @@ describe("s3rver harness: atomic writes and copies, as S3", () => {
     let writing = true;
     const bad: string[] = [];
     const writer = (async () => {
-      for (let i = 0; i < 40; i++) {
+      for (let i = 0; i < 24; i++) {
         if (i % 2)
           await c.send(new CopyObjectCommand({ Bucket: bucket, Key: hash, CopySource: `${bucket}/trash/${hash}` }));
         else await c.send(new PutObjectCommand({ Bucket: bucket, Key: hash, Body: data }));
@@ -86,7 +86,7 @@ describe("s3rver harness: atomic writes and copies, as S3", () => {
     const bucket = await s3.createBucket("list");
     let writing = true;
     const writer = async (n: number) => {
-      for (let i = 0; i < 60; i++) {
+      for (let i = 0; i < 30; i++) {
         const key = `${n}-${i % 5}`;
         await c.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: randomBytes(1024) }));
         await c.send(new CopyObjectCommand({ Bucket: bucket, Key: `trash/${key}`, CopySource: `${bucket}/${key}` }));
@@ -136,7 +136,7 @@ describe("s3rver harness: atomic writes and copies, as S3", () => {
       await c.send(new PutObjectCommand({ Bucket: bucket, Key: `trash/${keys[i]}`, Body: b }));
     }
     // Copies back and forth (as trash and untrash do) and marker writes, killed at varying moments.
-    for (const delayMs of [40, 55, 70, 85, 100, 115]) {
+    for (const delayMs of [40, 60, 80, 100]) {
       const client = s3.client();
       let stop = false;
       const loop = async (k: string) => {
