@@ -91,30 +91,30 @@ describe("Key Vault account keys through the managed identity", () => {
     }
   });
 
-  it("a clear error when the cached key is refused and Key Vault is down", async () => {
+  /** A volume whose cached key (read from the vault) is the wrong one, with the vault down. */
+  async function withWrongKeyAndVaultDown(fn: (v: ReturnType<typeof volumeWith>) => Promise<void>) {
     const { name, source } = vaultKey();
     vault.secrets.set(name, WRONG);
     await source.current();
     await vault.stop();
     try {
-      const v = volumeWith({ keySource: source });
+      await fn(volumeWith({ keySource: source }));
+    } finally {
+      await vault.listen();
+    }
+  }
+
+  it("a clear error when the cached key is refused and Key Vault is down", () =>
+    withWrongKeyAndVaultDown(async (v) => {
       await assert.rejects(v.mtime(TEST_HASH), (e: Error) => {
         assert.ok(e instanceof VolumeUnavailableError, String(e));
         assert.match(e.message, /refused the cached key \(403\) and Key Vault .* could not be read/);
         return true;
       });
-    } finally {
-      await vault.listen();
-    }
-  });
+    }));
 
-  it("the write path says the key was refused, that Key Vault could not be read, and what to do (also inside the re-read limit)", async () => {
-    const { name, source } = vaultKey();
-    vault.secrets.set(name, WRONG);
-    await source.current();
-    await vault.stop();
-    try {
-      const v = volumeWith({ keySource: source });
+  it("the write path says the key was refused, that Key Vault could not be read, and what to do (also inside the re-read limit)", () =>
+    withWrongKeyAndVaultDown(async (v) => {
       // A PUT of known size is one streamed Put Blob: not retried, so the rotation is tried after it.
       for (const attempt of ["first", "second, within the 10 s re-read limit"])
         await assert.rejects(v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length }), (e: Error) => {
@@ -127,10 +127,7 @@ describe("Key Vault account keys through the managed identity", () => {
           assert.ok(!e.message.includes(WRONG), "no key in the message");
           return true;
         });
-    } finally {
-      await vault.listen();
-    }
-  });
+    }));
 
   it("a clear error when Key Vault still holds the refused key, and when the secret is missing", async () => {
     const { name, source } = vaultKey();
