@@ -25,6 +25,8 @@ export interface SoakTarget {
   maxBlockBytes: number;
   /** One empty-trash run through the host's own trigger (timer handler, scheduled event...). */
   sweep(): Promise<void>;
+  /** False where the front end cannot receive the TOUCH method (Lambda Function URLs). */
+  touch?: boolean;
 }
 
 export interface Fault {
@@ -66,6 +68,7 @@ type Op =
   | "delete"
   | "trash-list"
   | "untrash"
+  | "touch"
   | "sweep"
   | "sweep-pair"
   | "abort-put"
@@ -141,15 +144,18 @@ const WEIGHTS: Array<[Op, number]> = [
   ["delete", 5],
   ["trash-list", 3],
   ["untrash", 4],
+  ["touch", 3],
   ["sweep", 3],
   ["sweep-pair", 1],
   ["abort-put", 2],
   ["abort-get", 2],
 ];
-const TOTAL_WEIGHT = WEIGHTS.reduce((a, [, w]) => a + w, 0);
 
 export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport> {
   const rng = new Rng(o.seed ?? 1);
+  // Operations the host cannot receive are not drawn, so the report counts only what ran.
+  const weights = WEIGHTS.filter(([op]) => op !== "touch" || t.touch !== false);
+  const totalWeight = weights.reduce((a, [, w]) => a + w, 0);
   const started = Date.now();
   const stopAt = started + o.durationMs;
   const planned = o.clients * o.opsPerClient;
@@ -378,6 +384,17 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     } else if (res.status !== 404) await noteBody("untrash", res);
   }
 
+  /** TOUCH (admin) a live block: 200, and a 404 means an acknowledged block is gone. */
+  async function touch(): Promise<void> {
+    const b = rng.pick(live());
+    if (!b) return;
+    const res = await call(`/${b.hash}+${b.size}`, { method: "TOUCH", headers: bearer(t.adminToken) });
+    b.history.push(`TOUCH ${res.status}@${++tick}`);
+    if (res.status === 200) return void (await res.text());
+    if (res.status === 404 && b.state === "live") violations.push(`TOUCH of live block ${b.hash} → 404`);
+    await noteBody("touch", res);
+  }
+
   async function abortPut(): Promise<void> {
     const size = 64 * 1024 + rng.int(o.smallMaxBytes);
     const data = blockBytes(nextSeed++, size);
@@ -424,6 +441,7 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     delete: del,
     "trash-list": trashList,
     untrash,
+    touch,
     sweep: () => sweep(false),
     "sweep-pair": () => sweep(true),
     "abort-put": abortPut,
@@ -469,9 +487,9 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     for (let i = 0; i < o.opsPerClient && Date.now() < stopAt; i++) {
       startedOps++;
       coordinate();
-      let r = rng.int(TOTAL_WEIGHT);
+      let r = rng.int(totalWeight);
       let op: Op = "get";
-      for (const [name, w] of WEIGHTS) {
+      for (const [name, w] of weights) {
         if (r < w) {
           op = name;
           break;

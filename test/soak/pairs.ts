@@ -384,6 +384,7 @@ export async function startPair(name: PairName): Promise<StartedPair> {
       ...base,
       url: local.url,
       maxBlockBytes: MAX_BINARY_BODY,
+      touch: false,
       sweep: async () => void (await (sweepers[turn++ % 2] as ReturnType<typeof createLambdaHost>).sweep({}, ctx)),
     },
     backendRestart,
