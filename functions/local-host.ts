@@ -8,7 +8,7 @@ import type { AddressInfo } from "node:net";
 import type { HttpRequestInit, HttpResponseInit } from "@azure/functions";
 import azf from "@azure/functions";
 // A dev tool (never deployed): it reuses the container host's node:http pieces.
-import { toRequest } from "../server/node-adapter.js";
+import { toRequest, writeBody } from "../server/node-adapter.js";
 import { handleTouchClientError } from "../server/touch-method.js";
 import type { AppDeps } from "../shared/app.js";
 import { splitListen } from "../shared/config-values.js";
@@ -113,31 +113,5 @@ async function writeResponse(out: HttpResponseInit, res: ServerResponse): Promis
     headers[k] = v;
   });
   res.writeHead(out.status ?? 200, headers);
-  const body = out.body as ReadableStream<Uint8Array> | undefined;
-  if (!body) {
-    res.end();
-    return;
-  }
-  const reader = body.getReader();
-  try {
-    for (;;) {
-      const r = await reader.read();
-      if (r.done) break;
-      if (!res.write(r.value))
-        await new Promise<void>((resolve) => {
-          const done = () => {
-            res.off("drain", done);
-            res.off("close", done);
-            resolve();
-          };
-          res.on("drain", done);
-          res.on("close", done);
-        });
-      if (res.destroyed) throw new Error("client disconnected");
-    }
-    res.end();
-  } catch (err) {
-    await reader.cancel(err).catch(() => {});
-    res.destroy();
-  }
+  await writeBody(out.body as ReadableStream<Uint8Array> | undefined, res);
 }

@@ -113,11 +113,24 @@ async function writeResponse(
   res.writeHead(response.status, headers);
   // Send the status now: a body cut short later must reach the client as a truncated 200.
   res.flushHeaders();
-  if (!response.body) {
+  await writeBody(response.body, res, signal);
+}
+
+/**
+ * Write a web body to a node response with backpressure, then end it. A failing body or a
+ * client gone cancels the body and destroys the response: headers are out, so a cut
+ * connection is the only honest signal of a failed body.
+ */
+export async function writeBody(
+  body: ReadableStream<Uint8Array> | null | undefined,
+  res: ServerResponse,
+  signal?: AbortSignal,
+): Promise<void> {
+  if (!body) {
     res.end();
     return;
   }
-  const reader = response.body.getReader();
+  const reader = body.getReader();
   try {
     for (;;) {
       const r = await reader.read();
@@ -133,12 +146,12 @@ async function writeResponse(
           res.on("close", done);
         });
       }
-      if (signal.aborted) throw signal.reason;
+      if (signal?.aborted) throw signal.reason;
+      if (res.destroyed) throw new Error("client disconnected");
     }
     res.end();
   } catch (err) {
     await reader.cancel(err).catch(() => {});
-    // Headers are out: the only honest signal of a failed body is a cut connection.
     res.destroy();
   }
 }
