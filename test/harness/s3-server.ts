@@ -242,6 +242,17 @@ export class S3rver {
     return `http://127.0.0.1:${this.port}`;
   }
 
+  /** The Lambda host's S3 settings for `bucket` on this server (s3rver's fixed, public key pair). */
+  lambdaEnv(bucket: string): NodeJS.ProcessEnv {
+    return {
+      KEEP_S3_BUCKET: bucket,
+      KEEP_S3_ENDPOINT: this.endpoint,
+      KEEP_S3_ACCESS_KEY: "S3RVER",
+      KEEP_S3_SECRET_KEY: "S3RVER",
+      KEEP_S3_REGION: "us-east-1",
+    };
+  }
+
   get running(): boolean {
     return !!this.child && this.child.exitCode === null && this.child.signalCode === null;
   }

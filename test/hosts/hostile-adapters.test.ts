@@ -72,11 +72,7 @@ async function functionsHost() {
 async function lambdaEnv() {
   const bucket = await s3.createBucket("hostile");
   const env: NodeJS.ProcessEnv = {
-    KEEP_S3_BUCKET: bucket,
-    KEEP_S3_ENDPOINT: s3.endpoint,
-    KEEP_S3_ACCESS_KEY: "S3RVER",
-    KEEP_S3_SECRET_KEY: "S3RVER",
-    KEEP_S3_REGION: "us-east-1",
+    ...s3.lambdaEnv(bucket),
     KEEP_LOG_LEVEL: "silent",
     KEEP_BLOB_SIGNING_KEY: KEY,
     KEEP_ENFORCE_PERMISSIONS: "true",

@@ -35,11 +35,7 @@ const USER = "v2/zzzzz-gj3su-000000000000000/lambda-user-secret";
 const md5 = (b: Uint8Array) => createHash("md5").update(b).digest("hex");
 
 const baseEnv = (bucket: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv => ({
-  KEEP_S3_BUCKET: bucket,
-  KEEP_S3_ENDPOINT: server.endpoint,
-  KEEP_S3_ACCESS_KEY: "S3RVER",
-  KEEP_S3_SECRET_KEY: "S3RVER",
-  KEEP_S3_REGION: "us-east-1",
+  ...server.lambdaEnv(bucket),
   KEEP_LOG_LEVEL: "silent",
   ...extra,
 });

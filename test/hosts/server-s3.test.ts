@@ -89,10 +89,7 @@ describe("container host with -s3-* flags", () => {
       {
         env: {
           ...process.env,
-          KEEP_S3_BUCKET: bucket,
-          KEEP_S3_ENDPOINT: s3.endpoint,
-          KEEP_S3_ACCESS_KEY: "S3RVER",
-          KEEP_S3_SECRET_KEY: "S3RVER",
+          ...s3.lambdaEnv(bucket),
           KEEP_LOG_LEVEL: "silent",
         },
         stdio: ["ignore", "ignore", "pipe"],

@@ -355,11 +355,7 @@ export async function startPair(name: PairName): Promise<StartedPair> {
     };
   }
   const env: NodeJS.ProcessEnv = {
-    KEEP_S3_BUCKET: bucket,
-    KEEP_S3_ENDPOINT: s3.endpoint,
-    KEEP_S3_ACCESS_KEY: "S3RVER",
-    KEEP_S3_SECRET_KEY: "S3RVER",
-    KEEP_S3_REGION: "us-east-1",
+    ...s3.lambdaEnv(bucket),
     KEEP_BLOB_SIGNING_KEY: SECRETS.signingKey,
     KEEP_ENFORCE_PERMISSIONS: "true",
     KEEP_SYSTEM_ROOT_TOKEN: SECRETS.admin,
