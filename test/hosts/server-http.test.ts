@@ -10,21 +10,13 @@ import { FakeClock } from "../../shared/clock.js";
 import { BackendError } from "../../shared/errors.js";
 import { md5hex } from "../conformance/fixtures.js";
 import { ADMIN } from "../conformance/http-contract.js";
+import { filesUnder } from "../harness/fs-tools.js";
 import { startPosixServer } from "../harness/posix-server.js";
 import type { RecordingVolume } from "../harness/recording-volume.js";
 
 const FOO_HASH = "acbd18db4cc2f85cedef654fccc4a4d8";
 
 /** Recursively list every file under a directory. */
-async function files(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await fs.readdir(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...(await files(p)));
-    else out.push(p);
-  }
-  return out;
-}
 
 function rawRequest(url: string, text: string): Promise<string> {
   const u = new URL(url);
@@ -98,7 +90,7 @@ describe("container host over real HTTP", () => {
       });
       const res = await fetch(`${s.url}/${FOO_HASH}`, { method: "PUT", body, duplex: "half" } as RequestInit);
       assert.equal(res.status, 413);
-      assert.deepEqual(await files(s.roots[0] as string), []);
+      assert.deepEqual(await filesUnder(s.roots[0] as string), []);
     } finally {
       await s.cleanup();
     }
@@ -119,9 +111,9 @@ describe("container host over real HTTP", () => {
       });
       // Wait until the server has noticed and cleaned up: poll, bounded (generously: on a loaded
       // 2-core machine the cleanup once took longer than 2 s).
-      for (let i = 0; i < 500 && (await files(s.roots[0] as string)).length > 0; i++)
+      for (let i = 0; i < 500 && (await filesUnder(s.roots[0] as string)).length > 0; i++)
         await new Promise((r) => setTimeout(r, 20));
-      assert.deepEqual(await files(s.roots[0] as string), []);
+      assert.deepEqual(await filesUnder(s.roots[0] as string), []);
     } finally {
       await s.cleanup();
     }

@@ -14,6 +14,7 @@ import { after, before, describe, it } from "node:test";
 import { FakeClock } from "../../shared/clock.js";
 import { createLogger } from "../../shared/log.js";
 import type { Azurite as AzuriteT } from "../harness/azurite.js";
+import { filesUnder, tryMount } from "../harness/fs-tools.js";
 import { IdentityStub } from "../harness/identity-stub.js";
 import type { KeyVaultStub as KeyVaultStubT } from "../harness/keyvault-stub.js";
 
@@ -30,30 +31,12 @@ const md5 = (b: Uint8Array) => createHash("md5").update(b).digest("hex");
 const ADMIN = `admin-${randomBytes(12).toString("hex")}`;
 const auth = { authorization: `Bearer ${ADMIN}` };
 
-function tryMount(args: string[]): string | undefined {
-  try {
-    execFileSync("mount", args, { stdio: "pipe" });
-    return undefined;
-  } catch (err) {
-    return String((err as { stderr?: Buffer }).stderr ?? err).trim();
-  }
-}
 /** Whether this machine lets the test mount (root in a container that allows it). */
 const probe = await fs.mkdtemp(join(tmpdir(), "keepfn-mnt-probe-"));
 const mountGap = tryMount(["-t", "tmpfs", "-o", "size=1m", "tmpfs", probe]);
 if (!mountGap) execFileSync("umount", [probe]);
 await fs.rm(probe, { recursive: true, force: true });
 const skip = mountGap ? `cannot mount here (needs root with mount rights): ${mountGap}` : false;
-
-async function filesUnder(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await fs.readdir(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...(await filesUnder(p)));
-    else out.push(p);
-  }
-  return out;
-}
 
 /** Every file under the root is a complete block named by its MD5 (or the `full` marker). */
 async function assertNothingPartial(root: string): Promise<void> {

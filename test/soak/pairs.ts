@@ -22,6 +22,7 @@ import { createLogger } from "../../shared/log.js";
 import { createVolume } from "../../shared/volume/factory.js";
 import { S3Volume } from "../../shared/volume/s3.js";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
+import { tryMount } from "../harness/fs-tools.js";
 import { IdentityStub } from "../harness/identity-stub.js";
 import { KeyVaultStub } from "../harness/keyvault-stub.js";
 import { followClock, S3rver } from "../harness/s3-server.js";
@@ -100,14 +101,6 @@ const clocked = (clock: FakeClock, logger: AppDeps["logger"]): AppDeps => ({
   },
 });
 
-function mount(args: string[]): string | undefined {
-  try {
-    execFileSync("mount", args, { stdio: "pipe" });
-    return undefined;
-  } catch (err) {
-    return String((err as { stderr?: Buffer }).stderr ?? err).trim();
-  }
-}
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const TMPFS_SIZE = "4g";
 
@@ -118,7 +111,7 @@ const TMPFS_SIZE = "4g";
  */
 function posixVolumeFaults(root: string, holdMs: number): Fault[] {
   const must = (args: string[]) => {
-    const gap = mount(args);
+    const gap = tryMount(args);
     if (gap) throw new Error(`mount ${args.join(" ")}: ${gap}`);
   };
   return [
@@ -175,7 +168,7 @@ export async function startPair(name: PairName): Promise<StartedPair> {
   };
   if (name === "server-posix") {
     const root = await fs.mkdtemp(join(tmpdir(), "keepfn-soak-"));
-    const gap = mount(["-t", "tmpfs", "-o", `size=${TMPFS_SIZE}`, "tmpfs", root]);
+    const gap = tryMount(["-t", "tmpfs", "-o", `size=${TMPFS_SIZE}`, "tmpfs", root]);
     const srv = await startKeepServer(config([{ driver: "posix", root, serialize: false, ...common }]), "127.0.0.1:0", {
       clock,
       logger,
@@ -189,7 +182,7 @@ export async function startPair(name: PairName): Promise<StartedPair> {
       volumeFaultsGap: gap && `cannot mount a tmpfs here (needs root with mount rights): ${gap}`,
       async close() {
         await srv.close(1000);
-        if (!gap) mount(["-o", "remount,rw", root]);
+        if (!gap) tryMount(["-o", "remount,rw", root]);
         if (!gap) execFileSync("umount", ["-l", root]);
         await fs.rm(root, { recursive: true, force: true });
       },
