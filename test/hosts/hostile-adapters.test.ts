@@ -159,6 +159,29 @@ describe("hostile input through the Functions and Lambda adapters", () => {
     }
   });
 
+  it("a negative Content-Length is a 400 through both serverless adapters (found by the property below)", async () => {
+    const { host } = await functionsHost();
+    const { env } = await lambdaEnv();
+    const lambda = createLambdaHost(() => env, { logger: silentLogger() });
+    try {
+      const p = "/00000000000000000000000000000000+3+Azz@zz";
+      const native = new Request(`https://x.azurewebsites.net${p}`, {
+        method: "PUT",
+        headers: { "content-length": "-1" },
+        body: new Uint8Array([0]) as unknown as BodyInit,
+      });
+      const req = new azf.HttpRequest({ nativeRequest: native, params: { path: p.slice(1) } } as never);
+      const out = await host.handlers.http(req, new azf.InvocationContext({ functionName: "keep" }));
+      assert.equal(out.status, 400);
+      assert.match(await new azf.HttpResponse(out).text(), /invalid Content-Length/);
+      const ev = event("PUT", p, { "content-length": "-1" }, new Uint8Array([0]), true, "");
+      assert.equal((await lambda.buffered(ev, lambdaContext)).statusCode, 400);
+    } finally {
+      await host.close();
+      await lambda.close();
+    }
+  });
+
   it("Lambda handlers (events in, buffered and streamed responses out): no throw, no 5xx, no stray object", async () => {
     const { env, names } = await lambdaEnv();
     const host = createLambdaHost(() => env, { logger: silentLogger() });

@@ -43,7 +43,9 @@ export async function putBlock(ctx: RequestContext, locator: string): Promise<Re
   const hash = parseLocator(locator).hash;
   const cl = ctx.req.headers.get("content-length");
   const contentLength = cl === null ? undefined : Number(cl);
-  if (contentLength !== undefined && !Number.isSafeInteger(contentLength))
+  // Node's parser refuses a negative length, but the Functions and Lambda front ends pass the
+  // header through as sent: a volume told "-1 bytes" would fail as a 503.
+  if (contentLength !== undefined && (!Number.isSafeInteger(contentLength) || contentLength < 0))
     throw new BadRequestError("invalid Content-Length");
   const classes = (ctx.req.headers.get("x-keep-storage-classes") ?? "")
     .split(",")
