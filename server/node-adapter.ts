@@ -1,6 +1,7 @@
 // node:http ↔ fetch: turn an IncomingMessage into a web Request (body streamed, aborted when
 // the client goes away) and write a web Response back with backpressure. No status logic.
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { release } from "../shared/chunk-pool.js";
 import type { FetchHandler } from "../shared/http/router.js";
 
 export function nodeListener(handler: FetchHandler, onError: (err: unknown) => void) {
@@ -135,7 +136,12 @@ export async function writeBody(
     for (;;) {
       const r = await reader.read();
       if (r.done) break;
-      if (!res.write(r.value)) {
+      const chunk = r.value;
+      // Written to the socket: a lent chunk can go back to its pool (chunk-pool.ts).
+      const written = res.write(chunk, (err) => {
+        if (!err) release(chunk);
+      });
+      if (!written) {
         await new Promise<void>((resolve) => {
           const done = () => {
             res.off("drain", done);

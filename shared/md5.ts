@@ -3,9 +3,12 @@
 // would cap the server at one core. Large streams are copied in 1 MiB batches to a pool of
 // worker threads (one per core); the event loop only moves bytes. Small streams (under one
 // batch) are hashed inline, where a worker round trip would cost more than it saves.
+// Lent chunks (chunk-pool.ts) are not copied at all: the worker hashes the shared memory and
+// the chunk is released when the worker has read it.
 import { createHash } from "node:crypto";
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
+import { release, retain } from "./chunk-pool.js";
 
 export interface Md5Stream {
   /** Returns a promise when the caller should wait: the workers are behind (backpressure). */
@@ -31,6 +34,9 @@ parentPort.on("message", (m) => {
   if (m.buf) {
     h.update(new Uint8Array(m.buf, 0, m.len));
     parentPort.postMessage({ id: m.id, ack: true, buf: m.buf }, [m.buf]);
+  } else if (m.shared) {
+    h.update(new Uint8Array(m.shared, m.off, m.len));
+    parentPort.postMessage({ id: m.id, ack: true });
   }
   if (m.done) {
     hashes.delete(m.id);
@@ -110,25 +116,48 @@ export function md5Stream(): Md5Stream {
   let queued = 0;
   let finished = false;
   let resume: (() => void) | undefined;
+  /** Per message sent, in order: the lent chunk to release when the worker acks it. */
+  const lentInFlight: Array<Uint8Array | undefined> = [];
   const onAck = () => {
+    const lent = lentInFlight.shift();
+    if (lent) release(lent);
     queued--;
     if (resume && queued <= MAX_QUEUED / 2) {
       resume();
       resume = undefined;
     }
   };
-  const flush = () => {
+  const connect = () => {
     pool ??= new Md5Pool(poolSize);
     remote ??= pool.open(onAck);
     queued++;
+    return remote;
+  };
+  const backpressure = () => {
+    if (queued <= MAX_QUEUED) return undefined;
+    return new Promise<void>((r) => {
+      resume = r;
+    });
+  };
+  const flush = () => {
+    const r = connect();
     // Transfer the whole batch buffer (no copy); the worker sends it back with its ack.
     const ab = staging.buffer as ArrayBuffer;
-    remote.pw.worker.postMessage({ id: remote.id, buf: ab, len: used }, [ab]);
+    lentInFlight.push(undefined);
+    r.pw.worker.postMessage({ id: r.id, buf: ab, len: used }, [ab]);
     staging = batchBuffer();
     used = 0;
   };
   return {
     update(chunk) {
+      if (retain(chunk)) {
+        // Shared memory: hand the worker a view, keep the chunk alive until its ack.
+        if (used > 0) flush();
+        const r = connect();
+        lentInFlight.push(chunk);
+        r.pw.worker.postMessage({ id: r.id, shared: chunk.buffer, off: chunk.byteOffset, len: chunk.length });
+        return backpressure();
+      }
       let off = 0;
       while (off < chunk.length) {
         const n = Math.min(BATCH - used, chunk.length - off);
@@ -137,10 +166,7 @@ export function md5Stream(): Md5Stream {
         off += n;
         if (used === BATCH) flush();
       }
-      if (queued <= MAX_QUEUED) return undefined;
-      return new Promise<void>((r) => {
-        resume = r;
-      });
+      return backpressure();
     },
     digest() {
       if (finished) throw new Error("md5 stream already finished");

@@ -5,6 +5,7 @@ import { randomBytes } from "node:crypto";
 import { constants, promises as fs } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
+import { LENT_CHUNK_SIZE, lend } from "../chunk-pool.js";
 import { msToNs } from "../clock.js";
 import {
   BadLocatorError,
@@ -34,7 +35,6 @@ export interface PosixVolumeOptions {
   serialize?: boolean;
 }
 
-const READ_CHUNK = 1 << 20;
 const WRITE_COALESCE = 1 << 20;
 const BACKGROUND_SYNC = 8 << 20;
 const FULL_LINK_MAX_AGE_MS = 3600_000;
@@ -92,8 +92,10 @@ export class PosixVolume implements Volume {
       let pos = 0;
       while (pos < size) {
         throwIfAborted(signal);
-        const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, size - pos));
-        const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+        // Lent memory: the consumer that writes it out gives it back (chunk-pool.ts).
+        const buf = lend();
+        const want = Math.min(LENT_CHUNK_SIZE, size - pos);
+        const { bytesRead } = await fh.read(buf, 0, want, pos);
         if (bytesRead === 0) throw new KeepError(`short read: block ended at ${pos} of ${size} bytes`);
         pos += bytesRead;
         this.stats.inBytes += bytesRead;
