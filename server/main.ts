@@ -9,10 +9,10 @@ import { DEFAULT_VOLUME, parseFlags, USAGE } from "./flags.js";
 import { startKeepServer } from "./serve.js";
 
 // Block bodies arrive in fresh 64 KiB buffers, and V8 answers each 64 MB of them with a full
-// marking cycle. On two cores, concurrent marking threads fight the event loop and the MD5
-// worker for CPU: marking on the main thread instead cut server CPU per 64 MiB PUT from ~290
-// to ~245 ms and raised PUT throughput ~20 % here (bench/server.bench.ts). Set before the
-// heap grows; more cores keep V8's default.
+// marking cycle. On two cores, concurrent marking threads compete with the event loop and the
+// MD5 worker: marking on the main thread instead took ~50 ms of helper-thread CPU per 64 MiB
+// PUT down to ~17 ms for ~20 ms more on the event loop, net ~17 ms less CPU and ~5 % more
+// PUT throughput (4 alternating A/B runs, 2026-11-23). More cores keep V8's default.
 if (availableParallelism() <= 2 && !process.env.KEEPFN_CONCURRENT_MARKING)
   setFlagsFromString("--no-concurrent-marking");
 
