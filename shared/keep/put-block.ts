@@ -137,6 +137,7 @@ export async function putBlock(mounts: readonly Mount[], req: WriteRequest, opts
 
 async function hasBlock(m: Mount, hash: string): Promise<boolean> {
   try {
+    if (m.volume.exists) return await m.volume.exists(hash);
     await m.volume.mtime(hash);
     return true;
   } catch {

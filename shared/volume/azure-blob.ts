@@ -49,6 +49,7 @@ import { EXPIRES_KEY, TRASH_TAG, TrashSweeper, tagValue } from "./azure-sweep.js
 import {
   type BlockData,
   type EmptyTrashReport,
+  existsByMtime,
   type IndexEntry,
   type Volume,
   type VolumeParams,
@@ -259,6 +260,10 @@ export class AzureBlobVolume implements Volume {
         this.blob(c, hash).setMetadata(metadata, { conditions: { ifMatch: p.etag } }),
       );
     });
+  }
+
+  exists(hash: string): Promise<boolean> {
+    return existsByMtime(this, hash);
   }
 
   async mtime(hash: string): Promise<bigint> {

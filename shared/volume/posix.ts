@@ -22,6 +22,7 @@ import { KeyedMutex, Mutex, type Release } from "../mutex.js";
 import {
   type BlockData,
   type EmptyTrashReport,
+  existsByMtime,
   type IndexEntry,
   type Volume,
   type VolumeParams,
@@ -176,6 +177,10 @@ export class PosixVolume implements Volume {
     } finally {
       unlock();
     }
+  }
+
+  exists(hash: string): Promise<boolean> {
+    return existsByMtime(this, hash);
   }
 
   async mtime(hash: string): Promise<bigint> {

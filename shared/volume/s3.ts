@@ -246,6 +246,11 @@ export class S3Volume implements Volume {
     await this.ensureLive(key);
   }
 
+  /** One HEAD: the data object is there exactly when the block is live (trash moves it away). */
+  async exists(hash: string): Promise<boolean> {
+    return (await this.o.head(this.blockKey(hash))) !== undefined;
+  }
+
   async mtime(hash: string): Promise<bigint> {
     const key = this.blockKey(hash);
     if (!(await this.o.head(key))) throw new NotFoundError();

@@ -3,6 +3,7 @@
 // locators, tokens or HTTP. Each driver maps its backend's errors to the core's typed
 // errors in exactly one translateError() function.
 import type { Clock } from "../clock.js";
+import { NotFoundError } from "../errors.js";
 
 export interface BlockData {
   /** Size in bytes, known before the first byte is read. */
@@ -75,6 +76,13 @@ export interface Volume {
    */
   verifiesWrites?(size: number | undefined): boolean;
 
+  /**
+   * True when a live block is stored under `hash`, false when absent or trashed. For drivers
+   * where mtime() costs more than one request (S3: data object, then its marker); omitted,
+   * the service asks mtime() instead.
+   */
+  exists?(hash: string): Promise<boolean>;
+
   /** Set the block's mtime to now. NotFoundError if absent or trashed. */
   touch(hash: string): Promise<void>;
 
@@ -118,6 +126,17 @@ export interface Volume {
 
   /** Release connections, timers, child resources. */
   close?(): Promise<void>;
+}
+
+/** exists() for drivers whose mtime() is already one request (a stat, a Get Blob Properties). */
+export async function existsByMtime(v: Pick<Volume, "mtime">, hash: string): Promise<boolean> {
+  try {
+    await v.mtime(hash);
+    return true;
+  } catch (err) {
+    if (err instanceof NotFoundError) return false;
+    throw err;
+  }
 }
 
 /** What every driver needs from the cluster configuration. */

@@ -266,6 +266,23 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
     );
 
     it(
+      "exists() agrees with read(): false when absent, true when live, false in trash, true again after untrash",
+      { skip: ro },
+      withVolume(HOUR, async (h, clock) => {
+        // Optional in the contract (the service falls back to mtime()), but every driver has it.
+        assert.ok(h.volume.exists, `${name} implements exists()`);
+        const exists = h.volume.exists.bind(h.volume);
+        assert.equal(await exists(TEST_HASH), false);
+        await writeOld(h, clock);
+        assert.equal(await exists(TEST_HASH), true);
+        await h.volume.trash(TEST_HASH);
+        assert.equal(await exists(TEST_HASH), false);
+        await h.volume.untrash(TEST_HASH);
+        assert.equal(await exists(TEST_HASH), true);
+      }),
+    );
+
+    it(
       "trash of a missing block fails",
       { skip: ro },
       withVolume(HOUR, async (h) => {
