@@ -846,3 +846,21 @@ describe("s3 volume: the write path (marker first, data held back, no HEAD after
     }
   });
 });
+
+describe("s3 volume: request counts", () => {
+  it("exists() is one HEAD where mtime() takes two (data object, then its recent/ marker)", async () => {
+    const h = await s3Harness({ clock: new FakeClock(), signingTtlMs: MIN, trashLifetimeMs: HOUR });
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      const sent = () => [...h.volume.stats.ops.values()].reduce((a, b) => a + b, 0);
+      let before = sent();
+      assert.equal(await h.volume.exists?.(TEST_HASH), true);
+      assert.equal(sent() - before, 1);
+      before = sent();
+      await h.volume.mtime(TEST_HASH);
+      assert.equal(sent() - before, 2);
+    } finally {
+      await h.teardown();
+    }
+  });
+});
