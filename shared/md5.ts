@@ -6,6 +6,7 @@
 // Lent chunks (chunk-pool.ts) are not copied at all: the worker hashes the shared memory and
 // the chunk is released when the worker has read it.
 import { createHash } from "node:crypto";
+import { readSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import { release, retain } from "./chunk-pool.js";
@@ -13,7 +14,13 @@ import { release, retain } from "./chunk-pool.js";
 export interface Md5Stream {
   /** Returns a promise when the caller should wait: the workers are behind (backpressure). */
   update(chunk: Uint8Array): undefined | Promise<void>;
-  /** Lowercase hex digest of everything passed to update(). */
+  /**
+   * Hash `length` bytes of the open file `fd` from `position` on, read where the hashing runs
+   * (a worker reads the page cache itself: the bytes never cross the event loop). The range
+   * must already be written, and `fd` must stay open until digest() settles.
+   */
+  updateFromFile(fd: number, position: number, length: number): undefined | Promise<void>;
+  /** Lowercase hex digest of everything passed to update() and updateFromFile(), in order. */
   digest(): Promise<string>;
   /** Give up (the transfer failed): frees the worker's state. Safe after digest(). */
   abort(): void;
@@ -27,11 +34,26 @@ const MAX_QUEUED = 4;
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads");
 const { createHash } = require("node:crypto");
+const { readSync } = require("node:fs");
 const hashes = new Map();
+const fileBuf = Buffer.allocUnsafeSlow(${BATCH});
 parentPort.on("message", (m) => {
   let h = hashes.get(m.id);
   if (!h) hashes.set(m.id, (h = createHash("md5")));
-  if (m.buf) {
+  if (m.fd !== undefined) {
+    let error;
+    try {
+      for (let pos = m.pos, end = m.pos + m.len; pos < end; ) {
+        const n = readSync(m.fd, fileBuf, 0, Math.min(fileBuf.length, end - pos), pos);
+        if (n === 0) throw new Error("file ended at " + pos + " of " + end + " bytes");
+        h.update(fileBuf.subarray(0, n));
+        pos += n;
+      }
+    } catch (err) {
+      error = String(err && err.message || err);
+    }
+    parentPort.postMessage({ id: m.id, ack: true, error });
+  } else if (m.buf) {
     h.update(new Uint8Array(m.buf, 0, m.len));
     parentPort.postMessage({ id: m.id, ack: true, buf: m.buf }, [m.buf]);
   } else if (m.shared) {
@@ -51,7 +73,7 @@ interface PoolWorker {
 
 class Md5Pool {
   private readonly workers: PoolWorker[] = [];
-  private readonly streams = new Map<number, { onAck: () => void; onDigest: (hex: string) => void }>();
+  private readonly streams = new Map<number, { onAck: (error?: string) => void; onDigest: (hex: string) => void }>();
   private nextId = 1;
 
   constructor(private readonly size: number) {}
@@ -61,10 +83,10 @@ class Md5Pool {
     if (this.workers.length < this.size) {
       const worker = new Worker(WORKER_SOURCE, { eval: true });
       const pw: PoolWorker = { worker, active: 0 };
-      worker.on("message", (m: { id: number; hex?: string; ack?: boolean; buf?: ArrayBuffer }) => {
+      worker.on("message", (m: { id: number; hex?: string; ack?: boolean; buf?: ArrayBuffer; error?: string }) => {
         const st = this.streams.get(m.id);
         if (m.buf && spare.length < MAX_SPARE) spare.push(m.buf);
-        if (m.ack) st?.onAck();
+        if (m.ack) st?.onAck(m.error);
         if (m.hex !== undefined) {
           // Idle workers must not keep the process alive; busy ones must (a digest is awaited).
           if (--pw.active === 0) worker.unref();
@@ -80,7 +102,7 @@ class Md5Pool {
     return this.workers.reduce((a, b) => (b.active < a.active ? b : a));
   }
 
-  open(onAck: () => void): { id: number; pw: PoolWorker; done: Promise<string> } {
+  open(onAck: (error?: string) => void): { id: number; pw: PoolWorker; done: Promise<string> } {
     const id = this.nextId++;
     const pw = this.pick();
     if (pw.active++ === 0) pw.worker.ref();
@@ -118,7 +140,10 @@ export function md5Stream(): Md5Stream {
   let resume: (() => void) | undefined;
   /** Per message sent, in order: the lent chunk to release when the worker acks it. */
   const lentInFlight: Array<Uint8Array | undefined> = [];
-  const onAck = () => {
+  /** The first file range the worker could not read: the digest would be of the wrong bytes. */
+  let readError: string | undefined;
+  const onAck = (error?: string) => {
+    readError ??= error;
     const lent = lentInFlight.shift();
     if (lent) release(lent);
     queued--;
@@ -168,13 +193,23 @@ export function md5Stream(): Md5Stream {
       }
       return backpressure();
     },
+    updateFromFile(fd, position, length) {
+      if (used > 0) flush();
+      const r = connect();
+      lentInFlight.push(undefined);
+      r.pw.worker.postMessage({ id: r.id, fd, pos: position, len: length });
+      return backpressure();
+    },
     digest() {
       if (finished) throw new Error("md5 stream already finished");
       finished = true;
       if (!remote) return Promise.resolve(createHash("md5").update(staging.subarray(0, used)).digest("hex"));
       if (used > 0) flush();
       remote.pw.worker.postMessage({ id: remote.id, done: true });
-      return remote.done;
+      return remote.done.then((hex) => {
+        if (readError) throw new Error(`hashing the written file failed: ${readError}`);
+        return hex;
+      });
     },
     abort() {
       if (finished) return;
@@ -187,9 +222,20 @@ export function md5Stream(): Md5Stream {
 
 function inline(): Md5Stream {
   const h = createHash("md5");
+  let buf: Buffer | undefined;
   return {
     update: (c) => {
       h.update(c);
+      return undefined;
+    },
+    updateFromFile: (fd, position, length) => {
+      buf ??= Buffer.allocUnsafe(BATCH);
+      for (let pos = position, end = position + length; pos < end; ) {
+        const n = readSync(fd, buf, 0, Math.min(buf.length, end - pos), pos);
+        if (n === 0) throw new Error(`file ended at ${pos} of ${end} bytes`);
+        h.update(buf.subarray(0, n));
+        pos += n;
+      }
       return undefined;
     },
     digest: () => Promise.resolve(h.digest("hex")),

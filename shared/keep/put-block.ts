@@ -4,6 +4,7 @@
 import {
   CancelledError,
   CollisionError,
+  HashMismatchError,
   InsufficientStorageError,
   KeepError,
   TooLargeError,
@@ -105,6 +106,7 @@ export async function putBlock(mounts: readonly Mount[], req: WriteRequest, opts
   let fulls = fullSeen;
   for (const o of outcomes) {
     if (o.status === "rejected") {
+      if (o.reason instanceof HashMismatchError && delegated) throw asSent(o.reason, hash, req.locator);
       if (o.reason instanceof KeepError && isClientError(o.reason)) throw o.reason;
       lastErr = o.reason;
     }
@@ -133,6 +135,14 @@ export async function putBlock(mounts: readonly Mount[], req: WriteRequest, opts
   }
   if (fulls >= attempts + fullSeen && fulls > 0) throw new InsufficientStorageError();
   throw new VolumeUnavailableError("volume unavailable", { cause: lastErr });
+}
+
+/** A volume names the bare hash; the reference's message names the locator as the client sent it. */
+function asSent(err: HashMismatchError, hash: string, locator: string): HashMismatchError {
+  if (locator === hash) return err;
+  return new HashMismatchError(err.message.replace(`specified locator ${hash}`, `specified locator ${locator}`), {
+    cause: err,
+  });
 }
 
 async function hasBlock(m: Mount, hash: string): Promise<boolean> {

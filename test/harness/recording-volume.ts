@@ -7,6 +7,8 @@ export type Op = "read" | "write" | "touch" | "mtime" | "trash" | "untrash" | "e
 export class RecordingVolume implements Volume {
   readonly log: string[];
   readonly faults = new Map<Op, () => Error>();
+  /** The options of every write(), in order (e.g. whether the service left the MD5 to us). */
+  readonly writeOptions: WriteOptions[] = [];
   /** Resolves to let a blocked operation go on (for slow-volume tests). */
   gate?: Promise<void>;
 
@@ -35,7 +37,11 @@ export class RecordingVolume implements Volume {
   }
   async write(hash: string, data: AsyncIterable<Uint8Array>, opts?: WriteOptions): Promise<void> {
     await this.enter("write");
+    this.writeOptions.push({ ...opts });
     return this.inner.write(hash, data, opts);
+  }
+  verifiesWrites(size: number | undefined): boolean {
+    return this.inner.verifiesWrites?.(size) ?? false;
   }
   async touch(hash: string) {
     await this.enter("touch");

@@ -1,10 +1,18 @@
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
 import { msToNs } from "../../shared/clock.js";
-import { ChecksumMismatchError, CollisionError, InsufficientStorageError, NotFoundError } from "../../shared/errors.js";
+import {
+  ChecksumMismatchError,
+  CollisionError,
+  HashMismatchError,
+  InsufficientStorageError,
+  NotFoundError,
+} from "../../shared/errors.js";
 import { TrashWorker } from "../../shared/keep/trash-worker.js";
 import { silentLogger } from "../../shared/log.js";
-import { chunks, collect, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
+import { chunks, collect, md5hex, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
+import { filesUnder } from "../harness/fs-tools.js";
 import { makeStore, TTL_MS } from "../harness/stores.js";
 
 const FOO = Buffer.from("foo");
@@ -106,6 +114,32 @@ describe("keepstore service", () => {
         s.log.filter((l) => l.endsWith(" ro")),
         [],
       );
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("leaves a large PUT's MD5 to the POSIX volume, which refuses a wrong body by the locator as sent and keeps nothing", async () => {
+    const s = await makeStore([{ label: "v" }]);
+    try {
+      const good = randomBytes(2 << 20);
+      const hash = md5hex(good);
+      const bad = Buffer.from(good);
+      bad.writeUInt8(bad.readUInt8(12345) ^ 1, 12345);
+      const locator = `${hash}+${good.length}`;
+      await assert.rejects(
+        s.keep.write({ hash, locator, body: chunks(bad), contentLength: bad.length, storageClasses: [] }),
+        (err: Error) =>
+          err instanceof HashMismatchError &&
+          err.message === `content hash ${md5hex(bad)} did not match specified locator ${locator}`,
+      );
+      assert.equal(s.vols.v?.writeOptions.at(-1)?.hashUnchecked, true, "the service did not hash it itself");
+      assert.deepEqual(await filesUnder(s.rootOf("v")), [], "no block and no temp file");
+      await s.keep.write({ hash, locator, body: chunks(good), contentLength: good.length, storageClasses: [] });
+      assert.ok((await collect((await s.keep.read(hash, good.length)).body)).equals(good));
+      // Small bodies are still hashed by the service, where a worker round trip costs more.
+      await put(s.keep, FOO_HASH, FOO);
+      assert.equal(s.vols.v?.writeOptions.at(-1)?.hashUnchecked, false);
     } finally {
       await s.cleanup();
     }

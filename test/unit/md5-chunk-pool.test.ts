@@ -1,11 +1,15 @@
 // The MD5 worker pool over ordinary and lent (shared) chunks, and the lending rule that keeps
 // shared chunks safe: one is reused only after every holder has released it.
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, open, rm } from "node:fs/promises";
+import { availableParallelism, tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { idleChunks, isLent, LENT_CHUNK_SIZE, lend, release, retain } from "../../shared/chunk-pool.js";
-import { md5Stream } from "../../shared/md5.js";
+import { configureMd5Workers, md5Stream } from "../../shared/md5.js";
+import { md5hex } from "../conformance/fixtures.js";
 
 describe("chunk pool", () => {
   it("reuses a chunk only after every holder released it", () => {
@@ -75,4 +79,39 @@ describe("md5Stream", () => {
     for (let i = 0; i < 500 && isLent(c); i++) await new Promise((r) => setTimeout(r, 10));
     assert.equal(isLent(c), false);
   });
+});
+
+describe("md5Stream over file ranges", () => {
+  for (const workers of [availableParallelism(), 0]) {
+    it(`hashes memory and already-written file ranges in order (${workers ? "worker pool" : "inline"})`, async () => {
+      configureMd5Workers(workers);
+      const dir = await mkdtemp(join(tmpdir(), "keepfn-md5-"));
+      const fh = await open(join(dir, "f"), "w+");
+      try {
+        const head = randomBytes(100_000);
+        const body = randomBytes((3 << 20) + 17);
+        await fh.write(body, 0, body.length, 0);
+        const md5 = md5Stream();
+        await md5.update(head);
+        // Ranges that do not line up with the worker's 1 MiB read buffer.
+        await md5.updateFromFile(fh.fd, 0, 1_500_000);
+        await md5.updateFromFile(fh.fd, 1_500_000, body.length - 1_500_000);
+        assert.equal(await md5.digest(), md5hex(Buffer.concat([head, body])));
+
+        const short = md5Stream();
+        try {
+          await short.updateFromFile(fh.fd, body.length - 10, 20);
+        } catch (err) {
+          // Inline hashing reads on the calling thread and throws at once.
+          assert.match(String(err), /file ended/);
+          return;
+        }
+        await assert.rejects(short.digest(), /hashing the written file failed: file ended/);
+      } finally {
+        await fh.close();
+        await rm(dir, { recursive: true, force: true });
+        configureMd5Workers(availableParallelism());
+      }
+    });
+  }
 });
