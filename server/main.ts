@@ -9,12 +9,13 @@ import { DEFAULT_VOLUME, parseFlags, USAGE } from "./flags.js";
 import { startKeepServer } from "./serve.js";
 
 // Block bodies arrive in fresh 64 KiB buffers, and V8 answers each 64 MB of them with a full
-// marking cycle. On two cores, concurrent marking threads compete with the event loop and the
-// MD5 worker: marking on the main thread instead took ~50 ms of helper-thread CPU per 64 MiB
-// PUT down to ~17 ms for ~20 ms more on the event loop, net ~17 ms less CPU and ~5 % more
-// PUT throughput (4 alternating A/B runs, 2026-11-23). More cores keep V8's default.
+// marking cycle. On two cores, V8's background GC threads compete with the event loop and the
+// MD5 worker: marking on the main thread and freeing dead buffers during the scavenge that
+// found them took ~50 ms of helper-thread CPU per 64 MiB PUT down to ~12 ms for ~10 ms more
+// on the event loop, and PUT throughput up ~5-10 % (alternating A/B runs, 2026-11-23).
+// Set before the heap grows; more cores keep V8's defaults.
 if (availableParallelism() <= 2 && !process.env.KEEPFN_CONCURRENT_MARKING)
-  setFlagsFromString("--no-concurrent-marking");
+  setFlagsFromString("--no-concurrent-marking --no-concurrent-array-buffer-sweeping");
 
 const logger = createLogger({ level: process.env.KEEPFN_LOG_LEVEL ?? "info" });
 
