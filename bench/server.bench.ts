@@ -269,5 +269,58 @@ export default async function run(): Promise<void> {
       `8 concurrent 64 MiB PUTs: server RSS ${(before / 1024).toFixed(0)} MiB before, peak ${(peak / 1024).toFixed(0)} MiB, growth ${growth.toFixed(0)} MiB = ${(growth / 64).toFixed(2)} x 64 MiB (target <= 9)`,
     );
   });
+  // Index of a large volume (keep-balance asks every keepstore for it on each run), against
+  // the naive walk measured in the same run: readdir, then one stat at a time.
+  {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-bench-index-"));
+    const tokenFile = join(dir, "..", `${dir.split("/").pop()}-token`);
+    await fs.writeFile(tokenFile, "bench-admin-token\n");
+    const N = 20_000;
+    try {
+      for (let i = 0; i < N; i++) {
+        const b = Buffer.from(`index bench block ${i}`);
+        const h = createHash("md5").update(b).digest("hex");
+        await fs.mkdir(join(dir, h.slice(0, 3)), { recursive: true });
+        await fs.writeFile(join(dir, h.slice(0, 3), h), b);
+      }
+      const { url, child } = await startServer(dir, [`-data-manager-token-file=${tokenFile}`]);
+      try {
+        const times: number[] = [];
+        for (let r = 0; r < 3; r++) {
+          const [lines, t] = await timed(async () => {
+            const res = await fetch(`${url}/index`, { headers: { authorization: "Bearer bench-admin-token" } });
+            return (await res.text()).split("\n").filter((l) => l.length > 0).length;
+          });
+          if (lines !== N) throw new Error(`index listed ${lines} of ${N} blocks`);
+          times.push(t);
+        }
+        const walks: number[] = [];
+        for (let r = 0; r < 3; r++) {
+          const [n, t] = await timed(async () => {
+            let n = 0;
+            for (const d of await fs.readdir(dir)) {
+              if (!/^[0-9a-f]{3}$/.test(d)) continue;
+              for (const f of await fs.readdir(join(dir, d))) {
+                await fs.stat(join(dir, d, f), { bigint: true });
+                n++;
+              }
+            }
+            return n;
+          });
+          if (n !== N) throw new Error(`walk found ${n} of ${N}`);
+          walks.push(t);
+        }
+        const ms = (x: number) => `${(x * 1000).toFixed(0)} ms`;
+        console.log(
+          `index of ${N.toLocaleString("en")} blocks over HTTP: median ${ms(median(times))}; one-at-a-time readdir+stat walk of the same tree in this process: ${ms(median(walks))} (${(median(walks) / median(times)).toFixed(1)}x the index's time)`,
+        );
+      } finally {
+        child.kill("SIGTERM");
+      }
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+      await fs.rm(tokenFile, { force: true });
+    }
+  }
   agent.destroy();
 }
