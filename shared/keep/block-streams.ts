@@ -1,6 +1,7 @@
 // Stream helpers for block bodies: hash-verifying wrappers and a lock-step tee, so a block
 // flows from the client to every destination without ever being held whole in memory.
 
+import { release } from "../chunk-pool.js";
 import { ChecksumMismatchError, ContentLengthMismatchError, HashMismatchError, TooLargeError } from "../errors.js";
 import { BLOCK_SIZE } from "../locator.js";
 import { md5Stream } from "../md5.js";
@@ -139,17 +140,22 @@ export function lockstepTee(source: AsyncIterable<Uint8Array>, n: number): Async
 export async function sameBytes(source: AsyncIterable<Uint8Array>, other: AsyncIterable<Uint8Array>): Promise<boolean> {
   const theirs = other[Symbol.asyncIterator]();
   let buf: Uint8Array = new Uint8Array(0);
+  /** The stored copy's current chunk: lent memory (chunk-pool.ts) goes back once compared. */
+  let held: Uint8Array | undefined;
   let equal = true;
   try {
     for await (const chunk of source) {
       let off = 0;
       while (equal && off < chunk.length) {
         if (buf.length === 0) {
+          if (held) release(held);
+          held = undefined;
           const r = await theirs.next();
           if (r.done) {
             equal = false;
             break;
           }
+          held = r.value;
           buf = r.value;
           continue;
         }
@@ -162,6 +168,7 @@ export async function sameBytes(source: AsyncIterable<Uint8Array>, other: AsyncI
     if (equal && buf.length === 0 && !(await theirs.next()).done) equal = false;
     return equal && buf.length === 0;
   } finally {
+    if (held) release(held);
     await theirs.return?.();
   }
 }

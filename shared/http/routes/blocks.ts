@@ -1,4 +1,5 @@
 // GET/HEAD/PUT/TOUCH/DELETE of one block, and PUT /untrash/L (§1.3–§1.5).
+import { release } from "../../chunk-pool.js";
 import { BadRequestError, MethodNotAllowedError } from "../../errors.js";
 import { EMPTY_HASH, parseLocator } from "../../locator.js";
 import { signLocator, verifyLocator } from "../../signature.js";
@@ -22,9 +23,7 @@ export async function getBlock(ctx: RequestContext, locator: string, head: boole
   const length = info.size ?? data.size;
   if (head) {
     // As the reference: HEAD reads and checks the whole block, so a corrupt copy is a 502.
-    for await (const _ of data.body) {
-      /* hash only */
-    }
+    for await (const chunk of data.body) release(chunk); // hashed only; lent memory goes back
     ctx.headers.set("content-length", String(length));
     return new Response(null, { status: 200, headers: ctx.headers });
   }
