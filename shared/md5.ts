@@ -12,7 +12,10 @@ import { Worker } from "node:worker_threads";
 import { release, retain } from "./chunk-pool.js";
 
 export interface Md5Stream {
-  /** Returns a promise when the caller should wait: the workers are behind (backpressure). */
+  /**
+   * Returns a promise when the caller should wait: the workers are behind (backpressure).
+   * The chunk must not change until digest(): a small stream keeps chunks by reference.
+   */
   update(chunk: Uint8Array): undefined | Promise<void>;
   /**
    * Hash `length` bytes of the open file `fd` from `position` on, read where the hashing runs
@@ -132,7 +135,12 @@ export function configureMd5Workers(n: number): void {
 
 export function md5Stream(): Md5Stream {
   if (poolSize === 0) return inline();
-  let staging = batchBuffer();
+  // Most blocks are far smaller than one batch. Their chunks stay on this thread, kept by
+  // reference (lent ones retained) and hashed at digest(): no batch buffer, no worker round
+  // trip. A stream that reaches one batch moves to a worker and stays there.
+  let small: Array<{ chunk: Uint8Array; lent: boolean }> | undefined = [];
+  let smallBytes = 0;
+  let staging: Buffer | undefined;
   let used = 0;
   let remote: ReturnType<Md5Pool["open"]> | undefined;
   let queued = 0;
@@ -167,33 +175,59 @@ export function md5Stream(): Md5Stream {
   const flush = () => {
     const r = connect();
     // Transfer the whole batch buffer (no copy); the worker sends it back with its ack.
-    const ab = staging.buffer as ArrayBuffer;
+    const ab = (staging as Buffer).buffer as ArrayBuffer;
     lentInFlight.push(undefined);
     r.pw.worker.postMessage({ id: r.id, buf: ab, len: used }, [ab]);
-    staging = batchBuffer();
+    staging = undefined;
     used = 0;
+  };
+  const dropSmall = () => {
+    for (const s of small ?? []) if (s.lent) release(s.chunk);
+    small = undefined;
+  };
+  /** The large path: lent chunks are shared with the worker, others copied into batches. */
+  const toWorker = (chunk: Uint8Array) => {
+    if (retain(chunk)) {
+      if (used > 0) flush();
+      const r = connect();
+      lentInFlight.push(chunk);
+      r.pw.worker.postMessage({ id: r.id, shared: chunk.buffer, off: chunk.byteOffset, len: chunk.length });
+      return;
+    }
+    let off = 0;
+    while (off < chunk.length) {
+      staging ??= batchBuffer();
+      const n = Math.min(BATCH - used, chunk.length - off);
+      staging.set(chunk.subarray(off, off + n), used);
+      used += n;
+      off += n;
+      if (used === BATCH) flush();
+    }
+  };
+  /** The stream turned out large: send what was kept, in order, then hash there. */
+  const promote = () => {
+    const kept = small ?? [];
+    small = undefined;
+    for (const s of kept) {
+      toWorker(s.chunk);
+      if (s.lent) release(s.chunk);
+    }
   };
   return {
     update(chunk) {
-      if (retain(chunk)) {
-        // Shared memory: hand the worker a view, keep the chunk alive until its ack.
-        if (used > 0) flush();
-        const r = connect();
-        lentInFlight.push(chunk);
-        r.pw.worker.postMessage({ id: r.id, shared: chunk.buffer, off: chunk.byteOffset, len: chunk.length });
-        return backpressure();
+      if (small) {
+        if (smallBytes + chunk.length < BATCH) {
+          small.push({ chunk, lent: retain(chunk) });
+          smallBytes += chunk.length;
+          return undefined;
+        }
+        promote();
       }
-      let off = 0;
-      while (off < chunk.length) {
-        const n = Math.min(BATCH - used, chunk.length - off);
-        staging.set(chunk.subarray(off, off + n), used);
-        used += n;
-        off += n;
-        if (used === BATCH) flush();
-      }
+      toWorker(chunk);
       return backpressure();
     },
     updateFromFile(fd, position, length) {
+      if (small) promote();
       if (used > 0) flush();
       const r = connect();
       lentInFlight.push(undefined);
@@ -203,7 +237,18 @@ export function md5Stream(): Md5Stream {
     digest() {
       if (finished) throw new Error("md5 stream already finished");
       finished = true;
-      if (!remote) return Promise.resolve(createHash("md5").update(staging.subarray(0, used)).digest("hex"));
+      if (small) {
+        const h = createHash("md5");
+        for (const s of small) h.update(s.chunk);
+        dropSmall();
+        return Promise.resolve(h.digest("hex"));
+      }
+      if (!remote)
+        return Promise.resolve(
+          createHash("md5")
+            .update(staging?.subarray(0, used) ?? new Uint8Array(0))
+            .digest("hex"),
+        );
       if (used > 0) flush();
       remote.pw.worker.postMessage({ id: remote.id, done: true });
       return remote.done.then((hex) => {
@@ -214,6 +259,7 @@ export function md5Stream(): Md5Stream {
     abort() {
       if (finished) return;
       finished = true;
+      dropSmall();
       resume?.();
       remote?.pw.worker.postMessage({ id: remote.id, done: true });
     },
