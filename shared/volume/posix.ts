@@ -43,6 +43,7 @@ export interface PosixVolumeOptions {
 const WRITE_COALESCE = 1 << 20;
 const BACKGROUND_SYNC = 8 << 20;
 const FULL_LINK_MAX_AGE_MS = 3600_000;
+const NOT_FULL_RECHECK_MS = 1000;
 /** Block files stat'ed at once while indexing, and block directories read ahead. */
 const INDEX_STAT_WINDOW = 64;
 const INDEX_DIRS_AHEAD = 8;
@@ -58,6 +59,10 @@ export class PosixVolume implements Volume {
   private readonly serial?: Mutex;
   /** Interlocks touch and trash on one block (the reference uses flock for this). */
   private readonly blockLocks = new KeyedMutex();
+  /** Block directories this process has made or seen (at most 4,096). */
+  private readonly knownDirs = new Set<string>();
+  /** The last "not full" answer: until when, and for how many more bytes written, it holds. */
+  private notFull?: { until: number; outBytes: number; margin: number };
 
   constructor(
     opts: PosixVolumeOptions,
@@ -126,10 +131,8 @@ export class PosixVolume implements Volume {
     let md5: Md5Stream | undefined;
     let digest: Promise<string> | undefined;
     try {
-      await fs.mkdir(dir, { recursive: true, mode: 0o755 });
       this.stats.op("create");
-      // Read-write: with hashUnchecked, the hasher reads back what was written.
-      fh = await fs.open(tmp, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o644);
+      fh = await this.createTemp(dir, tmp);
       md5 = opts.hashUnchecked ? md5Stream() : undefined;
       let written = 0;
       let pending: Uint8Array[] = [];
@@ -188,6 +191,25 @@ export class PosixVolume implements Volume {
   /** Any size: the bytes are hashed as they are read back from the file (see the top). */
   verifiesWrites(): boolean {
     return true;
+  }
+
+  /**
+   * The temp file, read-write (with hashUnchecked the hasher reads back what was written).
+   * Block directories are created once per process, not on every PUT; one deleted behind
+   * our back (or the whole root) is made again.
+   */
+  private async createTemp(dir: string, tmp: string): Promise<fs.FileHandle> {
+    const open = () => fs.open(tmp, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o644);
+    if (this.knownDirs.has(dir)) {
+      try {
+        return await open();
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      }
+    }
+    await fs.mkdir(dir, { recursive: true, mode: 0o755 });
+    this.knownDirs.add(dir);
+    return open();
   }
 
   async touch(hash: string): Promise<void> {
@@ -348,15 +370,31 @@ export class PosixVolume implements Volume {
     return names.filter((n) => HEX_DIR_RE.test(n) && (n.startsWith(prefix) || prefix.startsWith(n)));
   }
 
-  /** Root/full, a symlink to a Unix timestamp, marks the volume full for an hour. */
+  /**
+   * Root/full, a symlink to a Unix timestamp, marks the volume full for an hour. A "not full"
+   * answer is reused for up to a second, and only while this volume has not written more than
+   * the free space above one block it saw (two syscalls less per PUT); a write that runs out of
+   * space anyway fails as VolumeFullError and makes the next call look again.
+   */
   async isFull(): Promise<boolean> {
+    const n = this.notFull;
+    if (n && this.params.clock.now() < n.until && this.stats.outBytes - n.outBytes < n.margin) return false;
+    this.notFull = undefined;
     const link = join(this.root, "full");
     const target = await fs.readlink(link).catch(() => undefined);
     if (target !== undefined && /^\d+$/.test(target)) {
       if (this.params.clock.now() - Number(target) * 1000 < FULL_LINK_MAX_AGE_MS) return true;
     }
     const st = await fs.statfs(this.root).catch(() => undefined);
-    if (!st || st.bavail * st.bsize >= BLOCK_SIZE) return false;
+    if (!st || st.bavail * st.bsize >= BLOCK_SIZE) {
+      if (st)
+        this.notFull = {
+          until: this.params.clock.now() + NOT_FULL_RECHECK_MS,
+          outBytes: this.stats.outBytes,
+          margin: st.bavail * st.bsize - BLOCK_SIZE,
+        };
+      return false;
+    }
     await fs.rm(link, { force: true }).catch(() => {});
     await fs.symlink(String(Math.floor(this.params.clock.now() / 1000)), link).catch(() => {});
     return true;
@@ -368,8 +406,10 @@ export class PosixVolume implements Volume {
     const code = (err as NodeJS.ErrnoException)?.code;
     this.stats.error(code ?? "other");
     if (code === "ENOENT" || code === "ENOTDIR") return new NotFoundError("file does not exist", { cause: err });
-    if (code === "ENOSPC" || code === "EDQUOT")
+    if (code === "ENOSPC" || code === "EDQUOT") {
+      this.notFull = undefined;
       return new VolumeFullError(`volume ${this.root} is full`, { cause: err });
+    }
     if (code === "EROFS" || code === "EACCES" || code === "EPERM" || code === "EIO")
       return new VolumeUnavailableError(`volume ${this.root}: ${code}`, { cause: err });
     return err instanceof Error ? err : new KeepError(String(err));

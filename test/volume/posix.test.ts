@@ -56,6 +56,18 @@ describe("posix volume", () => {
     }
   });
 
+  it("makes a block directory again when it was deleted after this process used it", async () => {
+    const h = await posixHarness(params());
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      await fs.rm(h.root, { recursive: true });
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await h.teardown();
+    }
+  });
+
   it("honours a fresh 'full' link and ignores a stale one", async () => {
     const p = params();
     const h = await posixHarness(p);
