@@ -143,7 +143,7 @@ export class PosixVolume implements Volume {
       let unsynced = 0;
       const write = async () => {
         const f = fh as fs.FileHandle;
-        await f.writev(pending);
+        await writeAll(f, pending, pendingBytes);
         const wait = md5?.updateFromFile(f.fd, written, pendingBytes);
         written += pendingBytes;
         this.stats.outBytes += pendingBytes;
@@ -165,6 +165,9 @@ export class PosixVolume implements Volume {
       throwIfAborted(opts.signal);
       if (pendingBytes > 0) await write();
       const f = fh;
+      // Belt and braces: whatever happened below us, a file of the wrong size is never renamed.
+      const { size } = await f.stat();
+      if (size !== written) throw new KeepError(`temp file holds ${size} bytes, ${written} were written`);
       digest = md5?.digest();
       const [got] = await Promise.all([digest, syncing.then(() => f.sync())]);
       if (got !== undefined && got !== hash)
@@ -423,6 +426,21 @@ async function readdirOrEmpty(dir: string): Promise<string[]> {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
     throw err;
+  }
+}
+
+/**
+ * writev() may write less than asked without an error, e.g. when the disk fills up midway:
+ * write the rest, so a full disk fails with ENOSPC instead of leaving a truncated block.
+ */
+async function writeAll(f: fs.FileHandle, chunks: Uint8Array[], total: number): Promise<void> {
+  let done = (await f.writev(chunks)).bytesWritten;
+  if (done === total) return;
+  const all = Buffer.concat(chunks, total);
+  while (done < total) {
+    const { bytesWritten } = await f.write(all, done, total - done);
+    if (bytesWritten === 0) throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
+    done += bytesWritten;
   }
 }
 
