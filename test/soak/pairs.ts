@@ -134,8 +134,15 @@ function posixVolumeFaults(root: string, holdMs: number): Fault[] {
       name: "volume full (tmpfs shrunk to its contents + 1 MiB)",
       at: 0.6,
       async run() {
-        const s = await fs.statfs(root);
-        must(["-o", `remount,size=${(s.blocks - s.bfree) * s.bsize + (1 << 20)}`, root]);
+        // Writes keep landing between the statfs and the remount, and tmpfs refuses to shrink
+        // below what it holds: measure again and retry until one shrink gets in.
+        let gap: string | undefined = "not tried";
+        for (let i = 0; i < 50 && gap; i++) {
+          const s = await fs.statfs(root);
+          gap = tryMount(["-o", `remount,size=${(s.blocks - s.bfree) * s.bsize + (1 << 20)}`, root]);
+          if (gap) await sleep(10);
+        }
+        if (gap) throw new Error(`shrinking ${root}: ${gap}`);
         await sleep(holdMs);
         must(["-o", `remount,size=${TMPFS_SIZE}`, root]);
       },
