@@ -46,7 +46,7 @@ export function release(chunk: Uint8Array): void {
   if (idle.length < MAX_IDLE && sab instanceof SharedArrayBuffer) idle.push(sab);
 }
 
-/** Chunks waiting for reuse (for /metrics and tests). */
+/** Chunks waiting for reuse (for tests). */
 export function idleChunks(): number {
   return idle.length;
 }

@@ -33,6 +33,26 @@ const BATCH = 1 << 20;
 /** Batches a stream may have queued at its worker before update() makes the caller wait. */
 const MAX_QUEUED = 4;
 
+/**
+ * Hash `len` bytes of the file `fd` from `pos` on into `h`, reading through `buf`. Used inline
+ * and, stringified into the worker source, by the workers: one loop for both.
+ */
+function hashFileRange(
+  read: typeof readSync,
+  fd: number,
+  pos: number,
+  len: number,
+  buf: Uint8Array,
+  h: { update(data: Uint8Array): unknown },
+): void {
+  for (let at = pos, end = pos + len; at < end; ) {
+    const n = read(fd, buf, 0, Math.min(buf.length, end - at), at);
+    if (n === 0) throw new Error(`file ended at ${at} of ${end} bytes`);
+    h.update(buf.subarray(0, n));
+    at += n;
+  }
+}
+
 // Runs inside each worker (eval'd, so bundlers need no separate worker file).
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads");
@@ -40,18 +60,14 @@ const { createHash } = require("node:crypto");
 const { readSync } = require("node:fs");
 const hashes = new Map();
 const fileBuf = Buffer.allocUnsafeSlow(${BATCH});
+const hashFileRange = ${hashFileRange.toString()};
 parentPort.on("message", (m) => {
   let h = hashes.get(m.id);
   if (!h) hashes.set(m.id, (h = createHash("md5")));
   if (m.fd !== undefined) {
     let error;
     try {
-      for (let pos = m.pos, end = m.pos + m.len; pos < end; ) {
-        const n = readSync(m.fd, fileBuf, 0, Math.min(fileBuf.length, end - pos), pos);
-        if (n === 0) throw new Error("file ended at " + pos + " of " + end + " bytes");
-        h.update(fileBuf.subarray(0, n));
-        pos += n;
-      }
+      hashFileRange(readSync, m.fd, m.pos, m.len, fileBuf, h);
     } catch (err) {
       error = String(err && err.message || err);
     }
@@ -243,15 +259,11 @@ export function md5Stream(): Md5Stream {
         dropSmall();
         return Promise.resolve(h.digest("hex"));
       }
-      if (!remote)
-        return Promise.resolve(
-          createHash("md5")
-            .update(staging?.subarray(0, used) ?? new Uint8Array(0))
-            .digest("hex"),
-        );
+      // Past the small path at least one batch went out, so the stream has its worker.
+      const r = remote as NonNullable<typeof remote>;
       if (used > 0) flush();
-      remote.pw.worker.postMessage({ id: remote.id, done: true });
-      return remote.done.then((hex) => {
+      r.pw.worker.postMessage({ id: r.id, done: true });
+      return r.done.then((hex) => {
         if (readError) throw new Error(`hashing the written file failed: ${readError}`);
         return hex;
       });
@@ -276,12 +288,7 @@ function inline(): Md5Stream {
     },
     updateFromFile: (fd, position, length) => {
       buf ??= Buffer.allocUnsafe(BATCH);
-      for (let pos = position, end = position + length; pos < end; ) {
-        const n = readSync(fd, buf, 0, Math.min(buf.length, end - pos), pos);
-        if (n === 0) throw new Error(`file ended at ${pos} of ${end} bytes`);
-        h.update(buf.subarray(0, n));
-        pos += n;
-      }
+      hashFileRange(readSync, fd, position, length, buf, h);
       return undefined;
     },
     digest: () => Promise.resolve(h.digest("hex")),
