@@ -18,6 +18,8 @@ import { PutProgress } from "./put-progress.js";
 
 /** Bodies from this size up may be verified by the storage service instead of by us. */
 const DELEGATE_HASH_FROM = 1 << 20;
+/** Bodies up to this size are kept in memory for a conditional create (Volume.create). */
+const CREATE_MAX_BYTES = 1 << 20;
 
 export interface WriteRequest {
   hash: string;
@@ -42,11 +44,53 @@ export interface PutOptions {
   logger: Logger;
 }
 
-export async function putBlock(mounts: readonly Mount[], req: WriteRequest, opts: PutOptions): Promise<WriteResult> {
+export async function putBlock(
+  mounts: readonly Mount[],
+  req: WriteRequest,
+  opts: PutOptions,
+  createTried = false,
+): Promise<WriteResult> {
   const { hash, signal } = req;
   const classes = req.storageClasses.length ? req.storageClasses : opts.defaultStorageClasses;
   const progress = new PutProgress(classes);
   const writable = orderForBlock(mounts, hash).filter((m) => m.allowWrite);
+
+  // One writable mount that can create conditionally (Azure): a small new block costs one
+  // request, not an existence check and then a write. With one mount the plan below could
+  // only be "write here" when nothing is stored, which is exactly the condition the backend
+  // checks; when something is (live, trashed, or a copy to compare), the full plan runs on
+  // the bytes kept in memory. More mounts keep the plan: which copy to touch depends on all.
+  const only = writable.length === 1 ? (writable[0] as Mount) : undefined;
+  if (
+    !createTried &&
+    only?.volume.create &&
+    progress.wants(only) &&
+    req.contentLength !== undefined &&
+    req.contentLength <= CREATE_MAX_BYTES &&
+    !(await only.volume.isFull?.().catch(() => false))
+  ) {
+    const body = await collect(verifiedUpload(req.body, hash, req.locator, req.contentLength));
+    let created = false;
+    try {
+      created = await only.volume.create(hash, body, { signal });
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      // Not decisive: the full plan below tries again and reports its own outcome.
+      opts.logger.warn({ err, mount: only.uuid, hash }, "conditional create failed");
+    }
+    // Refused: something is stored. A live copy is what the plan would compare and touch: do
+    // that with the one read (no existence check first). A trashed copy reads as NotFound,
+    // and any other failure may be passing: the full plan decides those.
+    if (created || (await compareAndTouch(only, hash, body, signal))) {
+      progress.add(only);
+      return {
+        locator: `${hash}+${body.length}`,
+        replicas: progress.total,
+        classesConfirmed: progress.confirmedHeader(),
+      };
+    }
+    return putBlock(mounts, { ...req, body: once(body) }, opts, true);
+  }
 
   // Plan: existing copies first (compared, then touched), then writes where still wanted.
   const compare: Mount[] = [];
@@ -145,6 +189,25 @@ function asSent(err: HashMismatchError, hash: string, locator: string): HashMism
   });
 }
 
+/** True when `m` holds these very bytes and they were touched; CollisionError when it holds others. */
+async function compareAndTouch(m: Mount, hash: string, body: Uint8Array, signal?: AbortSignal): Promise<boolean> {
+  let stored: Awaited<ReturnType<Mount["volume"]["read"]>>;
+  try {
+    stored = await m.volume.read(hash, signal);
+  } catch (err) {
+    if (signal?.aborted) throw err;
+    return false;
+  }
+  if (!(await sameBytes(once(body), stored.body))) throw new CollisionError();
+  try {
+    await (stored.touch ? stored.touch() : m.volume.touch(hash));
+    return true;
+  } catch (err) {
+    if (signal?.aborted) throw err;
+    return false;
+  }
+}
+
 async function hasBlock(m: Mount, hash: string): Promise<boolean> {
   try {
     if (m.volume.exists) return await m.volume.exists(hash);
@@ -181,6 +244,16 @@ async function drainAfterFailure(src: AsyncGenerator<Uint8Array>): Promise<void>
   } catch (err) {
     if (err instanceof KeepError && isClientError(err)) throw err;
   }
+}
+
+async function collect(src: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  for await (const c of src) parts.push(c);
+  return parts.length === 1 ? (parts[0] as Uint8Array) : Buffer.concat(parts);
+}
+
+async function* once(b: Uint8Array): AsyncGenerator<Uint8Array> {
+  yield b;
 }
 
 async function drain(body: AsyncIterable<Uint8Array>): Promise<void> {

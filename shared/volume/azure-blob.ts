@@ -44,7 +44,7 @@ import {
   sleep,
   statusOf,
 } from "./azure-client.js";
-import { openBlob, putBlobStreamed, readRanges, readWhole, stageAndCommit } from "./azure-io.js";
+import { openBlob, putBlobBuffered, putBlobStreamed, readRanges, readWhole, stageAndCommit } from "./azure-io.js";
 import { EXPIRES_KEY, TRASH_TAG, TrashSweeper, tagValue } from "./azure-sweep.js";
 import {
   type BlockData,
@@ -182,7 +182,8 @@ export class AzureBlobVolume implements Volume {
         return { size, body: this.body(hash, size, signal) };
       }
       const translate = (err: unknown) => this.translateError(err, signal);
-      return { size: b.size, body: translating(b.body, translate) };
+      const seen = { etag: b.etag, metadata: b.metadata };
+      return { size: b.size, body: translating(b.body, translate), touch: () => this.touchSeen(hash, seen) };
     } catch (err) {
       throw this.translateError(err, signal);
     }
@@ -247,6 +248,26 @@ export class AzureBlobVolume implements Volume {
     throw this.translateError(r.error, opts.signal);
   }
 
+  /** One conditional Put Blob (If-None-Match: *), which Azurite enforces as Azure does. */
+  async create(hash: string, data: Uint8Array, opts: { signal?: AbortSignal } = {}): Promise<boolean> {
+    this.check(hash);
+    if (data.length > BLOCK_SIZE) throw new TooLargeError();
+    try {
+      return await putBlobBuffered(
+        { conn: this.conn, stats: this.stats },
+        hash,
+        data,
+        { [TOUCH_KEY]: this.nowS() },
+        {
+          ifAbsent: true,
+          signal: opts.signal,
+        },
+      );
+    } catch (err) {
+      throw this.translateError(err, opts.signal);
+    }
+  }
+
   /** A Put Blob of known size carries the block's MD5 as its transactional Content-MD5. */
   verifiesWrites(size: number | undefined): boolean {
     return size !== undefined && size > 0 && size <= BLOCK_SIZE;
@@ -254,12 +275,25 @@ export class AzureBlobVolume implements Volume {
 
   async touch(hash: string): Promise<void> {
     this.check(hash);
-    await this.conditional(hash, async (p) => {
-      const metadata = { ...p.metadata, [TOUCH_KEY]: this.nowS() };
-      await this.conn.call("set_metadata", (c) =>
-        this.blob(c, hash).setMetadata(metadata, { conditions: { ifMatch: p.etag } }),
-      );
-    });
+    await this.conditional(hash, (p) => this.setTouch(hash, p));
+  }
+
+  /** The blob as a read saw it (live): touched in one request unless it changed since (412). */
+  private async touchSeen(hash: string, seen: { etag?: string; metadata?: Record<string, string> }): Promise<void> {
+    try {
+      return await this.setTouch(hash, seen);
+    } catch (err) {
+      if (statusOf(err) !== 412) throw this.translateError(err);
+    }
+    return this.touch(hash);
+  }
+
+  private async setTouch(hash: string, p: { etag?: string; metadata?: Record<string, string> }): Promise<void> {
+    if (!p.etag) throw new KeepError(`azure blob ${hash}: no ETag to touch it by`);
+    const metadata = { ...p.metadata, [TOUCH_KEY]: this.nowS() };
+    await this.conn.call("set_metadata", (c) =>
+      this.blob(c, hash).setMetadata(metadata, { conditions: { ifMatch: p.etag } }),
+    );
   }
 
   exists(hash: string): Promise<boolean> {

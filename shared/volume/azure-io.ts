@@ -5,7 +5,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import { KeepError, NotFoundError, TooLargeError, throwIfAborted } from "../errors.js";
 import { BLOCK_SIZE } from "../locator.js";
-import type { ContainerConnection } from "./azure-client.js";
+import { type ContainerConnection, statusOf } from "./azure-client.js";
 import { EXPIRES_KEY } from "./azure-sweep.js";
 import type { VolumeStats } from "./volume.js";
 
@@ -70,6 +70,7 @@ export interface OpenedBlob {
   size: number;
   metadata?: Record<string, string>;
   lastModified?: Date;
+  etag?: string;
   /** Consume it, or call its iterator's return() to let the connection go. */
   body: AsyncIterable<Uint8Array>;
   /** Drop the body unread (the response is destroyed, the connection freed). */
@@ -98,6 +99,7 @@ export async function openBlob(io: BlobIo, hash: string, signal?: AbortSignal): 
     size,
     metadata: res.metadata,
     lastModified: res.lastModified,
+    etag: res.etag,
     discard,
     body: {
       [Symbol.asyncIterator]() {
@@ -273,6 +275,11 @@ export async function stageAndCommit(
     if (partBytes >= stageBytes) await flush();
   }
   throwIfAborted(signal);
+  if (ids.length === 0) {
+    // It all fit in the first part: one Put Blob instead of Put Block + Put Block List.
+    await putBlobBuffered(io, hash, Buffer.concat(parts, partBytes), metadata(), { signal });
+    return;
+  }
   if (partBytes > 0) await flush();
   // Put Block List does not verify x-ms-blob-content-md5 (each block was); it is stored so any
   // later reader can check the whole blob.
@@ -285,6 +292,40 @@ export async function stageAndCommit(
         .commitBlockList(ids, { blobHTTPHeaders: { blobContentMD5: md5 }, metadata: metadata(), abortSignal: signal }),
     signal,
   );
+}
+
+/**
+ * One Put Blob of bytes in memory (so the SDK may retry it), with the block's MD5 as the
+ * transactional Content-MD5. `ifAbsent`: If-None-Match: *, and false instead of an error when
+ * a blob (live or trashed) already has the name.
+ */
+export async function putBlobBuffered(
+  io: BlobIo,
+  hash: string,
+  body: Uint8Array,
+  metadata: Record<string, string>,
+  opts: { ifAbsent?: boolean; signal?: AbortSignal } = {},
+): Promise<boolean> {
+  try {
+    await io.conn.call(
+      "create",
+      (c) =>
+        c.getBlockBlobClient(hash).upload(body, body.length, {
+          blobHTTPHeaders: body.length > 0 ? { blobContentMD5: Buffer.from(hash, "hex") } : undefined,
+          metadata,
+          conditions: opts.ifAbsent ? { ifNoneMatch: "*" } : undefined,
+          abortSignal: opts.signal,
+        }),
+      opts.signal,
+    );
+  } catch (err) {
+    // BlobAlreadyExists (409) is the documented answer; 412 is what a precondition may give.
+    const status = statusOf(err);
+    if (opts.ifAbsent && (status === 409 || status === 412) && !opts.signal?.aborted) return false;
+    throw err;
+  }
+  io.stats.outBytes += body.length;
+  return true;
 }
 
 async function collect(src: AsyncIterable<Buffer>, count: number): Promise<Buffer> {

@@ -288,6 +288,35 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
     );
 
     it(
+      "create() stores a new block, and refuses (writing nothing) when a live or trashed copy is there",
+      { skip: ro },
+      withVolume(HOUR, async (h, clock, t) => {
+        if (!h.volume.create) {
+          // Optional: the service checks existence, then writes.
+          t.skip(`${name} has no conditional create: a new block costs an existence check and a write`);
+          return;
+        }
+        const create = h.volume.create.bind(h.volume);
+        assert.equal(await create(TEST_HASH, TEST_BLOCK), true);
+        assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+        assert.equal(await h.volume.exists?.(TEST_HASH), true);
+        // Different bytes under the same name (a collision): refused, the stored copy unchanged.
+        assert.equal(await create(MD5_COLLISION_HASH, MD5_COLLISION[0]), true);
+        assert.equal(await create(MD5_COLLISION_HASH, MD5_COLLISION[1]), false);
+        assert.deepEqual(await readAll(h.volume, MD5_COLLISION_HASH), MD5_COLLISION[0]);
+        // A trashed copy also refuses it: the service then decides (overwrite, as write() may).
+        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
+        await h.volume.trash(TEST_HASH);
+        assert.equal(await create(TEST_HASH, TEST_BLOCK), false);
+        await assert.rejects(h.volume.read(TEST_HASH), NotFoundError);
+        await h.volume.untrash(TEST_HASH);
+        assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+        assert.equal(await create(EMPTY_HASH, EMPTY_BLOCK), true);
+        assert.deepEqual(await readAll(h.volume, EMPTY_HASH), EMPTY_BLOCK);
+      }),
+    );
+
+    it(
       "trash of a missing block fails",
       { skip: ro },
       withVolume(HOUR, async (h) => {

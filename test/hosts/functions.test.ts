@@ -42,7 +42,7 @@ const { silentLogger } = await import("../../shared/log.js");
 const { FakeClock } = await import("../../shared/clock.js");
 const { runLocal } = await import("../../functions/local-host.js");
 const { describeHttpContract } = await import("../conformance/http-contract.js");
-const { md5hex } = await import("../conformance/fixtures.js");
+const { md5hex, MD5_COLLISION, MD5_COLLISION_HASH } = await import("../conformance/fixtures.js");
 const { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } = await import("../harness/azurite.js");
 type KeepConfig = import("../../shared/config.js").KeepConfig;
 
@@ -236,6 +236,67 @@ describe("Azure Functions app", () => {
       await host.handlers.timer(t, ctx());
       const c = azurite.serviceClient().getContainerClient(container);
       assert.equal(await c.getBlockBlobClient(FOO_HASH).exists(), false);
+    } finally {
+      await host.close();
+    }
+  });
+
+  it("a small new block is one conditional Put Blob; stored, colliding and trashed copies still get the full PUT algorithm", async () => {
+    const clock = new FakeClock();
+    const { env, container } = await settingsFor({
+      trashEnabled: true,
+      trashLifetimeMs: 3600_000,
+      systemRootToken: "root",
+    });
+    const host = await runLocal("127.0.0.1:0", env, { clock, logger: silentLogger() });
+    try {
+      const volume = (await host.instance.app()).keep.mounts[0]?.volume;
+      assert.ok(volume);
+      const ops = () => {
+        const o = Object.fromEntries(volume.stats.ops);
+        volume.stats.ops.clear();
+        return o;
+      };
+      const put = (body: Buffer, hash = md5hex(body)) =>
+        fetch(`${host.url}/${hash}`, { method: "PUT", body: new Uint8Array(body) });
+      const blob = (hash: string) => azurite.serviceClient().getContainerClient(container).getBlockBlobClient(hash);
+      ops();
+      let r = await put(FOO);
+      assert.equal(r.status, 200, await r.text());
+      assert.equal(r.headers.get("x-keep-replicas-stored"), "3");
+      assert.deepEqual(ops(), { create: 1 }, "a new block: one request");
+
+      // Stored already: the create is refused, the copy compared and touched (mtime moves on).
+      const before = (await blob(FOO_HASH).getProperties()).metadata?.touch;
+      clock.advance(120_000);
+      r = await put(FOO);
+      assert.equal(r.status, 200, await r.text());
+      assert.equal(r.headers.get("x-keep-replicas-stored"), "3");
+      const o = ops();
+      assert.equal(o.create, 1);
+      assert.equal(o.set_metadata, 1, "touched");
+      assert.equal(Number((await blob(FOO_HASH).getProperties()).metadata?.touch), Number(before) + 120);
+
+      // Different bytes under a stored block's hash: 500 hash collision, the stored copy unchanged.
+      const [a, b] = MD5_COLLISION;
+      assert.equal((await put(a, MD5_COLLISION_HASH)).status, 200);
+      r = await put(b, MD5_COLLISION_HASH);
+      assert.equal(r.status, 500);
+      assert.match(await r.text(), /hash collision/);
+      const back = await fetch(`${host.url}/${MD5_COLLISION_HASH}+${a.length}`);
+      assert.ok(Buffer.from(await back.arrayBuffer()).equals(Buffer.from(a)));
+
+      // A trashed copy refuses the create too; the PUT then stores the block live again.
+      clock.advance((DEFAULTS.blobSigningTtlSeconds + 60) * 1000);
+      const del = await fetch(`${host.url}/${FOO_HASH}`, {
+        method: "DELETE",
+        headers: { authorization: "Bearer root" },
+      });
+      assert.equal(del.status, 200);
+      assert.equal((await fetch(`${host.url}/${FOO_HASH}+3`)).status, 404);
+      r = await put(FOO);
+      assert.equal(r.status, 200, await r.text());
+      assert.equal(await (await fetch(`${host.url}/${FOO_HASH}+3`)).text(), "foo");
     } finally {
       await host.close();
     }
