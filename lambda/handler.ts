@@ -2,7 +2,7 @@
 //   handler        API Gateway HTTP API or a BUFFERED Function URL (payload format 2.0)
 //   streamHandler  a RESPONSE_STREAM Function URL: GETs stream, so 64 MiB blocks can be read
 //   sweepHandler   EventBridge Scheduler: empty-trash within a time budget, resumed next run
-// Configured by environment variables (lambda/settings.ts); secrets come from SSM.
+// Configured by environment variables (lambda/settings.ts); secrets come from SSM or Secrets Manager.
 import { createLambdaHost } from "./host.js";
 
 const host = createLambdaHost(() => process.env);

@@ -1,4 +1,4 @@
-// The Lambda host: settings once, secrets from SSM, one KeepApp per warm container, and the
+// The Lambda host: settings once, secrets from SSM or Secrets Manager, one KeepApp per warm container, and the
 // three entry points (buffered HTTP, streamed HTTP, scheduled sweep) over it. No Keep logic.
 import type { Writable } from "node:stream";
 import type { APIGatewayProxyStructuredResultV2, Context } from "aws-lambda";
@@ -30,7 +30,7 @@ export function createLambdaHost(env: () => NodeJS.ProcessEnv, deps: AppDeps = {
       const logger = deps.logger ?? createLogger({ level: settings.logLevel });
       return createKeepApp(validateConfig(config), { ...deps, logger });
     })();
-    // A failed cold start (SSM down, bad setting) is retried by the next invocation.
+    // A failed cold start (secret store down, bad setting) is retried by the next invocation.
     appPromise.catch(() => {
       appPromise = undefined;
     });

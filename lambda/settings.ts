@@ -1,6 +1,7 @@
 // The Lambda functions' configuration: environment variables parsed ONCE into the core's
-// KeepConfig. Secrets are not in the environment: their SSM parameter names are, and
-// secrets.ts resolves them at cold start. Literal secret values are for local runs only.
+// KeepConfig. Secrets are not in the environment: their SSM parameter names or Secrets
+// Manager secret ids are, and secrets.ts resolves them at cold start. Literal secret values
+// are for local runs only.
 
 import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec, validateConfig } from "../shared/config.js";
 import { applyKeepSettings, envBool, envDuration, envInt, envList } from "../shared/config-values.js";
@@ -11,7 +12,10 @@ export interface LambdaSettings {
   config: KeepConfig;
   /** SSM Parameter Store names (SecureString) to resolve into config fields. */
   secretParams: Partial<Record<SecretField, string>>;
-  ssm: { region?: string; endpoint?: string; cacheMs: number };
+  /** Secrets Manager secret ids (name or ARN, `#key` for one key of a JSON secret). */
+  secretIds: Partial<Record<SecretField, string>>;
+  /** Where both stores are reached, and how long a value read from either is reused. */
+  ssm: { region?: string; endpoint?: string; secretsManagerEndpoint?: string; cacheMs: number };
   /** Upper bound on one scheduled sweep; the function's remaining time also bounds it. */
   sweepBudgetMs: number;
   logLevel: string;
@@ -47,22 +51,31 @@ export function loadSettings(env: NodeJS.ProcessEnv): LambdaSettings {
   applyKeepSettings(c, get, { requestTimeoutMs: 120_000 });
   c.trashCheckIntervalMs = 0; // the EventBridge schedule drives sweeps
   const secretParams: LambdaSettings["secretParams"] = {};
-  for (const [field, name] of [
-    ["blobSigningKey", "KEEP_BLOB_SIGNING_KEY_PARAM"],
-    ["systemRootToken", "KEEP_SYSTEM_ROOT_TOKEN_PARAM"],
-    ["managementToken", "KEEP_MANAGEMENT_TOKEN_PARAM"],
+  const secretIds: LambdaSettings["secretIds"] = {};
+  for (const [field, paramVar, idVar] of [
+    ["blobSigningKey", "KEEP_BLOB_SIGNING_KEY_PARAM", "KEEP_BLOB_SIGNING_KEY_SECRET_ID"],
+    ["systemRootToken", "KEEP_SYSTEM_ROOT_TOKEN_PARAM", "KEEP_SYSTEM_ROOT_TOKEN_SECRET_ID"],
+    ["managementToken", "KEEP_MANAGEMENT_TOKEN_PARAM", "KEEP_MANAGEMENT_TOKEN_SECRET_ID"],
   ] as const) {
-    const p = get(name);
-    if (p) secretParams[field] = p;
+    const param = get(paramVar);
+    const id = get(idVar);
+    if (param && id) throw new ConfigError(`set ${paramVar} (SSM) or ${idVar} (Secrets Manager), not both`);
+    if (param) secretParams[field] = param;
+    if (id) {
+      if (id.endsWith("#")) throw new ConfigError(`${idVar} ends with "#": name the JSON key after it`);
+      secretIds[field] = id;
+    }
   }
-  // Checked once secrets are in (a key from SSM satisfies enforce-permissions).
-  if (!secretParams.blobSigningKey) validateConfig(c);
+  // Checked once secrets are in (a key from a secret store satisfies enforce-permissions).
+  if (!secretParams.blobSigningKey && !secretIds.blobSigningKey) validateConfig(c);
   return {
     config: c,
     secretParams,
+    secretIds,
     ssm: {
       region: get("AWS_REGION"),
       endpoint: get("KEEP_SSM_ENDPOINT"),
+      secretsManagerEndpoint: get("KEEP_SECRETS_MANAGER_ENDPOINT"),
       cacheMs: envDuration(get("KEEP_SECRETS_CACHE_TTL"), "KEEP_SECRETS_CACHE_TTL", 300_000),
     },
     sweepBudgetMs: envDuration(get("KEEP_SWEEP_BUDGET"), "KEEP_SWEEP_BUDGET", 10 * 60_000),

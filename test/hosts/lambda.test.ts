@@ -16,6 +16,7 @@ import { MAX_BINARY_BODY } from "../../lambda/limits.js";
 import { runLocal } from "../../lambda/local-host.js";
 import { installLocalLambdaRuntime } from "../../lambda/local-runtime.js";
 import { clearSecretCache } from "../../lambda/secrets.js";
+import { loadSettings } from "../../lambda/settings.js";
 import type { AppDeps } from "../../shared/app.js";
 import type { Clock } from "../../shared/clock.js";
 import { FakeClock } from "../../shared/clock.js";
@@ -24,6 +25,7 @@ import { silentLogger } from "../../shared/log.js";
 import { createVolume } from "../../shared/volume/factory.js";
 import { S3Volume } from "../../shared/volume/s3.js";
 import { describeHttpContract } from "../conformance/http-contract.js";
+import { AwsSecretsStub } from "../harness/aws-secrets-stub.js";
 import { followClock, S3rver } from "../harness/s3-server.js";
 
 installLocalLambdaRuntime();
@@ -359,6 +361,128 @@ describe("lambda handlers: events in, responses out", () => {
       if (saved.id === undefined) delete process.env.AWS_ACCESS_KEY_ID;
       if (saved.secret === undefined) delete process.env.AWS_SECRET_ACCESS_KEY;
     }
+  });
+
+  describe("secrets from Secrets Manager (and SSM side by side)", () => {
+    let stub: AwsSecretsStub;
+    const saved = { id: process.env.AWS_ACCESS_KEY_ID, secret: process.env.AWS_SECRET_ACCESS_KEY };
+    before(async () => {
+      stub = await AwsSecretsStub.start();
+      process.env.AWS_ACCESS_KEY_ID = "AKIDEXAMPLEPLACEHOLDER";
+      process.env.AWS_SECRET_ACCESS_KEY = "placeholder-secret";
+    });
+    after(async () => {
+      await stub.close();
+      clearSecretCache();
+      for (const [k, v] of [
+        ["AWS_ACCESS_KEY_ID", saved.id],
+        ["AWS_SECRET_ACCESS_KEY", saved.secret],
+      ] as const) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    });
+    const envWith = async (extra: NodeJS.ProcessEnv) =>
+      baseEnv(await server.createBucket(`sm${stub.calls.length}x${Object.keys(extra).length}`), {
+        KEEP_SSM_ENDPOINT: stub.endpoint,
+        KEEP_SECRETS_MANAGER_ENDPOINT: stub.endpoint,
+        KEEP_ENFORCE_PERMISSIONS: "true",
+        ...extra,
+      });
+
+    it("reads the signing key from one key of a JSON secret, a token from a plain secret and one from SSM, once per warm container", async () => {
+      clearSecretCache();
+      stub.calls.length = 0;
+      stub.secrets.set("keepfn/keys", JSON.stringify({ blob_signing_key: KEY, other: "x" }));
+      stub.secrets.set("keepfn/management-token", "mgmt-token-from-secrets-manager\n");
+      stub.parameters.set("/keepfn/system-root-token", ADMIN);
+      const env = await envWith({
+        KEEP_BLOB_SIGNING_KEY_SECRET_ID:
+          "arn:aws:secretsmanager:us-east-1:000000000000:secret:keepfn/keys-AbCdEf#blob_signing_key",
+        KEEP_MANAGEMENT_TOKEN_SECRET_ID: "keepfn/management-token",
+        KEEP_SYSTEM_ROOT_TOKEN_PARAM: "/keepfn/system-root-token",
+      });
+      const hosts = [createLambdaHost(() => env), createLambdaHost(() => env)];
+      try {
+        for (const host of hosts) {
+          const put = await host.buffered(
+            functionUrlEvent("PUT", `/${hash}`, { body: block, headers: { authorization: `Bearer ${USER}` } }),
+            context(),
+          );
+          assert.equal(put.statusCode, 200);
+          const loc = Buffer.from(put.body as string, "base64")
+            .toString()
+            .trim();
+          // Signed with KEY (the JSON secret's key), so the reference's signature verifies it.
+          const get = await host.buffered(
+            functionUrlEvent("GET", `/${loc}`, { headers: { authorization: `Bearer ${USER}` } }),
+            context(),
+          );
+          assert.equal(get.statusCode, 200, "signed with the key from Secrets Manager, verified with it");
+          const app = await host.app();
+          assert.equal(app.config.blobSigningKey, KEY);
+          assert.equal(app.config.managementToken, "mgmt-token-from-secrets-manager", "trailing newline dropped");
+          assert.equal(app.config.systemRootToken, ADMIN);
+        }
+        assert.deepEqual(stub.calls.sort(), [
+          "AmazonSSM.GetParameters /keepfn/system-root-token",
+          "secretsmanager.GetSecretValue arn:aws:secretsmanager:us-east-1:000000000000:secret:keepfn/keys-AbCdEf",
+          "secretsmanager.GetSecretValue keepfn/management-token",
+        ]);
+      } finally {
+        for (const h of hosts) await h.close();
+      }
+    });
+
+    it("a missing, forbidden or keyless secret fails the cold start with what to fix, and the next invocation retries", async () => {
+      for (const [id, setup, message] of [
+        ["keepfn/absent", () => {}, /Secrets Manager secret keepfn\/absent: not found \(check the id and the region\)/],
+        [
+          "keepfn/denied",
+          () => {
+            stub.secrets.set("keepfn/denied", KEY);
+            stub.denied.add("keepfn/denied");
+          },
+          /keepfn\/denied: access denied \(the execution role needs secretsmanager:GetSecretValue/,
+        ],
+        [
+          "keepfn/plain#blob_signing_key",
+          () => stub.secrets.set("keepfn/plain", KEY),
+          /secret keepfn\/plain is not JSON, so it has no key "blob_signing_key"/,
+        ],
+        [
+          "keepfn/json#missing",
+          () => stub.secrets.set("keepfn/json", JSON.stringify({ blob_signing_key: KEY })),
+          /secret keepfn\/json has no string key "missing"/,
+        ],
+      ] as const) {
+        clearSecretCache();
+        setup();
+        const env = await envWith({ KEEP_BLOB_SIGNING_KEY_SECRET_ID: id });
+        const h = createLambdaHost(() => env);
+        try {
+          await assert.rejects(h.app(), message);
+          if (id === "keepfn/absent") {
+            stub.secrets.set("keepfn/absent", KEY);
+            assert.equal((await h.app()).config.blobSigningKey, KEY, "a failed cold start is retried");
+          }
+        } finally {
+          await h.close();
+        }
+      }
+    });
+
+    it("refuses a secret named in both stores", () => {
+      assert.throws(
+        () =>
+          loadSettings({
+            ...server.lambdaEnv("any"),
+            KEEP_BLOB_SIGNING_KEY_PARAM: "/keepfn/key",
+            KEEP_BLOB_SIGNING_KEY_SECRET_ID: "keepfn/key",
+          }),
+        /set KEEP_BLOB_SIGNING_KEY_PARAM \(SSM\) or KEEP_BLOB_SIGNING_KEY_SECRET_ID \(Secrets Manager\), not both/,
+      );
+    });
   });
 });
 
