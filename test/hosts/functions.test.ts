@@ -94,6 +94,28 @@ describeHttpContract("Azure Functions handlers (keepfn-local) over Azurite", asy
   return { url: host.url, close: () => host.close() };
 });
 
+/** keepfn-local over a fresh container, trash on (1 h lifetime), admin token "root", a FakeClock. */
+async function withTrashingHost(
+  fn: (
+    host: Awaited<ReturnType<typeof runLocal>>,
+    clock: InstanceType<typeof FakeClock>,
+    container: string,
+  ) => Promise<void>,
+): Promise<void> {
+  const clock = new FakeClock();
+  const { env, container } = await settingsFor({
+    trashEnabled: true,
+    trashLifetimeMs: 3600_000,
+    systemRootToken: "root",
+  });
+  const host = await runLocal("127.0.0.1:0", env, { clock, logger: silentLogger() });
+  try {
+    await fn(host, clock, container);
+  } finally {
+    await host.close();
+  }
+}
+
 const FOO = Buffer.from("foo");
 const FOO_HASH = md5hex(FOO);
 const ctx = () => new azf.InvocationContext({ functionName: "keep", invocationId: randomUUID() });
@@ -211,15 +233,8 @@ describe("Azure Functions app", () => {
     }
   });
 
-  it("the timer handler empties expired trash", async () => {
-    const clock = new FakeClock();
-    const { env, container } = await settingsFor({
-      trashEnabled: true,
-      trashLifetimeMs: 3600_000,
-      systemRootToken: "root",
-    });
-    const host = await runLocal("127.0.0.1:0", env, { clock, logger: silentLogger() });
-    try {
+  it("the timer handler empties expired trash", () =>
+    withTrashingHost(async (host, clock, container) => {
       assert.equal((await fetch(`${host.url}/${FOO_HASH}`, { method: "PUT", body: FOO })).status, 200);
       clock.advance((DEFAULTS.blobSigningTtlSeconds + 60) * 1000);
       assert.equal(
@@ -236,20 +251,10 @@ describe("Azure Functions app", () => {
       await host.handlers.timer(t, ctx());
       const c = azurite.serviceClient().getContainerClient(container);
       assert.equal(await c.getBlockBlobClient(FOO_HASH).exists(), false);
-    } finally {
-      await host.close();
-    }
-  });
+    }));
 
-  it("a small new block is one conditional Put Blob; stored, colliding and trashed copies still get the full PUT algorithm", async () => {
-    const clock = new FakeClock();
-    const { env, container } = await settingsFor({
-      trashEnabled: true,
-      trashLifetimeMs: 3600_000,
-      systemRootToken: "root",
-    });
-    const host = await runLocal("127.0.0.1:0", env, { clock, logger: silentLogger() });
-    try {
+  it("a small new block is one conditional Put Blob; stored, colliding and trashed copies still get the full PUT algorithm", () =>
+    withTrashingHost(async (host, clock, container) => {
       const volume = (await host.instance.app()).keep.mounts[0]?.volume;
       assert.ok(volume);
       const ops = () => {
@@ -297,10 +302,7 @@ describe("Azure Functions app", () => {
       r = await put(FOO);
       assert.equal(r.status, 200, await r.text());
       assert.equal(await (await fetch(`${host.url}/${FOO_HASH}+3`)).text(), "foo");
-    } finally {
-      await host.close();
-    }
-  });
+    }));
 
   it("a client that disconnects mid-PUT leaves no blob", async () => {
     const { env, container } = await settingsFor();

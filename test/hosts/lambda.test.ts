@@ -42,6 +42,25 @@ const baseEnv = (bucket: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessE
   ...extra,
 });
 
+/** PUT with a user token, then GET the signed locator: the signing key is the one the store gave. */
+async function signedRoundTrip(host: ReturnType<typeof createLambdaHost>, store: string, block: Buffer): Promise<void> {
+  const hash = md5(block);
+  const auth = { authorization: `Bearer ${USER}` };
+  const put = await host.buffered(functionUrlEvent("PUT", `/${hash}`, { body: block, headers: auth }), context());
+  assert.equal(put.statusCode, 200);
+  const loc = Buffer.from(put.body as string, "base64")
+    .toString()
+    .trim();
+  assert.match(loc, /\+A[0-9a-f]{40}@/);
+  const get = await host.buffered(functionUrlEvent("GET", `/${loc}`, { headers: auth }), context());
+  assert.equal(get.statusCode, 200, `signed with the key from ${store}, verified with it`);
+  const unsigned = await host.buffered(
+    functionUrlEvent("GET", `/${hash}+${block.length}`, { headers: auth }),
+    context(),
+  );
+  assert.equal(unsigned.statusCode, 400, "permissions are enforced: the signature is what let the GET through");
+}
+
 before(async () => {
   server = await S3rver.start();
   Object.assign(process.env, baseEnv(await server.createBucket("lambda")), {
@@ -307,24 +326,8 @@ describe("lambda handlers: events in, responses out", () => {
   });
 
   it("reads the signing key from SSM Parameter Store once per warm container", async () => {
-    let calls = 0;
-    const ssm: Server = createServer((req, res) => {
-      let body = "";
-      req.on("data", (c) => (body += c));
-      req.on("end", () => {
-        calls++;
-        assert.equal(req.headers["x-amz-target"], "AmazonSSM.GetParameters");
-        const names = (JSON.parse(body) as { Names: string[] }).Names;
-        res.writeHead(200, { "content-type": "application/x-amz-json-1.1" });
-        res.end(
-          JSON.stringify({
-            Parameters: names.map((Name) => ({ Name, Type: "SecureString", Value: `${KEY}\n` })),
-            InvalidParameters: [],
-          }),
-        );
-      });
-    });
-    await new Promise<void>((r) => ssm.listen(0, "127.0.0.1", r));
+    const stub = await AwsSecretsStub.start();
+    stub.parameters.set("/keepfn/blob-signing-key", `${KEY}\n`);
     const saved = { id: process.env.AWS_ACCESS_KEY_ID, secret: process.env.AWS_SECRET_ACCESS_KEY };
     process.env.AWS_ACCESS_KEY_ID = "AKIDEXAMPLEPLACEHOLDER";
     process.env.AWS_SECRET_ACCESS_KEY = "placeholder-secret";
@@ -332,29 +335,19 @@ describe("lambda handlers: events in, responses out", () => {
     const env = baseEnv(await server.createBucket("ssm"), {
       KEEP_BLOB_SIGNING_KEY_PARAM: "/keepfn/blob-signing-key",
       KEEP_ENFORCE_PERMISSIONS: "true",
-      KEEP_SSM_ENDPOINT: `http://127.0.0.1:${(ssm.address() as { port: number }).port}`,
+      KEEP_SSM_ENDPOINT: stub.endpoint,
     });
     const hosts = [createLambdaHost(() => env), createLambdaHost(() => env)];
     try {
-      for (const host of hosts) {
-        const put = await host.buffered(
-          functionUrlEvent("PUT", `/${hash}`, { body: block, headers: { authorization: `Bearer ${USER}` } }),
-          context(),
-        );
-        assert.equal(put.statusCode, 200);
-        const loc = Buffer.from(put.body as string, "base64")
-          .toString()
-          .trim();
-        const get = await host.buffered(
-          functionUrlEvent("GET", `/${loc}`, { headers: { authorization: `Bearer ${USER}` } }),
-          context(),
-        );
-        assert.equal(get.statusCode, 200, "signed with the key from SSM, verified with it");
-      }
-      assert.equal(calls, 1, "the second cold start in this process used the cached value");
+      for (const host of hosts) await signedRoundTrip(host, "SSM", block);
+      assert.deepEqual(
+        stub.calls,
+        ["AmazonSSM.GetParameters /keepfn/blob-signing-key"],
+        "the second cold start used the cache",
+      );
     } finally {
       for (const h of hosts) await h.close();
-      ssm.close();
+      await stub.close();
       clearSecretCache();
       process.env.AWS_ACCESS_KEY_ID = saved.id;
       process.env.AWS_SECRET_ACCESS_KEY = saved.secret;
@@ -405,20 +398,7 @@ describe("lambda handlers: events in, responses out", () => {
       const hosts = [createLambdaHost(() => env), createLambdaHost(() => env)];
       try {
         for (const host of hosts) {
-          const put = await host.buffered(
-            functionUrlEvent("PUT", `/${hash}`, { body: block, headers: { authorization: `Bearer ${USER}` } }),
-            context(),
-          );
-          assert.equal(put.statusCode, 200);
-          const loc = Buffer.from(put.body as string, "base64")
-            .toString()
-            .trim();
-          // Signed with KEY (the JSON secret's key), so the reference's signature verifies it.
-          const get = await host.buffered(
-            functionUrlEvent("GET", `/${loc}`, { headers: { authorization: `Bearer ${USER}` } }),
-            context(),
-          );
-          assert.equal(get.statusCode, 200, "signed with the key from Secrets Manager, verified with it");
+          await signedRoundTrip(host, "Secrets Manager", block);
           const app = await host.app();
           assert.equal(app.config.blobSigningKey, KEY);
           assert.equal(app.config.managementToken, "mgmt-token-from-secrets-manager", "trailing newline dropped");
