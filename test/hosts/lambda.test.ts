@@ -6,7 +6,6 @@
 // too large for the platform.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { createServer, type Server } from "node:http";
 import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
