@@ -32,6 +32,10 @@ export function loadSettings(env: NodeJS.ProcessEnv): LambdaSettings {
   const secretKey = get("KEEP_S3_SECRET_KEY");
   if (!!accessKey !== !!secretKey)
     throw new ConfigError("set both KEEP_S3_ACCESS_KEY and KEEP_S3_SECRET_KEY, or neither (execution role)");
+  // "auto" (the default) probes the bucket once per cold start; AWS S3 honours it since 2024.
+  const cw = get("KEEP_S3_CONDITIONAL_WRITES");
+  const conditionalWrites =
+    cw === undefined || cw === "auto" ? "auto" : envBool(cw, "KEEP_S3_CONDITIONAL_WRITES", false);
   c.volumes = buckets.map(
     (bucket): VolumeSpec => ({
       driver: "s3",
@@ -43,6 +47,7 @@ export function loadSettings(env: NodeJS.ProcessEnv): LambdaSettings {
       forcePathStyle: envBool(get("KEEP_S3_FORCE_PATH_STYLE"), "KEEP_S3_FORCE_PATH_STYLE", !!endpoint),
       prefixLength: envInt(get("KEEP_S3_PREFIX_LENGTH"), "KEEP_S3_PREFIX_LENGTH", 0),
       raceWindowMs: envDuration(get("KEEP_S3_RACE_WINDOW"), "KEEP_S3_RACE_WINDOW", 10_000),
+      conditionalWrites,
       replication: envInt(get("KEEP_S3_REPLICATION"), "KEEP_S3_REPLICATION", 2),
       readOnly: envBool(get("KEEP_S3_READONLY"), "KEEP_S3_READONLY", false),
       storageClasses: envList(get("KEEP_S3_STORAGE_CLASSES")) ?? ["default"],

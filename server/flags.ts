@@ -48,6 +48,7 @@ const VALUE = new Set([
   "s3-replication",
   "s3-prefix-length",
   "s3-race-window",
+  "s3-conditional-writes",
 ]);
 
 export const DEFAULT_LISTEN = "127.0.0.1:25107";
@@ -71,6 +72,7 @@ export function parseFlags(argv: string[]): ServerOptions {
     prefixLength: 0,
     raceWindowMs: undefined as number | undefined,
     unsafeDelete: false,
+    conditionalWrites: "auto" as boolean | "auto",
   };
   const vol = (spec: DriverSpec & { replication: number }) =>
     c.volumes.push({ ...spec, readOnly, storageClasses: ["default"] });
@@ -203,6 +205,9 @@ export function parseFlags(argv: string[]): ServerOptions {
       case "s3-race-window":
         s3.raceWindowMs = parseDuration(`-${name}`, value);
         break;
+      case "s3-conditional-writes":
+        s3.conditionalWrites = value === "auto" ? "auto" : parseBool(name, value);
+        break;
       case "s3-bucket-volume":
         if (!s3.endpoint && !s3.region)
           throw new ConfigError(`-s3-bucket-volume ${value}: give -s3-region or -s3-endpoint first`);
@@ -217,6 +222,7 @@ export function parseFlags(argv: string[]): ServerOptions {
           prefixLength: s3.prefixLength,
           raceWindowMs: s3.raceWindowMs,
           unsafeDelete: s3.unsafeDelete,
+          conditionalWrites: s3.conditionalWrites,
           replication: s3.replication,
         });
         break;
@@ -270,5 +276,5 @@ export const USAGE = `Usage: keepstore [flags]
   -azure-max-get-bytes N, -azure-blob-endpoint URL (e.g. Azurite's)
   -s3-bucket-volume NAME (repeatable), -s3-region R, -s3-endpoint URL, -s3-access-key-file FILE,
   -s3-secret-key-file FILE, -s3-replication N (default 2), -s3-prefix-length N, -s3-race-window DURATION,
-  -s3-unsafe-delete
+  -s3-unsafe-delete, -s3-conditional-writes auto|true|false (PutObject If-None-Match: *; auto probes)
 `;

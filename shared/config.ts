@@ -49,6 +49,8 @@ export interface S3VolumeSpec {
   maxAttempts?: number;
   /** ListObjectsV2 page size for index and sweep; default 1000. */
   indexPageSize?: number;
+  /** PutObject If-None-Match: * for small new blocks: probed ("auto", the default), or forced. */
+  conditionalWrites?: boolean | "auto";
 }
 
 export type DriverSpec = PosixVolumeSpec | AzureVolumeSpec | S3VolumeSpec;

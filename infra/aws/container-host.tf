@@ -23,6 +23,7 @@ locals {
     "-s3-region=${var.region}",
     "-s3-replication=${var.s3_replication}",
     "-s3-prefix-length=${var.s3_prefix_length}",
+    "-s3-conditional-writes=true",
     "-s3-bucket-volume=${local.bucket_name}",
   ]
   container_start = join(" ", [

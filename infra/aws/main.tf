@@ -31,6 +31,7 @@ locals {
     KEEP_S3_REGION                      = var.region
     KEEP_S3_PREFIX_LENGTH               = tostring(var.s3_prefix_length)
     KEEP_S3_REPLICATION                 = tostring(var.s3_replication)
+    KEEP_S3_CONDITIONAL_WRITES          = "true" # AWS S3 honours If-None-Match: * (no probe per cold start)
     KEEP_ENFORCE_PERMISSIONS            = tostring(var.enforce_permissions)
     KEEP_BLOB_SIGNING_TTL               = tostring(var.blob_signature_ttl_seconds)
     KEEP_TRASH_ENABLED                  = tostring(var.trash_enabled)

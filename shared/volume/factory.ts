@@ -46,6 +46,7 @@ export async function createVolume(spec: DriverSpec, params: VolumeParams): Prom
           unsafeDelete: spec.unsafeDelete,
           maxAttempts: spec.maxAttempts,
           indexPageSize: spec.indexPageSize,
+          conditionalWrites: spec.conditionalWrites,
         },
         params,
       );

@@ -174,7 +174,8 @@ export function translateS3Error(err: unknown, where: string, stats: VolumeStats
   if (signal?.aborted || code === "AbortError") return new CancelledError("request cancelled", { cause: err });
   if (code === "NoSuchKey" || code === "NotFound" || status === 404)
     return new NotFoundError("file does not exist", { cause: err });
-  if (status === 412 || code === "PreconditionFailed")
+  // 409 ConditionalRequestConflict: another conditional write of the key is in flight.
+  if (status === 412 || code === "PreconditionFailed" || code === "ConditionalRequestConflict")
     return new ConditionNotMetError(`${where}: precondition failed`, { cause: err });
   if (code === "BadDigest" || code === "InvalidDigest")
     return new HashMismatchError(`${where}: S3 rejected the data: it does not match its Content-MD5 (${code})`, {

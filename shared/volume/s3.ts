@@ -34,14 +34,14 @@
 // What remains: ETags cannot tell two trash/ copies of the same bytes apart, so (4) rests on
 // that bound rather than on a condition S3 checks; and a bucket shared with a running
 // reference keepstore gets only the reference's guarantees for the markers it writes.
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import type { Readable } from "node:stream";
 import { PutObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { BadLocatorError, cancelled, HashMismatchError, NotFoundError, VolumeUnavailableError } from "../errors.js";
 import { isHash } from "../locator.js";
 import { makeS3Client, S3Objects } from "./s3-objects.js";
-import { ConditionNotMetError, S3Keys, toNs } from "./s3-support.js";
+import { ConditionNotMetError, S3Keys, toNs, translateS3Error } from "./s3-support.js";
 import { emptyTrash } from "./s3-sweep.js";
 import { collectBody, HeldBackBody, verifyStaged } from "./s3-upload.js";
 import {
@@ -73,6 +73,11 @@ export interface S3VolumeOptions {
   indexPageSize?: number;
   /** How to wait out a race window (tests move a FakeClock instead). */
   sleep?: (ms: number) => Promise<void>;
+  /**
+   * PutObject with If-None-Match: * for create() (see there). "auto" (default): ask the
+   * service once, with a probe object; false: never; true: assume it (AWS S3 since 2024).
+   */
+  conditionalWrites?: boolean | "auto";
 }
 
 /** Blocks of at least this size stream to S3 while being hashed; smaller ones are gathered first (then sent the same way). */
@@ -81,6 +86,8 @@ const OVERLAP_MIN_BYTES = 1 << 20;
 const STREAM_MIN_BYTES = 8 << 20;
 const MAX_SETTLE_MS = 60_000;
 export const UPLOAD_PREFIX = "uploads/";
+/** The object the conditional-write probe writes (under our own prefix, ignored by the index). */
+export const PROBE_KEY = "keepfn/conditional-write-probe";
 
 export class S3Volume implements Volume {
   readonly deviceId: string;
@@ -91,6 +98,7 @@ export class S3Volume implements Volume {
   private readonly o: S3Objects;
   private readonly raceWindowMs: number;
   private readonly sleep: (ms: number) => Promise<void>;
+  private conditional?: Promise<boolean>;
 
   constructor(
     private readonly opts: S3VolumeOptions,
@@ -123,7 +131,84 @@ export class S3Volume implements Volume {
     }
   }
 
-  async write(hash: string, data: AsyncIterable<Uint8Array>, opts: WriteOptions = {}): Promise<void> {
+  write(hash: string, data: AsyncIterable<Uint8Array>, opts: WriteOptions = {}): Promise<void> {
+    return this.writeBlock(hash, data, opts, false);
+  }
+
+  /**
+   * A small new block in as few requests as the service allows. Where S3 honours
+   * If-None-Match: * on PutObject, this is the write below with that condition: the marker and
+   * the data PUT, overlapping, and no existence check first. A refusal (412, or 409 while
+   * another conditional write of the key is in flight) means a live copy is there: false, and
+   * the service compares and touches it (the marker this wrote already dates it now, as the
+   * touch would). A trashed block has no data object (trash moves it), so it is created live,
+   * as the full PUT would. Where the service ignores the condition (s3rver, older S3-compatible
+   * servers) a conditional PUT would overwrite a stored copy without the compare that catches
+   * a collision, so it is never sent: an existence check, then the write.
+   */
+  async create(hash: string, data: Uint8Array, opts: { signal?: AbortSignal } = {}): Promise<boolean> {
+    const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    const once = async function* () {
+      yield body;
+    };
+    if (!(await this.conditionalWrites())) {
+      if (await this.exists(hash)) return false;
+      await this.writeBlock(hash, once(), { size: body.length, signal: opts.signal }, false);
+      return true;
+    }
+    try {
+      await this.writeBlock(hash, once(), { size: body.length, signal: opts.signal }, true);
+      return true;
+    } catch (err) {
+      if (err instanceof ConditionNotMetError) return false;
+      throw err;
+    }
+  }
+
+  /** Whether PutObject honours If-None-Match: * here: configured, or probed once per volume. */
+  conditionalWrites(): Promise<boolean> {
+    const setting = this.opts.conditionalWrites ?? "auto";
+    if (setting !== "auto") return Promise.resolve(setting);
+    this.conditional ??= this.probeConditionalWrites().catch(() => {
+      this.conditional = undefined; // not decided (service unreachable): ask again next time
+      return false;
+    });
+    return this.conditional;
+  }
+
+  /** Write the probe, then write it again on the condition that it does not exist: 412 = honoured. */
+  private async probeConditionalWrites(): Promise<boolean> {
+    const body = Buffer.from("keepfn: does PutObject honour If-None-Match: *?\n");
+    const put = (cond: boolean) =>
+      this.client.send(
+        new PutObjectCommand({
+          Bucket: this.opts.bucket,
+          Key: PROBE_KEY,
+          Body: body,
+          ContentLength: body.length,
+          ContentMD5: createHash("md5").update(body).digest("base64"),
+          IfNoneMatch: cond ? "*" : undefined,
+        }),
+      );
+    this.stats.op("put");
+    await put(false);
+    this.stats.op("put");
+    try {
+      await put(true);
+      return false;
+    } catch (err) {
+      const e = translateS3Error(err, `PUT ${PROBE_KEY}`, this.stats);
+      if (e instanceof ConditionNotMetError) return true;
+      throw e;
+    }
+  }
+
+  private async writeBlock(
+    hash: string,
+    data: AsyncIterable<Uint8Array>,
+    opts: WriteOptions,
+    ifAbsent: boolean,
+  ): Promise<void> {
     const key = this.blockKey(hash);
     // RACES (2): the marker is written before the data object exists, and only once the body
     // is known good (the core's stream has ended cleanly, so its hash matched). Whatever a
@@ -158,7 +243,7 @@ export class S3Volume implements Volume {
       if (body.length === 0) {
         // Nothing to hold back: the marker, then the data.
         await mark();
-        return this.putBlock(key, hash, body, 0, opts.signal);
+        return this.putBlock(key, hash, body, 0, opts.signal, ifAbsent);
       }
       size = body.length;
       source = (async function* () {
@@ -184,6 +269,7 @@ export class S3Volume implements Volume {
         src.body(mark, () => stop.abort()),
         size,
         signal,
+        ifAbsent,
       );
     } catch (err) {
       if (src.sourceError !== undefined) throw src.sourceError;
@@ -191,7 +277,7 @@ export class S3Volume implements Volume {
       if (!src.canRetry || !(err instanceof VolumeUnavailableError) || opts.signal?.aborted) throw err;
       const body = await src.rest();
       await mark();
-      await this.putBlock(key, hash, body, size, opts.signal);
+      await this.putBlock(key, hash, body, size, opts.signal, ifAbsent);
     } finally {
       src.close();
     }
@@ -203,6 +289,7 @@ export class S3Volume implements Volume {
     body: Buffer | Readable,
     length: number,
     signal: AbortSignal | undefined,
+    ifAbsent = false,
   ): Promise<void> {
     this.stats.op("put");
     await this.client
@@ -214,6 +301,7 @@ export class S3Volume implements Volume {
           ContentLength: length,
           ContentType: "application/octet-stream",
           ContentMD5: Buffer.from(hash, "hex").toString("base64"),
+          IfNoneMatch: ifAbsent ? "*" : undefined,
         }),
         { abortSignal: signal },
       )

@@ -11,7 +11,7 @@ import { HeadObjectCommand, ListObjectsV2Command, type S3Client } from "@aws-sdk
 import { FakeClock, msToNs } from "../../shared/clock.js";
 import { HashMismatchError, NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
 import { isHash } from "../../shared/locator.js";
-import { S3Volume } from "../../shared/volume/s3.js";
+import { PROBE_KEY, S3Volume } from "../../shared/volume/s3.js";
 import { chunks, collect, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { describeVolumeContract, type HarnessParams, type VolumeHarness } from "../conformance/volume-contract.js";
 import { followClock, putAt, S3Proxy, S3rver } from "../harness/s3-server.js";
@@ -37,6 +37,7 @@ interface Opts {
   maxAttempts?: number;
   sleep?: (ms: number) => Promise<void>;
   bucket?: string;
+  conditionalWrites?: boolean | "auto";
 }
 
 async function s3Harness(p: HarnessParams, o: Opts = {}): Promise<S3Harness> {
@@ -52,6 +53,7 @@ async function s3Harness(p: HarnessParams, o: Opts = {}): Promise<S3Harness> {
       raceWindowMs: o.raceWindowMs ?? 0,
       maxAttempts: o.maxAttempts ?? 2,
       sleep: o.sleep ?? (async () => {}),
+      conditionalWrites: o.conditionalWrites,
     },
     p,
   );
@@ -76,6 +78,25 @@ async function s3Harness(p: HarnessParams, o: Opts = {}): Promise<S3Harness> {
 }
 
 describeVolumeContract("s3", (p) => s3Harness(p), { mtimeResolutionMs: 1000 });
+// The same contract where PutObject honours If-None-Match: * (as S3 does; s3rver ignores it,
+// so a proxy in front of it checks the condition): create() then takes the conditional path.
+let conditionalProxy: S3Proxy | undefined;
+after(async () => {
+  await conditionalProxy?.close();
+});
+async function conditionalEndpoint(): Promise<string> {
+  if (!conditionalProxy) {
+    conditionalProxy = await S3Proxy.start(server.endpoint);
+    conditionalProxy.enforceIfMatch = true;
+    conditionalProxy.enforceIfNoneMatch = true;
+  }
+  return conditionalProxy.url;
+}
+describeVolumeContract(
+  "s3 with conditional writes (If-None-Match honoured, as by S3)",
+  async (p) => s3Harness(p, { endpoint: await conditionalEndpoint() }),
+  { mtimeResolutionMs: 1000 },
+);
 describeVolumeContract("s3, PrefixLength=3", (p) => s3Harness(p, { prefixLength: 3 }), {
   mtimeResolutionMs: 1000,
   skipFullBlock: "the 64 MiB round trip already runs in the plain s3 suite",
@@ -861,6 +882,74 @@ describe("s3 volume: request counts", () => {
       assert.equal(sent() - before, 2);
     } finally {
       await h.teardown();
+    }
+  });
+});
+
+describe("s3 volume: create() of a small new block", () => {
+  const params = () => ({ clock: new FakeClock(), signingTtlMs: MIN, trashLifetimeMs: HOUR });
+  const other = Buffer.from("other bytes under TEST_HASH: a collision, as far as S3 can tell");
+
+  it("where S3 honours If-None-Match: two requests (marker, conditional PUT), no existence check; a stored copy refuses it", async () => {
+    const proxy = await S3Proxy.start(server.endpoint);
+    proxy.enforceIfNoneMatch = true;
+    const h = await s3Harness(params(), { endpoint: proxy.url });
+    try {
+      assert.equal(await h.volume.conditionalWrites(), true, "the probe saw a 412");
+      assert.equal(proxy.requests("PUT", PROBE_KEY).length, 2);
+      proxy.log.length = 0;
+      assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), true);
+      assert.deepEqual(
+        proxy.log
+          .map((r) =>
+            `${r.method} ${r.path.split("?")[0]?.replace(`/${h.bucket}/`, "")} ${r.headers["if-none-match"] ?? ""}`.trim(),
+          )
+          .sort(),
+        [`PUT ${TEST_HASH} *`, `PUT recent/${TEST_HASH}`],
+      );
+      proxy.log.length = 0;
+      assert.equal(await h.volume.create(TEST_HASH, other), false, "refused: compare and touch are the service's");
+      assert.equal(proxy.requests("HEAD", TEST_HASH).length, 0, "no existence check");
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK, "the stored copy unchanged");
+      assert.equal(await h.volume.conditionalWrites(), true);
+      assert.equal(proxy.requests("PUT", PROBE_KEY).length, 0, "probed once per volume");
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
+  it("where the service ignores the condition (s3rver): never sent; an existence check, then the write", async () => {
+    const proxy = await S3Proxy.start(server.endpoint);
+    const h = await s3Harness(params(), { endpoint: proxy.url });
+    try {
+      assert.equal(await h.volume.conditionalWrites(), false, "the second probe PUT succeeded");
+      proxy.log.length = 0;
+      assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), true);
+      assert.equal(proxy.requests("HEAD", TEST_HASH).length, 1);
+      assert.ok(proxy.log.every((r) => r.headers["if-none-match"] === undefined));
+      // Had the condition been sent, s3rver would have overwritten the stored copy here.
+      assert.equal(await h.volume.create(TEST_HASH, other), false);
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
+  it("conditionalWrites: false never probes; true skips the probe", async () => {
+    for (const setting of [false, true]) {
+      const proxy = await S3Proxy.start(server.endpoint);
+      proxy.enforceIfNoneMatch = true;
+      const h = await s3Harness(params(), { endpoint: proxy.url, conditionalWrites: setting });
+      try {
+        assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), true);
+        assert.equal(proxy.requests("PUT", PROBE_KEY).length, 0);
+        assert.equal(proxy.requests("HEAD", TEST_HASH).length, setting ? 0 : 1);
+      } finally {
+        await h.teardown();
+        await proxy.close();
+      }
     }
   });
 });
