@@ -18,8 +18,12 @@ import { PutProgress } from "./put-progress.js";
 
 /** Bodies from this size up may be verified by the storage service instead of by us. */
 const DELEGATE_HASH_FROM = 1 << 20;
-/** Bodies up to this size are kept in memory for a conditional create (Volume.create). */
-const CREATE_MAX_BYTES = 1 << 20;
+/**
+ * Bodies up to this size are kept in memory for a conditional create (Volume.create): every
+ * body a Lambda request can carry (~4.5 MiB after base64), and a few MiB on streamed hosts,
+ * within what -max-buffers already reserves for a block in flight.
+ */
+const CREATE_MAX_BYTES = 5 << 20;
 
 export interface WriteRequest {
   hash: string;

@@ -156,7 +156,7 @@ describe("Azure Functions app", () => {
     const { env } = await settingsFor();
     const host = await runLocal("127.0.0.1:0", env, { logger: silentLogger() });
     try {
-      const good = randomBytes(2 << 20);
+      const good = randomBytes(6 << 20); // above the 5 MiB kept in memory for a conditional create
       const bad = Buffer.from(good);
       const mid = bad.length >> 1;
       bad.writeUInt8(bad.readUInt8(mid) ^ 1, mid);

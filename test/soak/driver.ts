@@ -529,6 +529,20 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
       await new Promise((r) => setTimeout(r, 500 * (i + 1)));
     }
   };
+  // The trash worker may still be acting on the last trash list a client sent (one entry,
+  // and blocks it names are fair game): clear what is pending, then wait until the index stops
+  // changing, so the checks below see one state and a real inconsistency stays visible.
+  await retrying(() => call("/trash", { method: "PUT", body: "[]", headers: bearer(t.adminToken) })).then((r) =>
+    r.arrayBuffer(),
+  );
+  let settled = "";
+  for (let i = 0; i < 30; i++) {
+    const r = await retrying(() => call("/index", { headers: bearer(t.adminToken) }));
+    const text = r.status === 200 ? await r.text() : "";
+    if (r.status === 200 && text === settled) break;
+    settled = text;
+    await new Promise((done) => setTimeout(done, 1000));
+  }
   let full = "";
   const ires = await retrying(() => call("/index", { headers: bearer(t.adminToken) }));
   if (ires.status !== 200)
