@@ -88,6 +88,7 @@ const MAX_SETTLE_MS = 60_000;
 export const UPLOAD_PREFIX = "uploads/";
 /** The object the conditional-write probe writes (under our own prefix, ignored by the index). */
 export const PROBE_KEY = "keepfn/conditional-write-probe";
+const PROBE_RETRY_MS = 60_000;
 
 export class S3Volume implements Volume {
   readonly deviceId: string;
@@ -98,7 +99,7 @@ export class S3Volume implements Volume {
   private readonly o: S3Objects;
   private readonly raceWindowMs: number;
   private readonly sleep: (ms: number) => Promise<void>;
-  private conditional?: Promise<boolean>;
+  private conditional?: { value: Promise<boolean>; retryAt: number };
 
   constructor(
     private readonly opts: S3VolumeOptions,
@@ -169,11 +170,17 @@ export class S3Volume implements Volume {
   conditionalWrites(): Promise<boolean> {
     const setting = this.opts.conditionalWrites ?? "auto";
     if (setting !== "auto") return Promise.resolve(setting);
-    this.conditional ??= this.probeConditionalWrites().catch(() => {
-      this.conditional = undefined; // not decided (service unreachable): ask again next time
-      return false;
-    });
-    return this.conditional;
+    if (!this.conditional || Date.now() >= this.conditional.retryAt) {
+      const entry = { value: Promise.resolve(false), retryAt: Number.POSITIVE_INFINITY };
+      entry.value = this.probeConditionalWrites().catch(() => {
+        // Not decided (service unreachable, probe key not writable): without the condition
+        // until the next try, a minute on, not a failing probe before every PUT.
+        entry.retryAt = Date.now() + PROBE_RETRY_MS;
+        return false;
+      });
+      this.conditional = entry;
+    }
+    return this.conditional.value;
   }
 
   /** Write the probe, then write it again on the condition that it does not exist: 412 = honoured. */

@@ -937,6 +937,23 @@ describe("s3 volume: create() of a small new block", () => {
     }
   });
 
+  it("a probe that cannot decide (its key refused) leaves the condition off without probing before every PUT", async () => {
+    const proxy = await S3Proxy.start(server.endpoint);
+    proxy.enforceIfNoneMatch = true;
+    proxy.intercept = (r) =>
+      r.path.includes(PROBE_KEY) ? Promise.resolve({ status: 403, code: "AccessDenied" }) : undefined;
+    const h = await s3Harness(params(), { endpoint: proxy.url });
+    try {
+      assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), true);
+      assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), false);
+      assert.equal(proxy.requests("PUT", PROBE_KEY).length, 1, "asked once, not once per PUT");
+      assert.equal(proxy.requests("HEAD", TEST_HASH).length, 2, "existence checks instead");
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
   it("conditionalWrites: false never probes; true skips the probe", async () => {
     for (const setting of [false, true]) {
       const proxy = await S3Proxy.start(server.endpoint);
