@@ -304,32 +304,38 @@ describe("Azure Functions app", () => {
       assert.equal(await (await fetch(`${host.url}/${FOO_HASH}+3`)).text(), "foo");
     }));
 
-  it("a client that disconnects mid-PUT leaves no blob", async () => {
-    const { env, container } = await settingsFor();
-    const host = await runLocal("127.0.0.1:0", env, { logger: silentLogger() });
-    try {
-      const data = randomBytes(16 << 20);
-      const hash = md5hex(data);
-      const u = new URL(host.url);
-      await new Promise<void>((resolve) => {
-        const sock = connect(Number(u.port), u.hostname, () => {
-          sock.write(`PUT /${hash} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Length: ${data.length}\r\n\r\n`);
-          sock.write(data.subarray(0, 6 << 20), () => setTimeout(() => sock.destroy(), 100));
+  // 16 MiB streams to Azure as it arrives; 3 MiB is kept in memory for the conditional create.
+  for (const [size, cut] of [
+    [16 << 20, 6 << 20],
+    [3 << 20, 1 << 20],
+  ] as const) {
+    it(`a client that disconnects mid-PUT leaves no blob (${size >> 20} MiB body cut at ${cut >> 20} MiB)`, async () => {
+      const { env, container } = await settingsFor();
+      const host = await runLocal("127.0.0.1:0", env, { logger: silentLogger() });
+      try {
+        const data = randomBytes(size);
+        const hash = md5hex(data);
+        const u = new URL(host.url);
+        await new Promise<void>((resolve) => {
+          const sock = connect(Number(u.port), u.hostname, () => {
+            sock.write(`PUT /${hash} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Length: ${data.length}\r\n\r\n`);
+            sock.write(data.subarray(0, cut), () => setTimeout(() => sock.destroy(), 100));
+          });
+          sock.on("close", () => resolve());
+          sock.on("error", () => {});
         });
-        sock.on("close", () => resolve());
-        sock.on("error", () => {});
-      });
-      await new Promise((r) => setTimeout(r, 300));
-      const c = azurite.serviceClient().getContainerClient(container);
-      const names: string[] = [];
-      for await (const b of c.listBlobsFlat({ includeUncommitedBlobs: true })) names.push(b.name);
-      assert.deepEqual(names, []);
-      // The host is still healthy.
-      assert.equal((await fetch(`${host.url}/${FOO_HASH}`, { method: "PUT", body: FOO })).status, 200);
-    } finally {
-      await host.close();
-    }
-  });
+        await new Promise((r) => setTimeout(r, 300));
+        const c = azurite.serviceClient().getContainerClient(container);
+        const names: string[] = [];
+        for await (const b of c.listBlobsFlat({ includeUncommitedBlobs: true })) names.push(b.name);
+        assert.deepEqual(names, []);
+        // The host is still healthy.
+        assert.equal((await fetch(`${host.url}/${FOO_HASH}`, { method: "PUT", body: FOO })).status, 200);
+      } finally {
+        await host.close();
+      }
+    });
+  }
 
   it("fails fast with a message naming the setting", async () => {
     await assert.rejects(runLocal("127.0.0.1:0", {}), /KEEP_VOLUMES is not set/);
