@@ -74,13 +74,15 @@ export async function putBlock(
     !(await only.volume.isFull?.().catch(() => false))
   ) {
     const body = await collect(verifiedUpload(req.body, hash, req.locator, req.contentLength));
-    let created = false;
+    let created: boolean;
     try {
       created = await only.volume.create(hash, body, { signal });
     } catch (err) {
-      if (signal?.aborted) throw err;
-      // Not decisive: the full plan below tries again and reports its own outcome.
-      opts.logger.warn({ err, mount: only.uuid, hash }, "conditional create failed");
+      // The one mount's write failed: the full plan's answer, without its retries again.
+      if (signal?.aborted || (err instanceof KeepError && isClientError(err))) throw err;
+      opts.logger.warn({ err, mount: only.uuid, hash }, "block write failed");
+      if (err instanceof VolumeFullError) throw new InsufficientStorageError();
+      throw new VolumeUnavailableError("volume unavailable", { cause: err });
     }
     // Refused: something is stored. A live copy is what the plan would compare and touch: do
     // that with the one read (no existence check first). A trashed copy reads as NotFound,
