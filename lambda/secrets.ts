@@ -15,7 +15,7 @@ export async function resolveSecrets(s: LambdaSettings, now = Date.now()): Promi
   const ids = Object.entries(s.secretIds) as Array<[SecretField, string]>;
   if (!params.length && !ids.length) return {};
   const key = JSON.stringify([params, ids]);
-  if (cache && cache.key === key && now - cache.at < s.ssm.cacheMs) return cache.values;
+  if (cache && cache.key === key && now - cache.at < s.secretStores.cacheMs) return cache.values;
   const [fromSsm, fromSm] = await Promise.all([fromParameterStore(s, params), fromSecretsManager(s, ids)]);
   const values = { ...fromSsm, ...fromSm };
   cache = { key, at: now, values };
@@ -27,7 +27,7 @@ const trimmed = (v: string) => v.replace(/\r?\n$/, "");
 
 async function fromParameterStore(s: LambdaSettings, entries: Array<[SecretField, string]>): Promise<Values> {
   if (!entries.length) return {};
-  const ssm = new SSMClient({ region: s.ssm.region ?? "us-east-1", endpoint: s.ssm.endpoint });
+  const ssm = new SSMClient({ region: s.secretStores.region ?? "us-east-1", endpoint: s.secretStores.ssmEndpoint });
   try {
     const r = await ssm.send(
       new GetParametersCommand({ Names: [...new Set(entries.map(([, n]) => n))], WithDecryption: true }),
@@ -49,7 +49,10 @@ async function fromParameterStore(s: LambdaSettings, entries: Array<[SecretField
  */
 async function fromSecretsManager(s: LambdaSettings, entries: Array<[SecretField, string]>): Promise<Values> {
   if (!entries.length) return {};
-  const sm = new SecretsManagerClient({ region: s.ssm.region ?? "us-east-1", endpoint: s.ssm.secretsManagerEndpoint });
+  const sm = new SecretsManagerClient({
+    region: s.secretStores.region ?? "us-east-1",
+    endpoint: s.secretStores.secretsManagerEndpoint,
+  });
   try {
     const secretIds = [...new Set(entries.map(([, ref]) => ref.split("#")[0] as string))];
     const texts = new Map(

@@ -15,7 +15,7 @@ export interface LambdaSettings {
   /** Secrets Manager secret ids (name or ARN, `#key` for one key of a JSON secret). */
   secretIds: Partial<Record<SecretField, string>>;
   /** Where both stores are reached, and how long a value read from either is reused. */
-  ssm: { region?: string; endpoint?: string; secretsManagerEndpoint?: string; cacheMs: number };
+  secretStores: { region?: string; ssmEndpoint?: string; secretsManagerEndpoint?: string; cacheMs: number };
   /** Upper bound on one scheduled sweep; the function's remaining time also bounds it. */
   sweepBudgetMs: number;
   logLevel: string;
@@ -77,9 +77,9 @@ export function loadSettings(env: NodeJS.ProcessEnv): LambdaSettings {
     config: c,
     secretParams,
     secretIds,
-    ssm: {
+    secretStores: {
       region: get("AWS_REGION"),
-      endpoint: get("KEEP_SSM_ENDPOINT"),
+      ssmEndpoint: get("KEEP_SSM_ENDPOINT"),
       secretsManagerEndpoint: get("KEEP_SECRETS_MANAGER_ENDPOINT"),
       cacheMs: envDuration(get("KEEP_SECRETS_CACHE_TTL"), "KEEP_SECRETS_CACHE_TTL", 300_000),
     },

@@ -59,8 +59,8 @@ export async function putBlock(
   const progress = new PutProgress(classes);
   const writable = orderForBlock(mounts, hash).filter((m) => m.allowWrite);
 
-  // One writable mount that can create conditionally (Azure): a small new block costs one
-  // request, not an existence check and then a write. With one mount the plan below could
+  // One writable mount that can create conditionally (Azure; S3 where the service honours
+  // If-None-Match): a small new block skips the existence check before the write. With one mount the plan below could
   // only be "write here" when nothing is stored, which is exactly the condition the backend
   // checks; when something is (live, trashed, or a copy to compare), the full plan runs on
   // the bytes kept in memory. More mounts keep the plan: which copy to touch depends on all.

@@ -606,7 +606,7 @@ describe("infra/aws (Terraform, parsed with @cdktf/hcl2json; no provider schemas
     assert.equal(s.config.trashEnabled, true);
     assert.equal(s.config.trashLifetimeMs, 336 * 3600_000);
     assert.equal(s.sweepBudgetMs, (900 - 60) * 1000, "the sweep stops a minute before the function timeout");
-    assert.equal(s.ssm.cacheMs, 5 * 60_000);
+    assert.equal(s.secretStores.cacheMs, 5 * 60_000);
   });
 
   it("terraform fmt -check (only where a terraform binary exists; CI may not have one)", (t) => {

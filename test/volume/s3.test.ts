@@ -14,7 +14,7 @@ import { isHash } from "../../shared/locator.js";
 import { PROBE_KEY, S3Volume } from "../../shared/volume/s3.js";
 import { chunks, collect, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { describeVolumeContract, type HarnessParams, type VolumeHarness } from "../conformance/volume-contract.js";
-import { followClock, putAt, S3Proxy, S3rver } from "../harness/s3-server.js";
+import { followClock, type Interceptor, putAt, S3Proxy, S3rver } from "../harness/s3-server.js";
 
 let server: S3rver;
 before(async () => {
@@ -887,14 +887,32 @@ describe("s3 volume: request counts", () => {
 });
 
 describe("s3 volume: create() of a small new block", () => {
-  const params = () => ({ clock: new FakeClock(), signingTtlMs: MIN, trashLifetimeMs: HOUR });
   const other = Buffer.from("other bytes under TEST_HASH: a collision, as far as S3 can tell");
+  /** A volume behind a fresh proxy; `honoured`: the proxy enforces If-None-Match as S3 does. */
+  const behindProxy =
+    (honoured: boolean, o: Opts, fn: (h: S3Harness, proxy: S3Proxy) => Promise<void>, intercept?: Interceptor) =>
+    async () => {
+      const proxy = await S3Proxy.start(server.endpoint);
+      proxy.enforceIfNoneMatch = honoured;
+      proxy.intercept = intercept;
+      const h = await s3Harness(
+        { clock: new FakeClock(), signingTtlMs: MIN, trashLifetimeMs: HOUR },
+        {
+          ...o,
+          endpoint: proxy.url,
+        },
+      );
+      try {
+        await fn(h, proxy);
+      } finally {
+        await h.teardown();
+        await proxy.close();
+      }
+    };
 
-  it("where S3 honours If-None-Match: two requests (marker, conditional PUT), no existence check; a stored copy refuses it", async () => {
-    const proxy = await S3Proxy.start(server.endpoint);
-    proxy.enforceIfNoneMatch = true;
-    const h = await s3Harness(params(), { endpoint: proxy.url });
-    try {
+  it(
+    "where S3 honours If-None-Match: two requests (marker, conditional PUT), no existence check; a stored copy refuses it",
+    behindProxy(true, {}, async (h, proxy) => {
       assert.equal(await h.volume.conditionalWrites(), true, "the probe saw a 412");
       assert.equal(proxy.requests("PUT", PROBE_KEY).length, 2);
       proxy.log.length = 0;
@@ -913,16 +931,12 @@ describe("s3 volume: create() of a small new block", () => {
       assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK, "the stored copy unchanged");
       assert.equal(await h.volume.conditionalWrites(), true);
       assert.equal(proxy.requests("PUT", PROBE_KEY).length, 0, "probed once per volume");
-    } finally {
-      await h.teardown();
-      await proxy.close();
-    }
-  });
+    }),
+  );
 
-  it("where the service ignores the condition (s3rver): never sent; an existence check, then the write", async () => {
-    const proxy = await S3Proxy.start(server.endpoint);
-    const h = await s3Harness(params(), { endpoint: proxy.url });
-    try {
+  it(
+    "where the service ignores the condition (s3rver): never sent; an existence check, then the write",
+    behindProxy(false, {}, async (h, proxy) => {
       assert.equal(await h.volume.conditionalWrites(), false, "the second probe PUT succeeded");
       proxy.log.length = 0;
       assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), true);
@@ -931,42 +945,32 @@ describe("s3 volume: create() of a small new block", () => {
       // Had the condition been sent, s3rver would have overwritten the stored copy here.
       assert.equal(await h.volume.create(TEST_HASH, other), false);
       assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
-    } finally {
-      await h.teardown();
-      await proxy.close();
-    }
-  });
+    }),
+  );
 
-  it("a probe that cannot decide (its key refused) leaves the condition off without probing before every PUT", async () => {
-    const proxy = await S3Proxy.start(server.endpoint);
-    proxy.enforceIfNoneMatch = true;
-    proxy.intercept = (r) =>
-      r.path.includes(PROBE_KEY) ? Promise.resolve({ status: 403, code: "AccessDenied" }) : undefined;
-    const h = await s3Harness(params(), { endpoint: proxy.url });
-    try {
-      assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), true);
-      assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), false);
-      assert.equal(proxy.requests("PUT", PROBE_KEY).length, 1, "asked once, not once per PUT");
-      assert.equal(proxy.requests("HEAD", TEST_HASH).length, 2, "existence checks instead");
-    } finally {
-      await h.teardown();
-      await proxy.close();
-    }
-  });
+  it(
+    "a probe that cannot decide (its key refused) leaves the condition off without probing before every PUT",
+    behindProxy(
+      true,
+      {},
+      async (h, proxy) => {
+        assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), true);
+        assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), false);
+        assert.equal(proxy.requests("PUT", PROBE_KEY).length, 1, "asked once, not once per PUT");
+        assert.equal(proxy.requests("HEAD", TEST_HASH).length, 2, "existence checks instead");
+      },
+      (r) => (r.path.includes(PROBE_KEY) ? Promise.resolve({ status: 403, code: "AccessDenied" }) : undefined),
+    ),
+  );
 
-  it("conditionalWrites: false never probes; true skips the probe", async () => {
-    for (const setting of [false, true]) {
-      const proxy = await S3Proxy.start(server.endpoint);
-      proxy.enforceIfNoneMatch = true;
-      const h = await s3Harness(params(), { endpoint: proxy.url, conditionalWrites: setting });
-      try {
+  for (const setting of [false, true]) {
+    it(
+      `conditionalWrites: ${setting} sends no probe${setting ? " and no existence check" : ""}`,
+      behindProxy(true, { conditionalWrites: setting }, async (h, proxy) => {
         assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), true);
         assert.equal(proxy.requests("PUT", PROBE_KEY).length, 0);
         assert.equal(proxy.requests("HEAD", TEST_HASH).length, setting ? 0 : 1);
-      } finally {
-        await h.teardown();
-        await proxy.close();
-      }
-    }
-  });
+      }),
+    );
+  }
 });
