@@ -121,14 +121,20 @@ export class S3Volume implements Volume {
 
   async read(hash: string, signal?: AbortSignal): Promise<BlockData> {
     const key = this.blockKey(hash);
+    // The data object was just seen, so touching this copy needs no HEAD first: the marker,
+    // then the check that the data is still there (RACES (2), as touch() ends).
+    const touchSeen = async () => {
+      await this.o.writeMarker(key);
+      await this.ensureLive(key);
+    };
     try {
-      return await this.o.get(key, signal);
+      return { ...(await this.o.get(key, signal)), touch: touchSeen };
     } catch (err) {
       if (!(err instanceof NotFoundError)) throw err;
       // Marker without data: trashed, or caught mid-race. fixRace decides which.
       if (!(await this.o.head(`recent/${key}`, signal))) throw err;
       if (!(await this.fixRace(key))) throw new NotFoundError();
-      return this.o.get(key, signal);
+      return { ...(await this.o.get(key, signal)), touch: touchSeen };
     }
   }
 

@@ -12,8 +12,9 @@ export interface BlockData {
   body: AsyncIterable<Uint8Array>;
   /**
    * Optional: touch() the very copy this read opened, in fewer requests than touch(hash)
-   * (Azure: Set Blob Metadata on the ETag and metadata the read already has). Same outcome as
-   * touch(hash); NotFoundError if the block has since been trashed or deleted.
+   * (Azure: Set Blob Metadata on the ETag and metadata the read already has; S3: no HEAD
+   * before the marker). Same outcome as touch(hash), except that a block trashed since the read
+   * may come back live instead of NotFoundError: the caller (a PUT) stores these very bytes.
    */
   touch?(): Promise<void>;
 }

@@ -322,6 +322,26 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
     );
 
     it(
+      "touch() of the copy a read opened sets the mtime, as touch(hash) does",
+      { skip: ro },
+      withVolume(HOUR, async (h, clock, t) => {
+        await writeOld(h, clock);
+        const d = await h.volume.read(TEST_HASH);
+        await collect(d.body);
+        if (!d.touch) {
+          t.skip(`${name} reads offer no touch(): the service calls touch(hash)`);
+          return;
+        }
+        const before = await h.volume.mtime(TEST_HASH);
+        await d.touch();
+        const after = await h.volume.mtime(TEST_HASH);
+        assert.ok(after > before, "mtime moved forward");
+        assert.ok(after >= msToNs(clock.now() - res), "to about now");
+        assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+      }),
+    );
+
+    it(
       "trash of a missing block fails",
       { skip: ro },
       withVolume(HOUR, async (h) => {

@@ -869,6 +869,25 @@ describe("s3 volume: the write path (marker first, data held back, no HEAD after
 });
 
 describe("s3 volume: request counts", () => {
+  it("touching the copy a read opened is the marker and one HEAD; touch(hash) has a HEAD more", async () => {
+    const h = await s3Harness({ clock: new FakeClock(), signingTtlMs: MIN, trashLifetimeMs: HOUR });
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      const d = await h.volume.read(TEST_HASH);
+      await collect(d.body);
+      const ops = () => Object.fromEntries(h.volume.stats.ops);
+      const before = ops();
+      await d.touch?.();
+      const after = ops();
+      assert.equal((after.put ?? 0) - (before.put ?? 0), 1);
+      assert.equal((after.head ?? 0) - (before.head ?? 0), 1);
+      await h.volume.touch(TEST_HASH);
+      assert.equal((ops().head ?? 0) - (after.head ?? 0), 2);
+    } finally {
+      await h.teardown();
+    }
+  });
+
   it("exists() is one HEAD where mtime() takes two (data object, then its recent/ marker)", async () => {
     const h = await s3Harness({ clock: new FakeClock(), signingTtlMs: MIN, trashLifetimeMs: HOUR });
     try {
