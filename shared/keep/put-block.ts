@@ -52,6 +52,7 @@ export async function putBlock(
   mounts: readonly Mount[],
   req: WriteRequest,
   opts: PutOptions,
+  /** Internal: the conditional create was tried and `req.body` is its verified in-memory copy. */
   createTried = false,
 ): Promise<WriteResult> {
   const { hash, signal } = req;
@@ -133,7 +134,11 @@ export async function putBlock(
     (bodySize ?? 0) >= DELEGATE_HASH_FROM &&
     write.every((m) => m.volume.verifiesWrites?.(bodySize) === true);
   const size = { n: 0 };
-  const verified = counting(verifiedUpload(req.body, hash, req.locator, req.contentLength, !delegated), size);
+  // After a refused create the body is the in-memory copy already hashed there: not again.
+  const verified = counting(
+    verifiedUpload(req.body, hash, req.locator, req.contentLength, !delegated && !createTried),
+    size,
+  );
   const branches = lockstepTee(verified, compare.length + write.length);
   const outcomes = await Promise.allSettled([
     ...compare.map(async (m, i) => {

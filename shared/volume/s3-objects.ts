@@ -112,7 +112,8 @@ export class S3Objects {
     return { size, body: releasingBody(stream, (n) => (this.stats.inBytes += n), translate) };
   }
 
-  async putSmall(key: string, body: Buffer): Promise<void> {
+  /** `ifAbsent`: If-None-Match: *, refused with ConditionNotMetError where S3 honours it. */
+  async putSmall(key: string, body: Buffer, ifAbsent = false): Promise<void> {
     this.stats.op("put");
     const md5 = createHash("md5").update(body).digest("base64");
     await this.client
@@ -123,6 +124,7 @@ export class S3Objects {
           Body: body,
           ContentMD5: md5,
           ContentLength: body.length,
+          IfNoneMatch: ifAbsent ? "*" : undefined,
         }),
       )
       .catch(this.fail(`PUT ${key}`));

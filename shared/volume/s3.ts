@@ -34,14 +34,14 @@
 // What remains: ETags cannot tell two trash/ copies of the same bytes apart, so (4) rests on
 // that bound rather than on a condition S3 checks; and a bucket shared with a running
 // reference keepstore gets only the reference's guarantees for the markers it writes.
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import type { Readable } from "node:stream";
 import { PutObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { BadLocatorError, cancelled, HashMismatchError, NotFoundError, VolumeUnavailableError } from "../errors.js";
 import { isHash } from "../locator.js";
 import { makeS3Client, S3Objects } from "./s3-objects.js";
-import { ConditionNotMetError, S3Keys, toNs, translateS3Error } from "./s3-support.js";
+import { ConditionNotMetError, S3Keys, toNs } from "./s3-support.js";
 import { emptyTrash } from "./s3-sweep.js";
 import { collectBody, HeldBackBody, verifyStaged } from "./s3-upload.js";
 import {
@@ -192,27 +192,13 @@ export class S3Volume implements Volume {
   /** Write the probe, then write it again on the condition that it does not exist: 412 = honoured. */
   private async probeConditionalWrites(): Promise<boolean> {
     const body = Buffer.from("keepfn: does PutObject honour If-None-Match: *?\n");
-    const put = (cond: boolean) =>
-      this.client.send(
-        new PutObjectCommand({
-          Bucket: this.opts.bucket,
-          Key: PROBE_KEY,
-          Body: body,
-          ContentLength: body.length,
-          ContentMD5: createHash("md5").update(body).digest("base64"),
-          IfNoneMatch: cond ? "*" : undefined,
-        }),
-      );
-    this.stats.op("put");
-    await put(false);
-    this.stats.op("put");
+    await this.o.putSmall(PROBE_KEY, body);
     try {
-      await put(true);
+      await this.o.putSmall(PROBE_KEY, body, true);
       return false;
     } catch (err) {
-      const e = translateS3Error(err, `PUT ${PROBE_KEY}`, this.stats);
-      if (e instanceof ConditionNotMetError) return true;
-      throw e;
+      if (err instanceof ConditionNotMetError) return true;
+      throw err;
     }
   }
 
