@@ -36,6 +36,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import type { Clock } from "../../shared/clock.js";
+import { KeyedMutex } from "../../shared/mutex.js";
 import { freePort } from "./azurite.js";
 
 export const CLOCK_HEADER = "x-keepfn-test-clock";
@@ -388,14 +389,27 @@ export type Interceptor = (req: SeenRequest) => Promise<{ status: number; code: 
  * happened. It also does what s3rver does not: with `enforceIfMatch`, a DELETE carrying
  * If-Match is checked against the object's current ETag first (412 if it differs), like S3;
  * with `enforceIfNoneMatch`, a PUT carrying If-None-Match: * is refused (412) when the object
- * exists, as S3 has done since 2024. (Check, then forward: not atomic, which the tests that
- * use it, one request at a time per key, do not need.)
+ * exists, as S3 has done since 2024.
+ *
+ * The check is atomic per object key, as S3's is: while either enforcement is on, every PUT
+ * and DELETE (conditional or not) of one key path (the URL without its query string) takes
+ * that key's lock, and keeps it through the check and the forwarded request until s3rver's
+ * answer has completed. So a check cannot be overtaken by another write of that key: of
+ * concurrent If-None-Match: * PUTs of one absent key exactly one is stored and the others get
+ * 412, and a DELETE's If-Match sees the ETag it deletes. Other keys, and GET/HEAD, stay fully
+ * concurrent. The lock is taken after `intercept` has decided, so a request a test holds
+ * there holds no lock. Unlike S3, a write of a key also waits while the write before it is
+ * still receiving its body (S3 evaluates the condition when the upload completes); no test
+ * holds a body's end while another write of the same key must finish. With neither
+ * enforcement on, there is nothing to make atomic and nothing is locked.
  */
 export class S3Proxy {
   readonly log: SeenRequest[] = [];
   intercept?: Interceptor;
   enforceIfMatch = false;
   enforceIfNoneMatch = false;
+  /** Per key path: a PUT or DELETE holds it from its check until its answer has completed. */
+  private readonly keyLocks = new KeyedMutex();
   private constructor(
     private readonly server: Server,
     readonly url: string,
@@ -415,16 +429,22 @@ export class S3Proxy {
     const seen = { method: req.method ?? "GET", path: req.url ?? "/", headers: req.headers };
     this.log.push(seen);
     let fault = await this.intercept?.(seen);
+    const keyPath = seen.path.split("?")[0] ?? "/";
+    const release =
+      !fault && (this.enforceIfMatch || this.enforceIfNoneMatch) && (seen.method === "PUT" || seen.method === "DELETE")
+        ? await this.keyLocks.lock(keyPath)
+        : () => {};
     const ifMatch = req.headers["if-match"];
     const etagNow = () =>
       new Promise<string | undefined>((resolve) => {
-        const h = httpRequest(`${this.target}${seen.path.split("?")[0]}`, { method: "HEAD" }, (r) => {
+        const h = httpRequest(`${this.target}${keyPath}`, { method: "HEAD" }, (r) => {
           r.resume();
           resolve(r.statusCode === 200 ? String(r.headers.etag) : undefined);
         });
         h.once("error", () => resolve(undefined));
         h.end();
       });
+    // (etagNow never rejects, so the lock cannot be left taken here.)
     if (!fault && this.enforceIfMatch && seen.method === "DELETE" && typeof ifMatch === "string") {
       const etag = await etagNow();
       if (etag !== undefined && etag !== ifMatch) fault = { status: 412, code: "PreconditionFailed" };
@@ -433,6 +453,7 @@ export class S3Proxy {
       if ((await etagNow()) !== undefined) fault = { status: 412, code: "PreconditionFailed" };
     }
     if (fault) {
+      release();
       req.resume();
       res.writeHead(fault.status, { "content-type": "application/xml" });
       res.end(
@@ -442,9 +463,15 @@ export class S3Proxy {
     }
     const up = httpRequest(`${this.target}${seen.path}`, { method: seen.method, headers: req.headers }, (r) => {
       res.writeHead(r.statusCode ?? 502, r.headers);
+      r.once("end", release); // the answer has completed: the next write of this key may go
       r.pipe(res);
     });
+    up.once("close", release); // or it never will (upstream error, connection gone)
     up.once("error", () => res.destroy());
+    // A client gone before its answer: stop the upstream request too (which releases the key).
+    res.once("close", () => {
+      if (!res.writableFinished) up.destroy();
+    });
     req.pipe(up);
   }
 

@@ -7,12 +7,18 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { createServer } from "node:http";
 import { after, before, describe, it } from "node:test";
-import { HeadObjectCommand, ListObjectsV2Command, type S3Client } from "@aws-sdk/client-s3";
+import {
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  type S3Client,
+} from "@aws-sdk/client-s3";
 import { FakeClock, msToNs } from "../../shared/clock.js";
 import { HashMismatchError, NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
 import { isHash } from "../../shared/locator.js";
 import { PROBE_KEY, S3Volume } from "../../shared/volume/s3.js";
-import { chunks, collect, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
+import { chunks, collect, MD5_COLLISION, MD5_COLLISION_HASH, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { describeVolumeContract, type HarnessParams, type VolumeHarness } from "../conformance/volume-contract.js";
 import { followClock, type Interceptor, putAt, S3Proxy, S3rver } from "../harness/s3-server.js";
 
@@ -980,6 +986,102 @@ describe("s3 volume: create() of a small new block", () => {
       },
       (r) => (r.path.includes(PROBE_KEY) ? Promise.resolve({ status: 403, code: "AccessDenied" }) : undefined),
     ),
+  );
+
+  // Races of conditional creates of one key. Each racer is held at the proxy until all have
+  // arrived, then all go at once, so each condition is checked while the others are in
+  // flight (a proxy that checks, then forwards, without a per-key lock lets them all through).
+  const RACERS = 8;
+  /** Hold the first `n` conditional PUTs of `path` at the proxy until all `n` have arrived. */
+  const startTogether = (proxy: S3Proxy, n: number, path: string) => {
+    let go!: () => void;
+    const all = new Promise<void>((r) => (go = r));
+    const safety = setTimeout(go, 10_000); // never hang the suite if fewer arrive
+    let arrived = 0;
+    proxy.intercept = async (r) => {
+      if (r.method === "PUT" && r.path.split("?")[0] === path && r.headers["if-none-match"] === "*") {
+        if (++arrived === n) {
+          clearTimeout(safety);
+          go();
+        }
+        await all;
+      }
+      return undefined;
+    };
+    return () => arrived;
+  };
+
+  it(
+    `the proxy, like S3: of ${RACERS} concurrent If-None-Match: * PUTs of one absent key, one is stored, the others get 412`,
+    behindProxy(true, { conditionalWrites: true }, async (h, proxy) => {
+      const key = "race/one-fresh-key";
+      const arrived = startTogether(proxy, RACERS, `/${h.bucket}/${key}`);
+      const client = server.client(proxy.url);
+      try {
+        const bodies = Array.from({ length: RACERS }, (_, i) => Buffer.from(`racer ${i} of ${RACERS}`));
+        const statuses = await Promise.all(
+          bodies.map((b) =>
+            client
+              .send(
+                new PutObjectCommand({
+                  Bucket: h.bucket,
+                  Key: key,
+                  Body: b,
+                  ContentLength: b.length,
+                  IfNoneMatch: "*",
+                }),
+              )
+              .then(
+                (r) => r.$metadata.httpStatusCode,
+                (e: { $metadata?: { httpStatusCode?: number } }) => e.$metadata?.httpStatusCode,
+              ),
+          ),
+        );
+        assert.equal(arrived(), RACERS, "all raced");
+        assert.deepEqual(
+          [...statuses].sort(),
+          [200, ...Array(RACERS - 1).fill(412)],
+          `statuses: ${statuses.join(" ")}`,
+        );
+        const winner = bodies[statuses.indexOf(200)];
+        const got = await h.raw.send(new GetObjectCommand({ Bucket: h.bucket, Key: key }));
+        assert.deepEqual(Buffer.from((await got.Body?.transformToByteArray()) ?? []), winner, "the winner's body");
+      } finally {
+        client.destroy();
+      }
+    }),
+  );
+
+  it(
+    `${RACERS} concurrent create() of one new block: one stores it, the others are refused (false); it reads back, marked`,
+    behindProxy(true, { conditionalWrites: true }, async (h, proxy) => {
+      const arrived = startTogether(proxy, RACERS, `/${h.bucket}/${TEST_HASH}`);
+      const created = await Promise.all(Array.from({ length: RACERS }, () => h.volume.create(TEST_HASH, TEST_BLOCK)));
+      assert.equal(arrived(), RACERS, "all raced");
+      assert.equal(created.filter((c) => c).length, 1, `created: ${created.join(" ")}`);
+      assert.equal(proxy.requests("PUT", `/${h.bucket}/${TEST_HASH}`).length, RACERS, "each sent its conditional PUT");
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+      assert.ok(await exists(h.raw, h.bucket, `recent/${TEST_HASH}`), "its recent/ marker is there");
+      assert.equal(await h.volume.exists(TEST_HASH), true);
+    }),
+  );
+
+  it(
+    "concurrent create() of an MD5 collision's two messages: exactly one is stored, every other create is refused, never overwriting it",
+    behindProxy(true, { conditionalWrites: true }, async (h, proxy) => {
+      const arrived = startTogether(proxy, RACERS, `/${h.bucket}/${MD5_COLLISION_HASH}`);
+      const sent = Array.from({ length: RACERS }, (_, i) => MD5_COLLISION[i % 2] as Buffer);
+      const created = await Promise.all(sent.map((b) => h.volume.create(MD5_COLLISION_HASH, b)));
+      assert.equal(arrived(), RACERS, "all raced");
+      assert.equal(created.filter((c) => c).length, 1, `created: ${created.join(" ")}`);
+      const winner = sent[created.indexOf(true)];
+      assert.deepEqual(await collect((await h.volume.read(MD5_COLLISION_HASH)).body), winner, "the winner's bytes");
+      // The other message, created again now: still refused, the winner's copy unchanged.
+      const loser = MD5_COLLISION[winner === MD5_COLLISION[0] ? 1 : 0];
+      assert.equal(await h.volume.create(MD5_COLLISION_HASH, loser), false);
+      assert.deepEqual(await collect((await h.volume.read(MD5_COLLISION_HASH)).body), winner);
+      assert.ok(await exists(h.raw, h.bucket, `recent/${MD5_COLLISION_HASH}`));
+    }),
   );
 
   for (const setting of [false, true]) {
