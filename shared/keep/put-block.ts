@@ -12,6 +12,7 @@ import {
   VolumeUnavailableError,
 } from "../errors.js";
 import type { Logger } from "../log.js";
+import type { CreateOutcome } from "../volume/volume.js";
 import { lockstepTee, sameBytes, verifiedUpload } from "./block-streams.js";
 import { type Mount, orderForBlock } from "./mount.js";
 import { PutProgress } from "./put-progress.js";
@@ -75,9 +76,9 @@ export async function putBlock(
     !(await only.volume.isFull?.().catch(() => false))
   ) {
     const body = await collect(verifiedUpload(req.body, hash, req.locator, req.contentLength));
-    let created: boolean;
+    let outcome: CreateOutcome;
     try {
-      created = await only.volume.create(hash, body, { signal });
+      outcome = await only.volume.create(hash, body, { signal });
     } catch (err) {
       // The one mount's write failed: the full plan's answer, without its retries again.
       if (signal?.aborted || (err instanceof KeepError && isClientError(err))) throw err;
@@ -86,9 +87,10 @@ export async function putBlock(
       throw new VolumeUnavailableError("volume unavailable", { cause: err });
     }
     // Refused: something is stored. A live copy is what the plan would compare and touch: do
-    // that with the one read (no existence check first). A trashed copy reads as NotFound,
-    // and any other failure may be passing: the full plan decides those.
-    if (created || (await compareAndTouch(only, hash, body, signal))) {
+    // that with the one read (no existence check first; no touch either when the refusal
+    // already dated the copy now). A trashed copy reads as NotFound, and any other failure
+    // may be passing: the full plan decides those.
+    if (outcome === "created" || (await compareAndTouch(only, hash, body, signal, outcome === "exists-touched"))) {
       progress.add(only);
       return {
         locator: `${hash}+${body.length}`,
@@ -200,8 +202,18 @@ function asSent(err: HashMismatchError, hash: string, locator: string): HashMism
   });
 }
 
-/** True when `m` holds these very bytes and they were touched; CollisionError when it holds others. */
-async function compareAndTouch(m: Mount, hash: string, body: Uint8Array, signal?: AbortSignal): Promise<boolean> {
+/**
+ * True when `m` holds these very bytes and they were touched; CollisionError when it holds
+ * others. `touched`: the copy's mtime was set to now before this read (Volume.create), so the
+ * read finding it is the touch's own liveness check, and no touch follows.
+ */
+async function compareAndTouch(
+  m: Mount,
+  hash: string,
+  body: Uint8Array,
+  signal: AbortSignal | undefined,
+  touched: boolean,
+): Promise<boolean> {
   let stored: Awaited<ReturnType<Mount["volume"]["read"]>>;
   try {
     stored = await m.volume.read(hash, signal);
@@ -210,6 +222,7 @@ async function compareAndTouch(m: Mount, hash: string, body: Uint8Array, signal?
     return false;
   }
   if (!(await sameBytes(once(body), stored.body))) throw new CollisionError();
+  if (touched) return true;
   try {
     await (stored.touch ? stored.touch() : m.volume.touch(hash));
     return true;

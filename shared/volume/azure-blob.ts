@@ -48,6 +48,7 @@ import { openBlob, putBlobBuffered, putBlobStreamed, readRanges, readWhole, stag
 import { EXPIRES_KEY, TRASH_TAG, TrashSweeper, tagValue } from "./azure-sweep.js";
 import {
   type BlockData,
+  type CreateOutcome,
   type EmptyTrashReport,
   existsByMtime,
   type IndexEntry,
@@ -249,11 +250,11 @@ export class AzureBlobVolume implements Volume {
   }
 
   /** One conditional Put Blob (If-None-Match: *), which Azurite enforces as Azure does. */
-  async create(hash: string, data: Uint8Array, opts: { signal?: AbortSignal } = {}): Promise<boolean> {
+  async create(hash: string, data: Uint8Array, opts: { signal?: AbortSignal } = {}): Promise<CreateOutcome> {
     this.check(hash);
     if (data.length > BLOCK_SIZE) throw new TooLargeError();
     try {
-      return await putBlobBuffered(
+      const created = await putBlobBuffered(
         { conn: this.conn, stats: this.stats },
         hash,
         data,
@@ -263,6 +264,8 @@ export class AzureBlobVolume implements Volume {
           signal: opts.signal,
         },
       );
+      // A refused Put Blob wrote nothing, the touch metadata included.
+      return created ? "created" : "exists";
     } catch (err) {
       throw this.translateError(err, opts.signal);
     }

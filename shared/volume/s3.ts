@@ -46,6 +46,7 @@ import { emptyTrash } from "./s3-sweep.js";
 import { collectBody, HeldBackBody, verifyStaged } from "./s3-upload.js";
 import {
   type BlockData,
+  type CreateOutcome,
   type EmptyTrashReport,
   type IndexEntry,
   type PresignedUpload,
@@ -146,29 +147,35 @@ export class S3Volume implements Volume {
    * A small new block in as few requests as the service allows. Where S3 honours
    * If-None-Match: * on PutObject, this is the write below with that condition: the marker and
    * the data PUT, overlapping, and no existence check first. A refusal (412, or 409 while
-   * another conditional write of the key is in flight) means a live copy is there: false, and
-   * the service compares and touches it (the marker this wrote already dates it now, as the
-   * touch would). A trashed block has no data object (trash moves it), so it is created live,
-   * as the full PUT would. Where the service ignores the condition (s3rver, older S3-compatible
+   * another conditional write of the key is in flight) means a copy is there, and the service
+   * compares it. A trashed block has no data object (trash moves it), so it is created live, as
+   * the full PUT would. Where the service ignores the condition (s3rver, older S3-compatible
    * servers) a conditional PUT would overwrite a stored copy without the compare that catches
    * a collision, so it is never sent: an existence check, then the write.
+   *
+   * A refusal after our marker was written is "exists-touched": the marker already dates the
+   * stored copy now, and the service's read of that copy comes after the marker, so it is the
+   * liveness check touch() would make after its own marker (RACES (2): a Trash whose second
+   * look came before our marker had deleted the data before it, and that read finds the data
+   * gone, or restored from trash/ by fixRace). A re-PUT of a stored block then costs the marker,
+   * the refused PUT and the read: 3 requests instead of 5.
    */
-  async create(hash: string, data: Uint8Array, opts: { signal?: AbortSignal } = {}): Promise<boolean> {
+  async create(hash: string, data: Uint8Array, opts: { signal?: AbortSignal } = {}): Promise<CreateOutcome> {
     const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     const once = async function* () {
       yield body;
     };
     if (!(await this.conditionalWrites())) {
-      if (await this.exists(hash)) return false;
+      if (await this.exists(hash)) return "exists";
       await this.writeBlock(hash, once(), { size: body.length, signal: opts.signal }, false);
-      return true;
+      return "created";
     }
     try {
       await this.writeBlock(hash, once(), { size: body.length, signal: opts.signal }, true);
-      return true;
+      return "created";
     } catch (err) {
-      if (err instanceof ConditionNotMetError) return false;
-      throw err;
+      if (!(err instanceof RefusedWrite)) throw err;
+      return err.marked ? "exists-touched" : "exists";
     }
   }
 
@@ -242,7 +249,9 @@ export class S3Volume implements Volume {
       if (body.length === 0) {
         // Nothing to hold back: the marker, then the data.
         await mark();
-        return this.putBlock(key, hash, body, 0, opts.signal, ifAbsent);
+        return this.putBlock(key, hash, body, 0, opts.signal, ifAbsent).catch(async (err) => {
+          throw err instanceof ConditionNotMetError ? await refused(err, marked) : err;
+        });
       }
       size = body.length;
       source = (async function* () {
@@ -272,6 +281,7 @@ export class S3Volume implements Volume {
       );
     } catch (err) {
       if (src.sourceError !== undefined) throw src.sourceError;
+      if (err instanceof ConditionNotMetError) throw await refused(err, marked);
       if (stop.signal.aborted) await marked; // the marker failed: that is the error to report
       if (!src.canRetry || !(err instanceof VolumeUnavailableError) || opts.signal?.aborted) throw err;
       const body = await src.rest();
@@ -507,4 +517,28 @@ export class S3Volume implements Volume {
   async close(): Promise<void> {
     this.client.destroy();
   }
+}
+
+/** A conditional PUT the service refused; `marked`: our marker had been written by then. */
+class RefusedWrite extends ConditionNotMetError {
+  constructor(
+    cause: ConditionNotMetError,
+    readonly marked: boolean,
+  ) {
+    super(cause.message, { cause });
+  }
+}
+
+/**
+ * The refusal of a conditional PUT, once the marker started beside it has settled (a refusal
+ * may come back before the marker's answer, or before the marker was started at all).
+ */
+async function refused(err: ConditionNotMetError, marker: Promise<void> | undefined): Promise<RefusedWrite> {
+  const marked = marker
+    ? await marker.then(
+        () => true,
+        () => false,
+      )
+    : false;
+  return new RefusedWrite(err, marked);
 }

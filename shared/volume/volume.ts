@@ -44,6 +44,9 @@ export interface PresignedUpload {
   expiresAt: Date;
 }
 
+/** What Volume.create() did (see there). */
+export type CreateOutcome = "created" | "exists" | "exists-touched";
+
 export interface WriteOptions {
   /** The exact number of bytes `data` yields, when the caller knows it. */
   size?: number;
@@ -93,13 +96,18 @@ export interface Volume {
   /**
    * Store a small block only if nothing at all (live or trashed) is stored under `hash`, in one
    * backend request with a condition the backend enforces (Azure: Put Blob with
-   * If-None-Match: *). True: stored, as write() would. False: something is there and nothing
-   * was written; the service then runs the full PUT algorithm (compare, touch or overwrite a
-   * trashed copy). Offered only by backends whose condition the tests can exercise: it lets a
-   * PUT of a new block cost one request instead of an existence check and a write.
-   * The caller has already checked `data` against `hash`.
+   * If-None-Match: *). Offered only by backends whose condition the tests can exercise: it lets
+   * a PUT of a new block cost one request instead of an existence check and a write.
+   * The caller has already checked `data` against `hash`. The outcome:
+   *  - "created": stored, as write() would.
+   *  - "exists": something is there and nothing was written; the service then runs the full
+   *    PUT algorithm (compare, touch or overwrite a trashed copy).
+   *  - "exists-touched": something is there, and the stored block's mtime was set to now
+   *    before create() returned (S3 writes the recent/ marker beside the conditional PUT). A
+   *    read of the copy that succeeds after this is then what touch() would add (the data
+   *    still there after the new mtime), so the service compares the bytes and touches no more.
    */
-  create?(hash: string, data: Uint8Array, opts?: { signal?: AbortSignal }): Promise<boolean>;
+  create?(hash: string, data: Uint8Array, opts?: { signal?: AbortSignal }): Promise<CreateOutcome>;
 
   /** Set the block's mtime to now. NotFoundError if absent or trashed. */
   touch(hash: string): Promise<void>;

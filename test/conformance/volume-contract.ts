@@ -297,26 +297,34 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
           return;
         }
         const create = h.volume.create.bind(h.volume);
-        assert.equal(await create(TEST_HASH, TEST_BLOCK), true);
+        assert.equal(await create(TEST_HASH, TEST_BLOCK), "created");
         assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
         assert.equal(await h.volume.exists?.(TEST_HASH), true);
-        // Different bytes under the same name (a collision): refused, the stored copy unchanged.
-        assert.equal(await create(MD5_COLLISION_HASH, MD5_COLLISION[0]), true);
-        assert.equal(await create(MD5_COLLISION_HASH, MD5_COLLISION[1]), false);
+        // Different bytes under the same name (a collision): refused, the stored bytes
+        // unchanged. The mtime moves to now exactly when the outcome says so, since the service
+        // then touches the copy no more.
+        assert.equal(await create(MD5_COLLISION_HASH, MD5_COLLISION[0]), "created");
+        await h.setMtime(MD5_COLLISION_HASH, clock.now() - 2 * TTL);
+        const before = await h.volume.mtime(MD5_COLLISION_HASH);
+        const refused = await create(MD5_COLLISION_HASH, MD5_COLLISION[1]);
+        assert.ok(refused === "exists" || refused === "exists-touched", `refused, not ${refused}`);
+        const after = await h.volume.mtime(MD5_COLLISION_HASH);
+        if (refused === "exists") assert.equal(after, before, "exists: nothing written, the mtime too");
+        else assert.ok(after >= msToNs(clock.now() - res), "exists-touched: the mtime is now");
         assert.deepEqual(await readAll(h.volume, MD5_COLLISION_HASH), MD5_COLLISION[0]);
         // A trashed copy: refused (Azure: the trashed blob holds the name; the service then
         // runs the full PUT, which overwrites it), or stored live (S3: trash moved the data
         // object away), as the full PUT would.
         await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
         await h.volume.trash(TEST_HASH);
-        if (await create(TEST_HASH, TEST_BLOCK)) {
+        if ((await create(TEST_HASH, TEST_BLOCK)) === "created") {
           assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
         } else {
           await assert.rejects(h.volume.read(TEST_HASH), NotFoundError);
           await h.volume.untrash(TEST_HASH);
           assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
         }
-        assert.equal(await create(EMPTY_HASH, EMPTY_BLOCK), true);
+        assert.equal(await create(EMPTY_HASH, EMPTY_BLOCK), "created");
         assert.deepEqual(await readAll(h.volume, EMPTY_HASH), EMPTY_BLOCK);
       }),
     );

@@ -15,8 +15,11 @@ import {
   type S3Client,
 } from "@aws-sdk/client-s3";
 import { FakeClock, msToNs } from "../../shared/clock.js";
-import { HashMismatchError, NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
+import { CollisionError, HashMismatchError, NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
+import { Mount } from "../../shared/keep/mount.js";
+import { putBlock } from "../../shared/keep/put-block.js";
 import { isHash } from "../../shared/locator.js";
+import { silentLogger } from "../../shared/log.js";
 import { PROBE_KEY, S3Volume } from "../../shared/volume/s3.js";
 import { chunks, collect, MD5_COLLISION, MD5_COLLISION_HASH, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { describeVolumeContract, type HarnessParams, type VolumeHarness } from "../conformance/volume-contract.js";
@@ -915,20 +918,26 @@ describe("s3 volume: create() of a small new block", () => {
   const other = Buffer.from("other bytes under TEST_HASH: a collision, as far as S3 can tell");
   /** A volume behind a fresh proxy; `honoured`: the proxy enforces If-None-Match as S3 does. */
   const behindProxy =
-    (honoured: boolean, o: Opts, fn: (h: S3Harness, proxy: S3Proxy) => Promise<void>, intercept?: Interceptor) =>
+    (
+      honoured: boolean,
+      o: Opts,
+      fn: (h: S3Harness, proxy: S3Proxy, clock: FakeClock) => Promise<void>,
+      intercept?: Interceptor,
+    ) =>
     async () => {
       const proxy = await S3Proxy.start(server.endpoint);
       proxy.enforceIfNoneMatch = honoured;
       proxy.intercept = intercept;
+      const clock = new FakeClock();
       const h = await s3Harness(
-        { clock: new FakeClock(), signingTtlMs: MIN, trashLifetimeMs: HOUR },
+        { clock, signingTtlMs: MIN, trashLifetimeMs: HOUR },
         {
           ...o,
           endpoint: proxy.url,
         },
       );
       try {
-        await fn(h, proxy);
+        await fn(h, proxy, clock);
       } finally {
         await h.teardown();
         await proxy.close();
@@ -941,7 +950,7 @@ describe("s3 volume: create() of a small new block", () => {
       assert.equal(await h.volume.conditionalWrites(), true, "the probe saw a 412");
       assert.equal(proxy.requests("PUT", PROBE_KEY).length, 2);
       proxy.log.length = 0;
-      assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), true);
+      assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), "created");
       assert.deepEqual(
         proxy.log
           .map((r) =>
@@ -951,7 +960,7 @@ describe("s3 volume: create() of a small new block", () => {
         [`PUT ${TEST_HASH} *`, `PUT recent/${TEST_HASH}`],
       );
       proxy.log.length = 0;
-      assert.equal(await h.volume.create(TEST_HASH, other), false, "refused: compare and touch are the service's");
+      assert.equal(await h.volume.create(TEST_HASH, other), "exists-touched", "refused, after the marker dated it now");
       assert.equal(proxy.requests("HEAD", TEST_HASH).length, 0, "no existence check");
       assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK, "the stored copy unchanged");
       assert.equal(await h.volume.conditionalWrites(), true);
@@ -964,11 +973,11 @@ describe("s3 volume: create() of a small new block", () => {
     behindProxy(false, {}, async (h, proxy) => {
       assert.equal(await h.volume.conditionalWrites(), false, "the second probe PUT succeeded");
       proxy.log.length = 0;
-      assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), true);
+      assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), "created");
       assert.equal(proxy.requests("HEAD", TEST_HASH).length, 1);
       assert.ok(proxy.log.every((r) => r.headers["if-none-match"] === undefined));
       // Had the condition been sent, s3rver would have overwritten the stored copy here.
-      assert.equal(await h.volume.create(TEST_HASH, other), false);
+      assert.equal(await h.volume.create(TEST_HASH, other), "exists", "an existence check writes no marker");
       assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
     }),
   );
@@ -979,8 +988,8 @@ describe("s3 volume: create() of a small new block", () => {
       true,
       {},
       async (h, proxy) => {
-        assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), true);
-        assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), false);
+        assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), "created");
+        assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), "exists");
         assert.equal(proxy.requests("PUT", PROBE_KEY).length, 1, "asked once, not once per PUT");
         assert.equal(proxy.requests("HEAD", TEST_HASH).length, 2, "existence checks instead");
       },
@@ -1053,12 +1062,16 @@ describe("s3 volume: create() of a small new block", () => {
   );
 
   it(
-    `${RACERS} concurrent create() of one new block: one stores it, the others are refused (false); it reads back, marked`,
+    `${RACERS} concurrent create() of one new block: one stores it, the others are refused; it reads back, marked`,
     behindProxy(true, { conditionalWrites: true }, async (h, proxy) => {
       const arrived = startTogether(proxy, RACERS, `/${h.bucket}/${TEST_HASH}`);
       const created = await Promise.all(Array.from({ length: RACERS }, () => h.volume.create(TEST_HASH, TEST_BLOCK)));
       assert.equal(arrived(), RACERS, "all raced");
-      assert.equal(created.filter((c) => c).length, 1, `created: ${created.join(" ")}`);
+      assert.equal(created.filter((c) => c === "created").length, 1, `created: ${created.join(" ")}`);
+      assert.ok(
+        created.every((c) => c === "created" || c === "exists-touched"),
+        `each refusal came after its marker: ${created.join(" ")}`,
+      );
       assert.equal(proxy.requests("PUT", `/${h.bucket}/${TEST_HASH}`).length, RACERS, "each sent its conditional PUT");
       assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
       assert.ok(await exists(h.raw, h.bucket, `recent/${TEST_HASH}`), "its recent/ marker is there");
@@ -1073,22 +1086,147 @@ describe("s3 volume: create() of a small new block", () => {
       const sent = Array.from({ length: RACERS }, (_, i) => MD5_COLLISION[i % 2] as Buffer);
       const created = await Promise.all(sent.map((b) => h.volume.create(MD5_COLLISION_HASH, b)));
       assert.equal(arrived(), RACERS, "all raced");
-      assert.equal(created.filter((c) => c).length, 1, `created: ${created.join(" ")}`);
-      const winner = sent[created.indexOf(true)];
+      assert.equal(created.filter((c) => c === "created").length, 1, `created: ${created.join(" ")}`);
+      const winner = sent[created.indexOf("created")];
       assert.deepEqual(await collect((await h.volume.read(MD5_COLLISION_HASH)).body), winner, "the winner's bytes");
       // The other message, created again now: still refused, the winner's copy unchanged.
       const loser = MD5_COLLISION[winner === MD5_COLLISION[0] ? 1 : 0];
-      assert.equal(await h.volume.create(MD5_COLLISION_HASH, loser), false);
+      assert.equal(await h.volume.create(MD5_COLLISION_HASH, loser), "exists-touched");
       assert.deepEqual(await collect((await h.volume.read(MD5_COLLISION_HASH)).body), winner);
       assert.ok(await exists(h.raw, h.bucket, `recent/${MD5_COLLISION_HASH}`));
     }),
   );
 
+  // A re-PUT of a stored small block through the PUT algorithm, on one S3 mount where the
+  // service honours the condition: the refused create's marker dates the copy now, and the
+  // compare's GET after it is the check that the data is still there (RACES (2)).
+  const mountOf = (h: S3Harness) =>
+    new Mount({
+      uuid: "zzzzz-nyw5e-000000000000001",
+      volume: h.volume,
+      replication: 2,
+      storageClasses: ["default"],
+      readOnly: false,
+    });
+  const putThrough = (m: Mount, body: Uint8Array = TEST_BLOCK, hash = TEST_HASH) =>
+    putBlock(
+      [m],
+      { hash, locator: hash, body: chunks(body), contentLength: body.length, storageClasses: [] },
+      { defaultStorageClasses: ["default"], logger: silentLogger() },
+    );
+  const request = (h: S3Harness, r: { method: string; path: string; headers: Record<string, unknown> }) =>
+    `${r.method} ${r.path.split("?")[0]?.replace(`/${h.bucket}/`, "")} ${r.headers["if-none-match"] ?? ""}`.trim();
+
+  it(
+    "a re-PUT of a stored block is 3 requests (marker, refused conditional PUT, the compare's GET), not 5: no touch after the compare",
+    behindProxy(true, { conditionalWrites: true }, async (h, proxy, clock) => {
+      const m = mountOf(h);
+      assert.equal((await putThrough(m)).replicas, 2);
+      await h.setMtime(TEST_HASH, clock.now() - 2 * MIN);
+      const before = await h.volume.mtime(TEST_HASH);
+      proxy.log.length = 0;
+      const r = await putThrough(m);
+      assert.deepEqual(
+        [r.locator, r.replicas, r.classesConfirmed],
+        [`${TEST_HASH}+${TEST_BLOCK.length}`, 2, "default=2"],
+      );
+      assert.deepEqual(proxy.log.map((x) => request(h, x)).sort(), [
+        `GET ${TEST_HASH}`,
+        `PUT ${TEST_HASH} *`,
+        `PUT recent/${TEST_HASH}`,
+      ]);
+      const after = await h.volume.mtime(TEST_HASH);
+      assert.ok(after > before && after >= msToNs(clock.now() - 1000), "the block is dated now");
+      // Different bytes under one hash (an MD5 collision): still the reference's 500 hash
+      // collision, the stored copy unchanged.
+      await putThrough(m, MD5_COLLISION[0], MD5_COLLISION_HASH);
+      await assert.rejects(putThrough(m, MD5_COLLISION[1], MD5_COLLISION_HASH), CollisionError);
+      assert.deepEqual(await collect((await h.volume.read(MD5_COLLISION_HASH)).body), MD5_COLLISION[0]);
+    }),
+  );
+
+  it(
+    "a refused create of 2 MiB (marker held back behind the body) says exists-touched only if the marker went out",
+    behindProxy(true, { conditionalWrites: true }, async (h, _proxy, clock) => {
+      const block = Buffer.alloc(2 << 20, 0x32);
+      const hash = createHash("md5").update(block).digest("hex");
+      assert.equal(await h.volume.create(hash, block), "created");
+      await h.setMtime(hash, clock.now() - 2 * MIN);
+      const before = await h.volume.mtime(hash);
+      const outcome = await h.volume.create(hash, block);
+      const after = await h.volume.mtime(hash);
+      if (outcome === "exists") assert.equal(after, before, "exists: no marker, the mtime unchanged");
+      else {
+        assert.equal(outcome, "exists-touched");
+        assert.ok(after >= msToNs(clock.now() - 1000), "exists-touched: dated now");
+      }
+    }),
+  );
+
+  {
+    // Trash racing that re-PUT in the worst order: Trash judges the old marker, moves the data
+    // to trash/ and looks at the marker again, all while our marker is in flight (held here).
+    // The refused create then reports the copy dated now, and the compare's GET finds the data
+    // gone: the read repairs the race from trash/ (fixRace), and the block is live, not trashed.
+    // 64 KiB, so the conditional PUT goes out (and is refused) while the marker is held: of a
+    // body under 16 KiB nothing is sent before the marker is written (HeldBackBody).
+    const block = Buffer.alloc(64 << 10, 0x6b);
+    const hash = createHash("md5").update(block).digest("hex");
+    let holdMarker = false;
+    let markerHeld!: () => void;
+    const held = new Promise<void>((r) => (markerHeld = r));
+    let letGo!: () => void;
+    const gate = new Promise<void>((r) => (letGo = r));
+    it(
+      "a Trash that runs while a re-PUT's marker is in flight cannot leave the acknowledged block trashed",
+      behindProxy(
+        true,
+        { conditionalWrites: true },
+        async (h, proxy, clock) => {
+          const m = mountOf(h);
+          await putThrough(m, block, hash);
+          await h.setMtime(hash, clock.now() - 2 * MIN);
+          holdMarker = true;
+          let settled = false;
+          const reput = putThrough(m, block, hash).finally(() => {
+            settled = true;
+          });
+          await held;
+          await h.volume.trash(hash);
+          assert.equal(await h.volume.exists(hash), false, "trashed while the marker was held");
+          // Writes of the data object (a CopyObject is a PUT too: the repair below).
+          const writes = () =>
+            proxy.requests("PUT", `/${h.bucket}/${hash}`).filter((r) => !r.headers["x-amz-copy-source"]);
+          const copies = () =>
+            proxy.requests("PUT", `/${h.bucket}/${hash}`).filter((r) => r.headers["x-amz-copy-source"]);
+          assert.equal(writes().length, 2, "the re-PUT's conditional PUT went out while the marker was held");
+          assert.equal(settled, false, "the refused create waits for its marker before the service reads");
+          letGo();
+          assert.equal((await reput).replicas, 2);
+          assert.equal(writes().length, 2, "and was refused: no write after it");
+          assert.equal(copies().length, 1, "the compare's read found the data gone and restored it from trash/");
+          // Live at once (a HEAD of the data object; no read that could repair it later).
+          assert.equal(await h.volume.exists(hash), true, "live");
+          assert.deepEqual(await collect((await h.volume.read(hash)).body), block);
+          const listed = [];
+          for await (const e of h.volume.index("")) listed.push(e.hash);
+          assert.deepEqual(listed, [hash], "and indexed");
+        },
+        (r) => {
+          if (!holdMarker || r.method !== "PUT" || !r.path.includes(`recent/${hash}`)) return undefined;
+          holdMarker = false;
+          markerHeld();
+          return gate.then(() => undefined);
+        },
+      ),
+    );
+  }
+
   for (const setting of [false, true]) {
     it(
       `conditionalWrites: ${setting} sends no probe${setting ? " and no existence check" : ""}`,
       behindProxy(true, { conditionalWrites: setting }, async (h, proxy) => {
-        assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), true);
+        assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), "created");
         assert.equal(proxy.requests("PUT", PROBE_KEY).length, 0);
         assert.equal(proxy.requests("HEAD", TEST_HASH).length, setting ? 0 : 1);
       }),
