@@ -132,13 +132,20 @@ async function conditionalPutRequests(s3: S3rver): Promise<void> {
       if (r.statusCode !== 200) throw new Error(`PUT ${r.statusCode}`);
     };
     await put(bytes(64 << 10, 9000)); // the first PUT also probes (keepfn/conditional-write-probe, twice)
+    const stored: string[] = [];
     for (const size of [64 << 10, MAX_BINARY_BODY]) {
+      const data = bytes(size, 9100 + size);
       proxy.log.length = 0;
-      await put(bytes(size, 9100 + size));
+      await put(data);
       counts.push(`${size} B: ${proxy.log.map((x) => x.method).join(" + ")} (${proxy.log.length} requests)`);
+      // The same block again: the refused create's marker dates it, the compare's GET reads it.
+      proxy.log.length = 0;
+      await put(data);
+      stored.push(`${size} B: ${proxy.log.map((x) => x.method).join(" + ")} (${proxy.log.length} requests)`);
     }
     process.stdout.write(
-      `PUT of a new block where S3 honours If-None-Match: * (probed; via a proxy enforcing it as S3 does): ${counts.join("; ")}; 3 requests where it does not (s3rver above)\n`,
+      `PUT of a new block where S3 honours If-None-Match: * (probed; via a proxy enforcing it as S3 does): ${counts.join("; ")}; 3 requests where it does not (s3rver above)\n` +
+        `PUT of that block again (stored: compared, dated by the refused create's marker): ${stored.join("; ")}\n`,
     );
   } finally {
     await host.close();
