@@ -50,7 +50,7 @@ export function createLambdaHost(env: () => NodeJS.ProcessEnv, deps: AppDeps = {
         headers: { "content-type": "text/plain; charset=utf-8" },
       });
     }
-    return a.handler(req);
+    return a.handler(req, { remoteAddr: event.requestContext?.http?.sourceIp });
   };
   return {
     app,

@@ -13,7 +13,7 @@ export function nodeListener(handler: FetchHandler, onError: (err: unknown) => v
     });
     try {
       const request = toRequest(req, abort.signal);
-      const response = await handler(request);
+      const response = await handler(request, { remoteAddr: remoteAddr(req.socket) });
       await writeResponse(response, req, res, abort.signal);
     } catch (err) {
       onError(err);
@@ -23,6 +23,13 @@ export function nodeListener(handler: FetchHandler, onError: (err: unknown) => v
       } else res.destroy();
     }
   };
+}
+
+/** The client's address as the reference reports it: "ip:port", "[ip]:port" for IPv6. */
+export function remoteAddr(socket: { remoteAddress?: string; remotePort?: number }): string {
+  const ip = socket.remoteAddress ?? "";
+  if (!ip) return "";
+  return `${ip.includes(":") ? `[${ip}]` : ip}:${socket.remotePort ?? 0}`;
 }
 
 /** A web Request for a node:http request: raw path kept, body streamed with backpressure. */

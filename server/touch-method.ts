@@ -4,6 +4,7 @@
 // handler, and write its answer on the socket. Anything else keeps Node's 400.
 import type { Socket } from "node:net";
 import type { FetchHandler } from "../shared/http/router.js";
+import { remoteAddr } from "./node-adapter.js";
 
 export function handleTouchClientError(handler: FetchHandler) {
   return (err: Error & { code?: string; rawPacket?: Buffer }, socket: Socket): void => {
@@ -35,6 +36,7 @@ export function handleTouchClientError(handler: FetchHandler) {
         headers,
         signal: abort.signal,
       }),
+      { remoteAddr: remoteAddr(socket) },
     )
       .then(async (res) => {
         const body = Buffer.from(await res.arrayBuffer());

@@ -3,6 +3,7 @@
 import { type Clock, systemClock } from "./clock.js";
 import type { DriverSpec, KeepConfig } from "./config.js";
 import type { KeepServices } from "./http/context.js";
+import { InFlight } from "./http/in-flight.js";
 import { createKeepHandler, type FetchHandler } from "./http/router.js";
 import { Keepstore } from "./keep/keepstore.js";
 import { RequestLimiter } from "./keep/limits.js";
@@ -79,7 +80,9 @@ export async function createKeepApp(config: KeepConfig, deps: AppDeps = {}): Pro
     fetch: deps.fetch,
   });
   const limiter = new RequestLimiter(config.maxRequests, config.maxQueuedRequests);
+  const inFlight = new InFlight(clock);
   const metrics = new KeepMetrics(keep.mounts, {
+    inFlight,
     buffersInUse: () => keep.buffers.used,
     maxBuffers: config.maxBuffers,
     concurrent: () => limiter.active,
@@ -88,7 +91,7 @@ export async function createKeepApp(config: KeepConfig, deps: AppDeps = {}): Pro
     trashQueue: () => [trashWorker.queue.pending, trashWorker.queue.inProgress],
     pullQueue: () => [pullWorker.queue.pending, pullWorker.queue.inProgress],
   });
-  const services: KeepServices = { config, keep, trashWorker, pullWorker, metrics, clock, logger };
+  const services: KeepServices = { config, keep, trashWorker, pullWorker, metrics, clock, logger, inFlight };
   return {
     ...services,
     limiter,

@@ -1,5 +1,6 @@
 // Prometheus metrics with the reference's names (§1.9), one registry per app instance.
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { InFlight } from "./http/in-flight.js";
 import type { Mount } from "./keep/mount.js";
 
 export class KeepMetrics {
@@ -16,6 +17,7 @@ export class KeepMetrics {
       maxConcurrent: number;
       trashQueue: () => [number, number];
       pullQueue: () => [number, number];
+      inFlight: InFlight;
     },
   ) {
     const r = this.registry;
@@ -50,6 +52,14 @@ export class KeepMetrics {
       "arvados_keepstore_trash_queue_inprogress_entries",
       "Trash list entries in progress",
       () => sources.trashQueue()[1],
+    );
+    gauge("arvados_max_active_request_age_seconds", "Age of oldest active request", () =>
+      sources.inFlight.maxActiveAgeSeconds(),
+    );
+    gauge(
+      "arvados_max_abandoned_request_age_seconds",
+      "Maximum time since client hung up on a request whose processing is still running",
+      () => sources.inFlight.maxAbandonedAgeSeconds(),
     );
     gauge("arvados_keepstore_pull_queue_pending_entries", "Pull list entries waiting", () => sources.pullQueue()[0]);
     gauge(

@@ -9,6 +9,7 @@ import type { TrashWorker } from "../keep/trash-worker.js";
 import type { Logger } from "../log.js";
 import type { KeepMetrics } from "../metrics.js";
 import { constantTimeEqual } from "../signature.js";
+import type { InFlight } from "./in-flight.js";
 
 export interface KeepServices {
   config: KeepConfig;
@@ -18,6 +19,7 @@ export interface KeepServices {
   metrics: KeepMetrics;
   clock: Clock;
   logger: Logger;
+  inFlight: InFlight;
 }
 
 export interface RequestContext {

@@ -6,13 +6,20 @@ import type { RequestLimiter } from "../keep/limits.js";
 import { tokensFromRequest } from "../tokens.js";
 import type { KeepServices, RequestContext } from "./context.js";
 import { errorResponse, statusFor } from "./error-response.js";
+import { redactPath } from "./in-flight.js";
 import { deleteBlock, getBlock, putBlock, touchBlock, untrashBlock } from "./routes/blocks.js";
 import { index, mounts } from "./routes/listings.js";
-import { healthPing, metrics } from "./routes/ops.js";
+import { healthPing, inspectRequests, metrics } from "./routes/ops.js";
 import { commitRoute, presignRoute } from "./routes/two-step-upload.js";
 import { putPullList, putTrashList } from "./routes/work-lists.js";
 
-export type FetchHandler = (req: Request) => Promise<Response>;
+/** What a host knows of the connection that the Request does not carry. */
+export interface ConnectionInfo {
+  /** The client's address ("ip:port" where the host has it), for /_inspect/requests. */
+  remoteAddr?: string;
+}
+
+export type FetchHandler = (req: Request, conn?: ConnectionInfo) => Promise<Response>;
 
 type Route = (ctx: RequestContext, m: RegExpExecArray) => Promise<Response> | Response;
 
@@ -36,8 +43,12 @@ const ROUTES: Array<[string[], RegExp, Route]> = [
   ],
 ];
 
+/** The report of requests in flight, which (as in the reference) is not one of them. */
+const INSPECT = /^\/_inspect\/requests$/;
+
 /** Served before the request limiter, as the reference does. */
 const OPS_ROUTES: Array<[string[], RegExp, Route]> = [
+  [["GET"], INSPECT, (c) => inspectRequests(c)],
   [["GET"], /^\/_health\/ping$/, (c) => healthPing(c)],
   [["GET", "HEAD"], /^\/metrics$/, (c) => metrics(c, false)],
   [["GET", "HEAD"], /^\/metrics\.json$/, (c) => metrics(c, true)],
@@ -57,11 +68,16 @@ const CORS: Record<string, string> = {
 
 export function createKeepHandler(services: KeepServices, limiter: RequestLimiter): FetchHandler {
   const { logger, metrics: m } = services;
-  return async (req) => {
+  return async (req, conn) => {
     const started = performance.now();
     const url = new URL(req.url);
     const path = url.pathname;
     const requestId = req.headers.get("x-request-id") || `req-${randomId(20)}`;
+    // Tracked until its response is done: a streamed body hands this on (dispatch).
+    const track = {
+      done: INSPECT.test(path) ? () => {} : services.inFlight.add(req, url, requestId, conn?.remoteAddr),
+      handed: false,
+    };
     const headers = new Headers(CORS);
     headers.set("x-request-id", requestId);
     const deadline = NO_DEADLINE.test(path) ? undefined : deadlineSignal(services.config.requestTimeoutMs);
@@ -78,19 +94,24 @@ export function createKeepHandler(services: KeepServices, limiter: RequestLimite
     };
     let res: Response;
     try {
-      res = await dispatch(ctx, limiter);
+      res = await dispatch(ctx, limiter, track);
     } catch (err) {
       res = errorResponse(signal.aborted ? asCancel(signal) : err, headers);
       const status = res.status;
       if (status >= 500) logger.error({ err, requestId, method: req.method, path: redactPath(path) }, "request failed");
     }
+    if (!track.handed) track.done();
     m.requestDuration.observe({ method: req.method, code: String(res.status) }, (performance.now() - started) / 1000);
     logger.info({ requestId, method: req.method, path: redactPath(path), status: res.status }, "request");
     return res;
   };
 }
 
-async function dispatch(ctx: RequestContext, limiter: RequestLimiter): Promise<Response> {
+async function dispatch(
+  ctx: RequestContext,
+  limiter: RequestLimiter,
+  track: { done: () => void; handed: boolean },
+): Promise<Response> {
   const method = ctx.req.method;
   if (method === "OPTIONS") return new Response(null, { status: 200, headers: ctx.headers });
   for (const [methods, re, route] of OPS_ROUTES) {
@@ -120,7 +141,11 @@ async function dispatch(ctx: RequestContext, limiter: RequestLimiter): Promise<R
     release();
     return res;
   }
-  return holdUntilBodyDone(res, release);
+  track.handed = true;
+  return holdUntilBodyDone(res, () => {
+    release();
+    track.done();
+  });
 }
 
 /** A streamed response body keeps its request slot until it is fully sent or cancelled. */
@@ -183,11 +208,6 @@ function deadlineSignal(ms: number): AbortSignal | undefined {
 
 function asCancel(signal: AbortSignal): CancelledError {
   return new CancelledError("request cancelled or timed out", { cause: signal.reason });
-}
-
-/** Signed locators in paths carry signatures; logs keep only the hash and size. */
-function redactPath(path: string): string {
-  return path.replace(/\+A[0-9a-f]{40}@[0-9a-f]{8}/g, "+A[redacted]");
 }
 
 // Request ids draw from a pool refilled every 200 ids: randomBytes(20) per request was a

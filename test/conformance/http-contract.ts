@@ -23,6 +23,8 @@ export interface HostCaps {
   maxPutReason?: string;
   /** Why the host cannot receive the non-standard TOUCH method, if it cannot. */
   noTouchMethod?: string;
+  /** Why a request cannot be held in flight by its body, if the front end buffers bodies. */
+  buffersRequestBodies?: string;
 }
 
 export const KEY = "zfhgfenhffzltr9dixws36j1yhksjoll2grmku38mi7yxd66h5j4q9w4jzanezacp2s";
@@ -409,6 +411,83 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
         assert.equal((await fetch(`${url}/_health/ping`, { headers: bearer("wrong") })).status, 403);
         const h = await fetch(`${url}/_health/ping`, { headers: bearer(MGMT) });
         assert.deepEqual(await h.json(), { health: "OK" });
+      }),
+    );
+
+    it(
+      "/_inspect/requests: only with exactly 'Authorization: Bearer <management token>', else 401",
+      withHost({ managementToken: MGMT }, async (url) => {
+        const inspect = (headers: Record<string, string> = {}, query = "") =>
+          fetch(`${url}/_inspect/requests${query}`, { headers });
+        assert.equal((await inspect()).status, 401);
+        assert.equal((await inspect(bearer("wrong"))).status, 401);
+        assert.equal(
+          (await inspect({ authorization: `OAuth2 ${MGMT}` })).status,
+          401,
+          "the reference takes Bearer only",
+        );
+        assert.equal((await inspect({}, `?api_token=${MGMT}`)).status, 401);
+        const ok = await inspect(bearer(MGMT));
+        assert.equal(ok.status, 200);
+        assert.match(ok.headers.get("content-type") ?? "", /application\/json/);
+        assert.deepEqual(await ok.json(), [], "nothing in flight; the report is not one of its own entries");
+      }),
+    );
+
+    it(
+      "/_inspect/requests is 401 when no management token is configured",
+      withHost({}, async (url) => {
+        assert.equal((await fetch(`${url}/_inspect/requests`, { headers: bearer(MGMT) })).status, 401);
+      }),
+    );
+
+    it(
+      "/_inspect/requests lists a request in flight (credentials redacted, age from the clock) until it is done",
+      { skip: caps.buffersRequestBodies },
+      withHost({ managementToken: MGMT }, async (url, clock) => {
+        // A PUT whose body is held open keeps its request in flight.
+        let finish!: () => void;
+        const rest = new Promise<void>((r) => (finish = r));
+        const body = new ReadableStream<Uint8Array>({
+          async start(c) {
+            c.enqueue(FOO.subarray(0, 1));
+            await rest;
+            c.enqueue(FOO.subarray(1));
+            c.close();
+          },
+        });
+        const path = `/${FOO_HASH}+3+A${"0".repeat(40)}@7fffffff?api_token=user-secret`;
+        const putting = fetch(`${url}${path}`, {
+          method: "PUT",
+          body,
+          duplex: "half",
+          headers: { "x-request-id": "req-inspect-put" },
+        } as RequestInit);
+        const report = async () =>
+          (await (await fetch(`${url}/_inspect/requests`, { headers: bearer(MGMT) })).json()) as Array<
+            Record<string, unknown>
+          >;
+        let seen: Array<Record<string, unknown>> = [];
+        for (let i = 0; i < 200 && seen.length === 0; i++) {
+          seen = await report();
+          if (seen.length === 0) await new Promise((r) => setImmediate(r));
+        }
+        assert.equal(seen.length, 1, "the PUT is in flight");
+        clock.advance(5000);
+        const [entry] = await report();
+        assert.equal(entry?.RequestID, "req-inspect-put");
+        assert.equal(entry?.Method, "PUT");
+        assert.equal(entry?.URL, `/${FOO_HASH}+3+A[redacted]?api_token=[redacted]`);
+        assert.equal(entry?.Elapsed, 5);
+        assert.equal(typeof entry?.Host, "string");
+        assert.equal(typeof entry?.RemoteAddr, "string");
+        assert.ok(!JSON.stringify(entry).includes("user-secret"), "no token in the report");
+        const metrics = await (await fetch(`${url}/metrics`, { headers: bearer(MGMT) })).text();
+        assert.match(metrics, /^arvados_max_active_request_age_seconds 5$/m);
+        assert.match(metrics, /^arvados_max_abandoned_request_age_seconds 0$/m);
+        finish();
+        assert.equal((await putting).status, 200);
+        assert.deepEqual(await report(), [], "done: no longer listed");
       }),
     );
 

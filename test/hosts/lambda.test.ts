@@ -491,6 +491,8 @@ describeHttpContract(
     maxPutReason: "Lambda takes at most 6 MB per request: 64 MiB blocks use the two-step upload (tested below)",
     noTouchMethod:
       "Function URLs and API Gateway pass only standard HTTP methods (and node:http, the local front end, refuses TOUCH)",
+    buffersRequestBodies:
+      "a Function URL invokes the handler only once the whole body has arrived, so a held-open body never reaches it",
   },
 );
 

@@ -1,5 +1,6 @@
-// /metrics, /metrics.json and /_health/ping, behind the management token.
-import { NotFoundError } from "../../errors.js";
+// /metrics, /metrics.json, /_health/ping and /_inspect/requests, behind the management token.
+import { NotFoundError, UnauthorizedError } from "../../errors.js";
+import { constantTimeEqual } from "../../signature.js";
 import { type RequestContext, requireToken } from "../context.js";
 
 export async function metrics(ctx: RequestContext, json: boolean): Promise<Response> {
@@ -19,4 +20,18 @@ export function healthPing(ctx: RequestContext): Response {
   requireToken(ctx, ctx.services.config.managementToken);
   ctx.headers.set("content-type", "application/json");
   return new Response('{"health":"OK"}\n', { status: 200, headers: ctx.headers });
+}
+
+/**
+ * The requests being served, youngest first, as the reference's /_inspect/requests reports
+ * them. Its check is stricter than the other management routes': exactly
+ * `Authorization: Bearer <ManagementToken>`, and 401 for anything else, also when no token is
+ * configured.
+ */
+export function inspectRequests(ctx: RequestContext): Response {
+  const token = ctx.services.config.managementToken;
+  if (!token || !constantTimeEqual(ctx.req.headers.get("authorization") ?? "", `Bearer ${token}`))
+    throw new UnauthorizedError("unauthorized");
+  ctx.headers.set("content-type", "application/json");
+  return new Response(`${JSON.stringify(ctx.services.inFlight.list())}\n`, { status: 200, headers: ctx.headers });
 }
