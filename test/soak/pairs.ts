@@ -25,10 +25,17 @@ import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
 import { tryMount } from "../harness/fs-tools.js";
 import { IdentityStub } from "../harness/identity-stub.js";
 import { KeyVaultStub } from "../harness/keyvault-stub.js";
-import { followClock, S3rver } from "../harness/s3-server.js";
+import { followClock, S3Proxy, S3rver } from "../harness/s3-server.js";
 import { blockBytes, type Fault, type SoakTarget } from "./driver.js";
 
-export const PAIRS = ["server-posix", "server-azurite", "server-s3", "functions-azurite", "lambda-s3"] as const;
+export const PAIRS = [
+  "server-posix",
+  "server-azurite",
+  "server-s3",
+  "server-s3-conditional",
+  "functions-azurite",
+  "lambda-s3",
+] as const;
 export type PairName = (typeof PAIRS)[number];
 
 /** Secrets of a run: none of them may appear in a log line or an error body. */
@@ -328,11 +335,20 @@ export async function startPair(name: PairName): Promise<StartedPair> {
     () => s3.stop(),
     () => s3.restart(),
   );
-  if (name === "server-s3") {
+  if (name === "server-s3" || name === "server-s3-conditional") {
+    // "-conditional": S3 as AWS runs it, with If-None-Match and If-Match enforced (by a proxy
+    // in front of s3rver, which ignores both), so a small new block is one conditional PUT
+    // beside its marker and a re-PUT is dated by the refused create (Volume.create).
+    const proxy = name === "server-s3-conditional" ? await S3Proxy.start(s3.endpoint) : undefined;
+    if (proxy) {
+      proxy.enforceIfNoneMatch = true;
+      proxy.enforceIfMatch = true;
+    }
     const spec = {
       driver: "s3",
       bucket,
-      endpoint: s3.endpoint,
+      endpoint: proxy?.url ?? s3.endpoint,
+      conditionalWrites: proxy ? true : undefined,
       region: "us-east-1",
       accessKey: "S3RVER",
       secretKey: "S3RVER",
@@ -350,6 +366,7 @@ export async function startPair(name: PairName): Promise<StartedPair> {
       secrets: [],
       async close() {
         await srv.close(1000);
+        await proxy?.close();
         await s3.close();
       },
     };
