@@ -174,8 +174,10 @@ export class S3Volume implements Volume {
       await this.writeBlock(hash, once(), { size: body.length, signal: opts.signal }, true);
       return "created";
     } catch (err) {
-      if (!(err instanceof RefusedWrite)) throw err;
-      return err.marked ? "exists-touched" : "exists";
+      if (err instanceof RefusedWrite) return err.marked ? "exists-touched" : "exists";
+      // A refusal of the retry after a failed first attempt: refused all the same.
+      if (err instanceof ConditionNotMetError) return "exists";
+      throw err;
     }
   }
 

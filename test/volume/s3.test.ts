@@ -1145,6 +1145,31 @@ describe("s3 volume: create() of a small new block", () => {
     }),
   );
 
+  {
+    // The first conditional PUT fails (503, the SDK not retrying), the driver repeats it from
+    // memory, and that repeat is refused: a refusal all the same, not a failed write.
+    let failNext = false;
+    it(
+      "a conditional PUT refused on the driver's own retry is still 'exists'",
+      behindProxy(
+        true,
+        { conditionalWrites: true, maxAttempts: 1 },
+        async (h, proxy) => {
+          assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), "created");
+          failNext = true;
+          assert.equal(await h.volume.create(TEST_HASH, TEST_BLOCK), "exists");
+          assert.equal(proxy.requests("PUT", `/${h.bucket}/${TEST_HASH}`).length, 3, "created, failed, refused");
+          assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+        },
+        (r) => {
+          if (!failNext || r.method !== "PUT" || r.headers["if-none-match"] !== "*") return undefined;
+          failNext = false;
+          return Promise.resolve({ status: 503, code: "SlowDown" });
+        },
+      ),
+    );
+  }
+
   it(
     "a refused create of 2 MiB (marker held back behind the body) says exists-touched only if the marker went out",
     behindProxy(true, { conditionalWrites: true }, async (h, _proxy, clock) => {
