@@ -288,7 +288,7 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
     );
 
     it(
-      "create() stores a new block, refuses (writing nothing) when a live copy is there, and leaves a trashed one recoverable",
+      "create() stores a new block, refuses when a live copy is there (its bytes untouched, its mtime moved only if it says so), and leaves a trashed one recoverable",
       { skip: ro },
       withVolume(HOUR, async (h, clock, t) => {
         if (!h.volume.create) {
