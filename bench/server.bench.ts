@@ -192,14 +192,43 @@ export default async function run(): Promise<void> {
       // New blocks for PUT (a re-PUT compares with the stored copy instead of writing).
       const puts: number[] = [];
       const fresh = variants(data, RUNS, 1);
-      const cpu0 = threadCpuMs(pid);
-      const client0 = process.cpuUsage();
-      for (const { b, h } of fresh) {
-        const [p, t] = await timed(() => http("PUT", `${url}/${h}`, b));
-        if (p.status !== 200) throw new Error(`PUT ${p.status} ${p.text}`);
-        puts.push(BLOCK / MiB / t);
+      // The same bytes written by this process straight to a new file in the same file system
+      // and fsynced, before each PUT: what storing a new block costs here with no HTTP and no
+      // MD5. On this project's VM that cost flips between ~35 and ~175 ms per 64 MiB on disk
+      // (the kernel's copy into fresh page cache, whatever the write size, CPU or process;
+      // bench/RESULTS.md, 2026-12-07), and a PUT pays it too, so print it beside every PUT
+      // figure. Its files stay until the PUTs are done, so both draw on fresh page cache alike;
+      // the CPU figures below count the PUTs only.
+      const plainDir = await fs.mkdtemp(join(base, "keepfn-bench-plain-"));
+      const plain: number[] = [];
+      const cpuMs = new Map<string, number>();
+      let clientCpu = { user: 0, system: 0 };
+      try {
+        for (const [i, { b, h }] of fresh.entries()) {
+          const [, tw] = await timed(async () => {
+            const f = await fs.open(join(plainDir, `b${i}`), "wx");
+            try {
+              await f.write(b);
+              await f.sync();
+            } finally {
+              await f.close();
+            }
+          });
+          plain.push(BLOCK / MiB / tw);
+          const cpu0 = threadCpuMs(pid);
+          const client0 = process.cpuUsage();
+          const [p, t] = await timed(() => http("PUT", `${url}/${h}`, b));
+          const client = process.cpuUsage(client0);
+          for (const [tid, ms] of threadCpuMs(pid)) cpuMs.set(tid, (cpuMs.get(tid) ?? 0) + ms - (cpu0.get(tid) ?? 0));
+          clientCpu = { user: clientCpu.user + client.user, system: clientCpu.system + client.system };
+          if (p.status !== 200) throw new Error(`PUT ${p.status} ${p.text}`);
+          puts.push(BLOCK / MiB / t);
+        }
+      } finally {
+        await fs.rm(plainDir, { recursive: true, force: true });
       }
-      const cpu = cpuPerOp(cpu0, threadCpuMs(pid), pid, process.cpuUsage(client0), RUNS);
+      const cpu = cpuPerOp(new Map(), cpuMs, pid, clientCpu, RUNS);
+      const perRun = plain.map((w, i) => (puts[i] as number) / w);
       const reputs: number[] = [];
       const gets: number[] = [];
       for (let i = 0; i < RUNS; i++) {
@@ -241,6 +270,9 @@ export default async function run(): Promise<void> {
       }
       console.log(`[${label}] 64 MiB PUT (new block, Node): ${spread(puts)}  (target >= 0.70x)`);
       console.log(`[${label}]   CPU per PUT: ${cpu}`);
+      console.log(
+        `[${label}]   plain write + fsync of the same bytes to a new file, before each PUT: ${spread(plain)}; PUT ÷ that write, per run: median ${median(perRun).toFixed(2)}x`,
+      );
       console.log(
         `[${label}] 64 MiB PUT (new block, curl): ${curlPuts.length ? `${spread(curlPuts)}  (target >= 0.70x)` : "curl not installed: skipped"}`,
       );
