@@ -123,11 +123,11 @@ async function startServer(dir: string, extra: string[] = []) {
 }
 
 /** Run `fn` against a fresh server over a fresh volume directory under `base`. */
-async function withServer(base: string, fn: (url: string, pid: number) => Promise<void>): Promise<void> {
+async function withServer(base: string, fn: (url: string, pid: number, dir: string) => Promise<void>): Promise<void> {
   const dir = await fs.mkdtemp(join(base, "keepfn-bench-"));
   const { url, child } = await startServer(dir);
   try {
-    await fn(url, child.pid as number);
+    await fn(url, child.pid as number, dir);
   } finally {
     child.kill("SIGTERM");
     await fs.rm(dir, { recursive: true, force: true });
@@ -182,7 +182,7 @@ export default async function run(): Promise<void> {
     ["disk (os tmpdir)", tmpdir()],
     ["tmpfs (/dev/shm)", "/dev/shm"],
   ] as const) {
-    await withServer(base, async (url, pid) => {
+    await withServer(base, async (url, pid, volume) => {
       // A fresh server's first PUTs are slow (JIT, MD5 workers starting, heap growing): two
       // untimed ones first, so the figures are those of a server that has been running.
       for (const { b, h } of variants(data, 2, 700)) {
@@ -192,21 +192,28 @@ export default async function run(): Promise<void> {
       // New blocks for PUT (a re-PUT compares with the stored copy instead of writing).
       const puts: number[] = [];
       const fresh = variants(data, RUNS, 1);
-      // The same bytes written by this process straight to a new file in the same file system
-      // and fsynced, before each PUT: what storing a new block costs here with no HTTP and no
-      // MD5. On this project's VM that cost flips between ~35 and ~175 ms per 64 MiB on disk
-      // (the kernel's copy into fresh page cache, whatever the write size, CPU or process;
-      // bench/RESULTS.md, 2026-12-07), and a PUT pays it too, so print it beside every PUT
-      // figure. Its files stay until the PUTs are done, so both draw on fresh page cache alike;
-      // the CPU figures below count the PUTs only.
+      // Each round stores the same kind of 64 MiB three ways, interleaved: a plain write of the
+      // bytes from this process straight to a new file in the same file system, fsynced (what
+      // storing a block costs here with no HTTP and no MD5), a PUT from the Node client, and a
+      // PUT from curl (as pycurl uploads: Expect: 100-continue, a file-backed body). On this
+      // project's VM, writing into page cache the kernel has not recycled lately costs ~5x
+      // more than into memory freed moments ago (~175 against ~35 ms per 64 MiB;
+      // bench/RESULTS.md, 2026-12-07), so each file is deleted once timed: every write draws
+      // on recycled memory, as on a host whose page cache is simply full, instead of the
+      // bench's own earlier writes deciding the later figures.
       const plainDir = await fs.mkdtemp(join(base, "keepfn-bench-plain-"));
+      const curlDir = await fs.mkdtemp(join("/dev/shm", "keepfn-bench-put-"));
+      const forCurl = variants(data, RUNS, 500);
+      const stored = (h: string) => join(volume, h.slice(0, 3), h);
       const plain: number[] = [];
+      const curlPuts: number[] = [];
       const cpuMs = new Map<string, number>();
       let clientCpu = { user: 0, system: 0 };
       try {
         for (const [i, { b, h }] of fresh.entries()) {
+          const plainFile = join(plainDir, `b${i}`);
           const [, tw] = await timed(async () => {
-            const f = await fs.open(join(plainDir, `b${i}`), "wx");
+            const f = await fs.open(plainFile, "wx");
             try {
               await f.write(b);
               await f.sync();
@@ -215,6 +222,7 @@ export default async function run(): Promise<void> {
             }
           });
           plain.push(BLOCK / MiB / tw);
+          await fs.rm(plainFile);
           const cpu0 = threadCpuMs(pid);
           const client0 = process.cpuUsage();
           const [p, t] = await timed(() => http("PUT", `${url}/${h}`, b));
@@ -223,9 +231,21 @@ export default async function run(): Promise<void> {
           clientCpu = { user: clientCpu.user + client.user, system: clientCpu.system + client.system };
           if (p.status !== 200) throw new Error(`PUT ${p.status} ${p.text}`);
           puts.push(BLOCK / MiB / t);
+          await fs.rm(stored(h));
+          const src = join(curlDir, `b${i}`);
+          const { b: cb, h: ch } = forCurl[i] as { b: Buffer; h: string };
+          await fs.writeFile(src, cb);
+          const c = await curlPut(`${url}/${ch}`, src);
+          await fs.rm(src);
+          if (c) {
+            if (c.status !== 200 || c.bytes !== BLOCK) throw new Error(`curl PUT: ${c.status}, ${c.bytes} bytes sent`);
+            curlPuts.push(BLOCK / MiB / c.seconds);
+            await fs.rm(stored(ch));
+          }
         }
       } finally {
         await fs.rm(plainDir, { recursive: true, force: true });
+        await fs.rm(curlDir, { recursive: true, force: true });
       }
       const cpu = cpuPerOp(new Map(), cpuMs, pid, clientCpu, RUNS);
       const perRun = plain.map((w, i) => (puts[i] as number) / w);
@@ -250,23 +270,6 @@ export default async function run(): Promise<void> {
         if (!c) break;
         if (c.bytes !== BLOCK) throw new Error(`curl GET returned ${c.bytes} bytes`);
         curlGets.push(BLOCK / MiB / c.seconds);
-      }
-      // New blocks again, from files uploaded by curl. The files live in tmpfs, so no
-      // writeback of the 64 MiB the bench has just written runs while the upload is timed.
-      const curlPuts: number[] = [];
-      const dir = await fs.mkdtemp(join("/dev/shm", "keepfn-bench-put-"));
-      try {
-        for (const [i, { b, h }] of variants(data, RUNS, 500).entries()) {
-          const file = join(dir, `b${i}`);
-          await fs.writeFile(file, b);
-          const c = await curlPut(`${url}/${h}`, file);
-          if (!c) break;
-          if (c.status !== 200 || c.bytes !== BLOCK) throw new Error(`curl PUT: ${c.status}, ${c.bytes} bytes sent`);
-          curlPuts.push(BLOCK / MiB / c.seconds);
-          await fs.rm(file);
-        }
-      } finally {
-        await fs.rm(dir, { recursive: true, force: true });
       }
       console.log(`[${label}] 64 MiB PUT (new block, Node): ${spread(puts)}  (target >= 0.70x)`);
       console.log(`[${label}]   CPU per PUT: ${cpu}`);
