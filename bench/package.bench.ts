@@ -59,9 +59,16 @@ function timeProcess(
   return { ms, stdout: r.stdout, stderr: r.stderr, status: r.status };
 }
 
+/** What scripts/package.mjs records per packaged host (the fields this bench reads). */
+interface PackagedHost {
+  artifact: string;
+  bundleBytes: number;
+  artifactBytes: number;
+}
+
 export default async function run(): Promise<void> {
   const { packageAll, unzip } = (await import(pathToFileURL(join(ROOT, "scripts/package.mjs")).href)) as {
-    packageAll(o: object): Promise<{ manifest: Record<string, any>; missing: string[] }>;
+    packageAll(o: object): Promise<{ manifest: Record<string, PackagedHost>; missing: string[] }>;
     unzip(b: Buffer): Promise<Record<string, Buffer>>;
   };
   const { manifest, missing } = await packageAll({ allowMissing: true, quiet: true });
@@ -116,7 +123,7 @@ export default async function run(): Promise<void> {
     process.stdout.write(`node ${process.version}, ${RUNS} runs each, medians\n`);
     process.stdout.write(`baseline  node -e 0                         ${base.toFixed(1)} ms\n`);
     for (const t of targets) {
-      const m = manifest[t.host];
+      const m = manifest[t.host] as PackagedHost; // targets were built from the manifest's hosts
       const size = `bundle ${(m.bundleBytes / 1024).toFixed(0)} KiB, artifact ${(m.artifactBytes / 1024).toFixed(0)} KiB`;
       const ts = times.get(t.host);
       if (!ts?.length) {
