@@ -1,0 +1,304 @@
+// `npm run test:arvados-python`: a real Arvados client against keepfn. Starts every host the
+// Python SDK's KeepClient is run against (three container hosts over POSIX volumes, Azurite
+// with two Functions hosts over it, s3rver with two Lambda hosts over it), each on a free
+// loopback port with temp volumes, key and token files; then runs
+// test/clients/arvados_keepclient.py, streams its output, stops everything it started and
+// exits with the script's status. Not part of `npm test` (the file name does not end in
+// .test.ts): the SDK cannot be installed from PyPI here, so it needs ARVADOS_PYTHON_SDK.
+//
+// Per backend, the first host enforces permissions (signing key, admin token) and the second
+// is a trash instance: permissions off, a 2 s signing TTL so a fresh block may be trashed
+// within the run, trash enabled with a 1 h lifetime so untrash finds it.
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { createWriteStream, existsSync, promises as fs, statSync } from "node:fs";
+import { constants, tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { MAX_BINARY_BODY } from "../../lambda/limits.js";
+import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
+import { S3rver } from "../harness/s3-server.js";
+
+const ROOT = fileURLToPath(new URL("../../../", import.meta.url)); // dist/test/clients/ -> repo
+const SCRIPT = join(ROOT, "test/clients/arvados_keepclient.py");
+const KEEPSTORE = join(ROOT, "dist/server/main.js");
+const KEEPFN_LOCAL = join(ROOT, "dist/tools/keepfn-local.js");
+/** Signing TTL (s) of the trash instances: the script waits this long before trashing. */
+const TRASH_TTL = 2;
+const START_TIMEOUT_MS = 30_000;
+
+const NEEDED = `npm run test:arvados-python needs:
+  - ARVADOS_PYTHON_SDK=<dir>, a directory holding arvados/ with these files of arvados/arvados
+    at commit 98b21d6b8a6d3fd0f1d1803871a871f6d44eaaa9, from sdk/python/arvados/:
+      keep.py, _internal/__init__.py, _pycurlhelper.py, util.py, retry.py, errors.py,
+      config.py, diskcache.py, logging.py, __init__.py
+    plus stub modules in place of arvados.api, arvados.collection, arvados.cache and
+    arvados.safeapi, which __init__.py imports and KeepClient does not use: api.py defining
+    api() and api_from_config() (raising) and http_cache = None, collection.py defining a
+    class CollectionReader, cache.py and safeapi.py empty;
+  - a Python 3 that can import pycurl, googleapiclient and httplib2: /usr/bin/python3, or
+    PYTHON=<path>. On Debian: apt-get install python3-pycurl python3-googleapi python3-httplib2
+See test/clients/README.md.`;
+
+function preflight(sdk: string | undefined, python: string): string | undefined {
+  if (!sdk) return "ARVADOS_PYTHON_SDK is not set.";
+  if (!isDir(sdk) || !existsSync(join(sdk, "arvados", "keep.py")))
+    return `ARVADOS_PYTHON_SDK=${sdk} is not a directory holding arvados/keep.py.`;
+  const probe = (code: string, ...args: string[]) => {
+    const r = spawnSync(python, ["-c", code, ...args], { encoding: "utf8" });
+    if (r.error) return `${python}: ${r.error.message}`;
+    if (r.status !== 0) return (r.stderr.trim().split("\n").pop() ?? "") || `exit ${r.status}`;
+    return undefined;
+  };
+  const noCurl = probe("import pycurl");
+  if (noCurl) return `${python} cannot import pycurl (${noCurl}).`;
+  const noSdk = probe("import sys; sys.path.insert(0, sys.argv[1]); import arvados.keep", sdk);
+  if (noSdk) return `${python} cannot import arvados.keep from ${sdk} (${noSdk}).`;
+  return undefined;
+}
+
+function isDir(p: string): boolean {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+interface Host {
+  name: string;
+  child: ChildProcess;
+  log: string;
+}
+
+const hosts: Host[] = [];
+
+/** The environment without KEEP_* settings of the caller's shell: each host gets exactly its own. */
+function baseEnv(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KEEP_")));
+}
+
+/**
+ * Spawns a host on port 0 and resolves with its URL (with a trailing "/") once it says where
+ * it listens; all its output goes to a log file, shown if the run fails.
+ */
+function startHost(
+  name: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  logDir: string,
+  listening: RegExp,
+): Promise<string> {
+  const log = join(logDir, `${name}.log`);
+  const child = spawn(process.execPath, args, { env: { ...baseEnv(), ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  hosts.push({ name, child, log }); // registered at once, so the clean-up finds it whatever happens next
+  const out = createWriteStream(log);
+  child.stdout?.pipe(out, { end: false });
+  child.stderr?.pipe(out, { end: false });
+  child.once("close", () => out.end());
+  return new Promise<string>((resolve, reject) => {
+    let seen = "";
+    const timer = setTimeout(
+      () => reject(new Error(`${name} did not say where it listens within 30 s`)),
+      START_TIMEOUT_MS,
+    );
+    const look = (d: Buffer) => {
+      seen = (seen + d).slice(-8192);
+      const m = listening.exec(seen);
+      if (m) {
+        clearTimeout(timer);
+        child.stdout?.off("data", look);
+        child.stderr?.off("data", look);
+        resolve(`${m[1]}/`);
+      }
+    };
+    child.stdout?.on("data", look);
+    child.stderr?.on("data", look);
+    child.once("exit", (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} exited (${signal ?? code}) while starting: ${seen.slice(-2000)}`));
+    });
+  });
+}
+
+const keepstore = (name: string, flags: string[], logDir: string) =>
+  startHost(
+    name,
+    [KEEPSTORE, "-listen=127.0.0.1:0", ...flags],
+    {},
+    logDir,
+    /"url":"(http:\/\/[^"]+)","msg":"keepstore listening"/,
+  );
+
+const keepfnLocal = (name: string, host: "functions" | "lambda", env: NodeJS.ProcessEnv, logDir: string) =>
+  startHost(
+    name,
+    [KEEPFN_LOCAL, "--host", host, "--listen", "127.0.0.1:0"],
+    env,
+    logDir,
+    /handlers serving (http:\/\/\S+)/,
+  );
+
+async function stopHost(h: Host): Promise<void> {
+  const c = h.child;
+  if (c.exitCode !== null || c.signalCode !== null) return;
+  const exited = new Promise((r) => c.once("exit", r));
+  c.kill("SIGTERM"); // keepstore finishes in-flight requests; keepfn-local just exits
+  const force = setTimeout(() => c.kill("SIGKILL"), 5000);
+  await exited;
+  clearTimeout(force);
+}
+
+/** Awaits every start, and only then reports the first failure: nothing is left half-started. */
+async function all<T>(starts: Array<Promise<T>>): Promise<T[]> {
+  const done = await Promise.allSettled(starts);
+  const failed = done.find((d) => d.status === "rejected");
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+  return done.map((d) => (d as PromiseFulfilledResult<T>).value);
+}
+
+async function tails(): Promise<void> {
+  for (const h of hosts) {
+    const text = await fs.readFile(h.log, "utf8").catch(() => "");
+    const lines = text.trimEnd().split("\n").slice(-15);
+    process.stderr.write(`\n--- ${h.name}: last lines of its log ---\n`);
+    for (const l of lines) process.stderr.write(`${l.length > 400 ? `${l.slice(0, 400)}...` : l}\n`);
+  }
+}
+
+async function main(): Promise<number> {
+  const sdk = process.env.ARVADOS_PYTHON_SDK;
+  const python = process.env.PYTHON || "/usr/bin/python3";
+  const problem = preflight(sdk, python);
+  if (problem) {
+    process.stderr.write(`${problem}\n\n${NEEDED}\n`);
+    return 2;
+  }
+
+  const t0 = Date.now();
+  const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-arvpy-"));
+  const logDir = join(dir, "logs");
+  let azurite: Azurite | undefined;
+  let s3: S3rver | undefined;
+  let py: ChildProcess | undefined;
+  let interrupted: NodeJS.Signals | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    interrupted = sig;
+    py?.kill(sig);
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  let status = 1;
+  try {
+    const [volA, volB, volT] = ["vol-a", "vol-b", "vol-t"].map((v) => join(dir, v)) as [string, string, string];
+    for (const d of [logDir, volA, volB, volT]) await fs.mkdir(d);
+    const key = randomBytes(32).toString("hex");
+    const admin = `arvpy-admin-${randomBytes(16).toString("hex")}`;
+    const keyFile = join(dir, "key.txt");
+    const adminFile = join(dir, "admin.txt");
+    await fs.writeFile(keyFile, key, { mode: 0o600 });
+    await fs.writeFile(adminFile, admin, { mode: 0o600 });
+    const secrets = [`-blob-signing-key-file=${keyFile}`, `-data-manager-token-file=${adminFile}`];
+
+    const backends = [
+      Azurite.start({ inMemory: true }).then((v) => {
+        azurite = v;
+      }),
+      S3rver.start().then((v) => {
+        s3 = v;
+      }),
+    ];
+    const posix = [
+      keepstore("posix-a", [`-volume=${volA}`, "-enforce-permissions", ...secrets], logDir),
+      keepstore("posix-b", [`-volume=${volB}`, "-enforce-permissions", ...secrets], logDir),
+      keepstore(
+        "posix-t",
+        [
+          `-volume=${volT}`,
+          `-blob-signature-ttl=${TRASH_TTL}`,
+          ...secrets,
+          "-never-delete=false",
+          "-trash-lifetime=1h",
+        ],
+        logDir,
+      ),
+    ];
+    const [, , posixA, posixB, posixT] = (await all<unknown>([...backends, ...posix])) as [
+      unknown,
+      unknown,
+      string,
+      string,
+      string,
+    ];
+    const a = azurite as Azurite;
+    const s3r = s3 as S3rver;
+    for (const c of ["keep", "keeptrash"]) await a.createContainer(c);
+    const [bucket, trashBucket] = [await s3r.createBucket("keep-arv"), await s3r.createBucket("keep-arvtrash")];
+
+    const volumes = (container: string) =>
+      JSON.stringify([{ account: AZURITE_ACCOUNT, container, endpoint: a.baseUrl, key: AZURITE_KEY }]);
+    const enforcing = { KEEP_BLOB_SIGNING_KEY: key, KEEP_SYSTEM_ROOT_TOKEN: admin, KEEP_ENFORCE_PERMISSIONS: "true" };
+    const trash = {
+      KEEP_BLOB_SIGNING_KEY: key,
+      KEEP_SYSTEM_ROOT_TOKEN: admin,
+      KEEP_BLOB_SIGNING_TTL: String(TRASH_TTL),
+      KEEP_TRASH_ENABLED: "true",
+      KEEP_TRASH_LIFETIME: "1h",
+    };
+    const [functions, functionsT, lambda, lambdaT] = (await all([
+      keepfnLocal("functions", "functions", { KEEP_VOLUMES: volumes("keep"), ...enforcing }, logDir),
+      keepfnLocal("functions-t", "functions", { KEEP_VOLUMES: volumes("keeptrash"), ...trash }, logDir),
+      keepfnLocal("lambda", "lambda", { ...s3r.lambdaEnv(bucket), ...enforcing }, logDir),
+      keepfnLocal("lambda-t", "lambda", { ...s3r.lambdaEnv(trashBucket), ...trash }, logDir),
+    ])) as [string, string, string, string];
+    process.stdout.write(
+      `python-client: ${hosts.length} hosts, Azurite and s3rver up in ${(Date.now() - t0) / 1000} s\n`,
+    );
+
+    const settings = {
+      admin_token: admin,
+      trash_signing_ttl: TRASH_TTL,
+      lambda_max_body: MAX_BINARY_BODY,
+      hosts: {
+        // copies: what each put asks for. A POSIX directory reports 1 replica, Azure 3, S3 2.
+        posix: { url: posixA, trash: posixT, copies: 1 },
+        functions: { url: functions, trash: functionsT, copies: 2 },
+        lambda: { url: lambda, trash: lambdaT, copies: 2 },
+      },
+      posix_b: posixB,
+      posix_volumes: [volA, volB],
+    };
+    const settingsFile = join(dir, "settings.json");
+    await fs.writeFile(settingsFile, `${JSON.stringify(settings, null, 2)}\n`, { mode: 0o600 });
+
+    if (interrupted) throw new Error(`${interrupted} while starting the hosts`);
+    const child = spawn(python, [SCRIPT, settingsFile, ...process.argv.slice(2)], { stdio: "inherit" });
+    py = child;
+    status = await new Promise<number>((resolve) => {
+      child.once("error", (err) => {
+        process.stderr.write(`python-client: ${python}: ${err.message}\n`);
+        resolve(1);
+      });
+      child.once("exit", (code, signal) => resolve(code ?? 128 + (signal ? constants.signals[signal] : 0)));
+    });
+    if (status !== 0 && !interrupted) await tails();
+    return status;
+  } catch (err) {
+    process.stderr.write(`python-client: ${err instanceof Error ? err.stack : String(err)}\n`);
+    await tails();
+    return 1;
+  } finally {
+    await Promise.allSettled([...hosts.map(stopHost), azurite?.close(), s3?.close()]);
+    await fs.rm(dir, { recursive: true, force: true });
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    process.stdout.write(`python-client: exit ${status}, ${(Date.now() - t0) / 1000} s in all\n`);
+  }
+}
+
+// Last resort if something above throws past the finally: no host outlives this process.
+process.on("exit", () => {
+  for (const h of hosts) if (h.child.exitCode === null && h.child.signalCode === null) h.child.kill("SIGKILL");
+});
+
+process.exit(await main());
