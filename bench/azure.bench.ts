@@ -186,9 +186,21 @@ async function transfers(azurite: Azurite): Promise<void> {
     await get();
     // Rounds interleave every measurement, so load from other processes on this shared box
     // falls on the handler and its direct baseline alike; ratios are taken per round.
+    // Within a round, the handler and its direct baseline swap places every other round:
+    // whichever runs right after a 64 MiB PUT also meets that PUT's garbage (GC, freed heap
+    // faulted back in; bench/RESULTS.md, 2026-12-07), and it should not always be the same one.
     for (let i = 0; i < RUNS; i++) {
-      await fresh(direct);
-      ms.putDirect.push(await timeOf(directPut));
+      const handlerFirst = i % 2 === 1;
+      const timePutDirect = async () => {
+        await fresh(direct);
+        ms.putDirect.push(await timeOf(directPut));
+      };
+      const timePutHandler = async () => {
+        await fresh(handlerBlob);
+        ms.putHandler.push(await timeOf(put));
+      };
+      if (handlerFirst) await timePutHandler();
+      await timePutDirect();
       await fresh(direct);
       ms.putDirectMd5.push(
         await timeOf(async () => {
@@ -196,10 +208,14 @@ async function transfers(azurite: Azurite): Promise<void> {
           await directPut();
         }),
       );
-      await fresh(handlerBlob);
-      ms.putHandler.push(await timeOf(put));
-      ms.getDirect.push(await timeOf(directGet));
-      ms.getHandler.push(await timeOf(get));
+      if (!handlerFirst) await timePutHandler();
+      if (handlerFirst) {
+        ms.getHandler.push(await timeOf(get));
+        ms.getDirect.push(await timeOf(directGet));
+      } else {
+        ms.getDirect.push(await timeOf(directGet));
+        ms.getHandler.push(await timeOf(get));
+      }
       ms.getDirectMd5.push(await timeOf(directGetMd5));
       ms.md5.push(await timeOf(md5Only));
       await fresh(handlerBlob);
