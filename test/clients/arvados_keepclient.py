@@ -253,28 +253,21 @@ def run_host(name, cfg):
         check(name, "get with another token refused (400)", lambda: expect_read_refused(url, loc3, OTHER, 400))
         check(name, "get with empty token refused (401)", lambda: expect_read_refused(url, loc3, "", 401))
 
+    def refused_413(n):
+        """A put of n bytes must fail with exactly one 413 from the service."""
+        d = blob(n)
+        t0 = time.time()
+        try:
+            loc = kc(url).put(d, copies=copies)
+        except arvados.errors.KeepWriteError as e:
+            st = statuses(e)
+            return st == [413], f"KeepWriteError statuses={st} after {time.time()-t0:.2f}s"
+        return False, f"put succeeded: {loc}"
+
     if not cfg["lambda_"]:
-        def too_large():
-            d = blob(64 * MiB + 1)
-            t0 = time.time()
-            try:
-                loc = kc(url).put(d, copies=copies)
-            except arvados.errors.KeepWriteError as e:
-                st = statuses(e)
-                return st == [413], f"KeepWriteError statuses={st} after {time.time()-t0:.2f}s"
-            return False, f"put succeeded: {loc}"
-        check(name, "put of 64 MiB + 1 B refused (413)", too_large)
+        check(name, "put of 64 MiB + 1 B refused (413)", lambda: refused_413(64 * MiB + 1))
     else:
-        def lambda_64():
-            d = blob(64 * MiB)
-            t0 = time.time()
-            try:
-                loc = kc(url).put(d, copies=copies)
-            except arvados.errors.KeepWriteError as e:
-                st = statuses(e)
-                return st == [413], f"KeepWriteError statuses={st} after {time.time()-t0:.2f}s"
-            return False, f"put succeeded: {loc}"
-        check(name, "put of 64 MiB refused (413, Lambda request limit)", lambda_64)
+        check(name, "put of 64 MiB refused (413, Lambda request limit)", lambda: refused_413(64 * MiB))
 
         def lambda_over():
             d = blob(LAMBDA_MAX + 1)
