@@ -241,7 +241,8 @@ export default async function run(): Promise<void> {
             await fs.rm(src);
             if (!c) curlMissing = true;
             else {
-              if (c.status !== 200 || c.bytes !== BLOCK) throw new Error(`curl PUT: ${c.status}, ${c.bytes} bytes sent`);
+              if (c.status !== 200 || c.bytes !== BLOCK)
+                throw new Error(`curl PUT: ${c.status}, ${c.bytes} bytes sent`);
               curlPuts.push(BLOCK / MiB / c.seconds);
               await fs.rm(stored(ch));
             }
