@@ -17,6 +17,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { MAX_BINARY_BODY } from "../../lambda/limits.js";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
+import { KEEPFN_LOCAL_LISTENING, KEEPSTORE_LISTENING, listeningUrl } from "../harness/host-process.js";
 import { S3rver } from "../harness/s3-server.js";
 
 const ROOT = fileURLToPath(new URL("../../../", import.meta.url)); // dist/test/clients/ -> repo
@@ -96,48 +97,17 @@ function startHost(
   child.stdout?.pipe(out, { end: false });
   child.stderr?.pipe(out, { end: false });
   child.once("close", () => out.end());
-  return new Promise<string>((resolve, reject) => {
-    let seen = "";
-    const timer = setTimeout(
-      () => reject(new Error(`${name} did not say where it listens within 30 s`)),
-      START_TIMEOUT_MS,
-    );
-    const look = (d: Buffer) => {
-      seen = (seen + d).slice(-8192);
-      const m = listening.exec(seen);
-      if (m) {
-        clearTimeout(timer);
-        child.stdout?.off("data", look);
-        child.stderr?.off("data", look);
-        resolve(`${m[1]}/`);
-      }
-    };
-    child.stdout?.on("data", look);
-    child.stderr?.on("data", look);
-    child.once("exit", (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`${name} exited (${signal ?? code}) while starting: ${seen.slice(-2000)}`));
-    });
-  });
+  return listeningUrl(child, listening, START_TIMEOUT_MS).then(
+    (url) => `${url}/`,
+    (err: Error) => Promise.reject(new Error(`${name}: ${err.message.slice(-2000)}`)),
+  );
 }
 
 const keepstore = (name: string, flags: string[], logDir: string) =>
-  startHost(
-    name,
-    [KEEPSTORE, "-listen=127.0.0.1:0", ...flags],
-    {},
-    logDir,
-    /"url":"(http:\/\/[^"]+)","msg":"keepstore listening"/,
-  );
+  startHost(name, [KEEPSTORE, "-listen=127.0.0.1:0", ...flags], {}, logDir, KEEPSTORE_LISTENING);
 
 const keepfnLocal = (name: string, host: "functions" | "lambda", env: NodeJS.ProcessEnv, logDir: string) =>
-  startHost(
-    name,
-    [KEEPFN_LOCAL, "--host", host, "--listen", "127.0.0.1:0"],
-    env,
-    logDir,
-    /handlers serving (http:\/\/\S+)/,
-  );
+  startHost(name, [KEEPFN_LOCAL, "--host", host, "--listen", "127.0.0.1:0"], env, logDir, KEEPFN_LOCAL_LISTENING);
 
 async function stopHost(h: Host): Promise<void> {
   const c = h.child;

@@ -7,6 +7,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import Module from "node:module";
 import { connect } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { KEEPFN_LOCAL_LISTENING, listeningUrl } from "../harness/host-process.js";
 
 // Capture what app.http/app.timer register: @azure/functions-core is the virtual module the
 // Functions worker injects; outside the worker the library runs in "test mode" and registers
@@ -361,14 +362,7 @@ describe("keepfn-local --host functions (the CLI)", () => {
       },
     );
     try {
-      let err = "";
-      await new Promise<void>((resolve, reject) => {
-        child.stderr?.on("data", (d) => {
-          err += d;
-          if (err.includes("handlers serving")) resolve();
-        });
-        child.once("exit", (code) => reject(new Error(`keepfn-local exited ${code}: ${err}`)));
-      });
+      await listeningUrl(child, KEEPFN_LOCAL_LISTENING);
       const url = `http://127.0.0.1:${port}`;
       for (const data of [FOO, randomBytes(64 << 20)]) {
         const hash = md5hex(data);
@@ -598,14 +592,7 @@ describe("Entra ID token to storage, configured by app settings (identity: true)
           stdio: ["ignore", "ignore", "pipe"],
         },
       );
-      let err = "";
-      await new Promise<void>((resolve, reject) => {
-        child?.stderr?.on("data", (d) => {
-          err += d;
-          if (err.includes("handlers serving")) resolve();
-        });
-        child?.once("exit", (code) => reject(new Error(`keepfn-local exited ${code}: ${err}`)));
-      });
+      await listeningUrl(child, KEEPFN_LOCAL_LISTENING);
       const url = `http://127.0.0.1:${port}`;
       const data = randomBytes(3 << 20);
       assert.equal((await fetch(`${url}/${md5hex(data)}`, { method: "PUT", body: data })).status, 200);

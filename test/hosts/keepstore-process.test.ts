@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
 import { promisify } from "node:util";
+import { KEEPSTORE_LISTENING, listeningUrl } from "../harness/host-process.js";
 
 const run = promisify(execFile);
 const MAIN = resolve("dist/server/main.js");
@@ -22,19 +23,11 @@ async function start(args: string[], cwd: string): Promise<{ child: ChildProcess
     cwd,
     stdio: ["ignore", "pipe", "pipe"],
   });
-  let out = "";
   let err = "";
   child.stderr?.on("data", (d) => {
     err += d;
   });
-  const url = await new Promise<string>((resolveUrl, reject) => {
-    child.stdout?.on("data", (d) => {
-      out += d;
-      const m = /"url":"(http:\/\/[^"]+)","msg":"keepstore listening"/.exec(out);
-      if (m) resolveUrl(m[1] as string);
-    });
-    child.on("exit", (code) => reject(new Error(`keepstore exited ${code}: ${err}`)));
-  });
+  const url = await listeningUrl(child, KEEPSTORE_LISTENING);
   return { child, url, stderr: () => err };
 }
 

@@ -18,6 +18,7 @@ import { STATE_BLOB, TRASH_TAG } from "../../shared/volume/azure-sweep.js";
 import { chunks, collect, md5hex, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { describeVolumeContract, type HarnessParams, type VolumeHarness } from "../conformance/volume-contract.js";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
+import { KEEPSTORE_LISTENING, listeningUrl } from "../harness/host-process.js";
 
 let azurite: Azurite;
 before(async () => {
@@ -638,7 +639,7 @@ describe("container host with the seed's Azure flags", () => {
         [resolve("dist/server/main.js"), "-azure-blob-endpoint", az2.baseUrl, ...argv, "-listen=127.0.0.1:0"],
         { cwd: dir, stdio: ["ignore", "pipe", "pipe"] },
       );
-      const url = await listening(child);
+      const url = await listeningUrl(child, KEEPSTORE_LISTENING);
       const mounts = (await (await fetch(`${url}/mounts`)).json()) as Array<{
         device_id: string;
         allow_write: boolean;
@@ -697,19 +698,3 @@ describe("container host with the seed's Azure flags", () => {
     }
   });
 });
-
-function listening(child: ChildProcess): Promise<string> {
-  let out = "";
-  let err = "";
-  child.stderr?.on("data", (d) => {
-    err += d;
-  });
-  return new Promise<string>((resolveUrl, reject) => {
-    child.stdout?.on("data", (d) => {
-      out += d;
-      const m = /"url":"(http:\/\/[^"]+)","msg":"keepstore listening"/.exec(out);
-      if (m) resolveUrl(m[1] as string);
-    });
-    child.on("exit", (code) => reject(new Error(`keepstore exited ${code}: ${err}${out}`)));
-  });
-}
