@@ -10,23 +10,17 @@
 // is a trash instance: permissions off, a 2 s signing TTL so a fresh block may be trashed
 // within the run, trash enabled with a 1 h lifetime so untrash finds it.
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { createWriteStream, existsSync, promises as fs, statSync } from "node:fs";
+import { existsSync, promises as fs } from "node:fs";
 import { constants, tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { MAX_BINARY_BODY } from "../../lambda/limits.js";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
-import { KEEPFN_LOCAL_LISTENING, KEEPSTORE_LISTENING, listeningUrl } from "../harness/host-process.js";
+import { all, ChildHosts, isDir, ROOT, writeSecrets } from "../harness/child-hosts.js";
 import { S3rver } from "../harness/s3-server.js";
 
-const ROOT = fileURLToPath(new URL("../../../", import.meta.url)); // dist/test/clients/ -> repo
 const SCRIPT = join(ROOT, "test/clients/arvados_keepclient.py");
-const KEEPSTORE = join(ROOT, "dist/server/main.js");
-const KEEPFN_LOCAL = join(ROOT, "dist/tools/keepfn-local.js");
 /** Signing TTL (s) of the trash instances: the script waits this long before trashing. */
 const TRASH_TTL = 2;
-const START_TIMEOUT_MS = 30_000;
 
 const NEEDED = `npm run test:arvados-python needs:
   - ARVADOS_PYTHON_SDK=<dir>, a directory holding arvados/ with these files of arvados/arvados
@@ -58,84 +52,6 @@ function preflight(sdk: string | undefined, python: string): string | undefined 
   return undefined;
 }
 
-function isDir(p: string): boolean {
-  try {
-    return statSync(p).isDirectory();
-  } catch {
-    return false;
-  }
-}
-
-interface Host {
-  name: string;
-  child: ChildProcess;
-  log: string;
-}
-
-const hosts: Host[] = [];
-
-/** The environment without KEEP_* settings of the caller's shell: each host gets exactly its own. */
-function baseEnv(): NodeJS.ProcessEnv {
-  return Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KEEP_")));
-}
-
-/**
- * Spawns a host on port 0 and resolves with its URL (with a trailing "/") once it says where
- * it listens; all its output goes to a log file, shown if the run fails.
- */
-function startHost(
-  name: string,
-  args: string[],
-  env: NodeJS.ProcessEnv,
-  logDir: string,
-  listening: RegExp,
-): Promise<string> {
-  const log = join(logDir, `${name}.log`);
-  const child = spawn(process.execPath, args, { env: { ...baseEnv(), ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  hosts.push({ name, child, log }); // registered at once, so the clean-up finds it whatever happens next
-  const out = createWriteStream(log);
-  child.stdout?.pipe(out, { end: false });
-  child.stderr?.pipe(out, { end: false });
-  child.once("close", () => out.end());
-  return listeningUrl(child, listening, START_TIMEOUT_MS).then(
-    (url) => `${url}/`,
-    (err: Error) => Promise.reject(new Error(`${name}: ${err.message.slice(-2000)}`)),
-  );
-}
-
-const keepstore = (name: string, flags: string[], logDir: string) =>
-  startHost(name, [KEEPSTORE, "-listen=127.0.0.1:0", ...flags], {}, logDir, KEEPSTORE_LISTENING);
-
-const keepfnLocal = (name: string, host: "functions" | "lambda", env: NodeJS.ProcessEnv, logDir: string) =>
-  startHost(name, [KEEPFN_LOCAL, "--host", host, "--listen", "127.0.0.1:0"], env, logDir, KEEPFN_LOCAL_LISTENING);
-
-async function stopHost(h: Host): Promise<void> {
-  const c = h.child;
-  if (c.exitCode !== null || c.signalCode !== null) return;
-  const exited = new Promise((r) => c.once("exit", r));
-  c.kill("SIGTERM"); // keepstore finishes in-flight requests; keepfn-local just exits
-  const force = setTimeout(() => c.kill("SIGKILL"), 5000);
-  await exited;
-  clearTimeout(force);
-}
-
-/** Awaits every start, and only then reports the first failure: nothing is left half-started. */
-async function all<T>(starts: Array<Promise<T>>): Promise<T[]> {
-  const done = await Promise.allSettled(starts);
-  const failed = done.find((d) => d.status === "rejected");
-  if (failed) throw (failed as PromiseRejectedResult).reason;
-  return done.map((d) => (d as PromiseFulfilledResult<T>).value);
-}
-
-async function tails(): Promise<void> {
-  for (const h of hosts) {
-    const text = await fs.readFile(h.log, "utf8").catch(() => "");
-    const lines = text.trimEnd().split("\n").slice(-15);
-    process.stderr.write(`\n--- ${h.name}: last lines of its log ---\n`);
-    for (const l of lines) process.stderr.write(`${l.length > 400 ? `${l.slice(0, 400)}...` : l}\n`);
-  }
-}
-
 async function main(): Promise<number> {
   const sdk = process.env.ARVADOS_PYTHON_SDK;
   const python = process.env.PYTHON || "/usr/bin/python3";
@@ -148,6 +64,7 @@ async function main(): Promise<number> {
   const t0 = Date.now();
   const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-arvpy-"));
   const logDir = join(dir, "logs");
+  const hosts = new ChildHosts(logDir);
   let azurite: Azurite | undefined;
   let s3: S3rver | undefined;
   let py: ChildProcess | undefined;
@@ -162,13 +79,7 @@ async function main(): Promise<number> {
   try {
     const [volA, volB, volT] = ["vol-a", "vol-b", "vol-t"].map((v) => join(dir, v)) as [string, string, string];
     for (const d of [logDir, volA, volB, volT]) await fs.mkdir(d);
-    const key = randomBytes(32).toString("hex");
-    const admin = `arvpy-admin-${randomBytes(16).toString("hex")}`;
-    const keyFile = join(dir, "key.txt");
-    const adminFile = join(dir, "admin.txt");
-    await fs.writeFile(keyFile, key, { mode: 0o600 });
-    await fs.writeFile(adminFile, admin, { mode: 0o600 });
-    const secrets = [`-blob-signing-key-file=${keyFile}`, `-data-manager-token-file=${adminFile}`];
+    const { key, admin, flags: secrets } = await writeSecrets(dir, "arvpy");
 
     const backends = [
       Azurite.start({ inMemory: true }).then((v) => {
@@ -179,19 +90,15 @@ async function main(): Promise<number> {
       }),
     ];
     const posix = [
-      keepstore("posix-a", [`-volume=${volA}`, "-enforce-permissions", ...secrets], logDir),
-      keepstore("posix-b", [`-volume=${volB}`, "-enforce-permissions", ...secrets], logDir),
-      keepstore(
-        "posix-t",
-        [
-          `-volume=${volT}`,
-          `-blob-signature-ttl=${TRASH_TTL}`,
-          ...secrets,
-          "-never-delete=false",
-          "-trash-lifetime=1h",
-        ],
-        logDir,
-      ),
+      hosts.keepstore("posix-a", [`-volume=${volA}`, "-enforce-permissions", ...secrets]),
+      hosts.keepstore("posix-b", [`-volume=${volB}`, "-enforce-permissions", ...secrets]),
+      hosts.keepstore("posix-t", [
+        `-volume=${volT}`,
+        `-blob-signature-ttl=${TRASH_TTL}`,
+        ...secrets,
+        "-never-delete=false",
+        "-trash-lifetime=1h",
+      ]),
     ];
     const [, , posixA, posixB, posixT] = (await all<unknown>([...backends, ...posix])) as [
       unknown,
@@ -216,13 +123,13 @@ async function main(): Promise<number> {
       KEEP_TRASH_LIFETIME: "1h",
     };
     const [functions, functionsT, lambda, lambdaT] = (await all([
-      keepfnLocal("functions", "functions", { KEEP_VOLUMES: volumes("keep"), ...enforcing }, logDir),
-      keepfnLocal("functions-t", "functions", { KEEP_VOLUMES: volumes("keeptrash"), ...trash }, logDir),
-      keepfnLocal("lambda", "lambda", { ...s3r.lambdaEnv(bucket), ...enforcing }, logDir),
-      keepfnLocal("lambda-t", "lambda", { ...s3r.lambdaEnv(trashBucket), ...trash }, logDir),
+      hosts.keepfnLocal("functions", "functions", { KEEP_VOLUMES: volumes("keep"), ...enforcing }),
+      hosts.keepfnLocal("functions-t", "functions", { KEEP_VOLUMES: volumes("keeptrash"), ...trash }),
+      hosts.keepfnLocal("lambda", "lambda", { ...s3r.lambdaEnv(bucket), ...enforcing }),
+      hosts.keepfnLocal("lambda-t", "lambda", { ...s3r.lambdaEnv(trashBucket), ...trash }),
     ])) as [string, string, string, string];
     process.stdout.write(
-      `python-client: ${hosts.length} hosts, Azurite and s3rver up in ${(Date.now() - t0) / 1000} s\n`,
+      `python-client: ${hosts.hosts.length} hosts, Azurite and s3rver up in ${(Date.now() - t0) / 1000} s\n`,
     );
 
     const settings = {
@@ -251,24 +158,19 @@ async function main(): Promise<number> {
       });
       child.once("exit", (code, signal) => resolve(code ?? 128 + (signal ? constants.signals[signal] : 0)));
     });
-    if (status !== 0 && !interrupted) await tails();
+    if (status !== 0 && !interrupted) await hosts.tails();
     return status;
   } catch (err) {
     process.stderr.write(`python-client: ${err instanceof Error ? err.stack : String(err)}\n`);
-    await tails();
+    await hosts.tails();
     return 1;
   } finally {
-    await Promise.allSettled([...hosts.map(stopHost), azurite?.close(), s3?.close()]);
+    await Promise.allSettled([hosts.stopAll(), azurite?.close(), s3?.close()]);
     await fs.rm(dir, { recursive: true, force: true });
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     process.stdout.write(`python-client: exit ${status}, ${(Date.now() - t0) / 1000} s in all\n`);
   }
 }
-
-// Last resort if something above throws past the finally: no host outlives this process.
-process.on("exit", () => {
-  for (const h of hosts) if (h.child.exitCode === null && h.child.signalCode === null) h.child.kill("SIGKILL");
-});
 
 process.exit(await main());
