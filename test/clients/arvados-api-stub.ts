@@ -20,8 +20,9 @@
 //   PUT  /arvados/v1/collections/{uuid}       update (manifest_text, name, …), same checks
 //
 // Test controls (not Arvados): GET /_stub/requests returns the request log; POST /_stub/sign
-// with {"mode": "valid"|"none"|"tampered"} makes later answers carry valid signatures, none,
-// or signatures with one hex digit changed, so a client's reads can be made to fail at keepfn.
+// with {"mode": "valid"|"none"|"tampered"|"expired"} makes later answers carry valid
+// signatures, none, signatures with one hex digit changed, or ones that expired a minute ago,
+// so a client's reads can be made to fail at keepfn.
 // Every request is logged; anything the stub does not implement answers 404 and is marked
 // "UNHANDLED" in the log, so a client's unexpected calls are visible.
 import { execFileSync } from "node:child_process";
@@ -71,7 +72,7 @@ export interface StubRequest {
   user?: string;
 }
 
-export type SignMode = "valid" | "none" | "tampered";
+export type SignMode = "valid" | "none" | "tampered" | "expired";
 
 interface CollectionRecord {
   uuid: string;
@@ -227,7 +228,7 @@ export class ArvadosApiStub {
     if (path === "/_stub/requests" && method === "GET") return this.requests;
     if (path === "/_stub/sign" && method === "POST") {
       const mode = JSON.parse(raw || "{}").mode as SignMode;
-      if (!["valid", "none", "tampered"].includes(mode)) throw new HttpError(400, `bad mode ${mode}`);
+      if (!["valid", "none", "tampered", "expired"].includes(mode)) throw new HttpError(400, `bad mode ${mode}`);
       this.signMode = mode;
       return { mode };
     }
@@ -435,7 +436,8 @@ export class ArvadosApiStub {
 
   /** The record as the API server returns it: kind, and manifest_text signed for `user`. */
   private signed(c: CollectionRecord, user: StubUser): Record<string, unknown> {
-    const exp = Math.floor(Date.now() / 1000) + this.params.ttlSeconds;
+    const now = Math.floor(Date.now() / 1000);
+    const exp = this.signMode === "expired" ? now - 60 : now + this.params.ttlSeconds;
     const manifest = c.manifest_text
       .split("\n")
       .map((line) =>
@@ -444,7 +446,7 @@ export class ArvadosApiStub {
           .map((tok, i) => {
             if (i === 0 || !LOCATOR_RE.test(tok) || this.signMode === "none") return tok;
             const signed = signLocator(tok, user.token, exp, this.params);
-            if (this.signMode === "valid") return signed;
+            if (this.signMode !== "tampered") return signed;
             // tampered: flip the first hex digit of the signature
             const at = signed.indexOf("+A") + 2;
             const d = signed[at] === "0" ? "1" : "0";

@@ -81,14 +81,16 @@ async function main(): Promise<number> {
   let status = 1;
   try {
     const vol = join(dir, "vol");
+    const volB = join(dir, "vol-b");
     const work = join(dir, "work");
-    for (const d of [logDir, vol, work]) await fs.mkdir(d);
+    for (const d of [logDir, vol, volB, work]) await fs.mkdir(d);
     const { key, admin, flags: secrets } = await writeSecrets(dir, "arvcli");
 
-    const [az, posix] = (await all<unknown>([
+    const [az, posix, posixB] = (await all<unknown>([
       Azurite.start({ inMemory: true }),
       hosts.keepstore("posix", [`-volume=${vol}`, "-enforce-permissions", ...secrets]),
-    ])) as [Azurite, string];
+      hosts.keepstore("posix-b", [`-volume=${volB}`, "-enforce-permissions", ...secrets]),
+    ])) as [Azurite, string, string];
     azurite = az;
     await az.createContainer("keep");
     const functions = await hosts.keepfnLocal("functions", "functions", {
@@ -109,30 +111,32 @@ async function main(): Promise<number> {
     ];
     const stubLog = join(logDir, "api-stubs.log");
     const logLines: string[] = [];
-    const backends: Record<string, { keep: string; api: string }> = {};
-    for (const [name, url] of [
-      ["posix", posix],
-      ["functions", functions],
+    const backends: Record<string, { keep: string[]; api: string }> = {};
+    // "two": both container hosts as the cluster's two keepstores, as a real cluster lists them.
+    for (const [name, urls] of [
+      ["posix", [posix]],
+      ["functions", [functions]],
+      ["two", [posix, posixB]],
     ] as const) {
       const stub = await ArvadosApiStub.start({
         dir,
         signingKey: key,
         signingTtl: SIGNING_TTL,
         users,
-        keepServices: [{ url, type: "disk" }],
+        keepServices: urls.map((url) => ({ url, type: "disk" as const })),
         defaultReplication: 2,
         log: (line) => logLines.push(`[${name}] ${line}`),
       });
       stubs.push(stub);
-      backends[name] = { keep: url, api: stub.host };
+      backends[name] = { keep: [...urls], api: stub.host };
     }
     process.stdout.write(
-      `arvados-cli: container host, Functions host over Azurite and ${stubs.length} API stubs up in ${
+      `arvados-cli: two container hosts, a Functions host over Azurite and ${stubs.length} API stubs up in ${
         (Date.now() - t0) / 1000
       } s\n`,
     );
 
-    const settings = { users, admin_token: admin, work, backends };
+    const settings = { users, admin_token: admin, work, backends, two_volumes: [vol, volB] };
     const settingsFile = join(dir, "settings.json");
     await fs.writeFile(settingsFile, `${JSON.stringify(settings, null, 2)}\n`, { mode: 0o600 });
 

@@ -15,12 +15,15 @@ SETTINGS.json:
       "users": [{"token": ..., "uuid": ...}, {"token": ..., "uuid": ...}],
       "admin_token": "...",
       "work": "/tmp/...",                      # scratch directory (fixtures, downloads)
-      "backends": {"posix": {"keep": "http://127.0.0.1:P/", "api": "127.0.0.1:Q"},
-                   "functions": {...}}
+      "backends": {"posix": {"keep": ["http://127.0.0.1:P/"], "api": "127.0.0.1:Q"},
+                   "functions": {...},
+                   "two": {"keep": [posix, posix-b], "api": ...}},
+      "two_volumes": ["/dir/of/posix", "/dir/of/posix-b"]
     }
 
-Each backend is one keepfn host enforcing permissions and one API stub that lists it in
-keep_services/accessible and signs manifests with the host's key. Every client here is built
+Each backend (posix, functions) is one keepfn host enforcing permissions and one API stub that
+lists it in keep_services/accessible; "two" is a stub listing both container hosts, as a
+cluster with two keepstores lists them, and signs manifests with the host's key. Every client here is built
 the way the Arvados tools build theirs: arvados.api('v1', host=..., token=..., insecure=True)
 fetches our discovery document over HTTPS and googleapiclient makes the REST calls; its
 KeepClient finds keepfn through keep_services/accessible. What arv-put does with those (cut
@@ -338,7 +341,7 @@ def run_backend(part, cfg, fx):
         kc = state["api"].keep
         loc = kc.put(b"service discovery probe", copies=copies)
         roots = kc.weighted_service_roots(arvados.keep.KeepLocator(loc))
-        expect(roots == [cfg["keep"]], f"service roots {roots}, want [{cfg['keep']}]")
+        expect(roots == cfg["keep"], f"service roots {roots}, want {cfg['keep']}")
         expect("+A" in loc, f"unsigned locator {loc}")
         seen = {(r["method"], r["path"].split("?")[0]) for r in stub_requests(api_host)}
         for want in [("GET", "/arvados/v1/keep_services/accessible"), ("GET", "/arvados/v1/config")]:
@@ -458,7 +461,7 @@ def run_backend(part, cfg, fx):
         create_refused(lambda loc: loc.split("+A")[0], "Invalid signature"),
     )
 
-    def read_refused(mode):
+    def read_refused(mode, want_status):
         def run():
             c = collections["small"]
             stub_sign(api_host, mode)
@@ -474,13 +477,18 @@ def run_backend(part, cfg, fx):
                 written = [os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(dest) for f in fs]
                 expect(sum(written) == 0, f"{sum(written)} bytes written before the refusal")
                 shutil.rmtree(dest, ignore_errors=True)
-                return f"KeepReadError: {str(e)[:120]}"
+                # A refusal, not "not found": the SDK would tell the user the block is gone.
+                expect(not isinstance(e, arvados.errors.NotFoundError), f"NotFoundError: {e}")
+                got = statuses(e)
+                expect(got and all(s == want_status for s in got), f"statuses {got}, want {want_status}")
+                return f"KeepReadError, HTTP {got}"
             raise AssertionError("read the data with a manifest whose signatures are not valid")
 
         return run
 
-    check(part, "a manifest handed out without signatures cannot be read (keepfn refuses)", read_refused("none"))
-    check(part, "a manifest handed out with bad signatures cannot be read (keepfn refuses)", read_refused("tampered"))
+    check(part, "a manifest handed out without signatures cannot be read (keepfn: 400)", read_refused("none", 400))
+    check(part, "a manifest handed out with bad signatures cannot be read (keepfn: 400)", read_refused("tampered", 400))
+    check(part, "a manifest whose signatures have expired cannot be read (keepfn: 401)", read_refused("expired", 401))
 
     def other_user():
         c = collections["small"]
@@ -492,8 +500,10 @@ def run_backend(part, cfg, fx):
         expect(got == c["want"], "other user's own signatures do not read")
         try:
             download(api_client(api_host, OTHER["token"]), mine, os.path.join(WORK, "get", part, "other-bad"))
-        except arvados.errors.KeepReadError:
-            return "their signatures read; mine with their token: KeepReadError"
+        except arvados.errors.KeepReadError as e:
+            got = statuses(e)
+            expect(got and all(s == 400 for s in got), f"statuses {got}, want 400")
+            return f"their signatures read; mine with their token: KeepReadError, HTTP {got}"
         raise AssertionError("read with another user's token and my signatures")
 
     check(part, "signatures are per token: another user reads with theirs, not with mine", other_user)
@@ -527,6 +537,68 @@ def run_backend(part, cfg, fx):
     else:
         for name in ("arv-put (a)-(d), arv-get by uuid and pdh", "arv-put --raw / --stream", "arv-get refused"):
             skip(part, f"real {name}", "ARVADOS_PYTHON_SDK has no complete arvados.collection/arvfile/commands")
+
+
+def run_two(part, cfg, fx):
+    """Two keepstores in keep_services/accessible: the SDK's default replication of 2 is met
+    with one copy on each, as on a real cluster."""
+    api_host = cfg["api"]
+
+    def services():
+        api = api_client(api_host)
+        roots = sorted(api.keep.weighted_service_roots(arvados.keep.KeepLocator("d41d8cd98f00b204e9800998ecf8427e+0")))
+        expect(roots == sorted(cfg["keep"]), f"roots {roots}")
+        return f"{len(roots)} disk services"
+
+    check(part, "KeepClient finds both keepstores through keep_services/accessible", services)
+
+    def replication2(key):
+        def run():
+            api = api_client(api_host)
+            path = fx[key]
+            files = walk_files(path) if os.path.isdir(path) else [(".", os.path.basename(path), path)]
+            manifest = upload(api, files, copies=2)
+            rec = (
+                api.collections()
+                .create(body={"collection": {"manifest_text": manifest, "replication_desired": 2}}, ensure_unique_name=True)
+                .execute()
+            )
+            for loc in strip(manifest).split()[1:]:
+                if not arvados.util.keep_locator_pattern.fullmatch(loc) or loc == EMPTY_LOCATOR:
+                    continue
+                md5 = loc[:32]
+                on = [os.path.exists(os.path.join(v, md5[:3], md5)) for v in SETTINGS["two_volumes"]]
+                expect(all(on), f"{md5} on volumes {on}")
+            fresh = api_client(api_host)
+            got = download(fresh, fresh.collections().get(uuid=rec["uuid"]).execute()["manifest_text"], os.path.join(WORK, "get", part, key))
+            expect(got == sha_map(files), "read back differs")
+            shutil.rmtree(os.path.join(WORK, "get", part, key))
+            return f"{rec['portable_data_hash']}: every block on both volumes, read back"
+
+        return run
+
+    check(part, "replication 2 of the small file: one copy on each keepstore", replication2("small"))
+    check(part, "replication 2 of 150 MiB: one copy of each block on each keepstore", replication2("big"))
+
+    def replication3():
+        try:
+            loc = api_client(api_host).keep.put(os.urandom(1000), copies=3)
+        except arvados.errors.KeepWriteError as e:
+            return f"KeepWriteError: {str(e)[:100]}"
+        raise AssertionError(f"copies=3 succeeded on two single-volume keepstores: {loc}")
+
+    check(part, "replication 3 on two single-volume keepstores fails (KeepWriteError)", replication3)
+
+
+def statuses(exc):
+    """HTTP status codes in a KeepRequestError's per-service errors."""
+    out = []
+    try:
+        for _, err in exc.request_errors().items():
+            out.append(getattr(err, "status_code", repr(err)))
+    except Exception:  # noqa: BLE001
+        pass
+    return out
 
 
 def _flip_sig(loc):
@@ -611,7 +683,10 @@ def main():
         flush=True,
     )
     for part in parts:
-        run_backend(part, BACKENDS[part], fx)
+        if part == "two":
+            run_two(part, BACKENDS[part], fx)
+        else:
+            run_backend(part, BACKENDS[part], fx)
     print(f"({time.time() - t0:.1f}s)")
     print(f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
     return 0 if counts["failed"] == 0 else 1
