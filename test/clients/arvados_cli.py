@@ -42,6 +42,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import urllib.request
@@ -523,6 +524,55 @@ def run_backend(part, cfg, fx):
 
     want = "fails: one POSIX volume stores 1 replica" if part == "posix" else "succeeds: Azure Blob reports 3 replicas"
     check(part, f"--replication 2 against one host ({want})", replication2)
+
+    def concurrent_same_block(size, n):
+        # arv-put's upload threads, or several arv-puts of the same data, PUT one block at once.
+        def run():
+            data = os.urandom(size)
+            clients = [api_client(api_host) for _ in range(n)]
+            out, errs = [None] * n, [None] * n
+            barrier = threading.Barrier(n)
+
+            def one(i):
+                barrier.wait()
+                try:
+                    out[i] = clients[i].keep.put(data, copies=copies)
+                except Exception as e:  # noqa: BLE001
+                    errs[i] = e
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            expect(not any(errs), f"errors: {[repr(e)[:200] for e in errs if e]}")
+            expect(len({o.split('+A')[0] for o in out}) == 1, f"locators {out}")
+            # each client sent the block once: none was refused and retried
+            sent = [c.keep.upload_counter.get() for c in clients]
+            expect(all(b == size for b in sent), f"bytes uploaded per client {sent}, want {size} each")
+            for i in (0, n - 1):
+                expect(api_client(api_host).keep.get(out[i]) == data, "read back differs")
+            return f"{n} PUTs, one locator {out[0][:40]}..."
+
+        return run
+
+    check(part, "8 clients PUT the same 1 KiB block at once: all succeed, it reads back", concurrent_same_block(1024, 8))
+    check(part, "4 clients PUT the same 64 MiB block at once: all succeed, it reads back", concurrent_same_block(BLOCK, 4))
+
+    def prefetch():
+        # arv-get's KeepClient prefetches the next blocks in its own threads while it reads.
+        rec = api_client(api_host).collections().get(uuid=collections["big"]["rec"]["uuid"]).execute()
+        api = api_client(api_host)
+        locs = [t for t in rec["manifest_text"].split()[1:] if arvados.util.keep_locator_pattern.fullmatch(t)]
+        for loc in locs:
+            api.keep.block_prefetch(loc)
+        h = hashlib.sha256()
+        for loc in locs:
+            h.update(api.keep.get(loc))
+        expect(h.hexdigest() == collections["big"]["want"]["random-150MiB.bin"], "sha256 differs")
+        return f"{len(locs)} blocks prefetched and read"
+
+    check(part, "blocks prefetched in the KeepClient's threads, then read (arv-get's read-ahead)", prefetch)
 
     def no_unhandled():
         bad = [r for r in stub_requests(api_host) if not r["handled"]]
