@@ -680,8 +680,10 @@ def run_tools(part, cfg, fx):
     for key in ("small", "empty", "big", "tree"):
 
         def put_get(key=key):
-            out = tool("put", "--no-progress", "--no-resume", "--replication", "1", fx[key]).stdout.decode().strip()
-            pdh = tool("put", "--no-progress", "--no-resume", "--replication", "1", "--portable-data-hash", fx[key]).stdout.decode().strip()
+            # a directory with a trailing slash: its contents at the collection's root
+            src = fx[key] + "/" if os.path.isdir(fx[key]) else fx[key]
+            out = tool("put", "--no-progress", "--no-resume", "--replication", "1", src).stdout.decode().strip()
+            pdh = tool("put", "--no-progress", "--no-resume", "--replication", "1", "--portable-data-hash", src).stdout.decode().strip()
             for ref in (out, pdh):
                 dest = os.path.join(WORK, "tools", part, key, ref.replace("+", "_"))
                 os.makedirs(dest, exist_ok=True)
