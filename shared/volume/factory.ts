@@ -1,6 +1,7 @@
 // Turns a driver spec from the config into a Volume. The one place that knows every driver.
 // Cloud drivers are imported on first use, so a host loads (and a cold start pays for) only
 // the SDK its volumes need: a Lambda over S3 never evaluates the Azure SDK, and vice versa.
+import { stat } from "node:fs/promises";
 import { ConfigError, type DriverSpec } from "../config.js";
 import { PosixVolume } from "./posix.js";
 import type { Volume, VolumeParams } from "./volume.js";
@@ -8,6 +9,7 @@ import type { Volume, VolumeParams } from "./volume.js";
 export async function createVolume(spec: DriverSpec, params: VolumeParams): Promise<Volume> {
   switch (spec.driver) {
     case "posix":
+      await requireDirectory(spec.root);
       return new PosixVolume({ root: spec.root, serialize: spec.serialize }, params);
     case "azure": {
       const [{ AzureBlobVolume }, { azureAuth }] = await Promise.all([
@@ -52,4 +54,19 @@ export async function createVolume(spec: DriverSpec, params: VolumeParams): Prom
       );
     }
   }
+}
+
+// As in the reference, a volume root must exist when the server starts. Creating it instead
+// would hide a disk that failed to mount: blocks would land on whatever file system holds the
+// mount point, and vanish from the index once the disk is back. (At run time a write still
+// recreates a deleted root's block directories, as the reference does.)
+async function requireDirectory(root: string): Promise<void> {
+  const st = await stat(root).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === "ENOENT" || err.code === "ENOTDIR")
+      throw new ConfigError(
+        `volume ${root} does not exist: create the directory (or mount its disk) before starting keepstore`,
+      );
+    throw new ConfigError(`volume ${root} cannot be used: ${err.message}`);
+  });
+  if (!st.isDirectory()) throw new ConfigError(`volume ${root} is not a directory`);
 }

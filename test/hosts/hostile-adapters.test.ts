@@ -384,8 +384,8 @@ describe("a body that never ends", () => {
 describe("hostile paths never escape the POSIX volume root", () => {
   it("fuzzed paths over real HTTP leave no file outside the root", async () => {
     const outer = await fs.mkdtemp(join(tmpdir(), "keepfn-hostile-"));
+    await fs.mkdir(join(outer, "vol"));
     const s = await startPosixServer({ ...HOST_CONFIG }, { volumes: [{ root: join(outer, "vol") }] });
-    await fs.mkdir(join(outer, "vol"), { recursive: true });
     try {
       await fc.assert(
         fc.asyncProperty(fc.constantFrom("PUT", "GET", "DELETE", "HEAD"), path, body, async (m, p, b) => {

@@ -185,6 +185,29 @@ describe("keepstore executable", () => {
     assert.match(r.stderr, /flag -volume needs a value/);
   });
 
+  it("refuses to start on a -volume that does not exist or is not a directory, creating nothing", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    try {
+      // An unmounted disk looks like this: the mount point's parent exists, the root does not.
+      const missing = join(dir, "disk1", "keep");
+      // Without the check the server would start and serve: the timeout turns that into a failure.
+      const once = { timeout: 15_000 };
+      const r = await run(process.execPath, [MAIN, `-volume=${missing}`, "-listen=127.0.0.1:0"], once).catch((e) => e);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, new RegExp(`volume ${missing} does not exist: create the directory`));
+      await assert.rejects(fs.access(join(dir, "disk1")), "nothing was created");
+
+      await fs.writeFile(join(dir, "file"), "x");
+      const f = await run(process.execPath, [MAIN, `-volume=${join(dir, "file")}`, "-listen=127.0.0.1:0"], once).catch(
+        (e) => e,
+      );
+      assert.equal(f.code, 2, f.stderr);
+      assert.match(f.stderr, /is not a directory/);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("serves an Arvados-style client: signed PUT/GET/HEAD of small, empty and 64 MiB blocks, index and trash", async () => {
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
     await fs.mkdir(join(dir, "vol"));
