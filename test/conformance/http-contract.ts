@@ -352,6 +352,12 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
           fetch(`${url}${path}`, { method: "PUT", body, headers: bearer(ADMIN) });
         assert.equal((await send("/trash", "[]")).status, 200);
         assert.equal((await send("/pull", "[]")).status, 200);
+        // keep-balance encodes an empty list as a nil Go slice: `null`, which clears the queue.
+        for (const path of ["/trash", "/pull"]) {
+          const r = await send(path, "null\n");
+          assert.equal(r.status, 200, `${path} null`);
+          assert.equal(await r.text(), "");
+        }
         assert.equal(
           (await send("/trash", `[{"locator":"${FOO_HASH}+3","block_mtime":1700000000123456789,"mount_uuid":""}]`))
             .status,

@@ -21,6 +21,9 @@ async function readList(ctx: RequestContext): Promise<unknown[]> {
   } catch (err) {
     throw new BadRequestError(`invalid JSON: ${(err as Error).message}`);
   }
+  // keep-balance sends an empty list as `null` (a nil Go slice); the reference decodes that as
+  // an empty list, which clears the queue.
+  if (list === null) return [];
   if (!Array.isArray(list)) throw new BadRequestError("expected a JSON array");
   return list;
 }
