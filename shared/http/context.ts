@@ -38,9 +38,15 @@ export function requireAdmin(ctx: RequestContext): void {
   requireToken(ctx, ctx.services.config.systemRootToken);
 }
 
+/**
+ * As the reference's auth.RequireLiteralToken: any of the request's tokens (header, Basic
+ * password, api_token, cookie) may be the expected one, not only the first, which is the one
+ * signatures use.
+ */
 export function requireToken(ctx: RequestContext, expected: string): void {
   if (!expected) return;
-  const token = ctx.tokens[0];
-  if (!token) throw new UnauthorizedError();
-  if (!constantTimeEqual(token, expected)) throw new ForbiddenError();
+  if (ctx.tokens.length === 0) throw new UnauthorizedError();
+  let ok = false;
+  for (const t of ctx.tokens) if (constantTimeEqual(t, expected)) ok = true;
+  if (!ok) throw new ForbiddenError();
 }

@@ -259,6 +259,11 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
           assert.equal(r.status, 403, `${method} ${path} with a user token`);
           assert.equal(await r.text(), "Forbidden\n");
         }
+        // Any of the request's tokens may be the admin token, not only the first (the reference's
+        // auth.RequireLiteralToken).
+        const both = await fetch(`${url}/index?api_token=${ADMIN}`, { headers: bearer(USER) });
+        assert.equal(both.status, 200, "user token in the header, admin token in ?api_token=");
+        await both.text();
       }),
     );
 
