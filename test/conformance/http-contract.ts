@@ -274,7 +274,13 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
         assert.equal(await r.text(), "\n");
         await put(url, FOO_HASH, FOO);
         await put(url, BAR_HASH, BAR);
-        for (const path of ["/index/acb", "/index?prefix=acb", "/index/?prefix=acb", "/index/fff?prefix=acb"]) {
+        for (const path of [
+          "/index/acb",
+          "/index?prefix=acb",
+          "/index/?prefix=acb",
+          "/index/fff?prefix=acb",
+          "/index/acb?prefix=",
+        ]) {
           r = await fetch(`${url}${path}`, { headers: bearer(ADMIN) });
           assert.equal(r.status, 200);
           assert.match(await r.text(), /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d{10,}\n\n$/, path);
@@ -301,6 +307,8 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
         const uuid = mounts.find((m) => m.allow_write)?.uuid as string;
         let idx = await fetch(`${url}/mounts/${uuid}/blocks?prefix=acb`, { headers: bearer(ADMIN) });
         assert.match(await idx.text(), /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d+\n\n$/);
+        idx = await fetch(`${url}/mounts/${uuid}/blocks/acb?prefix=`, { headers: bearer(ADMIN) });
+        assert.match(await idx.text(), /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d+\n\n$/, "empty ?prefix= is no prefix");
         idx = await fetch(`${url}/mounts/${uuid}/blocks/`, { headers: bearer(ADMIN) });
         assert.equal(idx.status, 200);
         await idx.text();

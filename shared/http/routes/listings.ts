@@ -7,7 +7,8 @@ export async function index(ctx: RequestContext, pathPrefix: string, mountUuid?:
   requireAdmin(ctx);
   const { keep, logger } = ctx.services;
   const mounts: Mount[] | undefined = mountUuid === undefined ? undefined : [keep.mount(mountUuid)];
-  const prefix = ctx.url.searchParams.get("prefix") ?? pathPrefix;
+  // As the reference (req.FormValue): an empty ?prefix= is no prefix, and the path's applies.
+  const prefix = ctx.url.searchParams.get("prefix") || pathPrefix;
   const lines = keep.index(prefix, mounts, ctx.signal);
   // Pull the first chunk before answering, so an early error gets a real error status.
   const first = await lines.next();
