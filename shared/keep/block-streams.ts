@@ -31,7 +31,7 @@ export async function* verifiedUpload(
     }
     if (contentLength && contentLength !== total)
       throw new ContentLengthMismatchError(
-        `content length ${contentLength} did not match specified data size ${total}`,
+        `content length ${total} did not match specified data size ${contentLength}`,
       );
     if (!md5) return;
     const got = await md5.digest();

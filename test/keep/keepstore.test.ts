@@ -5,6 +5,7 @@ import { msToNs } from "../../shared/clock.js";
 import {
   ChecksumMismatchError,
   CollisionError,
+  ContentLengthMismatchError,
   HashMismatchError,
   InsufficientStorageError,
   NotFoundError,
@@ -140,6 +141,22 @@ describe("keepstore service", () => {
       // Small bodies are still hashed by the service, where a worker round trip costs more.
       await put(s.keep, FOO_HASH, FOO);
       assert.equal(s.vols.v?.writeOptions.at(-1)?.hashUnchecked, false);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("refuses a body shorter than its Content-Length with the reference's message, and stores nothing", async () => {
+    const s = await makeStore([{ label: "v" }]);
+    try {
+      // The reference: "content length <bytes read> did not match specified data size <Content-Length>".
+      await assert.rejects(
+        s.keep.write({ hash: FOO_HASH, locator: FOO_HASH, body: chunks(FOO), contentLength: 5, storageClasses: [] }),
+        (err: Error) =>
+          err instanceof ContentLengthMismatchError &&
+          err.message === "content length 3 did not match specified data size 5",
+      );
+      assert.deepEqual(await filesUnder(s.rootOf("v")), [], "no block and no temp file");
     } finally {
       await s.cleanup();
     }
