@@ -177,6 +177,17 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
     );
 
     it(
+      "PUT reads only the hash from its path: hints after it are not checked (the reference's PUT /{hash}[+anything])",
+      withHost({}, async (url) => {
+        for (const path of [`${FOO_HASH}+3+`, `${FOO_HASH}+99`, `${FOO_HASH}+3+3`, `${FOO_HASH}xyz`, `${FOO_HASH}+`]) {
+          const r = await put(url, path, FOO);
+          assert.equal(r.status, 200, path);
+          assert.equal(await r.text(), `${FOO_HASH}+3\n`, path);
+        }
+      }),
+    );
+
+    it(
       "stores and serves the empty block",
       withHost({}, async (url) => {
         const empty = "d41d8cd98f00b204e9800998ecf8427e";

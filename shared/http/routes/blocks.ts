@@ -39,7 +39,9 @@ export async function getBlock(ctx: RequestContext, locator: string, head: boole
 
 export async function putBlock(ctx: RequestContext, locator: string): Promise<Response> {
   const { config, keep, clock } = ctx.services;
-  const hash = parseLocator(locator).hash;
+  // As the reference: only the 32-hex hash (the route guarantees it) is read from the path;
+  // whatever follows, size hint or not, well-formed or not, is not checked.
+  const hash = locator.slice(0, 32);
   const cl = ctx.req.headers.get("content-length");
   const contentLength = cl === null ? undefined : Number(cl);
   // Node's parser refuses a negative length, but the Functions and Lambda front ends pass the
