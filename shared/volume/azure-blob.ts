@@ -121,6 +121,21 @@ export class AzureBlobVolume implements Volume {
     });
   }
 
+  /**
+   * Whether the container exists (Get Container Properties). The reference checks this when it
+   * starts and refuses to start without it; the factory does the same. Errors other than
+   * ContainerNotFound (unreachable, refused credentials) are thrown, translated.
+   */
+  async containerExists(): Promise<boolean> {
+    try {
+      await this.conn.call("get_container_properties", (c) => c.getProperties());
+      return true;
+    } catch (err) {
+      if (codeOf(err) === "ContainerNotFound" || statusOf(err) === 404) return false;
+      throw this.translateError(err);
+    }
+  }
+
   private blob(c: ContainerClient, hash: string): BlockBlobClient {
     return c.getBlockBlobClient(hash);
   }

@@ -16,7 +16,7 @@ export async function createVolume(spec: DriverSpec, params: VolumeParams): Prom
         import("./azure-blob.js"),
         import("../credentials/resolve.js"),
       ]);
-      return new AzureBlobVolume(
+      const volume = new AzureBlobVolume(
         {
           accountName: spec.accountName,
           container: spec.container,
@@ -31,6 +31,13 @@ export async function createVolume(spec: DriverSpec, params: VolumeParams): Prom
         },
         params,
       );
+      // As in the reference, the container must exist when the server starts: a mistyped name
+      // would otherwise start a server whose every request for this volume answers 503.
+      if (!(await volume.containerExists()))
+        throw new ConfigError(
+          `azure container ${spec.container} does not exist in storage account ${spec.accountName}: create it before starting keepstore`,
+        );
+      return volume;
     }
     case "s3": {
       if (!spec.bucket) throw new ConfigError("an S3 volume needs a bucket name");

@@ -608,6 +608,44 @@ const SEED_MULTI_ACCOUNT = String.raw`keepstore \
  -azure-storage-container-volume containerZ`;
 
 describe("container host with the seed's Azure flags", () => {
+  it("refuses to start (exit 2, naming the container) when a container does not exist, as the reference does", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-nocontainer-"));
+    try {
+      await fs.writeFile(join(dir, "az.key"), `${AZURITE_KEY}\n`);
+      const child = spawn(
+        process.execPath,
+        [
+          resolve("dist/server/main.js"),
+          "-azure-blob-endpoint",
+          azurite.baseUrl,
+          "-azure-storage-account-name",
+          AZURITE_ACCOUNT,
+          "-azure-storage-account-key-file",
+          join(dir, "az.key"),
+          "-azure-storage-container-volume",
+          "nosuchcontainer",
+          "-listen=127.0.0.1:0",
+        ],
+        { cwd: dir, stdio: ["ignore", "pipe", "pipe"] },
+      );
+      let stderr = "";
+      child.stderr?.on("data", (d) => {
+        stderr += d;
+      });
+      child.stdout?.resume();
+      // A server that starts anyway would keep running: the timer turns that into a failure.
+      const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+      const code = await new Promise((r) => child.once("exit", (c) => r(c)));
+      clearTimeout(timer);
+      assert.equal(code, 2, stderr);
+      assert.match(stderr, /azure container nosuchcontainer does not exist in storage account devstoreaccount1/);
+      // Nothing was created on the service's side either.
+      assert.equal(await azurite.serviceClient().getContainerClient("nosuchcontainer").exists(), false);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("runs the seed's multi-account example (plus -azure-blob-endpoint) as a process over two Azurite accounts", async () => {
     const first = { name: "firstaccount", key: Buffer.alloc(64, 8).toString("base64") };
     const second = { name: "secondaccount", key: Buffer.alloc(64, 9).toString("base64") };
