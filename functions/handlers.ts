@@ -40,6 +40,12 @@ export function makeHandlers(instance: FunctionsInstance): { http: HttpHandler; 
 
   const timer: TimerHandler = async (t, context) => {
     const app = await instance.app();
+    // As the reference's empty-trash ticker, which is off when BlobTrash is false: trash left
+    // by an earlier configuration (or another keepstore) stays recoverable while trash is off.
+    if (!app.config.trashEnabled) {
+      context.log(JSON.stringify({ msg: "empty trash skipped: KEEP_TRASH_ENABLED is false" }));
+      return;
+    }
     const deadlineMs = Date.now() + instance.settings.sweepBudgetMs;
     const reports = await app.emptyTrash({ deadlineMs });
     context.log(JSON.stringify({ msg: "emptied trash", pastDue: t.isPastDue, reports }));

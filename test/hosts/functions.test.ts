@@ -254,6 +254,26 @@ describe("Azure Functions app", () => {
       assert.equal(await c.getBlockBlobClient(FOO_HASH).exists(), false);
     }));
 
+  it("the timer handler leaves expired trash alone while KEEP_TRASH_ENABLED is false (the reference's ticker is off)", async () => {
+    const clock = new FakeClock();
+    const { env, container } = await settingsFor({ trashEnabled: false });
+    // Trashed earlier (by the reference keepstore, or while trash was on): deadline passed.
+    const blob = azurite.serviceClient().getContainerClient(container).getBlockBlobClient(FOO_HASH);
+    await blob.upload(FOO, FOO.length, { metadata: { expires_at: String(Math.floor(clock.now() / 1000) - 60) } });
+    const host = await runLocal("127.0.0.1:0", env, { clock, logger: silentLogger() });
+    try {
+      const t = {
+        isPastDue: false,
+        schedule: { adjustForDST: false },
+        scheduleStatus: { last: "", next: "", lastUpdated: "" },
+      };
+      await host.handlers.timer(t, ctx());
+      assert.equal(await blob.exists(), true, "still recoverable");
+    } finally {
+      await host.close();
+    }
+  });
+
   it("a small new block is one conditional Put Blob; stored, colliding and trashed copies still get the full PUT algorithm", () =>
     withTrashingHost(async (host, clock, container) => {
       const volume = (await host.instance.app()).keep.mounts[0]?.volume;
