@@ -309,7 +309,9 @@ export class PosixVolume implements Volume {
         report.complete = false;
         break;
       }
-      for (const name of await readdirOrEmpty(join(this.root, dir))) {
+      // A stray file with a hex name ("cafe", "0") is not a block directory: skipped, as the
+      // reference's walk skips it, rather than ending every sweep of the volume.
+      for (const name of await readdirOrEmpty(join(this.root, dir), true)) {
         const m = TRASH_RE.exec(name);
         if (m) {
           report.examined++;
@@ -420,11 +422,12 @@ export class PosixVolume implements Volume {
   }
 }
 
-async function readdirOrEmpty(dir: string): Promise<string[]> {
+async function readdirOrEmpty(dir: string, notDirIsEmpty = false): Promise<string[]> {
   try {
     return await fs.readdir(dir);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || (notDirIsEmpty && code === "ENOTDIR")) return [];
     throw err;
   }
 }

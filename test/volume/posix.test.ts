@@ -121,6 +121,24 @@ describe("posix volume", () => {
     }
   });
 
+  it("a stray file with a hex name in the root does not stop empty trash (the reference's walk skips it)", async () => {
+    const p = params();
+    const h = await posixHarness(p);
+    try {
+      // Sorted before and after the block directory, so readdir order cannot hide the case.
+      for (const stray of ["0", "cafe", "fff"]) await fs.writeFile(join(h.root, stray), "an operator's note");
+      await fs.mkdir(join(h.root, "e4d"));
+      const expired = join(h.root, "e4d", `${TEST_HASH}.trash.${Math.floor(p.clock.now() / 1000) - 1}`);
+      await fs.writeFile(expired, TEST_BLOCK);
+      const report = await h.volume.emptyTrash();
+      assert.equal(report.deleted, 1);
+      await assert.rejects(fs.access(expired));
+      await fs.access(join(h.root, "cafe"));
+    } finally {
+      await h.teardown();
+    }
+  });
+
   it("empty trash walks only block directories and removes stale temp files", async () => {
     const p = params();
     const h = await posixHarness(p);
