@@ -24,8 +24,9 @@ export function isHash(s: string): boolean {
 
 /**
  * The lenient parse keepstore applies to request paths: exactly 32 lowercase hex digits,
- * then optional `+` parts, none empty; a part starting with a digit is allowed only first
- * and must be a size. Anything else inside a hint is accepted, as the reference does.
+ * then optional `+` parts, none empty; a part starting with a digit is allowed only first,
+ * where it is the size if it parses as one (as the reference's strconv.Atoi: `+12abc` or a
+ * size too large is no size, not an error). Anything else inside a hint is accepted.
  */
 export function parseLocator(locator: string): LocatorInfo {
   const hash = locator.slice(0, 32);
@@ -39,9 +40,9 @@ export function parseLocator(locator: string): LocatorInfo {
     if (part === "") throw new BadLocatorError();
     const c = part.charCodeAt(0);
     if (c >= 48 && c <= 57) {
-      if (i !== 0 || !/^[0-9]+$/.test(part)) throw new BadLocatorError();
-      info.size = Number(part);
-      if (!Number.isSafeInteger(info.size)) throw new BadLocatorError();
+      if (i !== 0) throw new BadLocatorError();
+      const size = Number(part);
+      if (/^[0-9]+$/.test(part) && Number.isSafeInteger(size)) info.size = size;
       return;
     }
     if (part[0] === "A") info.signed = true;

@@ -127,6 +127,19 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
         const head = await fetch(`${url}/${FOO_HASH}`, { method: "HEAD" });
         assert.equal(head.status, 200);
         assert.equal(head.headers.get("content-length"), "3");
+        // A size hint of 0 (or one that does not parse) is no size hint, as in the reference.
+        for (const loc of [`${FOO_HASH}+0`, `${FOO_HASH}+12abc`]) {
+          const get = await fetch(`${url}/${loc}`);
+          assert.equal(get.status, 405, `GET ${loc}`);
+          await get.arrayBuffer();
+          const h = await fetch(`${url}/${loc}`, { method: "HEAD" });
+          assert.equal(h.status, 200, `HEAD ${loc}`);
+          assert.equal(h.headers.get("content-length"), "3", `HEAD ${loc}`);
+        }
+        await put(url, "d41d8cd98f00b204e9800998ecf8427e", new Uint8Array(0));
+        const empty = await fetch(`${url}/d41d8cd98f00b204e9800998ecf8427e+0`);
+        assert.equal(empty.status, 200);
+        assert.equal(await empty.text(), "");
       }),
     );
 

@@ -35,6 +35,11 @@ describe("locators", () => {
     assert.equal(info.size, 1234);
     assert.equal(info.signed, true);
     assert.equal(info.remote, true);
+    // A first hint starting with a digit that does not parse as a size is no size, as the
+    // reference's strconv.Atoi leaves it (not an error).
+    for (const noSize of [`${KNOWN_HASH}+12abc`, `${KNOWN_HASH}+99999999999999999999`]) {
+      assert.equal(parseLocator(noSize).size, undefined, noSize);
+    }
   });
 
   it("rejects malformed locators", () => {

@@ -10,8 +10,11 @@ export async function getBlock(ctx: RequestContext, locator: string, head: boole
   const { config, keep, clock } = ctx.services;
   ctx.headers.set("vary", "X-Keep-Signature");
   const info = parseLocator(locator);
+  // As the reference, a size hint of 0 counts as none: GET /<hash>+0 of a non-empty block is
+  // 405 and HEAD reports the stored size.
+  const sizeHint = info.size || undefined;
   // Without a size a checksum mismatch could not be reported on GET (headers are sent first).
-  if (!head && info.size === undefined && info.hash !== EMPTY_HASH) throw new MethodNotAllowedError();
+  if (!head && sizeHint === undefined && info.hash !== EMPTY_HASH) throw new MethodNotAllowedError();
   if (info.remote && !info.signed) throw new BadRequestError("remote cluster not configured");
   if (config.enforcePermissions) {
     verifyLocator(locator, ctx.tokens[0], clock, {
@@ -19,8 +22,8 @@ export async function getBlock(ctx: RequestContext, locator: string, head: boole
       ttlSeconds: config.blobSigningTtlSeconds,
     });
   }
-  const data = await keep.read(info.hash, info.size, ctx.signal);
-  const length = info.size ?? data.size;
+  const data = await keep.read(info.hash, sizeHint, ctx.signal);
+  const length = sizeHint ?? data.size;
   if (head) {
     // As the reference: HEAD reads and checks the whole block, so a corrupt copy is a 502.
     for await (const chunk of data.body) release(chunk); // hashed only; lent memory goes back
