@@ -86,6 +86,11 @@ export interface KeepConfig {
   maxRequests: number;
   maxQueuedRequests: number;
   requestTimeoutMs: number;
+  /**
+   * Classes a PUT without X-Keep-Storage-Classes asks for. Empty (the default), as the
+   * reference keepstore: any writable mount, the first in rendezvous order. (Arvados clients
+   * that want the cluster's default classes send them in the header.)
+   */
   defaultStorageClasses: string[];
   trashConcurrency: number;
   pullConcurrency: number;
@@ -106,7 +111,7 @@ export const DEFAULTS: KeepConfig = {
   maxRequests: 256,
   maxQueuedRequests: 128,
   requestTimeoutMs: 5 * 60_000,
-  defaultStorageClasses: ["default"],
+  defaultStorageClasses: [],
   trashConcurrency: 4,
   pullConcurrency: 4,
 };

@@ -3,6 +3,7 @@ import { promises as fs } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FakeClock } from "../../shared/clock.js";
+import { DEFAULTS } from "../../shared/config.js";
 import { Keepstore } from "../../shared/keep/keepstore.js";
 import { Mount } from "../../shared/keep/mount.js";
 import { silentLogger } from "../../shared/log.js";
@@ -50,7 +51,7 @@ export async function makeStore(specs: MountSpec[], opts: { trashLifetimeMs?: nu
     logger: silentLogger(),
     signingTtlMs: TTL_MS,
     trashEnabled: opts.trashEnabled ?? true,
-    defaultStorageClasses: ["default"],
+    defaultStorageClasses: DEFAULTS.defaultStorageClasses,
     maxBuffers: 4,
   });
   const rootOf = (label: string) => roots[specs.findIndex((s) => s.label === label)] as string;

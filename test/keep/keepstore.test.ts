@@ -10,6 +10,7 @@ import {
   InsufficientStorageError,
   NotFoundError,
 } from "../../shared/errors.js";
+import { type Mount, orderForBlock } from "../../shared/keep/mount.js";
 import { TrashWorker } from "../../shared/keep/trash-worker.js";
 import { silentLogger } from "../../shared/log.js";
 import { chunks, collect, md5hex, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
@@ -58,6 +59,29 @@ describe("keepstore service", () => {
       for (const classes of [["doesnotexist"], ["doesnotexist", "readonly"], ["readonly"]]) {
         await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK, classes), InsufficientStorageError, classes.join(","));
       }
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("writes a PUT that names no class to any writable mount, as the reference (none requested = any)", async () => {
+    const s = await makeStore([
+      { label: "1", classes: ["archive"] },
+      { label: "2", classes: ["special", "extra"] },
+    ]);
+    try {
+      // Neither mount is of class "default": the reference writes the first in rendezvous order.
+      const r = await put(s.keep, FOO_HASH, FOO);
+      assert.equal(r.replicas, 1);
+      const first = orderForBlock(s.mounts, FOO_HASH)[0] as Mount;
+      const want = Object.fromEntries(first.storageClasses.map((c) => [c, 1]));
+      const got = Object.fromEntries(r.classesConfirmed.split(", ").map((kv) => [kv.split("=")[0], 1]));
+      assert.deepEqual(got, want);
+      assert.deepEqual(
+        s.log.filter((l) => l.startsWith("write")),
+        [`write ${first.uuid.slice(-1)}`],
+        "exactly one mount is written",
+      );
     } finally {
       await s.cleanup();
     }
