@@ -89,6 +89,7 @@ function parseVolumes(
   if (!Array.isArray(items) || items.length === 0) throw new ConfigError("KEEP_VOLUMES must be a non-empty JSON array");
   return items.map((v, i) => {
     const where = `KEEP_VOLUMES[${i}]`;
+    checkVolumeSetting(v, where);
     if (!v.account || !v.container) throw new ConfigError(`${where}: account and container are required`);
     let credential: Extract<VolumeSpec, { driver: "azure" }>["credential"];
     if (v.keySecret) {
@@ -118,4 +119,54 @@ function parseVolumes(
       uuid: v.uuid,
     } satisfies VolumeSpec;
   });
+}
+
+/** The type of each KEEP_VOLUMES field; anything else is refused, not silently ignored. */
+const VOLUME_FIELDS: Record<keyof VolumeSetting, "string" | "boolean" | "count" | "classes"> = {
+  account: "string",
+  container: "string",
+  endpoint: "string",
+  keySecret: "string",
+  keyFile: "string",
+  key: "string",
+  identity: "boolean",
+  replication: "count",
+  readOnly: "boolean",
+  storageClasses: "classes",
+  maxGetBytes: "count",
+  retryBudgetMs: "count",
+  uuid: "string",
+};
+
+/**
+ * A misspelt field (`readonly`, or the cluster config's `ReadOnly` / `Replication`) would
+ * otherwise leave a volume meant to be read-only writable, or its replication at the default:
+ * stop at load instead, naming the field.
+ */
+function checkVolumeSetting(v: unknown, where: string): asserts v is VolumeSetting {
+  if (typeof v !== "object" || v === null || Array.isArray(v))
+    throw new ConfigError(`${where}: expected an object such as {"account": …, "container": …, "keySecret": …}`);
+  for (const [field, value] of Object.entries(v)) {
+    const kind = VOLUME_FIELDS[field as keyof VolumeSetting];
+    if (!kind)
+      throw new ConfigError(
+        `${where}: unknown field ${JSON.stringify(field)} (known: ${Object.keys(VOLUME_FIELDS).join(", ")})`,
+      );
+    if (value === undefined || value === null) continue;
+    const ok =
+      kind === "count"
+        ? Number.isSafeInteger(value) && (value as number) >= 0
+        : kind === "classes"
+          ? Array.isArray(value) && value.every((c) => typeof c === "string" && c !== "")
+          : typeof value === kind;
+    if (!ok) {
+      const want = {
+        string: "a string",
+        boolean: "true or false",
+        count: "a whole number",
+        classes: "an array of class names",
+      }[kind];
+      throw new ConfigError(`${where}.${field}: expected ${want}, got ${JSON.stringify(value)}`);
+    }
+  }
 }

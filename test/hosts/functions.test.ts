@@ -365,6 +365,29 @@ describe("Azure Functions app", () => {
       /KEEP_KEYVAULT_URL/,
     );
   });
+
+  it("refuses a KEEP_VOLUMES field it does not know or of the wrong type, instead of ignoring it", async () => {
+    const { parseSettings } = await import("../../functions/settings.js");
+    const base = { account: "a", container: "c", key: "k" };
+    const parse = (v: Record<string, unknown>) => () => parseSettings({ KEEP_VOLUMES: JSON.stringify([v]) });
+    // The cluster config's spelling: ignored, the volume meant read-only would take writes.
+    assert.throws(
+      parse({ ...base, ReadOnly: true }),
+      /KEEP_VOLUMES\[0\]: unknown field "ReadOnly" \(known: .*readOnly/,
+    );
+    assert.throws(parse({ ...base, readonly: true }), /unknown field "readonly"/);
+    assert.throws(parse({ ...base, readOnly: "true" }), /KEEP_VOLUMES\[0\]\.readOnly: expected true or false/);
+    assert.throws(parse({ ...base, replication: "2" }), /\.replication: expected a whole number, got "2"/);
+    assert.throws(parse({ ...base, storageClasses: "archive" }), /\.storageClasses: expected an array/);
+    assert.throws(() => parseSettings({ KEEP_VOLUMES: '["keep"]' }), /KEEP_VOLUMES\[0\]: expected an object/);
+    const ok = parseSettings({
+      KEEP_VOLUMES: JSON.stringify([
+        { ...base, readOnly: true, replication: 2, storageClasses: ["archive"], maxGetBytes: 8 << 20, uuid: "u" },
+      ]),
+    }).config.volumes[0];
+    assert.equal(ok?.readOnly, true);
+    assert.equal(ok?.replication, 2);
+  });
 });
 
 describe("keepfn-local --host functions (the CLI)", () => {
