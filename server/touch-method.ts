@@ -2,6 +2,7 @@
 // fails the request before any handler runs. We catch that parse error, read the request
 // line and headers from the raw packet ourselves (TOUCH has no body), run the same fetch
 // handler, and write its answer on the socket. Anything else keeps Node's 400.
+import { STATUS_CODES } from "node:http";
 import type { Socket } from "node:net";
 import type { FetchHandler } from "../shared/http/router.js";
 import { remoteAddr } from "./node-adapter.js";
@@ -40,7 +41,7 @@ export function handleTouchClientError(handler: FetchHandler) {
     )
       .then(async (res) => {
         const body = Buffer.from(await res.arrayBuffer());
-        let head = `HTTP/1.1 ${res.status} ${res.statusText || "Status"}\r\n`;
+        let head = `HTTP/1.1 ${res.status} ${res.statusText || STATUS_CODES[res.status] || "Status"}\r\n`;
         res.headers.forEach((v, k) => {
           head += `${k}: ${v}\r\n`;
         });

@@ -77,6 +77,18 @@ describe("container host over real HTTP", () => {
     }
   });
 
+  it("answers TOUCH with a standard status line (200 OK, 404 Not Found), as Go's server does", async () => {
+    const s = await startPosixServer();
+    try {
+      const touch = () => rawRequest(s.url, `TOUCH /${FOO_HASH} HTTP/1.1\r\nHost: x\r\n\r\n`);
+      assert.match(await touch(), /^HTTP\/1\.1 404 Not Found\r\n[\s\S]*\r\n\r\nfile does not exist\n$/);
+      await fetch(`${s.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
+      assert.match(await touch(), /^HTTP\/1\.1 200 OK\r\n[\s\S]*content-length: 0\r\n/);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
   it("refuses a declared body over 64 MiB with 413 before reading it", async () => {
     const s = await startPosixServer();
     try {
