@@ -91,6 +91,10 @@ export async function createKeepApp(config: KeepConfig, deps: AppDeps = {}): Pro
     trashQueue: () => [trashWorker.queue.pending, trashWorker.queue.inProgress],
     pullQueue: () => [pullWorker.queue.pending, pullWorker.queue.inProgress],
   });
+  limiter.onWaited = (priority, seconds, admitted) => {
+    const label = priority > 0 ? "high" : priority < 0 ? "low" : "normal";
+    (admitted ? metrics.queueDelay : metrics.queueTimeout).observe({ priority: label }, seconds);
+  };
   const services: KeepServices = { config, keep, trashWorker, pullWorker, metrics, clock, logger, inFlight };
   return {
     ...services,

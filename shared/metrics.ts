@@ -1,11 +1,15 @@
 // Prometheus metrics with the reference's names (§1.9), one registry per app instance.
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, Gauge, Histogram, Registry, Summary } from "prom-client";
 import type { InFlight } from "./http/in-flight.js";
 import type { Mount } from "./keep/mount.js";
 
 export class KeepMetrics {
   readonly registry = new Registry();
   readonly requestDuration: Histogram<"method" | "code">;
+  /** arvados_queue_delay_seconds: time before a request started, by priority (low, normal, high). */
+  readonly queueDelay: Summary<"priority">;
+  /** arvados_queue_timeout_seconds: time in the queue of requests refused (503) or abandoned. */
+  readonly queueTimeout: Summary<"priority">;
 
   constructor(
     mounts: Mount[],
@@ -28,6 +32,22 @@ export class KeepMetrics {
       buckets: [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
       registers: [r],
     });
+    const summary = (name: string, help: string) =>
+      new Summary({
+        name,
+        help,
+        labelNames: ["priority"],
+        percentiles: [0.5, 0.9, 0.95, 0.99],
+        registers: [r],
+      });
+    this.queueDelay = summary(
+      "arvados_queue_delay_seconds",
+      "Time spent in the incoming request queue before start of processing",
+    );
+    this.queueTimeout = summary(
+      "arvados_queue_timeout_seconds",
+      "Time spent in the incoming request queue before client timed out or disconnected",
+    );
     const gauge = (name: string, help: string, get: () => number) =>
       new Gauge({
         name,

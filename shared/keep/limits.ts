@@ -63,6 +63,12 @@ export class RequestLimiter {
   private running = 0;
   private seq = 0;
   private readonly queue: Queued[] = [];
+  /**
+   * Told how long each request waited for its slot: `admitted` true when it then ran (the
+   * reference's arvados_queue_delay_seconds, 0 for one admitted at once), false when it was
+   * refused or its client left first (arvados_queue_timeout_seconds).
+   */
+  onWaited?: (priority: number, seconds: number, admitted: boolean) => void;
 
   constructor(
     readonly maxConcurrent: number,
@@ -79,8 +85,11 @@ export class RequestLimiter {
   async admit(priority: number, signal?: AbortSignal): Promise<() => void> {
     if (this.maxConcurrent <= 0 || this.running < this.maxConcurrent) {
       this.running++;
+      this.onWaited?.(priority, 0, true);
       return this.releaser();
     }
+    const queuedAt = performance.now();
+    const waited = (admitted: boolean) => this.onWaited?.(priority, (performance.now() - queuedAt) / 1000, admitted);
     return new Promise((resolve, reject) => {
       const q: Queued = {
         priority,
@@ -88,13 +97,19 @@ export class RequestLimiter {
         grant: () => {
           signal?.removeEventListener("abort", onAbort);
           this.running++;
+          waited(true);
           resolve(this.releaser());
         },
-        reject,
+        reject: (e) => {
+          signal?.removeEventListener("abort", onAbort);
+          waited(false);
+          reject(e);
+        },
       };
       const onAbort = () => {
         const i = this.queue.indexOf(q);
         if (i >= 0) this.queue.splice(i, 1);
+        waited(false);
         reject(cancelled(signal));
       };
       signal?.addEventListener("abort", onAbort, { once: true });

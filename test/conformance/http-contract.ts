@@ -449,6 +449,9 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
         const text = await m.text();
         assert.match(text, /arvados_keepstore_bufferpool_max_buffers/);
         assert.match(text, /request_duration_seconds_count\{method="PUT",code="200"\} 1/);
+        // The reference's request limiter metrics: time waited for a slot, by priority.
+        assert.match(text, /^arvados_queue_delay_seconds_count\{priority="normal"\} [1-9]/m);
+        assert.match(text, /^# TYPE arvados_queue_timeout_seconds summary$/m);
         assert.equal((await fetch(`${url}/metrics.json`, { headers: bearer(MGMT) })).status, 200);
         assert.equal((await fetch(`${url}/_health/ping`)).status, 401);
         assert.equal((await fetch(`${url}/_health/ping`, { headers: bearer("wrong") })).status, 403);

@@ -253,6 +253,9 @@ describe("container host over real HTTP", () => {
       await new Promise((r) => setTimeout(r, 50));
       const second = await fetch(`${s.url}/${FOO_HASH}+3`);
       assert.equal(second.status, 503);
+      // Counted as the reference's limiter counts a refused request (metrics skip the limiter).
+      const metrics = await (await fetch(`${s.url}/metrics`)).text();
+      assert.match(metrics, /^arvados_queue_timeout_seconds_count\{priority="normal"\} 1$/m);
       open();
       assert.equal((await first).status, 200);
     } finally {
