@@ -71,7 +71,8 @@ export function createKeepHandler(services: KeepServices, limiter: RequestLimite
   return async (req, conn) => {
     const started = performance.now();
     const url = new URL(req.url);
-    const path = url.pathname;
+    const decoded = decodePath(url.pathname);
+    const path = decoded ?? url.pathname;
     const requestId = req.headers.get("x-request-id") || `req-${randomId(20)}`;
     // Tracked until its response is done: a streamed body hands this on (dispatch).
     const track = {
@@ -94,6 +95,8 @@ export function createKeepHandler(services: KeepServices, limiter: RequestLimite
     };
     let res: Response;
     try {
+      // Go's server refuses a request whose path has a malformed %-escape before any handler.
+      if (decoded === undefined) throw new RouteNotFoundError();
       res = await dispatch(ctx, limiter, track);
     } catch (err) {
       res = errorResponse(signal.aborted ? asCancel(signal) : err, headers);
@@ -199,6 +202,19 @@ function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
       },
     );
   });
+}
+
+/**
+ * The path routes match, percent-decoded as Go's req.URL.Path (gorilla/mux matches the
+ * decoded path): GET /<hash>%2B3 is GET /<hash>+3. Undefined when an escape is malformed.
+ */
+function decodePath(raw: string): string | undefined {
+  if (!raw.includes("%")) return raw;
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return undefined;
+  }
 }
 
 function deadlineSignal(ms: number): AbortSignal | undefined {

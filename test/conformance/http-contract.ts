@@ -190,6 +190,24 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
     );
 
     it(
+      "routes on the percent-decoded path, as Go's server and gorilla/mux do",
+      withHost({}, async (url) => {
+        assert.equal((await put(url, `${FOO_HASH}%2B3`, FOO)).status, 200);
+        const get = await fetch(`${url}/${FOO_HASH}%2B3`);
+        assert.equal(get.status, 200);
+        assert.equal(await get.text(), "foo");
+        const head = await fetch(`${url}/%61${FOO_HASH.slice(1)}+3`, { method: "HEAD" });
+        assert.equal(head.status, 200);
+        // A malformed escape is refused before routing (Go: 400 Bad Request), even on PUT.
+        for (const method of ["GET", "PUT"]) {
+          const r = await fetch(`${url}/${FOO_HASH}%zz`, { method, body: method === "PUT" ? "foo" : undefined });
+          assert.equal(r.status, 400, method);
+          await r.arrayBuffer();
+        }
+      }),
+    );
+
+    it(
       "PUT reads only the hash from its path: hints after it are not checked (the reference's PUT /{hash}[+anything])",
       withHost({}, async (url) => {
         for (const path of [`${FOO_HASH}+3+`, `${FOO_HASH}+99`, `${FOO_HASH}+3+3`, `${FOO_HASH}xyz`, `${FOO_HASH}+`]) {
