@@ -172,6 +172,16 @@ export function translateS3Error(err: unknown, where: string, stats: VolumeStats
   const code = e.Code ?? e.name ?? e.code ?? "Error";
   stats.error(status ? `${status} ${code}` : code);
   if (signal?.aborted || code === "AbortError") return new CancelledError("request cancelled", { cause: err });
+  // A missing bucket (mistyped, deleted) is the volume failing, not the block being absent: as
+  // "not found" a GET would answer 404 and the index an empty 404, hiding the cause. (A HEAD's
+  // 404 has no body to tell a missing bucket from a missing key: that stays "not found", as in
+  // the reference.)
+  if (code === "NoSuchBucket") {
+    const bucket = (err as { BucketName?: string }).BucketName;
+    return new VolumeUnavailableError(`${where}: bucket ${bucket ? `${bucket} ` : ""}does not exist (NoSuchBucket)`, {
+      cause: err,
+    });
+  }
   if (code === "NoSuchKey" || code === "NotFound" || status === 404)
     return new NotFoundError("file does not exist", { cause: err });
   // 409 ConditionalRequestConflict: another conditional write of the key is in flight.

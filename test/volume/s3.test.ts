@@ -492,6 +492,24 @@ describe("s3 volume: faults", () => {
     }
   });
 
+  it("a missing bucket is the volume failing, naming the bucket, not every block being absent", async () => {
+    const h = await s3Harness(params(), { bucket: `missing-${Date.now()}` });
+    try {
+      const missing = (err: unknown) =>
+        err instanceof VolumeUnavailableError && /bucket missing-\d+ does not exist \(NoSuchBucket\)/.test(err.message);
+      // As "not found", a GET answered 404 and an index an empty 404 on every host.
+      await assert.rejects(h.volume.read(TEST_HASH), missing);
+      const listing = async () => {
+        for await (const e of h.volume.index("")) assert.fail(`listed ${e.hash}`);
+      };
+      await assert.rejects(listing(), missing);
+      await assert.rejects(h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length }), missing);
+      await assert.rejects(h.volume.emptyTrash(), missing);
+    } finally {
+      await h.teardown();
+    }
+  });
+
   it("gives VolumeUnavailableError when S3 keeps failing", async () => {
     const proxy = await S3Proxy.start(server.endpoint);
     const h = await s3Harness(params(), { endpoint: proxy.url, maxAttempts: 2 });
