@@ -31,6 +31,8 @@ async function posixHarness(p: HarnessParams, serialize = false): Promise<Volume
 describeVolumeContract("posix", (p) => posixHarness(p));
 describeVolumeContract("posix, serialized", (p) => posixHarness(p, true));
 describeVolumeContract("posix, read-only", (p) => posixHarness(p), { readonly: true });
+// The fourth of the reference's Unix runs (§7.1: plain, read-only, Serialize, read-only + Serialize).
+describeVolumeContract("posix, read-only, serialized", (p) => posixHarness(p, true), { readonly: true });
 
 describe("posix volume", () => {
   const params = () => ({ clock: new FakeClock(), signingTtlMs: 300_000, trashLifetimeMs: 3600_000 });
