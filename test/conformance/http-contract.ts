@@ -190,6 +190,23 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
     );
 
     it(
+      "+R remote locators: 401 without a token, 400 for a malformed hint, else 400 remote cluster not configured",
+      withHost(signing, async (url) => {
+        const remote = `${FOO_HASH}+3+Rzzzzz-${"a".repeat(40)}@7fffffff`;
+        const cases: Array<[string, Record<string, string>, number, string]> = [
+          [remote, {}, 401, "no token provided in Authorization header\n"],
+          [remote, bearer(USER), 400, "remote cluster not configured\n"],
+          [`${FOO_HASH}+3+Rzz`, bearer(USER), 400, "invalid remote hint\n"],
+        ];
+        for (const [loc, headers, status, body] of cases) {
+          const r = await fetch(`${url}/${loc}`, { headers });
+          assert.equal(r.status, status, loc);
+          assert.equal(await r.text(), body, loc);
+        }
+      }),
+    );
+
+    it(
       "routes on the percent-decoded path, as Go's server and gorilla/mux do",
       withHost({}, async (url) => {
         assert.equal((await put(url, `${FOO_HASH}%2B3`, FOO)).status, 200);

@@ -1,6 +1,6 @@
 // GET/HEAD/PUT/TOUCH/DELETE of one block, and PUT /untrash/L (§1.3–§1.5).
 import { release } from "../../chunk-pool.js";
-import { BadRequestError, MethodNotAllowedError } from "../../errors.js";
+import { BadRequestError, MethodNotAllowedError, UnauthorizedError } from "../../errors.js";
 import { EMPTY_HASH, parseLocator } from "../../locator.js";
 import { signLocator, verifyLocator } from "../../signature.js";
 import { iterableToStream, streamToIterable } from "../body.js";
@@ -15,7 +15,14 @@ export async function getBlock(ctx: RequestContext, locator: string, head: boole
   const sizeHint = info.size || undefined;
   // Without a size a checksum mismatch could not be reported on GET (headers are sent first).
   if (!head && sizeHint === undefined && info.hash !== EMPTY_HASH) throw new MethodNotAllowedError();
-  if (info.remote && !info.signed) throw new BadRequestError("remote cluster not configured");
+  if (info.remote && !info.signed) {
+    // The reference's blockReadRemote: a token first, then a +R<5-char id>-… hint, then the
+    // cluster (none is configured here).
+    if (!ctx.tokens[0]) throw new UnauthorizedError("no token provided in Authorization header");
+    if (!info.hints.some((h) => h.length > 7 && h[0] === "R" && h[6] === "-"))
+      throw new BadRequestError("invalid remote hint");
+    throw new BadRequestError("remote cluster not configured");
+  }
   if (config.enforcePermissions) {
     verifyLocator(locator, ctx.tokens[0], clock, {
       key: config.blobSigningKey,
