@@ -211,13 +211,19 @@ export function parseFlags(argv: string[]): ServerOptions {
       case "s3-bucket-volume":
         if (!s3.endpoint && !s3.region)
           throw new ConfigError(`-s3-bucket-volume ${value}: give -s3-region or -s3-endpoint first`);
+        // One key file alone (or an empty one) would be dropped for the SDK's default chain (an
+        // instance role, the environment): other credentials than the operator named.
+        if (!s3.accessKeyFile !== !s3.secretKeyFile)
+          throw new ConfigError(
+            `-s3-bucket-volume ${value}: give both -s3-access-key-file and -s3-secret-key-file first, or neither (the SDK's default credentials)`,
+          );
         vol({
           driver: "s3",
           bucket: value,
           region: s3.region || undefined,
           endpoint: s3.endpoint || undefined,
-          accessKey: s3.accessKeyFile ? readSecret(s3.accessKeyFile, "s3-access-key-file") : undefined,
-          secretKey: s3.secretKeyFile ? readSecret(s3.secretKeyFile, "s3-secret-key-file") : undefined,
+          accessKey: s3.accessKeyFile ? readSecret(s3.accessKeyFile, "s3-access-key-file", true) : undefined,
+          secretKey: s3.secretKeyFile ? readSecret(s3.secretKeyFile, "s3-secret-key-file", true) : undefined,
           forcePathStyle: !!s3.endpoint,
           prefixLength: s3.prefixLength,
           raceWindowMs: s3.raceWindowMs,
@@ -246,12 +252,15 @@ function parseIntFlag(name: string, v: string): number {
 }
 
 /** A key or token file: one line; a trailing newline is ignored (as the seed documents). */
-function readSecret(path: string, flag: string): string {
+function readSecret(path: string, flag: string, required = false): string {
+  let value: string;
   try {
-    return readFileSync(path, "utf8").replace(/\r?\n$/, "");
+    value = readFileSync(path, "utf8").replace(/\r?\n$/, "");
   } catch (err) {
     throw new ConfigError(`-${flag} ${path}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? err})`);
   }
+  if (required && !value.trim()) throw new ConfigError(`-${flag} ${path}: the file is empty`);
+  return value;
 }
 
 export const USAGE = `Usage: keepstore [flags]

@@ -95,6 +95,32 @@ describe("keepstore flags", () => {
     assert.throws(() => parseFlags(["-enforce-permissions", "-volume=/x"]), ConfigError);
   });
 
+  it("refuses one S3 key file without the other, or an empty one, instead of using the SDK's default credentials", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-flags-"));
+    try {
+      await fs.writeFile(join(dir, "ak"), "AKIDEXAMPLE\n");
+      await fs.writeFile(join(dir, "sk"), "secret\n");
+      await fs.writeFile(join(dir, "empty"), "\n");
+      const s3 = (...keys: string[]) => ["-s3-region=us-east-1", ...keys, "-s3-bucket-volume=b"];
+      assert.throws(
+        () => parseFlags(s3(`-s3-access-key-file=${join(dir, "ak")}`)),
+        /give both -s3-access-key-file and -s3-secret-key-file/,
+      );
+      assert.throws(() => parseFlags(s3(`-s3-secret-key-file=${join(dir, "sk")}`)), /give both/);
+      assert.throws(
+        () => parseFlags(s3(`-s3-access-key-file=${join(dir, "ak")}`, `-s3-secret-key-file=${join(dir, "empty")}`)),
+        /-s3-secret-key-file .*empty: the file is empty/,
+      );
+      const v = parseFlags(s3(`-s3-access-key-file=${join(dir, "ak")}`, `-s3-secret-key-file=${join(dir, "sk")}`))
+        .config.volumes[0];
+      assert.ok(v?.driver === "s3" && v.accessKey === "AKIDEXAMPLE" && v.secretKey === "secret");
+      const role = parseFlags(s3()).config.volumes[0];
+      assert.ok(role?.driver === "s3" && role.accessKey === undefined && role.secretKey === undefined);
+    } finally {
+      await fs.rm(dir, { recursive: true });
+    }
+  });
+
   it("parses Go durations", () => {
     assert.equal(parseDuration("x", "336h"), 336 * 3600_000);
     assert.equal(parseDuration("x", "1h30m"), 90 * 60_000);
