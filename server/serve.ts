@@ -42,11 +42,24 @@ export async function startKeepServer(config: KeepConfig, listen: string, deps: 
   const shownHost = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
   let timer: NodeJS.Timeout | undefined;
   if (config.trashEnabled && config.trashCheckIntervalMs > 0) {
+    // One sweep at a time, as the reference's ticker loop: a tick while a sweep still runs (a
+    // big bucket, a short interval) is dropped, instead of piling up sweeps over the same trash.
+    let sweeping = false;
     timer = setInterval(() => {
-      app.emptyTrash().then(
-        (r) => app.logger.info({ reports: r }, "emptied trash"),
-        (err) => app.logger.error({ err }, "empty trash failed"),
-      );
+      if (sweeping) {
+        app.logger.info("empty trash: the previous sweep is still running, tick skipped");
+        return;
+      }
+      sweeping = true;
+      app
+        .emptyTrash()
+        .then(
+          (r) => app.logger.info({ reports: r }, "emptied trash"),
+          (err) => app.logger.error({ err }, "empty trash failed"),
+        )
+        .finally(() => {
+          sweeping = false;
+        });
     }, config.trashCheckIntervalMs);
     timer.unref();
   }
