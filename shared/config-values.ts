@@ -55,6 +55,9 @@ export function splitListen(listen: string): { host?: string; port: number } {
   return { host: m[1] ?? (m[2] || undefined), port: Number(m[3]) };
 }
 
+/** KEEP_TRASH_LIFETIME when unset: 336h, as Collections.BlobTrashLifetime in a cluster config. */
+export const SERVERLESS_TRASH_LIFETIME_MS = 336 * 3600_000;
+
 /**
  * The KEEP_* settings every serverless host shares (signing, tokens, trash, limits), read
  * through `get` so callers decide where values come from. Host-specific defaults are passed in.
@@ -70,7 +73,9 @@ export function applyKeepSettings(
   c.enforcePermissions = envBool(get("KEEP_ENFORCE_PERMISSIONS"), "KEEP_ENFORCE_PERMISSIONS", false);
   c.blobSigningTtlSeconds = envInt(get("KEEP_BLOB_SIGNING_TTL"), "KEEP_BLOB_SIGNING_TTL", c.blobSigningTtlSeconds);
   c.trashEnabled = envBool(get("KEEP_TRASH_ENABLED"), "KEEP_TRASH_ENABLED", false);
-  c.trashLifetimeMs = envDuration(get("KEEP_TRASH_LIFETIME"), "KEEP_TRASH_LIFETIME", 0);
+  // Unset, the cluster config's default (Collections.BlobTrashLifetime, 336h), not the legacy
+  // flag's 0: an operator who only turns trash on must not get deletes that cannot be undone.
+  c.trashLifetimeMs = envDuration(get("KEEP_TRASH_LIFETIME"), "KEEP_TRASH_LIFETIME", SERVERLESS_TRASH_LIFETIME_MS);
   c.requestTimeoutMs = envDuration(get("KEEP_REQUEST_TIMEOUT"), "KEEP_REQUEST_TIMEOUT", defaults.requestTimeoutMs);
   c.maxBuffers = envInt(get("KEEP_MAX_BUFFERS"), "KEEP_MAX_BUFFERS", 16);
   c.maxRequests = envInt(get("KEEP_MAX_REQUESTS"), "KEEP_MAX_REQUESTS", 2 * c.maxBuffers);

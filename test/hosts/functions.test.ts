@@ -388,6 +388,15 @@ describe("Azure Functions app", () => {
     assert.equal(ok?.readOnly, true);
     assert.equal(ok?.replication, 2);
   });
+
+  it("keeps trashed blocks 336h when trash is turned on without KEEP_TRASH_LIFETIME (the cluster default)", async () => {
+    const { parseSettings } = await import("../../functions/settings.js");
+    const vols = JSON.stringify([{ account: "a", container: "c", key: "k" }]);
+    const on = parseSettings({ KEEP_VOLUMES: vols, KEEP_TRASH_ENABLED: "true" }).config;
+    assert.equal(on.trashLifetimeMs, 336 * 3600_000);
+    const now = parseSettings({ KEEP_VOLUMES: vols, KEEP_TRASH_ENABLED: "true", KEEP_TRASH_LIFETIME: "0" }).config;
+    assert.equal(now.trashLifetimeMs, 0, "0 still deletes at once when asked for");
+  });
 });
 
 describe("keepfn-local --host functions (the CLI)", () => {

@@ -462,6 +462,11 @@ describe("lambda handlers: events in, responses out", () => {
         /set KEEP_BLOB_SIGNING_KEY_PARAM \(SSM\) or KEEP_BLOB_SIGNING_KEY_SECRET_ID \(Secrets Manager\), not both/,
       );
     });
+
+    it("keeps trashed blocks 336h when trash is turned on without KEEP_TRASH_LIFETIME (the cluster default)", () => {
+      const s = loadSettings({ ...server.lambdaEnv("any"), KEEP_TRASH_ENABLED: "true", KEEP_TRASH_LIFETIME: undefined });
+      assert.equal(s.config.trashLifetimeMs, 336 * 3600_000);
+    });
   });
 });
 
