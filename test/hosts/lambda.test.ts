@@ -464,7 +464,11 @@ describe("lambda handlers: events in, responses out", () => {
     });
 
     it("keeps trashed blocks 336h when trash is turned on without KEEP_TRASH_LIFETIME (the cluster default)", () => {
-      const s = loadSettings({ ...server.lambdaEnv("any"), KEEP_TRASH_ENABLED: "true", KEEP_TRASH_LIFETIME: undefined });
+      const s = loadSettings({
+        ...server.lambdaEnv("any"),
+        KEEP_TRASH_ENABLED: "true",
+        KEEP_TRASH_LIFETIME: undefined,
+      });
       assert.equal(s.config.trashLifetimeMs, 336 * 3600_000);
     });
   });
