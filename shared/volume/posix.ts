@@ -218,7 +218,11 @@ export class PosixVolume implements Volume {
 
   async touch(hash: string): Promise<void> {
     const path = this.blockPath(hash);
+    // -serialize covers touch too, as in the reference: on a disk that serialises I/O, a
+    // touch must not cut in between the reads and writes it queues.
+    // (Locks in trash()'s order, block then volume, so the two cannot deadlock.)
     const unlock = await this.blockLocks.lock(hash);
+    const release = await this.serialized();
     try {
       this.stats.op("utimes");
       const now = this.params.clock.now() / 1000;
@@ -226,6 +230,7 @@ export class PosixVolume implements Volume {
     } catch (err) {
       throw this.translateError(err);
     } finally {
+      release();
       unlock();
     }
   }

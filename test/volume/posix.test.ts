@@ -123,6 +123,31 @@ describe("posix volume", () => {
     }
   });
 
+  it("with serialize, a touch waits for the read that holds the volume, then completes", async () => {
+    const p = params();
+    const h = await posixHarness(p, true);
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      const before = await h.volume.mtime(TEST_HASH);
+      p.clock.advance(5_000);
+      const reading = (await h.volume.read(TEST_HASH)).body[Symbol.asyncIterator]();
+      await reading.next();
+      let touched = false;
+      const touch = h.volume.touch(TEST_HASH).then(() => {
+        touched = true;
+      });
+      // Give a touch that ignored the lock every chance to finish: a stat round trip or two.
+      for (let i = 0; i < 5; i++) await h.volume.mtime(TEST_HASH);
+      assert.equal(touched, false, "touch cut in while the read held the serialize lock");
+      assert.equal(await h.volume.mtime(TEST_HASH), before);
+      await reading.return?.();
+      await touch;
+      assert.ok((await h.volume.mtime(TEST_HASH)) > before, "the touch ran once the read let go");
+    } finally {
+      await h.teardown();
+    }
+  });
+
   it("a stray file with a hex name in the root does not stop empty trash (the reference's walk skips it)", async () => {
     const p = params();
     const h = await posixHarness(p);
