@@ -137,7 +137,12 @@ export function parseFlags(argv: string[]): ServerOptions {
         c.trashLifetimeMs = parseDuration(`-${name}`, value);
         break;
       case "trash-check-interval":
-        c.trashCheckIntervalMs = parseDuration(`-${name}`, value);
+        // As in the reference, an interval of zero or less turns the empty-trash ticker off;
+        // Go's durations may be negative (-1s), which is how some configs spell "off".
+        {
+          const ms = parseDuration(`-${name}`, value.replace(/^-(?=[\d.])/, ""));
+          c.trashCheckIntervalMs = value.startsWith("-") ? 0 : ms;
+        }
         break;
       case "request-timeout":
         c.requestTimeoutMs = parseDuration(`-${name}`, value);

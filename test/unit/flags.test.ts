@@ -130,6 +130,13 @@ describe("keepstore flags", () => {
     assert.throws(() => parseDuration("x", "1d"), /duration/);
   });
 
+  it("takes a negative -trash-check-interval as the reference does: the empty-trash ticker off", () => {
+    assert.equal(parseFlags(["-trash-check-interval=-1s"]).config.trashCheckIntervalMs, 0);
+    assert.equal(parseFlags(["-trash-check-interval", "-24h"]).config.trashCheckIntervalMs, 0);
+    assert.equal(parseFlags(["-trash-check-interval=90m"]).config.trashCheckIntervalMs, 90 * 60_000);
+    assert.throws(() => parseFlags(["-trash-check-interval=-x"]), /-trash-check-interval=-x: expected a duration/);
+  });
+
   it("defaults to one local volume on loopback", () => {
     const o = parseFlags([]);
     assert.equal(o.listen, "127.0.0.1:25107");
