@@ -21,7 +21,12 @@ export class ConditionNotMetError extends KeepError {
 
 /** Data keys as the reference writes them: `<hash>` or `<hash[:N]>/<hash>`. */
 export class S3Keys {
-  constructor(readonly prefixLength: number) {}
+  /** The prefix length in effect: the reference prefixes keys only when 0 < N < 31, else bare. */
+  readonly prefixLength: number;
+
+  constructor(prefixLength: number) {
+    this.prefixLength = prefixLength > 0 && prefixLength < 31 ? prefixLength : 0;
+  }
 
   key(hash: string): string {
     const n = this.prefixLength;

@@ -21,6 +21,7 @@ import { putBlock } from "../../shared/keep/put-block.js";
 import { isHash } from "../../shared/locator.js";
 import { silentLogger } from "../../shared/log.js";
 import { PROBE_KEY, S3Volume } from "../../shared/volume/s3.js";
+import { S3Keys } from "../../shared/volume/s3-support.js";
 import { chunks, collect, MD5_COLLISION, MD5_COLLISION_HASH, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { describeVolumeContract, type HarnessParams, type VolumeHarness } from "../conformance/volume-contract.js";
 import { followClock, type Interceptor, putAt, S3Proxy, S3rver } from "../harness/s3-server.js";
@@ -315,15 +316,32 @@ describe("s3 volume: the reference's BackendStates table (TTL 1h, trash lifetime
 });
 
 describe("s3 volume: a bucket written by the reference keepstore", () => {
-  for (const prefixLength of [0, 3]) {
+  it("lays keys out by the reference's rule: <hash[:N]>/<hash> only for 0 < N < 31, else the bare hash", () => {
+    const h = TEST_HASH;
+    assert.equal(new S3Keys(0).key(h), h);
+    assert.equal(new S3Keys(3).key(h), `${h.slice(0, 3)}/${h}`);
+    assert.equal(new S3Keys(30).key(h), `${h.slice(0, 30)}/${h}`);
+    for (const n of [31, 32, 40]) {
+      const k = new S3Keys(n);
+      assert.equal(k.key(h), h, `PrefixLength=${n}`);
+      assert.equal(k.hashOf(h), h, `PrefixLength=${n}: a bare key is a block`);
+      assert.equal(k.listPrefix("abcd"), "abcd");
+    }
+  });
+
+  // 32: the reference keeps bare keys when N >= 31 (its key() prefixes only for N < len-1).
+  for (const prefixLength of [0, 3, 32]) {
     it(`reads, indexes, trashes, untrashes and sweeps it (PrefixLength=${prefixLength})`, async () => {
       const t0 = Math.floor(Date.now() / 1000) * 1000;
       const clock = new FakeClock(t0);
       const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: 2 * HOUR }, { prefixLength });
+      // The keys as the reference names them, computed here rather than by the volume under test.
+      const refKey = (hash: string) =>
+        prefixLength > 0 && prefixLength < 31 ? `${hash.slice(0, prefixLength)}/${hash}` : hash;
       const blk = (s: string) => ({
         b: Buffer.from(s),
         hash: md5(Buffer.from(s)),
-        key: h.volume.keys.key(md5(Buffer.from(s))),
+        key: refKey(md5(Buffer.from(s))),
       });
       const live = blk("live and old");
       const legacy = blk("legacy, no marker");
@@ -372,9 +390,7 @@ describe("s3 volume: a bucket written by the reference keepstore", () => {
         // What we write is what the reference reads: <key> and recent/<key>.
         await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
         const keys = await keysOf(h.raw, h.bucket);
-        assert.ok(
-          keys.includes(h.volume.keys.key(TEST_HASH)) && keys.includes(`recent/${h.volume.keys.key(TEST_HASH)}`),
-        );
+        assert.ok(keys.includes(refKey(TEST_HASH)) && keys.includes(`recent/${refKey(TEST_HASH)}`));
       } finally {
         await h.teardown();
       }
