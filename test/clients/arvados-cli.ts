@@ -7,13 +7,12 @@
 // output, stops everything it started, removes its temp dirs and exits with the script's
 // status. Not part of `npm test` (the name does not end in .test.ts): the SDK cannot be
 // installed from PyPI here, so it needs ARVADOS_PYTHON_SDK.
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, promises as fs } from "node:fs";
-import { constants, tmpdir } from "node:os";
+import { promises as fs } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
-import { all, ChildHosts, isDir, ROOT, writeSecrets } from "../harness/child-hosts.js";
+import { all, ChildHosts, pythonProbe, pythonSetup, ROOT, ScriptRun, writeSecrets } from "../harness/child-hosts.js";
 import { ArvadosApiStub } from "./arvados-api-stub.js";
 
 const SCRIPT = join(ROOT, "test/clients/arvados_cli.py");
@@ -33,16 +32,8 @@ const NEEDED = `npm run test:arvados-cli needs:
     (and python3-ciso8601 python3-websockets for arv-put/arv-get).
 See test/clients/README.md.`;
 
-function preflight(sdk: string | undefined, python: string): string | undefined {
-  if (!sdk) return "ARVADOS_PYTHON_SDK is not set.";
-  if (!isDir(sdk) || !existsSync(join(sdk, "arvados", "keep.py")))
-    return `ARVADOS_PYTHON_SDK=${sdk} is not a directory holding arvados/keep.py.`;
-  const probe = (code: string, ...args: string[]) => {
-    const r = spawnSync(python, ["-c", code, ...args], { encoding: "utf8" });
-    if (r.error) return `${python}: ${r.error.message}`;
-    if (r.status !== 0) return (r.stderr.trim().split("\n").pop() ?? "") || `exit ${r.status}`;
-    return undefined;
-  };
+function preflight(sdk: string, python: string): string | undefined {
+  const probe = pythonProbe(python);
   for (const mod of ["pycurl", "googleapiclient", "httplib2"]) {
     const no = probe(`import ${mod}`);
     if (no) return `${python} cannot import ${mod} (${no}).`;
@@ -56,13 +47,9 @@ function preflight(sdk: string | undefined, python: string): string | undefined 
 }
 
 async function main(): Promise<number> {
-  const sdk = process.env.ARVADOS_PYTHON_SDK;
-  const python = process.env.PYTHON || "/usr/bin/python3";
-  const problem = preflight(sdk, python);
-  if (problem) {
-    process.stderr.write(`${problem}\n\n${NEEDED}\n`);
-    return 2;
-  }
+  const setup = pythonSetup(preflight, NEEDED);
+  if (!setup) return 2;
+  const { python } = setup;
 
   const t0 = Date.now();
   const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-arvcli-"));
@@ -70,14 +57,7 @@ async function main(): Promise<number> {
   const hosts = new ChildHosts(logDir);
   const stubs: ArvadosApiStub[] = [];
   let azurite: Azurite | undefined;
-  let py: ChildProcess | undefined;
-  let interrupted: NodeJS.Signals | undefined;
-  const onSignal = (sig: NodeJS.Signals) => {
-    interrupted = sig;
-    py?.kill(sig);
-  };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  const script = new ScriptRun("arvados-cli");
   let status = 1;
   try {
     const vol = join(dir, "vol");
@@ -140,18 +120,10 @@ async function main(): Promise<number> {
     const settingsFile = join(dir, "settings.json");
     await fs.writeFile(settingsFile, `${JSON.stringify(settings, null, 2)}\n`, { mode: 0o600 });
 
-    if (interrupted) throw new Error(`${interrupted} while starting the hosts`);
-    const child = spawn(python, [SCRIPT, settingsFile, ...process.argv.slice(2)], {
-      stdio: "inherit",
-      env: { ...process.env, HOME: work, XDG_CACHE_HOME: join(work, ".cache") },
-    });
-    py = child;
-    status = await new Promise<number>((resolve) => {
-      child.once("error", (err) => {
-        process.stderr.write(`arvados-cli: ${python}: ${err.message}\n`);
-        resolve(1);
-      });
-      child.once("exit", (code, signal) => resolve(code ?? 128 + (signal ? constants.signals[signal] : 0)));
+    status = await script.run(python, [SCRIPT, settingsFile, ...process.argv.slice(2)], {
+      ...process.env,
+      HOME: work,
+      XDG_CACHE_HOME: join(work, ".cache"),
     });
     await fs.writeFile(stubLog, `${logLines.join("\n")}\n`);
     const unhandled = logLines.filter((l) => l.includes(" UNHANDLED "));
@@ -160,7 +132,7 @@ async function main(): Promise<number> {
     );
     for (const l of unhandled) process.stdout.write(`  ${l}\n`);
     if (process.env.ARVADOS_CLI_SHOW_REQUESTS) for (const l of logLines) process.stdout.write(`  ${l}\n`);
-    if (status !== 0 && !interrupted) await hosts.tails();
+    if (status !== 0 && !script.interrupted) await hosts.tails();
     return status;
   } catch (err) {
     process.stderr.write(`arvados-cli: ${err instanceof Error ? err.stack : String(err)}\n`);
@@ -169,8 +141,7 @@ async function main(): Promise<number> {
   } finally {
     await Promise.allSettled([hosts.stopAll(), azurite?.close(), ...stubs.map((s) => s.close())]);
     await fs.rm(dir, { recursive: true, force: true });
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    script.dispose();
     process.stdout.write(`arvados-cli: exit ${status}, ${(Date.now() - t0) / 1000} s in all\n`);
   }
 }

@@ -58,6 +58,7 @@ import googleapiclient_compat  # noqa: E402  (before arvados.api: see that file)
 import arvados  # noqa: E402
 import arvados.api  # noqa: E402
 import arvados.errors  # noqa: E402
+from keep_errors import statuses  # noqa: E402
 import arvados.keep  # noqa: E402
 
 with open(sys.argv[1]) as f:
@@ -638,17 +639,6 @@ def run_two(part, cfg, fx):
         raise AssertionError(f"copies=3 succeeded on two single-volume keepstores: {loc}")
 
     check(part, "replication 3 on two single-volume keepstores fails (KeepWriteError)", replication3)
-
-
-def statuses(exc):
-    """HTTP status codes in a KeepRequestError's per-service errors."""
-    out = []
-    try:
-        for _, err in exc.request_errors().items():
-            out.append(getattr(err, "status_code", repr(err)))
-    except Exception:  # noqa: BLE001
-        pass
-    return out
 
 
 def _flip_sig(loc):

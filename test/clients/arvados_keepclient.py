@@ -52,6 +52,7 @@ if len(sys.argv) < 2:
 sys.path.insert(0, SDK)
 import arvados  # noqa: E402
 import arvados.errors  # noqa: E402
+from keep_errors import statuses  # noqa: E402  (beside this file)
 
 with open(sys.argv[1]) as f:
     SETTINGS = json.load(f)
@@ -97,17 +98,6 @@ def check(host, name, fn):
 
 def kc(url, token=TOKEN, **kw):
     return arvados.KeepClient(api_token=token, proxy=url, **kw)
-
-
-def statuses(exc):
-    """HTTP status codes in a KeepRequestError's per-service errors."""
-    out = []
-    try:
-        for _, err in exc.request_errors().items():
-            out.append(getattr(err, "status_code", repr(err)))
-    except Exception:  # noqa: BLE001
-        pass
-    return out
 
 
 def expect_read_refused(url, loc, token, want_status, method="get"):

@@ -9,13 +9,12 @@
 // Per backend, the first host enforces permissions (signing key, admin token) and the second
 // is a trash instance: permissions off, a 2 s signing TTL so a fresh block may be trashed
 // within the run, trash enabled with a 1 h lifetime so untrash finds it.
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { existsSync, promises as fs } from "node:fs";
-import { constants, tmpdir } from "node:os";
+import { promises as fs } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MAX_BINARY_BODY } from "../../lambda/limits.js";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
-import { all, ChildHosts, isDir, ROOT, writeSecrets } from "../harness/child-hosts.js";
+import { all, ChildHosts, pythonProbe, pythonSetup, ROOT, ScriptRun, writeSecrets } from "../harness/child-hosts.js";
 import { S3rver } from "../harness/s3-server.js";
 
 const SCRIPT = join(ROOT, "test/clients/arvados_keepclient.py");
@@ -35,16 +34,8 @@ const NEEDED = `npm run test:arvados-python needs:
     PYTHON=<path>. On Debian: apt-get install python3-pycurl python3-googleapi python3-httplib2
 See test/clients/README.md.`;
 
-function preflight(sdk: string | undefined, python: string): string | undefined {
-  if (!sdk) return "ARVADOS_PYTHON_SDK is not set.";
-  if (!isDir(sdk) || !existsSync(join(sdk, "arvados", "keep.py")))
-    return `ARVADOS_PYTHON_SDK=${sdk} is not a directory holding arvados/keep.py.`;
-  const probe = (code: string, ...args: string[]) => {
-    const r = spawnSync(python, ["-c", code, ...args], { encoding: "utf8" });
-    if (r.error) return `${python}: ${r.error.message}`;
-    if (r.status !== 0) return (r.stderr.trim().split("\n").pop() ?? "") || `exit ${r.status}`;
-    return undefined;
-  };
+function preflight(sdk: string, python: string): string | undefined {
+  const probe = pythonProbe(python);
   const noCurl = probe("import pycurl");
   if (noCurl) return `${python} cannot import pycurl (${noCurl}).`;
   const noSdk = probe("import sys; sys.path.insert(0, sys.argv[1]); import arvados.keep", sdk);
@@ -53,13 +44,9 @@ function preflight(sdk: string | undefined, python: string): string | undefined 
 }
 
 async function main(): Promise<number> {
-  const sdk = process.env.ARVADOS_PYTHON_SDK;
-  const python = process.env.PYTHON || "/usr/bin/python3";
-  const problem = preflight(sdk, python);
-  if (problem) {
-    process.stderr.write(`${problem}\n\n${NEEDED}\n`);
-    return 2;
-  }
+  const setup = pythonSetup(preflight, NEEDED);
+  if (!setup) return 2;
+  const { python } = setup;
 
   const t0 = Date.now();
   const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-arvpy-"));
@@ -67,14 +54,7 @@ async function main(): Promise<number> {
   const hosts = new ChildHosts(logDir);
   let azurite: Azurite | undefined;
   let s3: S3rver | undefined;
-  let py: ChildProcess | undefined;
-  let interrupted: NodeJS.Signals | undefined;
-  const onSignal = (sig: NodeJS.Signals) => {
-    interrupted = sig;
-    py?.kill(sig);
-  };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  const script = new ScriptRun("python-client");
   let status = 1;
   try {
     const [volA, volB, volT] = ["vol-a", "vol-b", "vol-t"].map((v) => join(dir, v)) as [string, string, string];
@@ -148,17 +128,8 @@ async function main(): Promise<number> {
     const settingsFile = join(dir, "settings.json");
     await fs.writeFile(settingsFile, `${JSON.stringify(settings, null, 2)}\n`, { mode: 0o600 });
 
-    if (interrupted) throw new Error(`${interrupted} while starting the hosts`);
-    const child = spawn(python, [SCRIPT, settingsFile, ...process.argv.slice(2)], { stdio: "inherit" });
-    py = child;
-    status = await new Promise<number>((resolve) => {
-      child.once("error", (err) => {
-        process.stderr.write(`python-client: ${python}: ${err.message}\n`);
-        resolve(1);
-      });
-      child.once("exit", (code, signal) => resolve(code ?? 128 + (signal ? constants.signals[signal] : 0)));
-    });
-    if (status !== 0 && !interrupted) await hosts.tails();
+    status = await script.run(python, [SCRIPT, settingsFile, ...process.argv.slice(2)]);
+    if (status !== 0 && !script.interrupted) await hosts.tails();
     return status;
   } catch (err) {
     process.stderr.write(`python-client: ${err instanceof Error ? err.stack : String(err)}\n`);
@@ -167,8 +138,7 @@ async function main(): Promise<number> {
   } finally {
     await Promise.allSettled([hosts.stopAll(), azurite?.close(), s3?.close()]);
     await fs.rm(dir, { recursive: true, force: true });
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    script.dispose();
     process.stdout.write(`python-client: exit ${status}, ${(Date.now() - t0) / 1000} s in all\n`);
   }
 }

@@ -1,9 +1,10 @@
 // keepfn hosts started as child processes for the real-client runs (`npm run
 // test:arvados-python`, `npm run test:arvados-cli`): the container host (dist/server/main.js)
 // and keepfn-local, each on port 0, its output in a log file, stopped by its own PID.
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { createWriteStream, promises as fs, statSync } from "node:fs";
+import { createWriteStream, existsSync, promises as fs, statSync } from "node:fs";
+import { constants } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KEEPFN_LOCAL_LISTENING, KEEPSTORE_LISTENING, listeningUrl } from "./host-process.js";
@@ -128,4 +129,74 @@ async function stopHost(h: ChildHost): Promise<void> {
   const force = setTimeout(() => c.kill("SIGKILL"), 5000);
   await exited;
   clearTimeout(force);
+}
+
+/** A check run in `python -c`: undefined when it exits 0, else why (its last stderr line). */
+export function pythonProbe(python: string): (code: string, ...args: string[]) => string | undefined {
+  return (code, ...args) => {
+    const r = spawnSync(python, ["-c", code, ...args], { encoding: "utf8" });
+    if (r.error) return `${python}: ${r.error.message}`;
+    if (r.status !== 0) return (r.stderr.trim().split("\n").pop() ?? "") || `exit ${r.status}`;
+    return undefined;
+  };
+}
+
+/**
+ * The runner's Python script, with SIGINT/SIGTERM passed on to it: a Ctrl-C stops the script,
+ * and the runner still stops every host it started (dispose() in its finally).
+ */
+export class ScriptRun {
+  interrupted: NodeJS.Signals | undefined;
+  private child: ChildProcess | undefined;
+  private readonly onSignal = (sig: NodeJS.Signals) => {
+    this.interrupted = sig;
+    this.child?.kill(sig);
+  };
+
+  constructor(private readonly name: string) {
+    process.on("SIGINT", this.onSignal);
+    process.on("SIGTERM", this.onSignal);
+  }
+
+  /** Starts the script (unless a signal came while the hosts started) and waits for its exit status. */
+  async run(python: string, args: string[], env?: NodeJS.ProcessEnv): Promise<number> {
+    if (this.interrupted) throw new Error(`${this.interrupted} while starting the hosts`);
+    const child = spawn(python, args, { stdio: "inherit", env });
+    this.child = child;
+    return new Promise<number>((resolve) => {
+      child.once("error", (err) => {
+        process.stderr.write(`${this.name}: ${python}: ${err.message}\n`);
+        resolve(1);
+      });
+      child.once("exit", (code, signal) => resolve(code ?? 128 + (signal ? constants.signals[signal] : 0)));
+    });
+  }
+
+  dispose(): void {
+    process.off("SIGINT", this.onSignal);
+    process.off("SIGTERM", this.onSignal);
+  }
+}
+
+/**
+ * The SDK directory and Python a real-client run uses (ARVADOS_PYTHON_SDK, PYTHON), once
+ * `preflight` finds nothing missing; otherwise undefined, having printed what is missing and
+ * how to get it (`needed`).
+ */
+export function pythonSetup(
+  preflight: (sdk: string, python: string) => string | undefined,
+  needed: string,
+): { sdk: string; python: string } | undefined {
+  const sdk = process.env.ARVADOS_PYTHON_SDK;
+  const python = process.env.PYTHON || "/usr/bin/python3";
+  const problem = !sdk
+    ? "ARVADOS_PYTHON_SDK is not set."
+    : !isDir(sdk) || !existsSync(join(sdk, "arvados", "keep.py"))
+      ? `ARVADOS_PYTHON_SDK=${sdk} is not a directory holding arvados/keep.py.`
+      : preflight(sdk, python);
+  if (problem || !sdk) {
+    process.stderr.write(`${problem}\n\n${needed}\n`);
+    return undefined;
+  }
+  return { sdk, python };
 }
