@@ -28,6 +28,8 @@ interface VolumeSetting {
   identity?: boolean;
   replication?: number;
   readOnly?: boolean;
+  /** The cluster config's AllowTrashWhenReadOnly: keep-balance may still trash on a read-only volume (draining it). */
+  allowTrashWhenReadOnly?: boolean;
   storageClasses?: string[];
   maxGetBytes?: number;
   /** How long one storage call may keep retrying 5xx and connection errors (ms, default 10 s). */
@@ -115,6 +117,7 @@ function parseVolumes(
       ...(v.retryBudgetMs !== undefined ? { retryBudgetMs: v.retryBudgetMs } : {}),
       replication: v.replication ?? 3,
       readOnly: !!v.readOnly,
+      allowTrashWhenReadOnly: !!v.allowTrashWhenReadOnly,
       storageClasses: v.storageClasses?.length ? v.storageClasses : ["default"],
       uuid: v.uuid,
     } satisfies VolumeSpec;
@@ -132,6 +135,7 @@ const VOLUME_FIELDS: Record<keyof VolumeSetting, "string" | "boolean" | "count" 
   identity: "boolean",
   replication: "count",
   readOnly: "boolean",
+  allowTrashWhenReadOnly: "boolean",
   storageClasses: "classes",
   maxGetBytes: "count",
   retryBudgetMs: "count",

@@ -50,6 +50,12 @@ export function loadSettings(env: NodeJS.ProcessEnv): LambdaSettings {
       conditionalWrites,
       replication: envInt(get("KEEP_S3_REPLICATION"), "KEEP_S3_REPLICATION", 2),
       readOnly: envBool(get("KEEP_S3_READONLY"), "KEEP_S3_READONLY", false),
+      // The cluster config's AllowTrashWhenReadOnly: keep-balance may still drain a read-only bucket.
+      allowTrashWhenReadOnly: envBool(
+        get("KEEP_S3_ALLOW_TRASH_WHEN_READONLY"),
+        "KEEP_S3_ALLOW_TRASH_WHEN_READONLY",
+        false,
+      ),
       storageClasses: envList(get("KEEP_S3_STORAGE_CLASSES")) ?? ["default"],
     }),
   );

@@ -386,7 +386,20 @@ describe("Azure Functions app", () => {
       ]),
     }).config.volumes[0];
     assert.equal(ok?.readOnly, true);
+    assert.equal(ok?.allowTrashWhenReadOnly, false, "a read-only volume keeps its blocks unless told otherwise");
     assert.equal(ok?.replication, 2);
+  });
+
+  it("lets keep-balance drain a read-only container with allowTrashWhenReadOnly (the cluster's AllowTrashWhenReadOnly)", async () => {
+    const { parseSettings } = await import("../../functions/settings.js");
+    const v = { account: "a", container: "c", key: "k", readOnly: true, allowTrashWhenReadOnly: true };
+    const spec = parseSettings({ KEEP_VOLUMES: JSON.stringify([v]) }).config.volumes[0];
+    assert.equal(spec?.readOnly, true);
+    assert.equal(spec?.allowTrashWhenReadOnly, true);
+    assert.throws(
+      () => parseSettings({ KEEP_VOLUMES: JSON.stringify([{ ...v, allowTrashWhenReadOnly: "yes" }]) }),
+      /\.allowTrashWhenReadOnly: expected true or false/,
+    );
   });
 
   it("keeps trashed blocks 336h when trash is turned on without KEEP_TRASH_LIFETIME (the cluster default)", async () => {

@@ -471,6 +471,18 @@ describe("lambda handlers: events in, responses out", () => {
       });
       assert.equal(s.config.trashLifetimeMs, 336 * 3600_000);
     });
+
+    it("lets keep-balance drain a read-only bucket with KEEP_S3_ALLOW_TRASH_WHEN_READONLY", () => {
+      const env = { ...server.lambdaEnv("any"), KEEP_S3_READONLY: "true" };
+      assert.equal(loadSettings(env).config.volumes[0]?.allowTrashWhenReadOnly, false);
+      const spec = loadSettings({ ...env, KEEP_S3_ALLOW_TRASH_WHEN_READONLY: "true" }).config.volumes[0];
+      assert.equal(spec?.readOnly, true);
+      assert.equal(spec?.allowTrashWhenReadOnly, true);
+      assert.throws(
+        () => loadSettings({ ...env, KEEP_S3_ALLOW_TRASH_WHEN_READONLY: "yes please" }),
+        /KEEP_S3_ALLOW_TRASH_WHEN_READONLY/,
+      );
+    });
   });
 });
 
