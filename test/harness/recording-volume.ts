@@ -25,8 +25,15 @@ export class RecordingVolume implements Volume {
   get stats() {
     return this.inner.stats;
   }
+  private readonly waiters: Array<() => void> = [];
+  /** Resolves once any call has reached this volume (at once if one already has). */
+  entered(): Promise<void> {
+    if (this.log.some((l) => l.endsWith(` ${this.label}`))) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
   private async enter(op: Op): Promise<void> {
     this.log.push(`${op} ${this.label}`);
+    for (const w of this.waiters.splice(0)) w();
     if (this.gate) await this.gate;
     const f = this.faults.get(op);
     if (f) throw f();
