@@ -184,6 +184,12 @@ export default async function run(): Promise<void> {
     KEEP_LOG_LEVEL: "silent",
   };
   const host = createLambdaHost(() => env, { logger: silentLogger() });
+  // The path AWS S3 gets: PutObject honours If-None-Match: *, so a PUT sends no existence HEAD
+  // and the marker and the conditional create overlap. s3rver ignores the header, which
+  // changes nothing for a new block (the create succeeds either way), so its timing is S3's.
+  const conditionalHost = createLambdaHost(() => ({ ...env, KEEP_S3_CONDITIONAL_WRITES: "true" }), {
+    logger: silentLogger(),
+  });
   const stream = awslambda.streamifyResponse(host.stream);
   const out: string[] = [];
   const line = (label: string, viaMs: number, directMs: number, size: number, note = "") => {
@@ -207,11 +213,11 @@ export default async function run(): Promise<void> {
     ] as const) {
       const runs = size < 1 << 20 ? 60 : 15;
       // The handler gets a new block every time, warm-ups included (a PUT of a block already stored is a
-      // read-compare-touch instead): two comparisons of `runs` PUTs, and one to count
+      // read-compare-touch instead): three comparisons of `runs` PUTs, and one to count
       // requests. Direct PUTs may repeat bytes (S3 does not care).
       let seq = 0;
       let directSeq = 0;
-      const blocks = Array.from({ length: 2 * (WARMUP + runs) + 1 }, (_, i) => {
+      const blocks = Array.from({ length: 3 * (WARMUP + runs) + 2 }, (_, i) => {
         const data = bytes(size, size + i);
         const hash = md5(data);
         return {
@@ -238,10 +244,23 @@ export default async function run(): Promise<void> {
           }),
         );
       };
+      const viaConditionalPutOnce = async () => {
+        const b = blocks[seq++] as (typeof blocks)[number];
+        const r = await conditionalHost.buffered(b.event, ctx);
+        if (r.statusCode !== 200) throw new Error(`PUT ${r.statusCode}: ${r.body}`);
+      };
       const [viaPut, directPut] = await pair(viaPutOnce, () => directPutOnce(false), runs);
       const [viaPut2, directPutMd5] = await pair(viaPutOnce, () => directPutOnce(true), runs);
+      const [viaPut3, directPut3] = await pair(viaConditionalPutOnce, () => directPutOnce(false), runs);
       line(`PUT ${label}`, viaPut, directPut, size, await requestsOf(viaPutOnce));
       line(`PUT ${label} vs direct + MD5`, viaPut2, directPutMd5, size);
+      line(
+        `PUT ${label}, If-None-Match path (AWS S3)`,
+        viaPut3,
+        directPut3,
+        size,
+        "  [marker + conditional PUT, overlapped]",
+      );
       const { hash, data, md5b64 } = blocks[0] as (typeof blocks)[number];
       await direct.send(
         new PutObjectCommand({
@@ -393,6 +412,7 @@ export default async function run(): Promise<void> {
   } finally {
     uploadAgent.destroy();
     await host.close();
+    await conditionalHost.close();
     direct.destroy();
     await s3.close();
   }
