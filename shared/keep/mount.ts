@@ -3,6 +3,9 @@
 import { createHash } from "node:crypto";
 import type { Volume } from "../volume/volume.js";
 
+/** How long a mount whose write failed is planned last (see Mount.noteWriteFailure). */
+export const WRITE_FAILURE_MS = 60_000;
+
 export interface MountConfig {
   uuid: string;
   volume: Volume;
@@ -26,6 +29,8 @@ export class Mount {
   readonly priority: number;
   /** The part of the uuid mixed into the rendezvous weight. */
   private readonly weightKey: string;
+  /** Until when (clock ms) PUTs plan this mount last: a write or touch on it failed. */
+  private failedUntil = 0;
 
   constructor(c: MountConfig) {
     this.uuid = c.uuid;
@@ -37,6 +42,20 @@ export class Mount {
     this.allowTrash = !c.readOnly || !!c.allowTrashWhenReadOnly;
     this.priority = c.priority ?? 0;
     this.weightKey = c.uuid.length === 27 ? c.uuid.slice(12) : c.uuid;
+  }
+
+  /**
+   * A write or touch here failed (not the client's fault, not "full", which the volume marks
+   * itself). A streamed PUT cannot replay its body onto the next mount as the reference's
+   * buffered one does, so the client's retry must not be planned onto this mount first again:
+   * for WRITE_FAILURE_MS it is used only where no other mount can take the block.
+   */
+  noteWriteFailure(nowMs: number): void {
+    this.failedUntil = nowMs + WRITE_FAILURE_MS;
+  }
+
+  writeFailedRecently(nowMs: number): boolean {
+    return nowMs < this.failedUntil;
   }
 
   weight(hash: string): string {

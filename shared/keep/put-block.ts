@@ -1,6 +1,8 @@
 // The PUT algorithm of §5.1 over a stream: plan which mounts get the block (existing copies
 // are compared and touched, writes go where storage classes still need a replica), then
 // stream the body once, hash-checked, to every planned mount in lock step.
+
+import type { Clock } from "../clock.js";
 import {
   CancelledError,
   CollisionError,
@@ -47,6 +49,7 @@ export interface PutOptions {
   /** Classes a PUT without X-Keep-Storage-Classes asks for. */
   defaultStorageClasses: string[];
   logger: Logger;
+  clock: Clock;
 }
 
 export async function putBlock(
@@ -55,11 +58,13 @@ export async function putBlock(
   opts: PutOptions,
   /** Internal: the conditional create was tried and `req.body` is its verified in-memory copy. */
   createTried = false,
+  /** Internal: mounts this request already failed on before reading any of its body. */
+  tried: ReadonlySet<Mount> = new Set(),
 ): Promise<WriteResult> {
   const { hash, signal } = req;
   const classes = req.storageClasses.length ? req.storageClasses : opts.defaultStorageClasses;
   const progress = new PutProgress(classes);
-  const writable = orderForBlock(mounts, hash).filter((m) => m.allowWrite);
+  const writable = orderForBlock(mounts, hash).filter((m) => m.allowWrite && !tried.has(m));
 
   // One writable mount that can create conditionally (Azure; S3 where the service honours
   // If-None-Match): a small new block skips the existence check before the write. With one mount the plan below could
@@ -84,6 +89,7 @@ export async function putBlock(
       if (signal?.aborted || (err instanceof KeepError && isClientError(err))) throw err;
       opts.logger.warn({ err, mount: only.uuid, hash }, "block write failed");
       if (err instanceof VolumeFullError) throw new InsufficientStorageError();
+      only.noteWriteFailure(opts.clock.now());
       throw new VolumeUnavailableError("volume unavailable", { cause: err });
     }
     // Refused: something is stored. A live copy is what the plan would compare and touch: do
@@ -102,24 +108,31 @@ export async function putBlock(
   }
 
   // Plan: existing copies first (compared, then touched), then writes where still wanted.
+  // Mounts whose write or touch failed within the last minute come after all the others, as
+  // a group of their own: the reference retries such a PUT on the next mount with its
+  // buffered body, ours is streamed once, so the client's retry is what reaches the next one.
   const compare: Mount[] = [];
   const write: Mount[] = [];
   let fullSeen = 0;
-  for (const m of writable) {
-    if (!progress.wants(m)) continue;
-    if (await hasBlock(m, hash)) {
-      compare.push(m);
+  const now = opts.clock.now();
+  const failedRecently = writable.filter((m) => m.writeFailedRecently(now));
+  for (const group of [writable.filter((m) => !failedRecently.includes(m)), failedRecently]) {
+    for (const m of group) {
+      if (!progress.wants(m)) continue;
+      if (await hasBlock(m, hash)) {
+        compare.push(m);
+        progress.add(m);
+      }
+    }
+    for (const m of group) {
+      if (!progress.wants(m) || compare.includes(m)) continue;
+      if (await m.volume.isFull?.().catch(() => false)) {
+        fullSeen++;
+        continue;
+      }
+      write.push(m);
       progress.add(m);
     }
-  }
-  for (const m of writable) {
-    if (!progress.wants(m) || compare.includes(m)) continue;
-    if (await m.volume.isFull?.().catch(() => false)) {
-      fullSeen++;
-      continue;
-    }
-    write.push(m);
-    progress.add(m);
   }
   if (compare.length + write.length === 0) {
     await drain(req.body);
@@ -136,9 +149,16 @@ export async function putBlock(
     (bodySize ?? 0) >= DELEGATE_HASH_FROM &&
     write.every((m) => m.volume.verifiesWrites?.(bodySize) === true);
   const size = { n: 0 };
+  let pulled = false;
+  const body: AsyncIterable<Uint8Array> = {
+    [Symbol.asyncIterator]: () => {
+      pulled = true;
+      return req.body[Symbol.asyncIterator]();
+    },
+  };
   // After a refused create the body is the in-memory copy already hashed there: not again.
   const verified = counting(
-    verifiedUpload(req.body, hash, req.locator, req.contentLength, !delegated && !createTried),
+    verifiedUpload(body, hash, req.locator, req.contentLength, !delegated && !createTried),
     size,
   );
   const branches = lockstepTee(verified, compare.length + write.length);
@@ -155,6 +175,27 @@ export async function putBlock(
       }),
     ),
   ]);
+  const failed = (m: Mount, err: unknown, what: string) => {
+    m.noteWriteFailure(opts.clock.now());
+    opts.logger.warn({ err, mount: m.uuid, hash }, `${what} failed; the mount is planned last for a minute`);
+  };
+  // Every planned mount failed before reading a byte of the body (a disk remounted read-only,
+  // a directory it may not write): the body is still whole, so plan again without them and
+  // go on to the next mounts, as the reference does with its buffered body.
+  const planned = [...compare, ...write];
+  const nowTried = new Set([...tried, ...planned]);
+  if (
+    !pulled &&
+    !signal?.aborted &&
+    outcomes.every((o) => o.status === "rejected") &&
+    writable.some((m) => !nowTried.has(m))
+  ) {
+    for (const [i, m] of planned.entries()) {
+      const o = outcomes[i] as PromiseRejectedResult;
+      if (!(o.reason instanceof VolumeFullError)) failed(m, o.reason, "block write");
+    }
+    return putBlock(mounts, req, opts, createTried, nowTried);
+  }
   // A bad upload (hash, length, size, client gone) is the client's error, whatever else failed.
   await drainAfterFailure(verified);
   const final = new PutProgress(classes);
@@ -177,15 +218,16 @@ export async function putBlock(
         final.add(m);
       } catch (err) {
         lastErr = err;
+        failed(m, err, "touch of the stored copy");
       }
-    }
+    } else if (!signal?.aborted) failed(m, o.reason, "read of the stored copy");
   }
   for (const [i, m] of write.entries()) {
     const o = outcomes[compare.length + i] as PromiseSettledResult<void>;
     attempts++;
     if (o.status === "fulfilled") final.add(m);
     else if (o.reason instanceof VolumeFullError) fulls++;
-    else opts.logger.warn({ err: o.reason, mount: m.uuid, hash }, "block write failed");
+    else if (!signal?.aborted) failed(m, o.reason, "block write");
   }
   if (final.total > 0) {
     return { locator: `${hash}+${size.n}`, replicas: final.total, classesConfirmed: final.confirmedHeader() };

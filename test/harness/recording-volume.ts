@@ -42,8 +42,16 @@ export class RecordingVolume implements Volume {
     await this.enter("read");
     return this.inner.read(hash, signal);
   }
+  /** Fails writes only once they have read the whole body (a disk failing mid-write). */
+  writeFaultAfterBody?: () => Error;
   async write(hash: string, data: AsyncIterable<Uint8Array>, opts?: WriteOptions): Promise<void> {
     await this.enter("write");
+    if (this.writeFaultAfterBody) {
+      for await (const _ of data) {
+        /* read it all, as a write that fails at its end has */
+      }
+      throw this.writeFaultAfterBody();
+    }
     this.writeOptions.push({ ...opts });
     return this.inner.write(hash, data, opts);
   }

@@ -9,8 +9,9 @@ import {
   HashMismatchError,
   InsufficientStorageError,
   NotFoundError,
+  VolumeUnavailableError,
 } from "../../shared/errors.js";
-import { type Mount, orderForBlock } from "../../shared/keep/mount.js";
+import { type Mount, orderForBlock, WRITE_FAILURE_MS } from "../../shared/keep/mount.js";
 import { TrashWorker } from "../../shared/keep/trash-worker.js";
 import { silentLogger } from "../../shared/log.js";
 import { chunks, collect, md5hex, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
@@ -121,6 +122,88 @@ describe("keepstore service", () => {
       assert.deepEqual(
         s.log.filter((l) => l.startsWith("write")),
         [],
+      );
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("a PUT whose first mount fails before reading the body goes on to the next mount (WriteFailure)", async () => {
+    const s = await makeStore([{ label: "a" }, { label: "b" }, { label: "c" }]);
+    try {
+      const [first, second, third] = orderForBlock(s.mounts, TEST_HASH).map((m) => m.volume.deviceId.split("#")[1]);
+      s.vols[first as string]?.faults.set("write", () => new Error("EROFS: read-only file system"));
+      s.vols[second as string]?.faults.set("write", () => new Error("EACCES: permission denied"));
+      const r = await put(s.keep, TEST_HASH, TEST_BLOCK);
+      assert.equal(r.replicas, 1);
+      assert.deepEqual(
+        s.log.filter((l) => l.startsWith("write")),
+        [`write ${first}`, `write ${second}`, `write ${third}`],
+      );
+      assert.deepEqual(await collect((await s.vols[third as string]!.inner.read(TEST_HASH)).body), TEST_BLOCK);
+      // Every mount failing: the answer is still the error, after one try each.
+      s.vols[third as string]?.faults.set("write", () => new Error("EIO: i/o error"));
+      s.log.length = 0;
+      await assert.rejects(put(s.keep, FOO_HASH, FOO), VolumeUnavailableError);
+      assert.equal(s.log.filter((l) => l.startsWith("write")).length, 3);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("after a mount's write fails mid-body, the retried PUT goes to the next mount, and a minute later the first is tried again", async () => {
+    const s = await makeStore([{ label: "a" }, { label: "b" }]);
+    try {
+      const [first, second] = orderForBlock(s.mounts, TEST_HASH).map((m) => m.volume.deviceId.split("#")[1]);
+      s.vols[first as string]!.writeFaultAfterBody = () => new Error("EIO: i/o error");
+      // The body was streamed once, into the failed write: this PUT cannot move on as the
+      // reference's buffered one does. 503, and the client retries.
+      await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), VolumeUnavailableError);
+      s.log.length = 0;
+      const r = await put(s.keep, TEST_HASH, TEST_BLOCK);
+      assert.equal(r.replicas, 1);
+      assert.deepEqual(
+        s.log.filter((l) => l.startsWith("write")),
+        [`write ${second}`],
+      );
+      assert.deepEqual(await collect((await s.vols[second as string]!.inner.read(TEST_HASH)).body), TEST_BLOCK);
+      // Other blocks that rank the failed mount first go to the next one too, at once.
+      s.log.length = 0;
+      await put(s.keep, FOO_HASH, FOO);
+      assert.deepEqual(
+        s.log.filter((l) => l.startsWith("write")),
+        [`write ${second}`],
+      );
+      // Repaired and a minute on: planned by rendezvous order again.
+      s.vols[first as string]!.writeFaultAfterBody = undefined;
+      s.clock.advance(WRITE_FAILURE_MS);
+      s.log.length = 0;
+      const data = Buffer.from("written where rendezvous says");
+      const hash = md5hex(data);
+      const top = orderForBlock(s.mounts, hash)[0]?.volume.deviceId.split("#")[1];
+      await put(s.keep, hash, data);
+      assert.deepEqual(
+        s.log.filter((l) => l.startsWith("write")),
+        [`write ${top}`],
+      );
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("a stored copy whose touch fails does not hold every retry: the next PUT writes to another mount", async () => {
+    const s = await makeStore([{ label: "a" }, { label: "b" }]);
+    try {
+      const [first, second] = orderForBlock(s.mounts, TEST_HASH).map((m) => m.volume.deviceId.split("#")[1]);
+      await s.putRaw(first as string, TEST_HASH, TEST_BLOCK);
+      s.vols[first as string]?.faults.set("touch", () => new Error("EROFS: read-only file system"));
+      await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), VolumeUnavailableError);
+      s.log.length = 0;
+      const r = await put(s.keep, TEST_HASH, TEST_BLOCK);
+      assert.equal(r.replicas, 1);
+      assert.deepEqual(
+        s.log.filter((l) => l.startsWith("write") || l.startsWith("touch")),
+        [`write ${second}`],
       );
     } finally {
       await s.cleanup();

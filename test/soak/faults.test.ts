@@ -13,6 +13,7 @@ import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { FakeClock } from "../../shared/clock.js";
 import { VolumeFullError } from "../../shared/errors.js";
+import { WRITE_FAILURE_MS } from "../../shared/keep/mount.js";
 import { createLogger } from "../../shared/log.js";
 import { PosixVolume } from "../../shared/volume/posix.js";
 import { chunks } from "../conformance/fixtures.js";
@@ -164,6 +165,51 @@ describe("faults: a POSIX volume that fills up or turns read-only", () => {
       await assertNothingPartial(root);
     } finally {
       if (mounted) execFileSync("umount", ["-l", root]);
+      await s.cleanup();
+    }
+  });
+});
+
+describe("faults: one of two POSIX volumes turns read-only", () => {
+  it("new blocks go to the other volume at once; a block stored on the broken one is written to the other on the client's retry", {
+    skip,
+  }, async () => {
+    const clock = new FakeClock();
+    const s = await startPosixServer({ systemRootToken: ADMIN }, { volumes: [{}, {}], clock });
+    let mounted: string | undefined;
+    try {
+      const stored = Buffer.from("stored before its volume turned read-only");
+      assert.equal((await fetch(`${s.url}/${md5(stored)}`, { method: "PUT", body: stored })).status, 200);
+      const holds = async (root: string, b: Buffer) => (await filesUnder(root)).some((f) => f.endsWith(`/${md5(b)}`));
+      const [broken, healthy] = (await holds(s.roots[0] as string, stored))
+        ? [s.roots[0] as string, s.roots[1] as string]
+        : [s.roots[1] as string, s.roots[0] as string];
+      assert.equal(tryMount(["--bind", broken, broken]), undefined);
+      mounted = broken;
+      assert.equal(tryMount(["-o", "remount,bind,ro", broken]), undefined);
+
+      // About half of these rank the broken volume first: its write fails before reading the
+      // body (EROFS at the temp file), so the same request goes on to the healthy one.
+      const blocks = Array.from({ length: 16 }, (_, i) =>
+        Buffer.from(`new block ${i} ${randomBytes(8).toString("hex")}`),
+      );
+      for (const b of blocks) {
+        const r = await fetch(`${s.url}/${md5(b)}`, { method: "PUT", body: b });
+        assert.equal(r.status, 200, await r.text());
+        assert.ok(await holds(healthy, b));
+      }
+      // A minute on, the broken volume is planned in rendezvous order again. The stored copy is
+      // compared (the body read into the comparison), then its touch fails: this request has
+      // no body left to write elsewhere, so 503; the client's retry writes it on the other.
+      clock.advance(WRITE_FAILURE_MS);
+      const first = await fetch(`${s.url}/${md5(stored)}`, { method: "PUT", body: stored });
+      assert.equal(first.status, 503, await first.text());
+      const retry = await fetch(`${s.url}/${md5(stored)}`, { method: "PUT", body: stored });
+      assert.equal(retry.status, 200, await retry.text());
+      assert.ok(await holds(healthy, stored), "the retry stored it on the healthy volume");
+      await assertNothingPartial(healthy);
+    } finally {
+      if (mounted) execFileSync("umount", ["-l", mounted]);
       await s.cleanup();
     }
   });

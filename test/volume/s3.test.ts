@@ -14,7 +14,7 @@ import {
   PutObjectCommand,
   type S3Client,
 } from "@aws-sdk/client-s3";
-import { FakeClock, msToNs } from "../../shared/clock.js";
+import { FakeClock, msToNs, systemClock } from "../../shared/clock.js";
 import { CollisionError, HashMismatchError, NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
 import { Mount } from "../../shared/keep/mount.js";
 import { putBlock } from "../../shared/keep/put-block.js";
@@ -1146,7 +1146,7 @@ describe("s3 volume: create() of a small new block", () => {
     putBlock(
       [m],
       { hash, locator: hash, body: chunks(body), contentLength: body.length, storageClasses: [] },
-      { defaultStorageClasses: ["default"], logger: silentLogger() },
+      { defaultStorageClasses: ["default"], logger: silentLogger(), clock: systemClock },
     );
   const request = (h: S3Harness, r: { method: string; path: string; headers: Record<string, unknown> }) =>
     `${r.method} ${r.path.split("?")[0]?.replace(`/${h.bucket}/`, "")} ${r.headers["if-none-match"] ?? ""}`.trim();
