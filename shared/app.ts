@@ -90,6 +90,7 @@ export async function createKeepApp(config: KeepConfig, deps: AppDeps = {}): Pro
     maxConcurrent: config.maxRequests,
     trashQueue: () => [trashWorker.queue.pending, trashWorker.queue.inProgress],
     pullQueue: () => [pullWorker.queue.pending, pullWorker.queue.inProgress],
+    now: () => clock.now(),
   });
   limiter.onWaited = (priority, seconds, admitted) => {
     const label = priority > 0 ? "high" : priority < 0 ? "low" : "normal";

@@ -22,6 +22,8 @@ export class KeepMetrics {
       trashQueue: () => [number, number];
       pullQueue: () => [number, number];
       inFlight: InFlight;
+      /** The service clock (ms), for per-mount state that expires. */
+      now: () => number;
     },
   ) {
     const r = this.registry;
@@ -87,6 +89,19 @@ export class KeepMetrics {
       "Pull list entries in progress",
       () => sources.pullQueue()[1],
     );
+
+    // Not the reference's: which mounts PUTs plan last after a failed write or touch
+    // (Mount.noteWriteFailure), so an operator sees a failing disk before the 503s add up.
+    new Gauge({
+      name: "keepfn_mount_write_failed_recently",
+      help: "1 while a mount is planned last for PUTs because a write or touch on it failed within the last minute",
+      labelNames: ["device_id"],
+      registers: [r],
+      collect() {
+        const now = sources.now();
+        for (const m of mounts) this.set({ device_id: m.volume.deviceId }, m.writeFailedRecently(now) ? 1 : 0);
+      },
+    });
 
     // Volume counters live in each driver's VolumeStats; copied at scrape time by the first
     // of the three counters to be collected (registration order is collection order).

@@ -204,6 +204,11 @@ describe("faults: one of two POSIX volumes turns read-only", () => {
       clock.advance(WRITE_FAILURE_MS);
       const first = await fetch(`${s.url}/${md5(stored)}`, { method: "PUT", body: stored });
       assert.equal(first.status, 503, await first.text());
+      const gauge = (root: string, metrics: string) =>
+        metrics.split("\n").find((l) => l.startsWith("keepfn_mount_write_failed_recently{") && l.includes(`${root}"`));
+      const metrics = await (await fetch(`${s.url}/metrics`)).text();
+      assert.match(gauge(broken, metrics) ?? "", / 1$/, "the metrics show the broken volume planned last");
+      assert.match(gauge(healthy, metrics) ?? "", / 0$/);
       const retry = await fetch(`${s.url}/${md5(stored)}`, { method: "PUT", body: stored });
       assert.equal(retry.status, 200, await retry.text());
       assert.ok(await holds(healthy, stored), "the retry stored it on the healthy volume");
