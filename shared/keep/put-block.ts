@@ -190,10 +190,7 @@ export async function putBlock(
     outcomes.every((o) => o.status === "rejected") &&
     writable.some((m) => !nowTried.has(m))
   ) {
-    for (const [i, m] of planned.entries()) {
-      const o = outcomes[i] as PromiseRejectedResult;
-      if (!(o.reason instanceof VolumeFullError)) failed(m, o.reason, "block write");
-    }
+    for (const [i, m] of planned.entries()) failed(m, (outcomes[i] as PromiseRejectedResult).reason, "block write");
     return putBlock(mounts, req, opts, createTried, nowTried);
   }
   // A bad upload (hash, length, size, client gone) is the client's error, whatever else failed.
@@ -226,13 +223,27 @@ export async function putBlock(
     const o = outcomes[compare.length + i] as PromiseSettledResult<void>;
     attempts++;
     if (o.status === "fulfilled") final.add(m);
-    else if (o.reason instanceof VolumeFullError) fulls++;
-    else if (!signal?.aborted) failed(m, o.reason, "block write");
+    else {
+      if (o.reason instanceof VolumeFullError) fulls++;
+      if (!signal?.aborted) failed(m, o.reason, "block write");
+    }
   }
   if (final.total > 0) {
     return { locator: `${hash}+${size.n}`, replicas: final.total, classesConfirmed: final.confirmedHeader() };
   }
-  if (fulls >= attempts + fullSeen && fulls > 0) throw new InsufficientStorageError();
+  if (fulls >= attempts + fullSeen && fulls > 0) {
+    // 507 tells clients not to try this server again. A volume that filled up during this
+    // write does not make that true while another writable mount has room (not full, no
+    // failure in the last minute): the reference would have written there from its buffer;
+    // ours answers 503, and the retry goes there.
+    const later = opts.clock.now();
+    for (const m of writable) {
+      if (planned.includes(m) || m.writeFailedRecently(later)) continue;
+      if (!(await m.volume.isFull?.().catch(() => false)))
+        throw new VolumeUnavailableError("a volume filled up during the write; retry: another volume has room");
+    }
+    throw new InsufficientStorageError();
+  }
   throw new VolumeUnavailableError("volume unavailable", { cause: lastErr });
 }
 

@@ -9,6 +9,7 @@ import {
   HashMismatchError,
   InsufficientStorageError,
   NotFoundError,
+  VolumeFullError,
   VolumeUnavailableError,
 } from "../../shared/errors.js";
 import { type Mount, orderForBlock, WRITE_FAILURE_MS } from "../../shared/keep/mount.js";
@@ -186,6 +187,33 @@ describe("keepstore service", () => {
         s.log.filter((l) => l.startsWith("write")),
         [`write ${top}`],
       );
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("a volume that fills up during the write is a 503 while another has room (not 507), and the retry goes there", async () => {
+    const s = await makeStore([{ label: "a" }, { label: "b" }]);
+    try {
+      const [first, second] = orderForBlock(s.mounts, TEST_HASH).map((m) => m.volume.deviceId.split("#")[1]);
+      s.vols[first as string]!.writeFaultAfterBody = () => new VolumeFullError();
+      // 507 would tell the client not to try this server again (the Go SDK does not retry it).
+      await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), (err: unknown) => {
+        assert.ok(err instanceof VolumeUnavailableError, String(err));
+        assert.match(err.message, /filled up during the write; retry/);
+        return true;
+      });
+      s.log.length = 0;
+      assert.equal((await put(s.keep, TEST_HASH, TEST_BLOCK)).replicas, 1);
+      assert.deepEqual(
+        s.log.filter((l) => l.startsWith("write")),
+        [`write ${second}`],
+      );
+      // Every volume full: 507, as the reference.
+      s.vols[second as string]!.writeFaultAfterBody = () => new VolumeFullError();
+      s.clock.advance(WRITE_FAILURE_MS);
+      await assert.rejects(put(s.keep, FOO_HASH, FOO), VolumeUnavailableError);
+      await assert.rejects(put(s.keep, FOO_HASH, FOO), InsufficientStorageError);
     } finally {
       await s.cleanup();
     }
