@@ -29,6 +29,13 @@ const put = (
   classes: string[] = [],
 ) => keep.write({ hash, locator: hash, body: chunks(data), contentLength: data.length, storageClasses: classes });
 
+type Store = Awaited<ReturnType<typeof makeStore>>;
+/** The labels of the mounts writes went to since the log was last cleared, in order. */
+const writes = (s: Store) => s.log.filter((l) => l.startsWith("write"));
+/** The store's mount labels in the keepstore's order for `hash`. */
+const ranked = (s: Store, hash: string) =>
+  orderForBlock(s.mounts, hash).map((m) => m.volume.deviceId.split("#")[1] as string) as [string, string, ...string[]];
+
 describe("keepstore service", () => {
   it("confirms storage classes as the reference does (PutStorageClasses)", async () => {
     const s = await makeStore([
@@ -79,11 +86,7 @@ describe("keepstore service", () => {
       const want = Object.fromEntries(first.storageClasses.map((c) => [c, 1]));
       const got = Object.fromEntries(r.classesConfirmed.split(", ").map((kv) => [kv.split("=")[0], 1]));
       assert.deepEqual(got, want);
-      assert.deepEqual(
-        s.log.filter((l) => l.startsWith("write")),
-        [`write ${first.uuid.slice(-1)}`],
-        "exactly one mount is written",
-      );
+      assert.deepEqual(writes(s), [`write ${first.uuid.slice(-1)}`], "exactly one mount is written");
     } finally {
       await s.cleanup();
     }
@@ -120,10 +123,7 @@ describe("keepstore service", () => {
     ]);
     try {
       await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), InsufficientStorageError);
-      assert.deepEqual(
-        s.log.filter((l) => l.startsWith("write")),
-        [],
-      );
+      assert.deepEqual(writes(s), []);
     } finally {
       await s.cleanup();
     }
@@ -132,21 +132,18 @@ describe("keepstore service", () => {
   it("a PUT whose first mount fails before reading the body goes on to the next mount (WriteFailure)", async () => {
     const s = await makeStore([{ label: "a" }, { label: "b" }, { label: "c" }]);
     try {
-      const [first, second, third] = orderForBlock(s.mounts, TEST_HASH).map((m) => m.volume.deviceId.split("#")[1]);
-      s.vols[first as string]?.faults.set("write", () => new Error("EROFS: read-only file system"));
-      s.vols[second as string]?.faults.set("write", () => new Error("EACCES: permission denied"));
+      const [first, second, third] = ranked(s, TEST_HASH) as [string, string, string];
+      s.vols[first]?.faults.set("write", () => new Error("EROFS: read-only file system"));
+      s.vols[second]?.faults.set("write", () => new Error("EACCES: permission denied"));
       const r = await put(s.keep, TEST_HASH, TEST_BLOCK);
       assert.equal(r.replicas, 1);
-      assert.deepEqual(
-        s.log.filter((l) => l.startsWith("write")),
-        [`write ${first}`, `write ${second}`, `write ${third}`],
-      );
-      assert.deepEqual(await collect((await s.vols[third as string]!.inner.read(TEST_HASH)).body), TEST_BLOCK);
+      assert.deepEqual(writes(s), [`write ${first}`, `write ${second}`, `write ${third}`]);
+      assert.deepEqual(await collect((await s.vols[third]!.inner.read(TEST_HASH)).body), TEST_BLOCK);
       // Every mount failing: the answer is still the error, after one try each.
-      s.vols[third as string]?.faults.set("write", () => new Error("EIO: i/o error"));
+      s.vols[third]?.faults.set("write", () => new Error("EIO: i/o error"));
       s.log.length = 0;
       await assert.rejects(put(s.keep, FOO_HASH, FOO), VolumeUnavailableError);
-      assert.equal(s.log.filter((l) => l.startsWith("write")).length, 3);
+      assert.equal(writes(s).length, 3);
     } finally {
       await s.cleanup();
     }
@@ -155,38 +152,29 @@ describe("keepstore service", () => {
   it("after a mount's write fails mid-body, the retried PUT goes to the next mount, and a minute later the first is tried again", async () => {
     const s = await makeStore([{ label: "a" }, { label: "b" }]);
     try {
-      const [first, second] = orderForBlock(s.mounts, TEST_HASH).map((m) => m.volume.deviceId.split("#")[1]);
-      s.vols[first as string]!.writeFaultAfterBody = () => new Error("EIO: i/o error");
+      const [first, second] = ranked(s, TEST_HASH);
+      s.vols[first]!.writeFaultAfterBody = () => new Error("EIO: i/o error");
       // The body was streamed once, into the failed write: this PUT cannot move on as the
       // reference's buffered one does. 503, and the client retries.
       await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), VolumeUnavailableError);
       s.log.length = 0;
       const r = await put(s.keep, TEST_HASH, TEST_BLOCK);
       assert.equal(r.replicas, 1);
-      assert.deepEqual(
-        s.log.filter((l) => l.startsWith("write")),
-        [`write ${second}`],
-      );
-      assert.deepEqual(await collect((await s.vols[second as string]!.inner.read(TEST_HASH)).body), TEST_BLOCK);
+      assert.deepEqual(writes(s), [`write ${second}`]);
+      assert.deepEqual(await collect((await s.vols[second]!.inner.read(TEST_HASH)).body), TEST_BLOCK);
       // Other blocks that rank the failed mount first go to the next one too, at once.
       s.log.length = 0;
       await put(s.keep, FOO_HASH, FOO);
-      assert.deepEqual(
-        s.log.filter((l) => l.startsWith("write")),
-        [`write ${second}`],
-      );
+      assert.deepEqual(writes(s), [`write ${second}`]);
       // Repaired and a minute on: planned by rendezvous order again.
-      s.vols[first as string]!.writeFaultAfterBody = undefined;
+      s.vols[first]!.writeFaultAfterBody = undefined;
       s.clock.advance(WRITE_FAILURE_MS);
       s.log.length = 0;
       const data = Buffer.from("written where rendezvous says");
       const hash = md5hex(data);
-      const top = orderForBlock(s.mounts, hash)[0]?.volume.deviceId.split("#")[1];
+      const [top] = ranked(s, hash);
       await put(s.keep, hash, data);
-      assert.deepEqual(
-        s.log.filter((l) => l.startsWith("write")),
-        [`write ${top}`],
-      );
+      assert.deepEqual(writes(s), [`write ${top}`]);
     } finally {
       await s.cleanup();
     }
@@ -195,8 +183,8 @@ describe("keepstore service", () => {
   it("a volume that fills up during the write is a 503 while another has room (not 507), and the retry goes there", async () => {
     const s = await makeStore([{ label: "a" }, { label: "b" }]);
     try {
-      const [first, second] = orderForBlock(s.mounts, TEST_HASH).map((m) => m.volume.deviceId.split("#")[1]);
-      s.vols[first as string]!.writeFaultAfterBody = () => new VolumeFullError();
+      const [first, second] = ranked(s, TEST_HASH);
+      s.vols[first]!.writeFaultAfterBody = () => new VolumeFullError();
       // 507 would tell the client not to try this server again (the Go SDK does not retry it).
       await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), (err: unknown) => {
         assert.ok(err instanceof VolumeUnavailableError, String(err));
@@ -205,12 +193,9 @@ describe("keepstore service", () => {
       });
       s.log.length = 0;
       assert.equal((await put(s.keep, TEST_HASH, TEST_BLOCK)).replicas, 1);
-      assert.deepEqual(
-        s.log.filter((l) => l.startsWith("write")),
-        [`write ${second}`],
-      );
+      assert.deepEqual(writes(s), [`write ${second}`]);
       // Every volume full: 507, as the reference.
-      s.vols[second as string]!.writeFaultAfterBody = () => new VolumeFullError();
+      s.vols[second]!.writeFaultAfterBody = () => new VolumeFullError();
       s.clock.advance(WRITE_FAILURE_MS);
       await assert.rejects(put(s.keep, FOO_HASH, FOO), VolumeUnavailableError);
       await assert.rejects(put(s.keep, FOO_HASH, FOO), InsufficientStorageError);
@@ -222,9 +207,9 @@ describe("keepstore service", () => {
   it("a stored copy whose touch fails does not hold every retry: the next PUT writes to another mount", async () => {
     const s = await makeStore([{ label: "a" }, { label: "b" }]);
     try {
-      const [first, second] = orderForBlock(s.mounts, TEST_HASH).map((m) => m.volume.deviceId.split("#")[1]);
+      const [first, second] = ranked(s, TEST_HASH);
       await s.putRaw(first as string, TEST_HASH, TEST_BLOCK);
-      s.vols[first as string]?.faults.set("touch", () => new Error("EROFS: read-only file system"));
+      s.vols[first]?.faults.set("touch", () => new Error("EROFS: read-only file system"));
       await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), VolumeUnavailableError);
       s.log.length = 0;
       const r = await put(s.keep, TEST_HASH, TEST_BLOCK);
