@@ -77,6 +77,13 @@ export function applyKeepSettings(
   // flag's 0: an operator who only turns trash on must not get deletes that cannot be undone.
   c.trashLifetimeMs = envDuration(get("KEEP_TRASH_LIFETIME"), "KEEP_TRASH_LIFETIME", SERVERLESS_TRASH_LIFETIME_MS);
   c.requestTimeoutMs = envDuration(get("KEEP_REQUEST_TIMEOUT"), "KEEP_REQUEST_TIMEOUT", defaults.requestTimeoutMs);
+  // Serverless: keep-balance's lists are worked while its request is held (see KeepConfig),
+  // up to 10 s short of the request's own deadline.
+  c.workListBudgetMs = envDuration(
+    get("KEEP_WORK_LIST_BUDGET"),
+    "KEEP_WORK_LIST_BUDGET",
+    Math.max(0, c.requestTimeoutMs - 10_000),
+  );
   c.maxBuffers = envInt(get("KEEP_MAX_BUFFERS"), "KEEP_MAX_BUFFERS", 16);
   c.maxRequests = envInt(get("KEEP_MAX_REQUESTS"), "KEEP_MAX_REQUESTS", 2 * c.maxBuffers);
   c.defaultStorageClasses = envList(get("KEEP_DEFAULT_STORAGE_CLASSES")) ?? c.defaultStorageClasses;

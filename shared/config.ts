@@ -87,6 +87,13 @@ export interface KeepConfig {
   maxQueuedRequests: number;
   requestTimeoutMs: number;
   /**
+   * How long PUT /trash and PUT /pull hold their request while the list is worked, before
+   * answering (0: answer at once, as the reference). A serverless instance may be frozen or
+   * reclaimed once it has answered, which would leave the list unworked; held, the work runs
+   * while the platform keeps the instance alive. What is not done by then stays queued.
+   */
+  workListBudgetMs: number;
+  /**
    * Classes a PUT without X-Keep-Storage-Classes asks for. Empty (the default), as the
    * reference keepstore: any writable mount, the first in rendezvous order. (Arvados clients
    * that want the cluster's default classes send them in the header.)
@@ -111,6 +118,7 @@ export const DEFAULTS: KeepConfig = {
   maxRequests: 256,
   maxQueuedRequests: 128,
   requestTimeoutMs: 5 * 60_000,
+  workListBudgetMs: 0,
   defaultStorageClasses: [],
   trashConcurrency: 4,
   pullConcurrency: 4,

@@ -402,6 +402,13 @@ describe("Azure Functions app", () => {
     );
   });
 
+  it("holds keep-balance's trash and pull lists while they are worked, 10 s short of the request timeout", async () => {
+    const { parseSettings } = await import("../../functions/settings.js");
+    const vols = JSON.stringify([{ account: "a", container: "c", key: "k" }]);
+    assert.equal(parseSettings({ KEEP_VOLUMES: vols }).config.workListBudgetMs, 210_000);
+    assert.equal(parseSettings({ KEEP_VOLUMES: vols, KEEP_WORK_LIST_BUDGET: "0" }).config.workListBudgetMs, 0);
+  });
+
   it("keeps trashed blocks 336h when trash is turned on without KEEP_TRASH_LIFETIME (the cluster default)", async () => {
     const { parseSettings } = await import("../../functions/settings.js");
     const vols = JSON.stringify([{ account: "a", container: "c", key: "k" }]);

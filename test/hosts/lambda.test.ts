@@ -324,6 +324,49 @@ describe("lambda handlers: events in, responses out", () => {
     }
   });
 
+  it("works keep-balance's trash list before answering: a Lambda that has answered may be frozen", async () => {
+    const clock = new FakeClock();
+    const bucket = await server.createBucket("worklist");
+    const host = createLambdaHost(
+      () =>
+        baseEnv(bucket, {
+          KEEP_TRASH_ENABLED: "true",
+          KEEP_TRASH_LIFETIME: "1h",
+          KEEP_BLOB_SIGNING_TTL: "60",
+          KEEP_SYSTEM_ROOT_TOKEN: ADMIN,
+        }),
+      clocked(clock),
+    );
+    try {
+      const app = await host.app();
+      const admin = { authorization: `Bearer ${ADMIN}` };
+      for (let i = 0; i < 24; i++) {
+        const b = Buffer.from(`balanced away ${i}`);
+        await app.handler(new Request(`http://x/${md5(b)}`, { method: "PUT", body: b }));
+      }
+      clock.advance(120_000);
+      const index = async () => (await app.handler(new Request("http://x/index", { headers: admin }))).text();
+      const list = (await index())
+        .split("\n")
+        .filter(Boolean)
+        .map((line) => {
+          const [locator, mtime] = line.split(" ");
+          return `{"locator":"${locator}","block_mtime":${mtime},"mount_uuid":""}`;
+        });
+      assert.equal(list.length, 24);
+      const r = await host.buffered(
+        functionUrlEvent("PUT", "/trash", { body: Buffer.from(`[${list.join(",")}]`), headers: admin }),
+        context(),
+      );
+      assert.equal(r.statusCode, 200);
+      // Answered only once the list was worked: nothing left queued, every block trashed.
+      assert.equal(app.trashWorker.queue.snapshot.length, 0);
+      assert.equal(await index(), "\n");
+    } finally {
+      await host.close();
+    }
+  });
+
   it("reads the signing key from SSM Parameter Store once per warm container", async () => {
     const stub = await AwsSecretsStub.start();
     stub.parameters.set("/keepfn/blob-signing-key", `${KEY}\n`);
@@ -461,6 +504,15 @@ describe("lambda handlers: events in, responses out", () => {
           }),
         /set KEEP_BLOB_SIGNING_KEY_PARAM \(SSM\) or KEEP_BLOB_SIGNING_KEY_SECRET_ID \(Secrets Manager\), not both/,
       );
+    });
+
+    it("holds keep-balance's lists for 10 s short of the request timeout, or KEEP_WORK_LIST_BUDGET (0: answer at once)", () => {
+      assert.equal(loadSettings(server.lambdaEnv("any")).config.workListBudgetMs, 110_000);
+      assert.equal(
+        loadSettings({ ...server.lambdaEnv("any"), KEEP_REQUEST_TIMEOUT: "60s" }).config.workListBudgetMs,
+        50_000,
+      );
+      assert.equal(loadSettings({ ...server.lambdaEnv("any"), KEEP_WORK_LIST_BUDGET: "0" }).config.workListBudgetMs, 0);
     });
 
     it("keeps trashed blocks 336h when trash is turned on without KEEP_TRASH_LIFETIME (the cluster default)", () => {

@@ -1,4 +1,5 @@
-// PUT /pull and PUT /trash from keep-balance (§1.8): validate, then replace the queue.
+// PUT /pull and PUT /trash from keep-balance (§1.8): validate, then replace the queue (and,
+// on the serverless hosts, hold the answer while it is worked: heldWhileWorked).
 // Unlike the reference (500 on bad JSON) a malformed list is the client's mistake: 400.
 import { BadRequestError, TooLargeError } from "../../errors.js";
 import type { PullRequest } from "../../keep/pull-worker.js";
@@ -69,6 +70,7 @@ export async function putTrashList(ctx: RequestContext): Promise<Response> {
     };
   });
   ctx.services.trashWorker.queue.replace(items);
+  await heldWhileWorked(ctx, ctx.services.trashWorker.queue);
   return new Response(null, { status: 200, headers: ctx.headers });
 }
 
@@ -86,5 +88,19 @@ export async function putPullList(ctx: RequestContext): Promise<Response> {
     return { locator, servers, mountUuid: field(item, i, "mount_uuid", isString, true) ?? "" };
   });
   ctx.services.pullWorker.queue.replace(items);
+  await heldWhileWorked(ctx, ctx.services.pullWorker.queue);
   return new Response(null, { status: 200, headers: ctx.headers });
+}
+
+/**
+ * With a work-list budget (the serverless hosts), answer once the queue is worked or the
+ * budget is spent, whichever comes first: an instance that has answered may be frozen (Lambda)
+ * or reclaimed before a background worker gets to the list.
+ */
+async function heldWhileWorked(ctx: RequestContext, queue: { idle(): Promise<void> }): Promise<void> {
+  const ms = ctx.services.config.workListBudgetMs;
+  if (!(ms > 0)) return;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([queue.idle(), new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
 }
