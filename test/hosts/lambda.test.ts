@@ -84,6 +84,23 @@ const clocked = (clock: Clock): AppDeps => ({
   },
 });
 
+/** A Lambda host over a new bucket with trash on (1 h lifetime, 60 s signing TTL) and a fake clock. */
+async function trashingHost(name: string) {
+  const clock = new FakeClock();
+  const bucket = await server.createBucket(name);
+  const host = createLambdaHost(
+    () =>
+      baseEnv(bucket, {
+        KEEP_TRASH_ENABLED: "true",
+        KEEP_TRASH_LIFETIME: "1h",
+        KEEP_BLOB_SIGNING_TTL: "60",
+        KEEP_SYSTEM_ROOT_TOKEN: ADMIN,
+      }),
+    clocked(clock),
+  );
+  return { clock, host };
+}
+
 const context = (remainingMs = 60_000) =>
   ({ awsRequestId: "req-test", functionName: "keepfn", getRemainingTimeInMillis: () => remainingMs }) as Context;
 
@@ -284,18 +301,7 @@ describe("lambda handlers: events in, responses out", () => {
   });
 
   it("the scheduled handler empties trash within its time budget and finishes on a later run", async () => {
-    const clock = new FakeClock();
-    const bucket = await server.createBucket("sweep");
-    const host = createLambdaHost(
-      () =>
-        baseEnv(bucket, {
-          KEEP_TRASH_ENABLED: "true",
-          KEEP_TRASH_LIFETIME: "1h",
-          KEEP_BLOB_SIGNING_TTL: "60",
-          KEEP_SYSTEM_ROOT_TOKEN: ADMIN,
-        }),
-      clocked(clock),
-    );
+    const { clock, host } = await trashingHost("sweep");
     try {
       const app = await host.app();
       const hashes: string[] = [];
@@ -325,18 +331,7 @@ describe("lambda handlers: events in, responses out", () => {
   });
 
   it("works keep-balance's trash list before answering: a Lambda that has answered may be frozen", async () => {
-    const clock = new FakeClock();
-    const bucket = await server.createBucket("worklist");
-    const host = createLambdaHost(
-      () =>
-        baseEnv(bucket, {
-          KEEP_TRASH_ENABLED: "true",
-          KEEP_TRASH_LIFETIME: "1h",
-          KEEP_BLOB_SIGNING_TTL: "60",
-          KEEP_SYSTEM_ROOT_TOKEN: ADMIN,
-        }),
-      clocked(clock),
-    );
+    const { clock, host } = await trashingHost("worklist");
     try {
       const app = await host.app();
       const admin = { authorization: `Bearer ${ADMIN}` };
