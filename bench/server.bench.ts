@@ -104,7 +104,7 @@ async function startServer(dir: string, extra: string[] = []) {
   const port = 20000 + Math.floor(Math.random() * 20000);
   const child = spawn(
     process.execPath,
-    ["dist/server/main.js", `-listen=127.0.0.1:${port}`, `-volume=${dir}`, ...extra],
+    ["dist/server/keepstore.cjs", `-listen=127.0.0.1:${port}`, `-volume=${dir}`, ...extra],
     {
       stdio: ["ignore", "ignore", "inherit"],
       env: { ...process.env, KEEPFN_LOG_LEVEL: "warn" },

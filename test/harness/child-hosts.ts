@@ -1,5 +1,5 @@
 // keepfn hosts started as child processes for the real-client runs (`npm run
-// test:arvados-python`, `npm run test:arvados-cli`): the container host (dist/server/main.js)
+// test:arvados-python`, `npm run test:arvados-cli`): the container host (dist/server/keepstore.cjs)
 // and keepfn-local, each on port 0, its output in a log file, stopped by its own PID.
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -11,7 +11,7 @@ import { KEEPFN_LOCAL_LISTENING, KEEPSTORE_LISTENING, listeningUrl } from "./hos
 
 /** The repository root (this file runs as dist/test/harness/child-hosts.js). */
 export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
-export const KEEPSTORE = join(ROOT, "dist/server/main.js");
+export const KEEPSTORE = join(ROOT, "dist/server/keepstore.cjs");
 export const KEEPFN_LOCAL = join(ROOT, "dist/tools/keepfn-local.js");
 
 export interface ChildHost {

@@ -13,7 +13,7 @@ import { promisify } from "node:util";
 import { KEEPSTORE_LISTENING, listeningUrl } from "../harness/host-process.js";
 
 const run = promisify(execFile);
-const MAIN = resolve("dist/server/main.js");
+const MAIN = resolve("dist/server/keepstore.cjs");
 const ADMIN = "process-test-admin-token";
 const KEY = "process-test-signing-key-0123456789abcdefghijklmnopqrstuvwxyz";
 const USER = "v2/zzzzz-gj3su-000000000000000/process-test-user";
@@ -438,6 +438,57 @@ describe("keepstore executable", () => {
       assert.equal(await exited(k.child), 0);
       await fs.access(join(dir, hash.slice(0, 3), hash));
     } finally {
+      k.child.kill("SIGKILL");
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+  it("a stalled disk does not stall the other volumes: the file-system thread pool is sized for many requests", async () => {
+    // A FIFO stands in for a block on a disk that hangs (a stalled NFS server, a dying drive):
+    // opening it blocks in the kernel, holding one libuv thread-pool thread, as such a disk
+    // does. libuv's default pool has 4 threads shared by every volume, so 4 such reads would
+    // stop every file-system call of the process.
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-stall-"));
+    const [stalled, healthy] = [join(dir, "stalled"), join(dir, "healthy")];
+    await fs.mkdir(stalled);
+    await fs.mkdir(healthy);
+    const fifos: string[] = [];
+    const hung = Array.from({ length: 8 }, (_, i) => createHash("md5").update(`hung ${i}`).digest("hex"));
+    for (const h of hung) {
+      await fs.mkdir(join(stalled, h.slice(0, 3)), { recursive: true });
+      const f = join(stalled, h.slice(0, 3), h);
+      await run("mkfifo", [f]);
+      fifos.push(f);
+    }
+    const k = await start([`-volume=${stalled}`, "-readonly", `-volume=${healthy}`], dir);
+    const aborts = new AbortController();
+    try {
+      const data = Buffer.from("on the healthy disk");
+      const hash = createHash("md5").update(data).digest("hex");
+      assert.equal((await fetch(`${k.url}/${hash}`, { method: "PUT", body: data })).status, 200);
+      const stuck = hung.map((h) => fetch(`${k.url}/${h}+3`, { signal: aborts.signal }).catch(() => undefined));
+      // Until all eight reads sit in open(), seen from the kernel: a thread blocked opening a
+      // FIFO waits in wait_for_partner.
+      const blocked = async () => {
+        const tasks = await fs.readdir(`/proc/${k.child.pid}/task`).catch(() => [] as string[]);
+        const wchans = await Promise.all(
+          tasks.map((t) => fs.readFile(`/proc/${k.child.pid}/task/${t}/wchan`, "utf8").catch(() => "")),
+        );
+        return wchans.filter((w) => w === "wait_for_partner").length;
+      };
+      for (let i = 0; i < 500 && (await blocked()) < 8; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(await blocked(), 8, "eight threads stuck on the stalled disk");
+      const got = await fetch(`${k.url}/${hash}+${data.length}`, { signal: AbortSignal.timeout(5000) });
+      assert.equal(got.status, 200);
+      assert.equal(await got.text(), data.toString());
+      void stuck;
+    } finally {
+      aborts.abort();
+      // Unblock the opens (a writer appears and goes), so the process can exit.
+      for (const f of fifos)
+        await fs.open(f, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK).then(
+          (h) => h.close(),
+          () => {},
+        );
       k.child.kill("SIGKILL");
       await fs.rm(dir, { recursive: true, force: true });
     }

@@ -76,6 +76,13 @@ export function checkDockerfile(text: string): string[] {
     }
   }
   if (!ops("VOLUME").length) p.push("VOLUME (the keep mount point) missing");
+  // The bundle is an ES module, loaded after libuv's pool has started: only the image's
+  // environment can size it (server/keepstore.cts says why it matters).
+  const pool = ops("ENV")
+    .map((i) => /UV_THREADPOOL_SIZE[= ]+(\d+)/.exec(i.args)?.[1])
+    .find(Boolean);
+  if (!pool || Number(pool) < 64)
+    p.push("ENV UV_THREADPOOL_SIZE (at least 64) missing: 4 stuck calls on one disk would stall every volume");
   if (!ops("EXPOSE").some((i) => i.args.split(/\s+/).includes("25107"))) p.push("EXPOSE 25107 missing");
   const stop = ops("STOPSIGNAL")[0]?.args;
   if (stop && stop !== "SIGTERM") p.push(`STOPSIGNAL ${stop}: keepstore shuts down gracefully on SIGTERM`);
@@ -125,6 +132,7 @@ describe("container host deployment files (no Docker engine here: read, not buil
     ["a broken healthcheck script", "process.exit(1))", "process.exit(1)", /not valid/],
     ["wrong listen address", '"-listen=:25107"', '"-listen=127.0.0.1:25107"', /-listen=:25107/],
     ["SIGKILL as stop signal", "STOPSIGNAL SIGTERM", "STOPSIGNAL SIGKILL", /STOPSIGNAL/],
+    ["libuv's default thread pool", "ENV UV_THREADPOOL_SIZE=256", "ENV KEEPFN=1", /UV_THREADPOOL_SIZE/],
     [
       "a file outside the context",
       "COPY --chown=root:root keepstore.mjs",

@@ -615,7 +615,7 @@ describe("container host with the seed's Azure flags", () => {
       const child = spawn(
         process.execPath,
         [
-          resolve("dist/server/main.js"),
+          resolve("dist/server/keepstore.cjs"),
           "-azure-blob-endpoint",
           azurite.baseUrl,
           "-azure-storage-account-name",
@@ -674,7 +674,7 @@ describe("container host with the seed's Azure flags", () => {
       await fs.mkdir(join(dir, "disk1"));
       child = spawn(
         process.execPath,
-        [resolve("dist/server/main.js"), "-azure-blob-endpoint", az2.baseUrl, ...argv, "-listen=127.0.0.1:0"],
+        [resolve("dist/server/keepstore.cjs"), "-azure-blob-endpoint", az2.baseUrl, ...argv, "-listen=127.0.0.1:0"],
         { cwd: dir, stdio: ["ignore", "pipe", "pipe"] },
       );
       const url = await listeningUrl(child, KEEPSTORE_LISTENING);
