@@ -111,6 +111,34 @@ export async function putBlock(
   // Mounts whose write or touch failed within the last minute come after all the others, as
   // a group of their own: the reference retries such a PUT on the next mount with its
   // buffered body, ours is streamed once, so the client's retry is what reaches the next one.
+  const failed = (m: Mount, err: unknown, what: string) => {
+    m.noteWriteFailure(opts.clock.now());
+    opts.logger.warn({ err, mount: m.uuid, hash }, `${what} failed; the mount is planned last for a minute`);
+  };
+  // Mounts with a call of this PUT in progress. A disk that hangs (a stalled NFS server) never
+  // fails: the request's deadline ends the PUT while the call is stuck, and nothing below
+  // settles. So at the deadline every mount still busy is marked as failed, unless the client
+  // is to blame: it was still sending a body the mounts had started to read.
+  const busy = new Set<Mount>();
+  const on = async <T>(m: Mount, call: () => Promise<T>): Promise<T> => {
+    busy.add(m);
+    try {
+      return await call();
+    } finally {
+      busy.delete(m);
+    }
+  };
+  const size = { n: 0 };
+  let pulled = false;
+  signal?.addEventListener(
+    "abort",
+    () => {
+      if ((signal.reason as { name?: string } | undefined)?.name !== "TimeoutError") return;
+      if (pulled && size.n !== req.contentLength) return;
+      for (const m of busy) failed(m, signal.reason, "a call (still running at the request's deadline)");
+    },
+    { once: true },
+  );
   const compare: Mount[] = [];
   const write: Mount[] = [];
   let fullSeen = 0;
@@ -119,14 +147,14 @@ export async function putBlock(
   for (const group of [writable.filter((m) => !failedRecently.includes(m)), failedRecently]) {
     for (const m of group) {
       if (!progress.wants(m)) continue;
-      if (await hasBlock(m, hash)) {
+      if (await on(m, () => hasBlock(m, hash))) {
         compare.push(m);
         progress.add(m);
       }
     }
     for (const m of group) {
       if (!progress.wants(m) || compare.includes(m)) continue;
-      if (await m.volume.isFull?.().catch(() => false)) {
+      if (await on(m, async () => m.volume.isFull?.().catch(() => false))) {
         fullSeen++;
         continue;
       }
@@ -148,8 +176,6 @@ export async function putBlock(
     compare.length === 0 &&
     (bodySize ?? 0) >= DELEGATE_HASH_FROM &&
     write.every((m) => m.volume.verifiesWrites?.(bodySize) === true);
-  const size = { n: 0 };
-  let pulled = false;
   const body: AsyncIterable<Uint8Array> = {
     [Symbol.asyncIterator]: () => {
       pulled = true;
@@ -162,27 +188,27 @@ export async function putBlock(
     size,
   );
   const branches = lockstepTee(verified, compare.length + write.length);
+  const planned = [...compare, ...write];
   const outcomes = await Promise.allSettled([
-    ...compare.map(async (m, i) => {
-      const existing = await m.volume.read(hash, signal);
-      return sameBytes(branches[i] as AsyncIterable<Uint8Array>, existing.body);
-    }),
-    ...write.map((m, i) =>
-      m.volume.write(hash, branches[compare.length + i] as AsyncIterable<Uint8Array>, {
-        size: bodySize,
-        signal,
-        hashUnchecked: delegated,
+    ...compare.map((m, i) =>
+      on(m, async () => {
+        const existing = await m.volume.read(hash, signal);
+        return sameBytes(branches[i] as AsyncIterable<Uint8Array>, existing.body);
       }),
     ),
+    ...write.map((m, i) =>
+      on(m, () =>
+        m.volume.write(hash, branches[compare.length + i] as AsyncIterable<Uint8Array>, {
+          size: bodySize,
+          signal,
+          hashUnchecked: delegated,
+        }),
+      ),
+    ),
   ]);
-  const failed = (m: Mount, err: unknown, what: string) => {
-    m.noteWriteFailure(opts.clock.now());
-    opts.logger.warn({ err, mount: m.uuid, hash }, `${what} failed; the mount is planned last for a minute`);
-  };
   // Every planned mount failed before reading a byte of the body (a disk remounted read-only,
   // a directory it may not write): the body is still whole, so plan again without them and
   // go on to the next mounts, as the reference does with its buffered body.
-  const planned = [...compare, ...write];
   const nowTried = new Set([...tried, ...planned]);
   if (
     !pulled &&

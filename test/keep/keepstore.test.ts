@@ -204,6 +204,46 @@ describe("keepstore service", () => {
     }
   });
 
+  it("a mount that hangs is marked when the request's deadline passes, so the next PUT goes elsewhere; a client leaving marks nothing", async () => {
+    const s = await makeStore([{ label: "a" }, { label: "b" }]);
+    let open = () => {};
+    try {
+      const [first, second] = ranked(s, TEST_HASH);
+      const mount = (label: string) => s.mounts.find((m) => m.volume.deviceId.endsWith(`#${label}`)) as Mount;
+      // A stalled disk: its calls never return (here: never get past the gate).
+      s.vols[first]!.gate = new Promise<void>((r) => {
+        open = r;
+      });
+      const write = (signal: AbortSignal) =>
+        s.keep.write({
+          hash: TEST_HASH,
+          locator: TEST_HASH,
+          body: chunks(TEST_BLOCK),
+          contentLength: TEST_BLOCK.length,
+          storageClasses: [],
+          signal,
+        });
+      const gone = new AbortController();
+      void write(gone.signal).catch(() => {});
+      await s.vols[first]!.entered();
+      gone.abort(); // the client went away: not the disk's fault
+      assert.equal(mount(first).writeFailedRecently(s.clock.now()), false);
+      // The router's deadline is an AbortSignal.timeout(): its reason is a TimeoutError.
+      const deadline = new AbortController();
+      s.log.length = 0;
+      void write(deadline.signal).catch(() => {});
+      await s.vols[first]!.entered();
+      deadline.abort(new DOMException("The operation timed out.", "TimeoutError"));
+      assert.equal(mount(first).writeFailedRecently(s.clock.now()), true, "still busy at the deadline: marked");
+      s.log.length = 0;
+      assert.equal((await put(s.keep, TEST_HASH, TEST_BLOCK)).replicas, 1);
+      assert.deepEqual(writes(s), [`write ${second}`]);
+    } finally {
+      open();
+      await s.cleanup();
+    }
+  });
+
   it("a stored copy whose touch fails does not hold every retry: the next PUT writes to another mount", async () => {
     const s = await makeStore([{ label: "a" }, { label: "b" }]);
     try {
