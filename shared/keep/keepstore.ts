@@ -49,13 +49,43 @@ export class Keepstore {
   async read(hash: string, sizeHint: number | undefined, signal?: AbortSignal): Promise<BlockData> {
     const release = await this.buffers.acquire(signal);
     let lastErr: unknown;
+    // The mount being asked, until it has answered with a first chunk. A disk that hangs
+    // never fails: if the request's deadline passes while it is still being asked, it is
+    // marked stalled, and reads try the other mounts first (blocks held there stay readable).
+    let asking: Mount | undefined;
+    signal?.addEventListener(
+      "abort",
+      () => {
+        if (asking && (signal.reason as { name?: string } | undefined)?.name === "TimeoutError") {
+          asking.noteStall(this.opts.clock.now());
+          this.opts.logger.warn(
+            { mount: asking.uuid, hash },
+            "read still running at the request's deadline; the mount is tried last for a minute",
+          );
+        }
+      },
+      { once: true },
+    );
+    const now = this.opts.clock.now();
+    const ordered = orderForBlock(this.mounts, hash);
     try {
-      for (const m of orderForBlock(this.mounts, hash)) {
+      for (const m of [
+        ...ordered.filter((x) => !x.stalledRecently(now)),
+        ...ordered.filter((x) => x.stalledRecently(now)),
+      ]) {
         try {
+          asking = m;
           const data = await m.volume.read(hash, signal);
           // Keep the volume's own iterator: closing the body before the first chunk must still
           // reach it (a generator that never started would not pass return() on).
-          const source = data.body[Symbol.asyncIterator]();
+          const inner = data.body[Symbol.asyncIterator]();
+          const source: AsyncIterator<Uint8Array> = {
+            next: () =>
+              inner.next().finally(() => {
+                if (asking === m) asking = undefined;
+              }),
+            return: (v) => inner.return?.(v) ?? Promise.resolve({ done: true, value: v }),
+          };
           const checked = verifiedDownload({ [Symbol.asyncIterator]: () => source }, hash, sizeHint ?? data.size);
           const body = releasing(checked, () => {
             release();
@@ -63,6 +93,7 @@ export class Keepstore {
           });
           return { size: data.size, body };
         } catch (err) {
+          asking = undefined;
           if (err instanceof CancelledError) throw err;
           if (!(err instanceof NotFoundError)) {
             lastErr = err;

@@ -31,6 +31,8 @@ export class Mount {
   private readonly weightKey: string;
   /** Until when (clock ms) PUTs plan this mount last: a write or touch on it failed. */
   private failedUntil = 0;
+  /** Until when (clock ms) reads try this mount last: a call on it outlived a request. */
+  private stalledUntil = 0;
 
   constructor(c: MountConfig) {
     this.uuid = c.uuid;
@@ -56,6 +58,20 @@ export class Mount {
 
   writeFailedRecently(nowMs: number): boolean {
     return nowMs < this.failedUntil;
+  }
+
+  /**
+   * A call here was still running when its request's deadline passed: the disk hangs (a
+   * stalled NFS server) rather than fails. Reads then try every other mount first for
+   * WRITE_FAILURE_MS, so blocks held elsewhere stay readable; writes plan it last too.
+   */
+  noteStall(nowMs: number): void {
+    this.stalledUntil = nowMs + WRITE_FAILURE_MS;
+    this.noteWriteFailure(nowMs);
+  }
+
+  stalledRecently(nowMs: number): boolean {
+    return nowMs < this.stalledUntil;
   }
 
   weight(hash: string): string {

@@ -135,7 +135,10 @@ export async function putBlock(
     () => {
       if ((signal.reason as { name?: string } | undefined)?.name !== "TimeoutError") return;
       if (pulled && size.n !== req.contentLength) return;
-      for (const m of busy) failed(m, signal.reason, "a call (still running at the request's deadline)");
+      for (const m of busy) {
+        m.noteStall(opts.clock.now());
+        failed(m, signal.reason, "a call (still running at the request's deadline)");
+      }
     },
     { once: true },
   );

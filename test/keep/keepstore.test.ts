@@ -244,6 +244,37 @@ describe("keepstore service", () => {
     }
   });
 
+  it("a mount that hangs on a read at the request's deadline is tried last, so blocks on the other mounts stay readable", async () => {
+    const s = await makeStore([{ label: "a" }, { label: "b" }]);
+    let open = () => {};
+    try {
+      const [first, second] = ranked(s, TEST_HASH);
+      await s.putRaw(second, TEST_HASH, TEST_BLOCK); // held by the mount read second
+      s.vols[first]!.gate = new Promise<void>((r) => {
+        open = r;
+      });
+      const deadline = new AbortController();
+      void s.keep.read(TEST_HASH, TEST_BLOCK.length, deadline.signal).catch(() => {});
+      await s.vols[first]!.entered();
+      // The router's deadline is an AbortSignal.timeout(): its reason is a TimeoutError.
+      deadline.abort(new DOMException("The operation timed out.", "TimeoutError"));
+      s.log.length = 0;
+      // Bounded: without the rule this read would wait on the stalled mount for ever.
+      let bound: NodeJS.Timeout | undefined;
+      const got = await Promise.race([
+        s.keep.read(TEST_HASH, TEST_BLOCK.length),
+        new Promise<never>((_, no) => {
+          bound = setTimeout(() => no(new Error("the read waited on the stalled mount")), 5000);
+        }),
+      ]).finally(() => clearTimeout(bound));
+      assert.deepEqual(await collect(got.body), TEST_BLOCK);
+      assert.deepEqual(s.log, [`read ${second}`], "the stalled mount is not asked first");
+    } finally {
+      open();
+      await s.cleanup();
+    }
+  });
+
   it("a stored copy whose touch fails does not hold every retry: the next PUT writes to another mount", async () => {
     const s = await makeStore([{ label: "a" }, { label: "b" }]);
     try {
