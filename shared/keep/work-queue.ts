@@ -11,6 +11,10 @@ export class WorkQueue<T> {
     private readonly handle: (item: T) => Promise<void>,
   ) {}
 
+  /** False when the queue has no workers (trash off, no mount to pull to): items only wait. */
+  get working(): boolean {
+    return this.workers > 0;
+  }
   get pending(): number {
     return this.items.length;
   }

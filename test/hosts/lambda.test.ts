@@ -362,6 +362,29 @@ describe("lambda handlers: events in, responses out", () => {
     }
   });
 
+  it("with trash off, answers a trash list at once: it is kept, as the reference keeps it, and not worked", async () => {
+    const bucket = await server.createBucket("worklist-off");
+    const host = createLambdaHost(() => baseEnv(bucket, { KEEP_SYSTEM_ROOT_TOKEN: ADMIN }), { logger: silentLogger() });
+    try {
+      const app = await host.app();
+      const list = `[{"locator":"${md5(Buffer.from("x"))}+1","block_mtime":1,"mount_uuid":""}]`;
+      let bound: NodeJS.Timeout | undefined;
+      const r = await Promise.race([
+        host.buffered(
+          functionUrlEvent("PUT", "/trash", { body: Buffer.from(list), headers: { authorization: `Bearer ${ADMIN}` } }),
+          context(),
+        ),
+        new Promise<never>((_, no) => {
+          bound = setTimeout(() => no(new Error("held for a list no worker will take")), 5000);
+        }),
+      ]).finally(() => clearTimeout(bound));
+      assert.equal(r.statusCode, 200);
+      assert.equal(app.trashWorker.queue.snapshot.length, 1);
+    } finally {
+      await host.close();
+    }
+  });
+
   it("reads the signing key from SSM Parameter Store once per warm container", async () => {
     const stub = await AwsSecretsStub.start();
     stub.parameters.set("/keepfn/blob-signing-key", `${KEY}\n`);

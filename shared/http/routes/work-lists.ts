@@ -97,9 +97,10 @@ export async function putPullList(ctx: RequestContext): Promise<Response> {
  * budget is spent, whichever comes first: an instance that has answered may be frozen (Lambda)
  * or reclaimed before a background worker gets to the list.
  */
-async function heldWhileWorked(ctx: RequestContext, queue: { idle(): Promise<void> }): Promise<void> {
+async function heldWhileWorked(ctx: RequestContext, queue: { idle(): Promise<void>; working: boolean }): Promise<void> {
   const ms = ctx.services.config.workListBudgetMs;
-  if (!(ms > 0)) return;
+  // No workers (trash off, say): the list is kept, as the reference keeps it, and not worked.
+  if (!(ms > 0) || !queue.working) return;
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([queue.idle(), new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
   clearTimeout(timer);
