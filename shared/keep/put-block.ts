@@ -1,7 +1,6 @@
 // The PUT algorithm of §5.1 over a stream: plan which mounts get the block (existing copies
 // are compared and touched, writes go where storage classes still need a replica), then
 // stream the body once, hash-checked, to every planned mount in lock step.
-
 import type { Clock } from "../clock.js";
 import {
   CancelledError,
@@ -107,10 +106,6 @@ export async function putBlock(
     return putBlock(mounts, { ...req, body: once(body) }, opts, true);
   }
 
-  // Plan: existing copies first (compared, then touched), then writes where still wanted.
-  // Mounts whose write or touch failed within the last minute come after all the others, as
-  // a group of their own: the reference retries such a PUT on the next mount with its
-  // buffered body, ours is streamed once, so the client's retry is what reaches the next one.
   const failed = (m: Mount, err: unknown, what: string) => {
     m.noteWriteFailure(opts.clock.now());
     opts.logger.warn({ err, mount: m.uuid, hash }, `${what} failed; the mount is planned last for a minute`);
@@ -142,6 +137,10 @@ export async function putBlock(
     },
     { once: true },
   );
+  // Plan: existing copies first (compared, then touched), then writes where still wanted.
+  // Mounts whose write or touch failed within the last minute come after all the others, as
+  // a group of their own: the reference retries such a PUT on the next mount with its
+  // buffered body, ours is streamed once, so the client's retry is what reaches the next one.
   const compare: Mount[] = [];
   const write: Mount[] = [];
   let fullSeen = 0;
