@@ -78,12 +78,18 @@ export class Keepstore {
           const data = await m.volume.read(hash, signal);
           // Keep the volume's own iterator: closing the body before the first chunk must still
           // reach it (a generator that never started would not pass return() on).
+          // Only the first chunk is watched (the mount has answered once it arrives); the
+          // rest go straight through, so the hot path pays nothing per chunk.
           const inner = data.body[Symbol.asyncIterator]();
+          let answered = false;
           const source: AsyncIterator<Uint8Array> = {
-            next: () =>
-              inner.next().finally(() => {
+            next: () => {
+              if (answered) return inner.next();
+              answered = true;
+              return inner.next().finally(() => {
                 if (asking === m) asking = undefined;
-              }),
+              });
+            },
             return: (v) => inner.return?.(v) ?? Promise.resolve({ done: true, value: v }),
           };
           const checked = verifiedDownload({ [Symbol.asyncIterator]: () => source }, hash, sizeHint ?? data.size);
