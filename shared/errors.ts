@@ -176,6 +176,11 @@ export function cancelled(signal: AbortSignal | undefined): CancelledError {
   return new CancelledError("request cancelled", { cause: reason });
 }
 
+/** Whether `signal` ended because the request's deadline passed (AbortSignal.timeout), not because the client left. */
+export function deadlinePassed(signal: AbortSignal | undefined): boolean {
+  return (signal?.reason as { name?: string } | undefined)?.name === "TimeoutError";
+}
+
 export function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw cancelled(signal);
 }

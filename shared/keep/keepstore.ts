@@ -2,13 +2,13 @@
 // touch, trash, untrash, index. No HTTP here: the router translates requests into calls.
 import type { Clock } from "../clock.js";
 import { msToNs } from "../clock.js";
-import { CancelledError, DisabledError, NotFoundError, TooLargeError } from "../errors.js";
+import { CancelledError, DisabledError, deadlinePassed, NotFoundError, TooLargeError } from "../errors.js";
 import { BLOCK_SIZE } from "../locator.js";
 import type { Logger } from "../log.js";
 import type { BlockData } from "../volume/volume.js";
 import { verifiedDownload } from "./block-streams.js";
 import { BufferSlots } from "./limits.js";
-import { byUuid, type Mount, orderForBlock } from "./mount.js";
+import { byUuid, lastIfRecently, type Mount, orderForBlock } from "./mount.js";
 import { putBlock, type WriteRequest, type WriteResult } from "./put-block.js";
 
 export type { WriteRequest, WriteResult };
@@ -56,7 +56,7 @@ export class Keepstore {
     signal?.addEventListener(
       "abort",
       () => {
-        if (asking && (signal.reason as { name?: string } | undefined)?.name === "TimeoutError") {
+        if (asking && deadlinePassed(signal)) {
           asking.noteStall(this.opts.clock.now());
           this.opts.logger.warn(
             { mount: asking.uuid, hash },
@@ -69,10 +69,7 @@ export class Keepstore {
     const now = this.opts.clock.now();
     const ordered = orderForBlock(this.mounts, hash);
     try {
-      for (const m of [
-        ...ordered.filter((x) => !x.stalledRecently(now)),
-        ...ordered.filter((x) => x.stalledRecently(now)),
-      ]) {
+      for (const m of lastIfRecently(ordered, (x) => x.stalledRecently(now)).flat()) {
         try {
           asking = m;
           const data = await m.volume.read(hash, signal);

@@ -93,6 +93,12 @@ export class Mount {
   }
 }
 
+/** `mounts` split in order into those `recently` says nothing of and those it does (tried last). */
+export function lastIfRecently(mounts: readonly Mount[], recently: (m: Mount) => boolean): [Mount[], Mount[]] {
+  const later = mounts.filter(recently);
+  return [mounts.filter((m) => !later.includes(m)), later];
+}
+
 /** Priority descending, then rendezvous weight ascending (the keepstore order). */
 export function orderForBlock(mounts: readonly Mount[], hash: string): Mount[] {
   const keyed = mounts.map((m) => ({ m, w: m.weight(hash) }));

@@ -5,6 +5,7 @@ import type { Clock } from "../clock.js";
 import {
   CancelledError,
   CollisionError,
+  deadlinePassed,
   HashMismatchError,
   InsufficientStorageError,
   KeepError,
@@ -15,7 +16,7 @@ import {
 import type { Logger } from "../log.js";
 import type { CreateOutcome } from "../volume/volume.js";
 import { lockstepTee, sameBytes, verifiedUpload } from "./block-streams.js";
-import { type Mount, orderForBlock } from "./mount.js";
+import { lastIfRecently, type Mount, orderForBlock } from "./mount.js";
 import { PutProgress } from "./put-progress.js";
 
 /** Bodies from this size up may be verified by the storage service instead of by us. */
@@ -128,7 +129,7 @@ export async function putBlock(
   signal?.addEventListener(
     "abort",
     () => {
-      if ((signal.reason as { name?: string } | undefined)?.name !== "TimeoutError") return;
+      if (!deadlinePassed(signal)) return;
       if (pulled && size.n !== req.contentLength) return;
       for (const m of busy) {
         m.noteStall(opts.clock.now());
@@ -145,8 +146,7 @@ export async function putBlock(
   const write: Mount[] = [];
   let fullSeen = 0;
   const now = opts.clock.now();
-  const failedRecently = writable.filter((m) => m.writeFailedRecently(now));
-  for (const group of [writable.filter((m) => !failedRecently.includes(m)), failedRecently]) {
+  for (const group of lastIfRecently(writable, (m) => m.writeFailedRecently(now))) {
     for (const m of group) {
       if (!progress.wants(m)) continue;
       if (await on(m, () => hasBlock(m, hash))) {
