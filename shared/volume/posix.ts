@@ -6,7 +6,7 @@
 import { randomUUID } from "node:crypto";
 import { constants, promises as fs } from "node:fs";
 import { hostname } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { LENT_CHUNK_SIZE, lend } from "../chunk-pool.js";
 import { msToNs } from "../clock.js";
 import {
@@ -211,7 +211,11 @@ export class PosixVolume implements Volume {
         if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
       }
     }
-    await fs.mkdir(dir, { recursive: true, mode: 0o755 });
+    // A directory made here must be in its parent on disk too before a block in it is
+    // acknowledged: POSIX promises that only after the parent's fsync (ext4 happens to commit
+    // it with the block's, other file systems need not).
+    const made = await fs.mkdir(dir, { recursive: true, mode: 0o755 });
+    if (made !== undefined) await fsyncDir(dirname(dir));
     this.knownDirs.add(dir);
     return open();
   }
@@ -226,7 +230,16 @@ export class PosixVolume implements Volume {
     try {
       this.stats.op("utimes");
       const now = this.params.clock.now() / 1000;
-      await fs.utimes(path, now, now);
+      // Synced before it is acknowledged: keep-balance's trash guard reads this time, so a
+      // touch lost in a power cut could let a block a client was just promised be trashed.
+      // (fdatasync would not do: an mtime alone is not data.)
+      const fh = await fs.open(path, constants.O_RDONLY);
+      try {
+        await fh.utimes(now, now);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
     } catch (err) {
       throw this.translateError(err);
     } finally {
