@@ -4,6 +4,9 @@
 // setting applies to the containers or buckets that follow. util.parseArgs cannot express
 // single-dash long flags or positional state, hence this small parser.
 import { readFileSync } from "node:fs";
+import { hostname, networkInterfaces } from "node:os";
+import { parse as parseYaml } from "yaml";
+import { fromClusterConfig } from "../shared/cluster-config.js";
 import { ConfigError, DEFAULTS, type DriverSpec, type KeepConfig, validateConfig } from "../shared/config.js";
 import { parseDuration } from "../shared/config-values.js";
 
@@ -18,6 +21,7 @@ export interface ServerOptions {
 
 const BOOL = new Set(["readonly", "serialize", "enforce-permissions", "never-delete", "help", "h", "s3-unsafe-delete"]);
 const VALUE = new Set([
+  "config",
   "listen",
   "volume",
   "volumes",
@@ -54,9 +58,15 @@ const VALUE = new Set([
 export const DEFAULT_LISTEN = "127.0.0.1:25107";
 export const DEFAULT_VOLUME = "./data/keep";
 
-export function parseFlags(argv: string[]): ServerOptions {
+/** Flags that may stand beside -config; everything else comes from the cluster config. */
+const WITH_CONFIG = new Set(["config", "listen", "pid", "help", "h"]);
+
+export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = {}): ServerOptions {
   const c: KeepConfig = { ...DEFAULTS, volumes: [], trashEnabled: false };
   let listen = DEFAULT_LISTEN;
+  let listenGiven = false;
+  let configFile: string | undefined;
+  const given: string[] = [];
   let pidFile: string | undefined;
   let help = false;
   let readOnly = false;
@@ -83,6 +93,7 @@ export function parseFlags(argv: string[]): ServerOptions {
     if (!m) throw new ConfigError(`unexpected argument ${JSON.stringify(arg)}: flags look like -name=value`);
     const name = m[1] as string;
     let value = m[2];
+    given.push(name);
     if (BOOL.has(name)) {
       const b = value === undefined ? true : parseBool(name, value);
       switch (name) {
@@ -112,8 +123,12 @@ export function parseFlags(argv: string[]): ServerOptions {
       if (value === undefined) throw new ConfigError(`flag -${name} needs a value`);
     }
     switch (name) {
+      case "config":
+        configFile = value;
+        break;
       case "listen":
         listen = value;
+        listenGiven = true;
         break;
       case "volume":
       case "volumes":
@@ -239,10 +254,47 @@ export function parseFlags(argv: string[]): ServerOptions {
         break;
     }
   }
+  if (configFile !== undefined) {
+    const other = given.find((n) => !WITH_CONFIG.has(n));
+    if (other)
+      throw new ConfigError(
+        `-${other}: with -config every setting comes from the cluster config; drop the flag or -config`,
+      );
+    if (help) return { config: c, listen, pidFile, help };
+    const fromFile = readClusterConfig(configFile, env);
+    return { config: fromFile.config, listen: listenGiven ? listen : fromFile.listen, pidFile, help };
+  }
   if (c.volumes.length === 0) vol({ driver: "posix", root: DEFAULT_VOLUME, serialize, replication: 1 });
   c.maxRequests = maxRequests ?? 2 * c.maxBuffers;
   if (help) return { config: c, listen, pidFile, help };
   return { config: validateConfig(c), listen, pidFile, help };
+}
+
+/** The cluster's config.yml; which InternalURL is this server, as Arvados decides it. */
+function readClusterConfig(path: string, env: NodeJS.ProcessEnv) {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    throw new ConfigError(`-config ${path}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? err})`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    throw new ConfigError(`-config ${path}: not valid YAML: ${(err as Error).message}`);
+  }
+  const mine = new Set(["localhost", hostname()]);
+  for (const addrs of Object.values(networkInterfaces())) for (const a of addrs ?? []) mine.add(a.address);
+  try {
+    return fromClusterConfig(doc, {
+      selfUrl: env.ARVADOS_SERVICE_INTERNAL_URL || undefined,
+      isLocal: (u) => mine.has(u.hostname.replace(/^\[|\]$/g, "")),
+    });
+  } catch (err) {
+    if (err instanceof ConfigError) throw new ConfigError(`-config ${path}: ${err.message}`);
+    throw err;
+  }
 }
 
 function parseBool(name: string, v: string): boolean {
@@ -269,6 +321,8 @@ function readSecret(path: string, flag: string, required = false): string {
 }
 
 export const USAGE = `Usage: keepstore [flags]
+  -config FILE                    an Arvados cluster config (config.yml): volumes, tokens, keys and
+                                  limits come from it (only -listen and -pid may be given beside it)
   -listen host:port               address to serve (default ${DEFAULT_LISTEN})
   -volume DIR                     a local directory volume; repeat for more (default ${DEFAULT_VOLUME})
   -readonly[=false]               following volumes are read-only (or writable again)

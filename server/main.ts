@@ -20,7 +20,7 @@ if (availableParallelism() <= 2 && !process.env.KEEPFN_CONCURRENT_MARKING)
 const logger = createLogger({ level: process.env.KEEPFN_LOG_LEVEL ?? "info" });
 
 async function main(): Promise<void> {
-  const opts = parseFlags(process.argv.slice(2));
+  const opts = parseFlags(process.argv.slice(2), process.env);
   if (opts.help) {
     process.stdout.write(USAGE);
     return;

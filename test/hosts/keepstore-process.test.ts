@@ -18,9 +18,14 @@ const ADMIN = "process-test-admin-token";
 const KEY = "process-test-signing-key-0123456789abcdefghijklmnopqrstuvwxyz";
 const USER = "v2/zzzzz-gj3su-000000000000000/process-test-user";
 
-async function start(args: string[], cwd: string): Promise<{ child: ChildProcess; url: string; stderr: () => string }> {
+async function start(
+  args: string[],
+  cwd: string,
+  env?: NodeJS.ProcessEnv,
+): Promise<{ child: ChildProcess; url: string; stderr: () => string }> {
   const child = spawn(process.execPath, [MAIN, "-listen=127.0.0.1:0", ...args], {
     cwd,
+    env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let err = "";
@@ -206,6 +211,99 @@ describe("keepstore executable", () => {
     } finally {
       await fs.rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it("reads an Arvados cluster config (-config): this server's volumes, the cluster's tokens, key and classes", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    await fs.mkdir(join(dir, "disk0"));
+    await fs.mkdir(join(dir, "disk1"));
+    // Two keepstore hosts; this process is keep0 (ARVADOS_SERVICE_INTERNAL_URL, as Arvados
+    // services are told), so keep1's volume is not mounted and disk1 is read-only here.
+    const config = `
+Clusters:
+  xyzzy:
+    SystemRootToken: ${ADMIN}
+    Services:
+      Keepstore:
+        InternalURLs:
+          "http://keep0.example:25107": {}
+          "http://keep1.example:25107": {}
+      Workbench2: {ExternalURL: "https://workbench.example"}
+    Collections:
+      BlobSigningKey: ${KEY}
+      BlobTrashLifetime: 24h
+    StorageClasses:
+      default: {Default: true}
+      archive: {Priority: 5}
+    Volumes:
+      xyzzy-nyw5e-000000000000000:
+        Driver: Directory
+        DriverParameters: {Root: ${join(dir, "disk0")}}
+      xyzzy-nyw5e-000000000000001:
+        AccessViaHosts:
+          "http://keep0.example:25107": {ReadOnly: true}
+          "http://keep1.example:25107": {}
+        Driver: Directory
+        DriverParameters: {Root: ${join(dir, "disk1")}}
+        StorageClasses: {archive: true}
+      xyzzy-nyw5e-000000000000002:
+        AccessViaHosts: {"http://keep1.example:25107": {}}
+        Driver: Directory
+        DriverParameters: {Root: /nonexistent/keep1-only}
+`;
+    await fs.writeFile(join(dir, "config.yml"), config);
+    const k = await start([`-config=${join(dir, "config.yml")}`], dir, {
+      ARVADOS_SERVICE_INTERNAL_URL: "http://keep0.example:25107",
+    });
+    try {
+      const admin = { authorization: `Bearer ${ADMIN}` };
+      const mounts = (await (await fetch(`${k.url}/mounts`, { headers: admin })).json()) as Array<
+        Record<string, unknown>
+      >;
+      assert.deepEqual(mounts.map((m) => [m.uuid, m.read_only, m.storage_classes]).sort(), [
+        ["xyzzy-nyw5e-000000000000000", false, { default: true }],
+        ["xyzzy-nyw5e-000000000000001", true, { archive: true }],
+      ]);
+      assert.equal((await fetch(`${k.url}/mounts`, { headers: { authorization: "Bearer nope" } })).status, 403);
+      // BlobSigning defaults to true: a signed locator back, and reads need it.
+      const put = await fetch(`${k.url}/acbd18db4cc2f85cedef654fccc4a4d8`, {
+        method: "PUT",
+        body: "foo",
+        headers: { authorization: `Bearer ${USER}` },
+      });
+      assert.equal(put.status, 200);
+      const locator = (await put.text()).trim();
+      assert.match(locator, /^acbd18db4cc2f85cedef654fccc4a4d8\+3\+A[0-9a-f]{40}@[0-9a-f]{8}$/);
+      const auth = { authorization: `Bearer ${USER}` };
+      assert.equal(await (await fetch(`${k.url}/${locator}`, { headers: auth })).text(), "foo");
+      assert.equal((await fetch(`${k.url}/acbd18db4cc2f85cedef654fccc4a4d8+3`, { headers: auth })).status, 400);
+      assert.equal((await fetch(`${k.url}/${locator}`)).status, 401, "no token");
+      await fs.access(join(dir, "disk0/acb/acbd18db4cc2f85cedef654fccc4a4d8"));
+      // The archive class is only on the read-only volume here: 507, as the reference.
+      const archive = await fetch(`${k.url}/37b51d194a7513e45b56f6524f2d51f2`, {
+        method: "PUT",
+        body: "bar",
+        headers: { ...auth, "x-keep-storage-classes": "archive" },
+      });
+      assert.equal(archive.status, 507);
+    } finally {
+      k.child.kill("SIGTERM");
+      await exited(k.child);
+    }
+    // Settings come from one place: a flag that the config also sets is refused, naming it.
+    const both = await run(process.execPath, [MAIN, `-config=${join(dir, "config.yml")}`, `-volume=${dir}`]).catch(
+      (e) => e,
+    );
+    assert.equal(both.code, 2);
+    assert.match(both.stderr, /-volume: with -config every setting comes from the cluster config/);
+    const bad = join(dir, "bad.yml");
+    await fs.writeFile(bad, config.replace("Driver: Directory", "Driver: Directry"));
+    const wrong = await run(process.execPath, [MAIN, `-config=${bad}`], {
+      env: { ...process.env, ARVADOS_SERVICE_INTERNAL_URL: "http://keep0.example:25107" },
+    }).catch((e) => e);
+    assert.equal(wrong.code, 2);
+    assert.match(wrong.stderr, /Volumes\.xyzzy-nyw5e-000000000000000\.Driver: "Directry" is not a driver/);
+    await fs.rm(dir, { recursive: true, force: true });
   });
 
   it("serves an Arvados-style client: signed PUT/GET/HEAD of small, empty and 64 MiB blocks, index and trash", async () => {
