@@ -169,8 +169,24 @@ describe("the keepstore process: the power cut lands in the middle of a storm of
           assert.match(name, /^[0-9a-f]{3}\/[0-9a-f]{32}$/, `stray file ${name}`);
           assert.equal(md5(await fs.readFile(f)), name.slice(4), `partial block ${name}`);
         }
-        // The machine comes back: a keepstore on the disk serves every acknowledged block.
+        // The machine comes back: a keepstore on the disk serves every acknowledged block, and
+        // its index lists them, and nothing the cut left half-written.
         const again = await startKeepstore(after, hosts);
+        const index = await (await fetch(`${again.url}/index`)).text();
+        assert.ok(index.endsWith("\n\n"), "a complete index");
+        const listed = new Map(
+          index
+            .trim()
+            .split("\n")
+            .map((l) => l.split(" ")[0]?.split("+") as [string, string])
+            .map(([h, n]) => [h, Number(n)]),
+        );
+        for (const [hash, size] of stored) assert.equal(listed.get(hash), size, `index lists ${hash}+${size}`);
+        for (const [hash, size] of listed) {
+          const bytes = await fs.readFile(join(after, hash.slice(0, 3), hash));
+          assert.equal(bytes.length, size);
+          assert.equal(md5(bytes), hash, `index entry ${hash} is a whole block`);
+        }
         for (const [hash, size] of stored) {
           const res = await fetch(`${again.url}/${hash}+${size}`);
           assert.equal(res.status, 200, `GET ${hash} after the restart`);
