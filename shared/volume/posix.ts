@@ -309,6 +309,17 @@ export class PosixVolume implements Volume {
     if (!best) throw new NotFoundError();
     const unlock = await this.blockLocks.lock(hash);
     try {
+      // Written again since it was trashed: that copy is newer and already live. Renaming the
+      // trash over it would take its timestamp back past a client's fresh signature (and
+      // keep-balance could trash it early); the trash copy expires as usual instead.
+      this.stats.op("stat");
+      if (
+        await fs.stat(path).then(
+          () => true,
+          () => false,
+        )
+      )
+        return;
       this.stats.op("rename");
       await fs.rename(join(dir, best.name), path);
       await fsyncDir(dir);

@@ -443,6 +443,26 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
       }),
     );
 
+    it(
+      "untrash never takes a block's timestamp back: written again after the trash, it keeps the new one",
+      { skip: ro },
+      withVolume(HOUR, async (h, clock) => {
+        // keep-balance trashes an unreferenced block; a client uploads the same bytes again
+        // (a new, signed locator whose TTL protection starts now); then an operator untrashes
+        // the old copy. The block must stay as protected as the client's new locator promises.
+        await writeOld(h, clock);
+        await h.volume.trash(TEST_HASH);
+        clock.advance(1000);
+        await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+        const fresh = await h.volume.mtime(TEST_HASH);
+        // Either answer is the contract's (Azure keeps one blob: written again, it is live, not
+        // in the trash); what matters is what is left.
+        await h.volume.untrash(TEST_HASH).catch((e) => assert.ok(e instanceof NotFoundError, String(e)));
+        assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+        assert.ok((await h.volume.mtime(TEST_HASH)) >= fresh, "the timestamp of the new write stands");
+      }),
+    );
+
     const checkGet = async (h: VolumeHarness) => {
       assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
       await h.volume.mtime(TEST_HASH);
