@@ -2,7 +2,9 @@
 // Every driver runs it through describeVolumeContract(name, factory, caps): a fresh volume
 // per case, time moved with a FakeClock, nothing slept.
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { describe, it, type TestContext } from "node:test";
+import fc from "fast-check";
 import { FakeClock, msToNs } from "../../shared/clock.js";
 import { NotFoundError } from "../../shared/errors.js";
 import type { Volume } from "../../shared/volume/volume.js";
@@ -44,6 +46,8 @@ export interface ContractCaps {
   readonly?: boolean;
   /** Backends that store mtimes in whole seconds. */
   mtimeResolutionMs?: number;
+  /** Runs of the model-based case (default 100); fewer for emulators, where a run costs ~0.1 s. */
+  modelRuns?: number;
   /** Skip the 64 MiB case (for slow emulators); the reason is printed. */
   skipFullBlock?: string;
 }
@@ -534,6 +538,131 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
         await h.volume.emptyTrash();
         await h.volume.untrash(TEST_HASH);
         await checkGet(h);
+      }),
+    );
+
+    it(
+      "random sequences of write, touch, trash, untrash, empty-trash and time agree with the contract's model",
+      { skip: ro },
+      withVolume(HOUR, async (h, clock) => {
+        // The cases above each pin one sequence; this one lets fast-check pick them, three
+        // , and checks every step against a model of the contract. Each run
+        // uses fresh blocks on the same volume, so runs do not see each other.
+        type Op =
+          | { k: "write" | "touch" | "trash" | "untrash"; b: number }
+          | { k: "empty" }
+          | { k: "wait"; ms: number };
+        const block = fc.nat(1);
+        // Weighted toward the operations whose interplay is subtle (trash, untrash, writes in
+        // between), with waits long enough to pass the TTL and the trash lifetime.
+        const on = (k: "write" | "touch" | "trash" | "untrash") => fc.record({ k: fc.constant(k), b: block });
+        const op: fc.Arbitrary<Op | Op[]> = fc.oneof(
+          { arbitrary: on("write"), weight: 3 },
+          // A block keep-balance retires: written, left past the TTL, trashed (three steps).
+          {
+            arbitrary: block.map((b): Op[] => [
+              { k: "write", b },
+              { k: "wait", ms: TTL + 1000 },
+              { k: "trash", b },
+            ]),
+            weight: 2,
+          },
+          { arbitrary: on("trash"), weight: 3 },
+          { arbitrary: on("untrash"), weight: 3 },
+          { arbitrary: on("touch"), weight: 1 },
+          { arbitrary: fc.record({ k: fc.constant("empty" as const) }), weight: 1 },
+          // Steps that never land on a boundary (TTL, lifetime) to the millisecond.
+          {
+            arbitrary: fc.record({
+              k: fc.constant("wait" as const),
+              ms: fc.constantFrom(1000, TTL + 1000, HOUR + 1000),
+            }),
+            weight: 3,
+          },
+        );
+        const near = (got: bigint, want: number) => Math.abs(Number(got / 1_000_000n) - want) < res;
+        await fc.assert(
+          fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 12 }), async (fragments) => {
+            const ops = fragments.flat();
+            const data = [0, 1].map(() => randomBytes(100));
+            const hashes = data.map(md5hex);
+            /** Per block: live with this mtime, and the newest trashed copy (its mtime, when). */
+            const model = hashes.map(() => ({
+              live: undefined as number | undefined,
+              trash: undefined as { mtime: number; at: number } | undefined,
+            }));
+            const check = async (i: number, step: string) => {
+              const m = model[i] as (typeof model)[number];
+              const hash = hashes[i] as string;
+              if (m.live === undefined) {
+                await assert.rejects(readAll(h.volume, hash), NotFoundError, `${step}: block ${i} is not readable`);
+              } else {
+                assert.deepEqual(await readAll(h.volume, hash), data[i], `${step}: block ${i} reads back`);
+                const mt = await h.volume.mtime(hash);
+                assert.ok(near(mt, m.live), `${step}: block ${i} mtime ${mt / 1_000_000n} should be ${m.live}`);
+              }
+            };
+            const steps: string[] = [];
+            for (const o of ops) {
+              const now = clock.now();
+              steps.push(o.k === "wait" ? `wait ${o.ms}` : o.k === "empty" ? "empty" : `${o.k} ${o.b}`);
+              const step = steps.join(", ");
+              if (o.k === "wait") {
+                clock.advance(o.ms);
+                continue;
+              }
+              if (o.k === "empty") {
+                await h.volume.emptyTrash();
+                for (const m of model) if (m.trash && now >= m.trash.at + HOUR) m.trash = undefined;
+                for (let i = 0; i < data.length; i++) await check(i, step);
+                continue;
+              }
+              const m = model[o.b] as (typeof model)[number];
+              const hash = hashes[o.b] as string;
+              const outcome = await (o.k === "write"
+                ? write(h.volume, hash, data[o.b] as Uint8Array)
+                : h.volume[o.k](hash)
+              ).then(
+                () => "ok",
+                (e) => (e instanceof NotFoundError ? "not found" : Promise.reject(e)),
+              );
+              switch (o.k) {
+                case "write":
+                  m.live = now;
+                  break;
+                case "touch":
+                  assert.equal(outcome, m.live === undefined ? "not found" : "ok", `${step}: touch`);
+                  if (m.live !== undefined) m.live = now;
+                  break;
+                case "trash":
+                  // Of a missing block either answer is the contract's; of a young one, a no-op.
+                  if (m.live !== undefined) assert.equal(outcome, "ok", `${step}: trash`);
+                  if (m.live !== undefined && now - m.live >= TTL) {
+                    m.trash = { mtime: m.live, at: now };
+                    m.live = undefined;
+                  }
+                  break;
+                case "untrash":
+                  // Live already: either answer, and nothing changes (see the case above).
+                  if (m.live === undefined) {
+                    assert.equal(outcome, m.trash ? "ok" : "not found", `${step}: untrash`);
+                    if (m.trash) {
+                      m.live = m.trash.mtime;
+                      m.trash = undefined;
+                    }
+                  }
+                  break;
+              }
+              await check(o.b, step);
+            }
+            const mine = new Set(hashes);
+            const listed: string[] = [];
+            for await (const e of h.volume.index("")) if (mine.has(e.hash)) listed.push(`${e.hash}+${e.size}`);
+            const want = hashes.filter((_, i) => model[i]?.live !== undefined).map((x) => `${x}+100`);
+            assert.deepEqual(listed.sort(), want.sort(), `${steps.join(", ")}: index`);
+          }),
+          { numRuns: caps.modelRuns ?? 100 },
+        );
       }),
     );
 

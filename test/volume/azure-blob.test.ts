@@ -65,7 +65,7 @@ export async function azureHarness(
   };
 }
 
-const caps = { mtimeResolutionMs: 1000 };
+const caps = { mtimeResolutionMs: 1000, modelRuns: 25 };
 describeVolumeContract("azure blob (Azurite)", (p) => azureHarness(p), caps);
 describeVolumeContract(
   "azure blob (Azurite), maxGetBytes = 8 MiB - 1",

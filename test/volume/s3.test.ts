@@ -87,7 +87,7 @@ async function s3Harness(p: HarnessParams, o: Opts = {}): Promise<S3Harness> {
   };
 }
 
-describeVolumeContract("s3", (p) => s3Harness(p), { mtimeResolutionMs: 1000 });
+describeVolumeContract("s3", (p) => s3Harness(p), { mtimeResolutionMs: 1000, modelRuns: 25 });
 // The same contract where PutObject honours If-None-Match: * (as S3 does; s3rver ignores it,
 // so a proxy in front of it checks the condition): create() then takes the conditional path.
 let conditionalProxy: S3Proxy | undefined;
@@ -105,13 +105,18 @@ async function conditionalEndpoint(): Promise<string> {
 describeVolumeContract(
   "s3 with conditional writes (If-None-Match honoured, as by S3)",
   async (p) => s3Harness(p, { endpoint: await conditionalEndpoint() }),
-  { mtimeResolutionMs: 1000 },
+  { mtimeResolutionMs: 1000, modelRuns: 25 },
 );
 describeVolumeContract("s3, PrefixLength=3", (p) => s3Harness(p, { prefixLength: 3 }), {
   mtimeResolutionMs: 1000,
+  modelRuns: 25,
   skipFullBlock: "the 64 MiB round trip already runs in the plain s3 suite",
 });
-describeVolumeContract("s3, read-only", (p) => s3Harness(p), { readonly: true, mtimeResolutionMs: 1000 });
+describeVolumeContract("s3, read-only", (p) => s3Harness(p), {
+  readonly: true,
+  mtimeResolutionMs: 1000,
+  modelRuns: 25,
+});
 
 const HOUR = 3600_000;
 const MIN = 60_000;
