@@ -237,6 +237,13 @@ export class PosixVolume implements Volume {
       try {
         await fh.utimes(now, now);
         await fh.sync();
+        // Another keepstore on this directory may have trashed the block between our open and
+        // our utimes (see trash()): then the time went to the trashed file. Only a touch of
+        // the file still under the block's name counts; otherwise NotFound, and the PUT that
+        // asked writes a fresh copy.
+        const [mine, named] = await Promise.all([fh.stat({ bigint: true }), fs.stat(path, { bigint: true })]);
+        if (mine.ino !== named.ino || mine.dev !== named.dev)
+          throw new NotFoundError("the block was trashed while it was being touched");
       } finally {
         await fh.close();
       }
@@ -267,18 +274,31 @@ export class PosixVolume implements Volume {
     const unlock = await this.blockLocks.lock(hash);
     const release = await this.serialized();
     try {
-      this.stats.op("stat");
-      const st = await fs.stat(path, { bigint: true });
       const now = this.params.clock.now();
-      if (msToNs(now) - st.mtimeNs < msToNs(this.params.signingTtlMs)) return;
-      if (this.params.trashLifetimeMs === 0) {
-        this.stats.op("unlink");
-        await fs.unlink(path);
+      const young = (st: { mtimeNs: bigint }) => msToNs(now) - st.mtimeNs < msToNs(this.params.signingTtlMs);
+      this.stats.op("stat");
+      if (young(await fs.stat(path, { bigint: true }))) return;
+      const deadline = Math.floor((now + this.params.trashLifetimeMs) / 1000);
+      const trashed = `${path}.trash.${deadline}`;
+      this.stats.op("rename");
+      await fs.rename(path, trashed);
+      // Another keepstore on this directory (a shared disk listed under several hosts'
+      // AccessViaHosts) does not see our locks, and the reference's flock has no Node API. A
+      // touch of its that landed between the check above and the rename would be acknowledged
+      // and then trashed: it shows in the renamed file's age, so the block goes back (synced,
+      // so a power cut cannot leave it trashed). A touch after the rename fails (NotFound),
+      // and that PUT writes a fresh copy.
+      this.stats.op("stat");
+      if (young(await fs.stat(trashed, { bigint: true }))) {
+        this.stats.op("rename");
+        await fs.rename(trashed, path);
+        await fsyncDir(dirname(path));
         return;
       }
-      const deadline = Math.floor((now + this.params.trashLifetimeMs) / 1000);
-      this.stats.op("rename");
-      await fs.rename(path, `${path}.trash.${deadline}`);
+      if (this.params.trashLifetimeMs === 0) {
+        this.stats.op("unlink");
+        await fs.unlink(trashed);
+      }
     } catch (err) {
       throw this.translateError(err);
     } finally {

@@ -37,6 +37,42 @@ describeVolumeContract("posix, read-only, serialized", (p) => posixHarness(p, tr
 describe("posix volume", () => {
   const params = () => ({ clock: new FakeClock(), signingTtlMs: 300_000, trashLifetimeMs: 3600_000 });
 
+  it("two keepstores on one directory (a shared disk): a touch that was acknowledged is never trashed by the other", async () => {
+    // Two volumes on the same root stand for two processes: neither sees the other's locks.
+    // keep-balance's trash list reaches A while a client's re-PUT of the same old block
+    // touches it through B; whenever the touch answers OK, the block must still be there.
+    const root = await fs.mkdtemp(join(tmpdir(), "keepfn-posix-shared-"));
+    const clock = new FakeClock(Math.floor(Date.now() / 1000) * 1000);
+    const p = { clock, signingTtlMs: 300_000, trashLifetimeMs: 3600_000 };
+    const [a, b] = [new PosixVolume({ root }, p), new PosixVolume({ root }, p)];
+    const file = join(root, TEST_HASH.slice(0, 3), TEST_HASH);
+    let raced = 0;
+    try {
+      for (let i = 0; i < 300; i++) {
+        await a.write(TEST_HASH, chunks(TEST_BLOCK));
+        const old = (clock.now() - 2 * p.signingTtlMs) / 1000;
+        await fs.utimes(file, old, old);
+        const [trashed, touched] = await Promise.allSettled([a.trash(TEST_HASH), b.touch(TEST_HASH)]);
+        assert.equal(trashed.status, "fulfilled");
+        if (touched.status === "fulfilled") {
+          const live = await fs.stat(file).then(
+            () => true,
+            () => false,
+          );
+          assert.ok(live, `run ${i}: B's touch was acknowledged, then A trashed the block`);
+          raced++;
+        }
+        // Start each run from one live copy and an empty trash.
+        for (const n of await fs.readdir(join(root, TEST_HASH.slice(0, 3))))
+          await fs.rm(join(root, TEST_HASH.slice(0, 3), n));
+        clock.advance(1000);
+      }
+      assert.ok(raced > 0, "some touches won the race (else the case proves nothing)");
+    } finally {
+      await fs.rm(root, { recursive: true, force: true });
+    }
+  });
+
   it("stores a block at Root/<hash[0:3]>/<hash>", async () => {
     const h = await posixHarness(params());
     try {
