@@ -279,7 +279,12 @@ export class PosixVolume implements Volume {
       this.stats.op("stat");
       if (young(await fs.stat(path, { bigint: true }))) return;
       const deadline = Math.floor((now + this.params.trashLifetimeMs) / 1000);
-      const trashed = `${path}.trash.${deadline}`;
+      // With no trash lifetime the block is deleted below; until then it waits under a
+      // temp-file name, which no sweep (ours or another process's) deletes on sight.
+      const trashed =
+        this.params.trashLifetimeMs === 0
+          ? join(dirname(path), `tmp${hash}trash${randomUUID().slice(0, 8)}`)
+          : `${path}.trash.${deadline}`;
       this.stats.op("rename");
       await fs.rename(path, trashed);
       // Another keepstore on this directory (a shared disk listed under several hosts'
