@@ -374,9 +374,11 @@ export class PosixVolume implements Volume {
           await fs.rm(join(this.root, dir, name), { force: true });
           report.deleted++;
         } else if (TMP_RE.test(name)) {
-          // Leftovers of a crash mid-write; a live write's temp file is never this old.
+          // Leftovers of a crash mid-write; a live write's temp file is never this old. The
+          // change time counts too: a block renamed here to be deleted keeps its old mtime.
           const st = await fs.stat(join(this.root, dir, name)).catch(() => undefined);
-          if (st && now - st.mtimeMs > STALE_TMP_AGE_MS) await fs.rm(join(this.root, dir, name), { force: true });
+          if (st && now - Math.max(st.mtimeMs, st.ctimeMs) > STALE_TMP_AGE_MS)
+            await fs.rm(join(this.root, dir, name), { force: true });
         }
       }
     }

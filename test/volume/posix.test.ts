@@ -211,11 +211,20 @@ describe("posix volume", () => {
       await fs.mkdir(join(h.root, "e4d"));
       const stale = join(h.root, "e4d", `tmp${TEST_HASH}abcdef`);
       await fs.writeFile(stale, "partial");
+      // A temp file renamed just now (a trash with no lifetime waiting for its unlink) holds
+      // an old block's mtime: its age is the inode's change time, not the mtime.
+      const renamed = join(h.root, "e4d", `tmp${TEST_HASH}trash1234`);
+      await fs.writeFile(renamed, "old block");
       const old = (p.clock.now() - 25 * 3600_000) / 1000;
-      await fs.utimes(stale, old, old);
+      await fs.utimes(renamed, old, old);
+      await h.volume.emptyTrash();
+      await fs.access(renamed);
+      await fs.access(stale);
+      p.clock.advance(25 * 3600_000);
+      await fs.rm(renamed);
       await h.volume.emptyTrash();
       await fs.access(join(h.root, ".aaa", `${TEST_HASH}.trash.1`));
-      await assert.rejects(fs.access(stale));
+      await assert.rejects(fs.access(stale), "left for a day: removed");
     } finally {
       await h.teardown();
     }
