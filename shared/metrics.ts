@@ -103,6 +103,19 @@ export class KeepMetrics {
       },
     });
 
+    // Not the reference's: copies that failed their MD5 on read (Mount.noteCorrupt), so an
+    // operator sees a rotting disk.
+    new Gauge({
+      name: "keepfn_mount_corrupt_copies",
+      help: "Blocks whose copy on this mount failed its MD5 on read and has not been replaced since (remembered for a day)",
+      labelNames: ["device_id"],
+      registers: [r],
+      collect() {
+        const now = sources.now();
+        for (const m of mounts) this.set({ device_id: m.volume.deviceId }, m.corruptCopies(now));
+      },
+    });
+
     // Volume counters live in each driver's VolumeStats; copied at scrape time by the first
     // of the three counters to be collected (registration order is collection order).
     const errs = new Counter({

@@ -50,20 +50,26 @@ export async function* verifiedDownload(
   source: AsyncIterable<Uint8Array>,
   hash: string,
   expectedSize: number,
+  /** Called when the bytes, not the caller's size, are wrong (before the error is thrown). */
+  onCorrupt?: () => void,
 ): AsyncGenerator<Uint8Array> {
   const md5 = md5Stream();
+  const corrupt = () => {
+    onCorrupt?.();
+    return new ChecksumMismatchError();
+  };
   try {
     let total = 0;
     let held: Uint8Array | undefined;
     for await (const chunk of source) {
       total += chunk.length;
-      if (total > expectedSize) throw new ChecksumMismatchError();
+      if (total > expectedSize) throw corrupt();
       const wait = md5.update(chunk);
       if (wait) await wait;
       if (held) yield held;
       held = chunk;
     }
-    if (total !== expectedSize || (await md5.digest()) !== hash) throw new ChecksumMismatchError();
+    if (total !== expectedSize || (await md5.digest()) !== hash) throw corrupt();
     if (held) yield held;
   } finally {
     md5.abort();

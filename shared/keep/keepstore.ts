@@ -69,7 +69,8 @@ export class Keepstore {
     const now = this.opts.clock.now();
     const ordered = orderForBlock(this.mounts, hash);
     try {
-      for (const m of lastIfRecently(ordered, (x) => x.stalledRecently(now)).flat()) {
+      const later = (x: Mount) => x.stalledRecently(now) || x.corruptCopy(hash, now);
+      for (const m of lastIfRecently(ordered, later).flat()) {
         try {
           asking = m;
           const data = await m.volume.read(hash, signal);
@@ -89,7 +90,24 @@ export class Keepstore {
             },
             return: (v) => inner.return?.(v) ?? Promise.resolve({ done: true, value: v }),
           };
-          const checked = verifiedDownload({ [Symbol.asyncIterator]: () => source }, hash, sizeHint ?? data.size);
+          // A wrong size hint is the client's mistake, not the copy's: only a copy that fails
+          // on its own size is marked corrupt.
+          const onCorrupt =
+            sizeHint === undefined || sizeHint === data.size
+              ? () => {
+                  m.noteCorrupt(hash, this.opts.clock.now());
+                  this.opts.logger.error(
+                    { mount: m.uuid, hash },
+                    "stored copy does not match its hash: reads try the other mounts first, and the next PUT of the block replaces it; check the disk",
+                  );
+                }
+              : undefined;
+          const checked = verifiedDownload(
+            { [Symbol.asyncIterator]: () => source },
+            hash,
+            sizeHint ?? data.size,
+            onCorrupt,
+          );
           const body = releasing(checked, () => {
             release();
             void source.return?.()?.catch(() => {});

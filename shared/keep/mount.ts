@@ -5,6 +5,10 @@ import type { Volume } from "../volume/volume.js";
 
 /** How long a mount whose write failed is planned last (see Mount.noteWriteFailure). */
 export const WRITE_FAILURE_MS = 60_000;
+/** How long a copy that failed its MD5 is remembered as corrupt (it stays so until replaced). */
+export const CORRUPT_MEMORY_MS = 24 * 3600_000;
+/** Corrupt copies remembered per mount; the oldest is forgotten first. */
+export const CORRUPT_MEMORY_MAX = 10_000;
 
 export interface MountConfig {
   uuid: string;
@@ -33,6 +37,8 @@ export class Mount {
   private failedUntil = 0;
   /** Until when (clock ms) reads try this mount last: a call on it outlived a request. */
   private stalledUntil = 0;
+  /** Blocks whose copy here failed its MD5 on read, and until when (clock ms) that is kept. */
+  private readonly corrupt = new Map<string, number>();
 
   constructor(c: MountConfig) {
     this.uuid = c.uuid;
@@ -72,6 +78,40 @@ export class Mount {
 
   stalledRecently(nowMs: number): boolean {
     return nowMs < this.stalledUntil;
+  }
+
+  /**
+   * A read of `hash` here delivered bytes whose MD5 is not `hash`: the stored copy is corrupt
+   * (bit rot, a bad disk). The reference goes on reading it first forever, so a server whose
+   * other mount holds a good copy fails every GET of the block; here reads try this mount last
+   * for that block, and a PUT writes a fresh copy over it instead of calling it a collision
+   * (a genuine collision's bytes would hash to `hash`). Kept until a write here replaces it,
+   * for at most CORRUPT_MEMORY_MS, and for at most CORRUPT_MEMORY_MAX blocks a mount.
+   */
+  noteCorrupt(hash: string, nowMs: number): void {
+    this.corrupt.delete(hash);
+    this.corrupt.set(hash, nowMs + CORRUPT_MEMORY_MS);
+    if (this.corrupt.size > CORRUPT_MEMORY_MAX) this.corrupt.delete(this.corrupt.keys().next().value as string);
+  }
+
+  corruptCopy(hash: string, nowMs: number): boolean {
+    const until = this.corrupt.get(hash);
+    if (until === undefined) return false;
+    if (nowMs < until) return true;
+    this.corrupt.delete(hash);
+    return false;
+  }
+
+  /** A fresh copy of `hash` was written here. */
+  replacedCopy(hash: string): void {
+    this.corrupt.delete(hash);
+  }
+
+  /** How many blocks are known corrupt here (for /metrics). */
+  corruptCopies(nowMs: number): number {
+    let n = 0;
+    for (const until of this.corrupt.values()) if (nowMs < until) n++;
+    return n;
   }
 
   weight(hash: string): string {

@@ -75,6 +75,7 @@ export async function putBlock(
   if (
     !createTried &&
     only?.volume.create &&
+    !only.corruptCopy(hash, opts.clock.now()) &&
     progress.wants(only) &&
     req.contentLength !== undefined &&
     req.contentLength <= CREATE_MAX_BYTES &&
@@ -149,7 +150,9 @@ export async function putBlock(
   for (const group of lastIfRecently(writable, (m) => m.writeFailedRecently(now))) {
     for (const m of group) {
       if (!progress.wants(m)) continue;
-      if (await on(m, () => hasBlock(m, hash))) {
+      // A copy known to be corrupt (a read failed its MD5) is not compared, which would call
+      // it a collision: it is written over with these verified bytes, below.
+      if (!m.corruptCopy(hash, now) && (await on(m, () => hasBlock(m, hash)))) {
         compare.push(m);
         progress.add(m);
       }
@@ -164,6 +167,9 @@ export async function putBlock(
       progress.add(m);
     }
   }
+  // And a mount known to hold a corrupt copy gets this good one even when other copies already
+  // satisfy the request: the block is back where reads look for it first.
+  for (const m of writable) if (m.corruptCopy(hash, now) && !write.includes(m)) write.push(m);
   if (compare.length + write.length === 0) {
     await drain(req.body);
     throw new InsufficientStorageError();
@@ -250,8 +256,10 @@ export async function putBlock(
   for (const [i, m] of write.entries()) {
     const o = outcomes[compare.length + i] as PromiseSettledResult<void>;
     attempts++;
-    if (o.status === "fulfilled") final.add(m);
-    else {
+    if (o.status === "fulfilled") {
+      final.add(m);
+      m.replacedCopy(hash);
+    } else {
       if (o.reason instanceof VolumeFullError) fulls++;
       if (!signal?.aborted) failed(m, o.reason, "block write");
     }

@@ -196,6 +196,48 @@ describe("container host over real HTTP", () => {
     }
   });
 
+  it("a corrupt copy on one of two volumes: the retry is served from the good one, /metrics shows it, a PUT repairs it", async () => {
+    const s = await startPosixServer({}, { volumes: [{ priority: 2 }, { priority: 1 }] });
+    try {
+      const good = Buffer.alloc(3_000_000, 7);
+      const hash = md5hex(good);
+      const place = async (root: string, data: Buffer) => {
+        await fs.mkdir(join(root, hash.slice(0, 3)), { recursive: true });
+        await fs.writeFile(join(root, hash.slice(0, 3), hash), data);
+      };
+      const [first, second] = s.roots as [string, string];
+      const rotten = Buffer.from(good);
+      rotten.writeUInt8(rotten.readUInt8(1_234_567) ^ 1, 1_234_567); // one flipped bit on the disk read first
+      await place(first, rotten);
+      await place(second, good);
+      const get = async () => {
+        const r = await fetch(`${s.url}/${hash}+${good.length}`);
+        return md5hex(Buffer.from(await r.arrayBuffer())) === hash;
+      };
+      assert.equal(await get().catch(() => false), false, "the first GET is cut short, as the reference's");
+      assert.equal(await get(), true, "the client's retry gets the block whole from the other disk");
+      assert.equal((await fetch(`${s.url}/${hash}+${good.length}`, { method: "HEAD" })).status, 200);
+      const corruptGauge = async () =>
+        (await (await fetch(`${s.url}/metrics`)).text())
+          .split("\n")
+          .filter((l) => l.startsWith("keepfn_mount_corrupt_copies{"))
+          .map((l) => l.split(" ")[1])
+          .sort();
+      assert.deepEqual(await corruptGauge(), ["0", "1"]);
+      const put = await fetch(`${s.url}/${hash}`, { method: "PUT", body: good });
+      assert.equal(put.status, 200);
+      assert.equal(put.headers.get("x-keep-replicas-stored"), "2");
+      assert.equal(
+        md5hex(await fs.readFile(join(first, hash.slice(0, 3), hash))),
+        hash,
+        "the rotten copy was replaced",
+      );
+      assert.deepEqual(await corruptGauge(), ["0", "0"]);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
   it("passes a volume's own status through and falls back to another mount", async () => {
     // Mount 0 (read first) fails with a 502 backend error; mount 1 is empty at first.
     const s = await startPosixServer(

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { promises as fs } from "node:fs";
 import { describe, it } from "node:test";
 import { msToNs } from "../../shared/clock.js";
 import {
@@ -371,6 +372,35 @@ describe("keepstore service", () => {
         ChecksumMismatchError,
       );
       assert.ok(Buffer.concat(got).length < 3, "the corrupt block is never delivered whole");
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("once a copy failed its MD5, reads go to a good copy first, and a PUT replaces the bad one (deliberately better)", async () => {
+    const s = await makeStore([
+      { label: "a", priority: 2 },
+      { label: "b", priority: 1 },
+    ]);
+    const readAllOf = async (hint?: number) => collect((await s.keep.read(FOO_HASH, hint)).body);
+    try {
+      await s.putRaw("a", FOO_HASH, Buffer.from("bar"));
+      await s.putRaw("b", FOO_HASH, FOO);
+      // A client's wrong size hint is not the copy's fault: nothing is marked.
+      await assert.rejects(readAllOf(4), ChecksumMismatchError);
+      await assert.rejects(readAllOf(3), ChecksumMismatchError, "the first read finds it, as the reference");
+      s.log.length = 0;
+      assert.deepEqual(await readAllOf(3), FOO, "the client's retry reads the good copy on b");
+      assert.deepEqual(s.log, ["read b"]);
+      // Without the mark this PUT is a 500 hash collision forever; with it, a fresh copy.
+      const r = await put(s.keep, FOO_HASH, FOO);
+      assert.equal(r.replicas, 2, "b's copy touched, a's replaced");
+      const files = await filesUnder(s.rootOf("a"));
+      assert.equal(files.length, 1);
+      assert.deepEqual(await fs.readFile(files[0] as string), FOO, "the corrupt copy was replaced");
+      s.log.length = 0;
+      assert.deepEqual(await readAllOf(3), FOO);
+      assert.deepEqual(s.log, ["read a"], "replaced: read first again");
     } finally {
       await s.cleanup();
     }
