@@ -75,6 +75,7 @@ export class PullWorker {
         // Node's web ReadableStream is async-iterable (the DOM typings some SDKs pull in say otherwise).
         const body = res.body as unknown as AsyncIterable<Uint8Array>;
         await dest.volume.write(info.hash, verifiedDownload(body, info.hash, size), { size });
+        dest.replacedCopy(info.hash);
         logger.info({ server, locator: p.locator, mount: dest.uuid }, "pulled block");
         return;
       } catch (err) {
