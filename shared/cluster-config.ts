@@ -80,6 +80,11 @@ export function fromClusterConfig(
     throw new ConfigError(
       `${at}.Volumes: no volume is for this server (${selfUrl}): give one with no AccessViaHosts, or list this URL in its AccessViaHosts`,
     );
+  // validateConfig would name the flag; this file's users need the keys.
+  if (c.enforcePermissions && !c.blobSigningKey)
+    throw new ConfigError(
+      `${at}.Collections.BlobSigning is true (the default) but ${at}.Collections.BlobSigningKey is empty: set the key, or BlobSigning: false`,
+    );
   return { config: validateConfig(c), listen, selfUrl };
 }
 
