@@ -51,6 +51,8 @@ const STALE_TMP_AGE_MS = 24 * 3600_000;
 const TRASH_RE = /^([0-9a-f]{32})\.trash\.(\d+)$/;
 const TMP_RE = /^tmp[0-9a-f]{32}/;
 const HEX_DIR_RE = /^[0-9a-f]+$/;
+/** link() errors that mean "this file system has no hard links", not "this link failed". */
+const NO_HARD_LINKS = new Set(["EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS"]);
 
 export class PosixVolume implements Volume {
   readonly deviceId: string;
@@ -295,9 +297,8 @@ export class PosixVolume implements Volume {
       // and that PUT writes a fresh copy.
       this.stats.op("stat");
       if (young(await fs.stat(trashed, { bigint: true }))) {
-        this.stats.op("rename");
-        await fs.rename(trashed, path);
-        await fsyncDir(dirname(path));
+        // A PUT may have written a fresh copy meanwhile (it found none): that one stays.
+        if (!(await this.restore(trashed, path))) await fs.rm(trashed, { force: true });
         return;
       }
       if (this.params.trashLifetimeMs === 0) {
@@ -334,9 +335,34 @@ export class PosixVolume implements Volume {
     if (!best) throw new NotFoundError();
     const unlock = await this.blockLocks.lock(hash);
     try {
-      // Written again since it was trashed: that copy is newer and already live. Renaming the
-      // trash over it would take its timestamp back past a client's fresh signature (and
-      // keep-balance could trash it early); the trash copy expires as usual instead.
+      // Written again since it was trashed: that copy is newer and already live, and the
+      // trash copy expires as usual.
+      await this.restore(join(dir, best.name), path);
+    } catch (err) {
+      throw this.translateError(err);
+    } finally {
+      unlock();
+    }
+  }
+
+  /**
+   * Puts `from` back under the block's name unless a live copy is already there, and says
+   * whether it did. Never over a live copy: that one is newer (a PUT wrote it after the trash),
+   * and replacing it would take its timestamp back past a client's fresh signature, so
+   * keep-balance could trash it early. A write takes no block lock, so "check, then rename"
+   * races it; link() is the check and the move in one step (EEXIST if the name is taken).
+   */
+  private async restore(from: string, path: string): Promise<boolean> {
+    const dir = dirname(path);
+    try {
+      this.stats.op("link");
+      await fs.link(from, path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "EEXIST") return false;
+      if (!NO_HARD_LINKS.has(code ?? "")) throw err;
+      // A file system without hard links (some FUSE and SMB mounts): check, then rename, with
+      // the small race the link closes.
       this.stats.op("stat");
       if (
         await fs.stat(path).then(
@@ -344,15 +370,16 @@ export class PosixVolume implements Volume {
           () => false,
         )
       )
-        return;
+        return false;
       this.stats.op("rename");
-      await fs.rename(join(dir, best.name), path);
+      await fs.rename(from, path);
       await fsyncDir(dir);
-    } catch (err) {
-      throw this.translateError(err);
-    } finally {
-      unlock();
+      return true;
     }
+    this.stats.op("unlink");
+    await fs.unlink(from);
+    await fsyncDir(dir);
+    return true;
   }
 
   async emptyTrash(opts: { deadlineMs?: number; signal?: AbortSignal } = {}): Promise<EmptyTrashReport> {

@@ -73,6 +73,44 @@ describe("posix volume", () => {
     }
   });
 
+  it("an untrash racing a write of the same block never leaves the old copy's timestamp", async () => {
+    // A client re-PUTs a block (a fresh copy, fresh mtime) while an operator's untrash of the
+    // same block runs. Whichever lands, the block must end with the write's time: the client
+    // holds a signature from it, and keep-balance reads the mtime to decide when to trash.
+    const root = await fs.mkdtemp(join(tmpdir(), "keepfn-posix-untrash-race-"));
+    const clock = new FakeClock(Math.floor(Date.now() / 1000) * 1000);
+    const p = { clock, signingTtlMs: 300_000, trashLifetimeMs: 3600_000 };
+    const [a, b] = [new PosixVolume({ root }, p), new PosixVolume({ root }, p)];
+    const dir = join(root, TEST_HASH.slice(0, 3));
+    const file = join(dir, TEST_HASH);
+    let restored = 0;
+    try {
+      for (let i = 0; i < 300; i++) {
+        await a.write(TEST_HASH, chunks(TEST_BLOCK));
+        const old = (clock.now() - 2 * p.signingTtlMs) / 1000;
+        await fs.utimes(file, old, old);
+        await a.trash(TEST_HASH);
+        clock.advance(1000);
+        const wrote = clock.now();
+        // Stagger the untrash by a few event-loop turns so every interleaving gets its turn.
+        const untrash = (async () => {
+          for (let t = 0; t < i % 60; t++) await new Promise((r) => setImmediate(r));
+          await b.untrash(TEST_HASH);
+        })();
+        await Promise.all([a.write(TEST_HASH, chunks(TEST_BLOCK)), untrash]);
+        const st = await fs.stat(file);
+        assert.equal(st.mtimeMs, wrote, `run ${i}: the block's mtime went back to the trashed copy's`);
+        const names = await fs.readdir(dir);
+        if (!names.some((n) => n.includes(".trash."))) restored++;
+        for (const n of names) await fs.rm(join(dir, n));
+        clock.advance(1000);
+      }
+      assert.ok(restored > 0, "some untrashes ran before the write landed (else the case proves nothing)");
+    } finally {
+      await fs.rm(root, { recursive: true, force: true });
+    }
+  });
+
   it("stores a block at Root/<hash[0:3]>/<hash>", async () => {
     const h = await posixHarness(params());
     try {
