@@ -215,7 +215,10 @@ Clusters:
       edit("      BlobTrashLifetime: 48h", "      BlobTrashLifetime: 48"),
       /BlobTrashLifetime: expected a duration with a unit/,
     );
-    fails(edit("      BlobSigningKey: signing-key-placeholder", '      BlobSigningKey: ""'), /Collections\.BlobSigning is true \(the default\) but Clusters\.xyzzy\.Collections\.BlobSigningKey is empty/);
+    fails(
+      edit("      BlobSigningKey: signing-key-placeholder", '      BlobSigningKey: ""'),
+      /Collections\.BlobSigning is true \(the default\) but Clusters\.xyzzy\.Collections\.BlobSigningKey is empty/,
+    );
     fails(edit("          ContainerName: keep\n", ""), /DriverParameters\.ContainerName: required/);
     fails(
       edit("          Bucket: keep-blocks", "          V2Signature: true"),
