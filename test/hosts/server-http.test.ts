@@ -3,8 +3,8 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { promises as fs } from "node:fs";
-import { request } from "node:http";
-import { connect } from "node:net";
+import { createServer as createHttpServer, request } from "node:http";
+import { type AddressInfo, connect } from "node:net";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { idleChunks } from "../../shared/chunk-pool.js";
@@ -375,6 +375,58 @@ describe("container host over real HTTP", () => {
       const idx = await (await fetch(`${dst.url}/index`, { headers: { authorization: `Bearer ${ADMIN}` } })).text();
       assert.match(idx, /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d+\n\n$/);
     } finally {
+      await src.cleanup();
+      await dst.cleanup();
+    }
+  });
+
+  it("a pull from a server that sends wrong or cut-off bytes stores nothing and goes on to the next server", async () => {
+    // A keepstore listed in a pull list may serve a corrupt copy (a bad disk without the
+    // read-side check) or die mid-body. Either way the pulling keepstore must not store what
+    // it got, leave no temp file, and still take the block from the next server listed.
+    const key = "pull-test-signing-key";
+    const bar = "37b51d194a7513e45b56f6524f2d51f2"; // md5("bar")
+    const liars = await Promise.all(
+      (["wrong bytes", "cut off"] as const).map(
+        (how) =>
+          new Promise<{ url: string; close(): void }>((resolve) => {
+            const srv = createHttpServer((_req, res) => {
+              res.writeHead(200, { "content-length": "3", "content-type": "application/octet-stream" });
+              if (how === "wrong bytes") res.end("fox");
+              else res.write("f", () => setTimeout(() => res.destroy(), 20));
+            }).listen(0, "127.0.0.1", () =>
+              resolve({ url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`, close: () => srv.close() }),
+            );
+          }),
+      ),
+    );
+    const src = await startPosixServer({ blobSigningKey: key, enforcePermissions: true, systemRootToken: ADMIN });
+    const dst = await startPosixServer({ blobSigningKey: key, enforcePermissions: true, systemRootToken: ADMIN });
+    try {
+      await fetch(`${src.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
+      const [wrong, cut] = liars as unknown as [{ url: string }, { url: string }];
+      const list = [
+        { locator: `${FOO_HASH}+3`, servers: [wrong.url, cut.url, src.url] },
+        { locator: `${bar}+3`, servers: [wrong.url, cut.url] },
+      ];
+      const r = await fetch(`${dst.url}/pull`, {
+        method: "PUT",
+        body: JSON.stringify(list),
+        headers: { authorization: `Bearer ${ADMIN}` },
+      });
+      assert.equal(r.status, 200);
+      await dst.app.pullWorker.queue.idle();
+      const idx = await (await fetch(`${dst.url}/index`, { headers: { authorization: `Bearer ${ADMIN}` } })).text();
+      assert.match(idx, /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d+\n\n$/, "only foo, from the honest server");
+      const files = await filesUnder(dst.roots[0] as string);
+      assert.deepEqual(
+        files.map((f) => f.slice((dst.roots[0] as string).length)),
+        [`/acb/${FOO_HASH}`],
+        "no temp file and no copy of bar",
+      );
+      assert.equal(await fs.readFile(files[0] as string, "utf8"), "foo");
+    } finally {
+      for (const l of liars) l.close();
       await src.cleanup();
       await dst.cleanup();
     }

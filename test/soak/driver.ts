@@ -5,7 +5,7 @@
 // the run declared unreferenced may be gone (trashed and expired) but never partial.
 // Bounded in operations and time, loopback only; it stops by itself.
 import { createCipheriv, createHash } from "node:crypto";
-import { connect } from "node:net";
+import { type AddressInfo, connect, createServer } from "node:net";
 import type { FakeClock } from "../../shared/clock.js";
 import { signLocator } from "../../shared/signature.js";
 
@@ -27,6 +27,11 @@ export interface SoakTarget {
   sweep(): Promise<void>;
   /** False where the front end cannot receive the TOUCH method (Lambda Function URLs). */
   touch?: boolean;
+  /**
+   * Another keepstore (same signing key, same clock) the run PUTs blocks to and then names in
+   * pull lists sent to the target, as keep-balance does: the target's pull worker fetches them.
+   */
+  pullSource?: string;
 }
 
 export interface Fault {
@@ -69,6 +74,7 @@ type Op =
   | "trash-list"
   | "untrash"
   | "touch"
+  | "pull"
   | "sweep"
   | "sweep-pair"
   | "abort-put"
@@ -81,6 +87,10 @@ export interface SoakReport {
   operations: Record<string, number>;
   errorsByStatus: Record<string, number>;
   acknowledged: number;
+  /** Of the acknowledged blocks, those that reached the target through a pull list. */
+  pulled: number;
+  /** Blocks named in a pull list that the target never fetched (a later list replaced it). */
+  pullsPending: number;
   bytesAcknowledged: number;
   declaredUnreferenced: number;
   goneAfterTrash: number;
@@ -145,6 +155,7 @@ const WEIGHTS: Array<[Op, number]> = [
   ["trash-list", 3],
   ["untrash", 4],
   ["touch", 3],
+  ["pull", 3],
   ["sweep", 3],
   ["sweep-pair", 1],
   ["abort-put", 2],
@@ -154,7 +165,9 @@ const WEIGHTS: Array<[Op, number]> = [
 export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport> {
   const rng = new Rng(o.seed ?? 1);
   // Operations the host cannot receive are not drawn, so the report counts only what ran.
-  const weights = WEIGHTS.filter(([op]) => op !== "touch" || t.touch !== false);
+  const weights = WEIGHTS.filter(
+    ([op]) => (op !== "touch" || t.touch !== false) && (op !== "pull" || t.pullSource !== undefined),
+  );
   const totalWeight = weights.reduce((a, [, w]) => a + w, 0);
   const started = Date.now();
   const stopAt = started + o.durationMs;
@@ -163,6 +176,15 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
   const ledger = new Map<string, Block>();
   const unacked = new Map<string, { size: number; seed: number }>();
   const aborted = new Map<string, number>();
+  /** A loopback URL nothing listens on (a port this process opened and closed). */
+  const deadServer = new Promise<string>((resolve) => {
+    const srv = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as AddressInfo;
+      srv.close(() => resolve(`http://127.0.0.1:${port}`));
+    });
+  });
+  /** Blocks named in a pull list whose copy has not been seen on the target yet. */
+  const pulling = new Map<string, { size: number; seed: number; tick: number }>();
   const ops: Record<string, number> = {};
   const errors: Record<string, number> = {};
   const lat: Record<string, number[]> = {};
@@ -395,6 +417,68 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     await noteBody("touch", res);
   }
 
+  /**
+   * keep-balance's pull list: a block PUT to the source only (or, one time in four, a live
+   * block the target already has) is named in `PUT /pull`; once the target serves it, it is
+   * in the ledger like any acknowledged block. A list replaces the queue, so another client's
+   * list may supersede this one before it is worked: a pull not seen in a few seconds stays
+   * pending and is looked for again at the end. One time in three a dead server comes first
+   * in the list, as when keep-balance names a keepstore that has since gone away.
+   */
+  async function pull(): Promise<void> {
+    const existing = rng.next() < 0.25 ? rng.pick(live()) : undefined;
+    const size = existing?.size ?? 1 + rng.int(Math.min(o.smallMaxBytes, t.maxBlockBytes));
+    const seed = existing?.seed ?? nextSeed++;
+    await withBig(size, async () => {
+      const data = blockBytes(seed, size);
+      const hash = md5(data);
+      const src = await fetch(`${t.pullSource}/${hash}`, {
+        method: "PUT",
+        body: data as unknown as BodyInit,
+        headers: bearer(t.userToken),
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+      if (src.status !== 200) return noteBody("pull (PUT to the source)", src);
+      await src.text();
+      if (!existing) {
+        unacked.set(hash, { size, seed });
+        pulling.set(hash, { size, seed, tick: ++tick });
+      }
+      const servers = rng.next() < 0.33 ? [await deadServer, t.pullSource] : [t.pullSource];
+      const body = JSON.stringify([{ locator: `${hash}+${size}`, servers }]);
+      const res = await call("/pull", { method: "PUT", body, headers: bearer(t.adminToken) });
+      if (res.status !== 200) return noteBody("pull", res);
+      await res.text();
+      if (existing) return void existing.history.push(`pulled again@${++tick}`);
+      for (let i = 0; i < 30; i++) {
+        if (await adoptPulled(hash)) return;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      err("pull not seen within 3 s (left pending)");
+    });
+  }
+
+  /** The target serves a pulled block: from now on it must never be lost. */
+  async function adoptPulled(hash: string): Promise<boolean> {
+    const p = pulling.get(hash);
+    if (!p) return true;
+    const h = await call(`/${locator({ hash, size: p.size })}`, { method: "HEAD", headers: bearer(t.userToken) });
+    await h.arrayBuffer().catch(() => {});
+    if (h.status !== 200 || !pulling.delete(hash)) return false;
+    unacked.delete(hash);
+    ledger.set(hash, {
+      hash,
+      size: p.size,
+      seed: p.seed,
+      state: "live",
+      deleted: false,
+      listed: false,
+      lastDeclared: -1,
+      history: [`pull listed@${p.tick}`, `pulled@${++tick}`],
+    });
+    return true;
+  }
+
   async function abortPut(): Promise<void> {
     const size = 64 * 1024 + rng.int(o.smallMaxBytes);
     const data = blockBytes(nextSeed++, size);
@@ -442,6 +526,7 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     "trash-list": trashList,
     untrash,
     touch,
+    pull,
     sweep: () => sweep(false),
     "sweep-pair": () => sweep(true),
     "abort-put": abortPut,
@@ -535,6 +620,10 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
   await retrying(() => call("/trash", { method: "PUT", body: "[]", headers: bearer(t.adminToken) })).then((r) =>
     r.arrayBuffer(),
   );
+  // Pulls still pending: the ones the target has done by now join the ledger (and must read
+  // back whole below); the rest were superseded by a later list, as keep-balance's can be.
+  let pullsPending = 0;
+  for (const hash of [...pulling.keys()]) if (!(await adoptPulled(hash).catch(() => false))) pullsPending++;
   let settled = "";
   for (let i = 0; i < 30; i++) {
     const r = await retrying(() => call("/index", { headers: bearer(t.adminToken) }));
@@ -613,6 +702,8 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     operations: ops,
     errorsByStatus: errors,
     acknowledged: acked.length,
+    pulled: acked.filter((b) => b.history.some((h) => h.startsWith("pulled@"))).length,
+    pullsPending,
     bytesAcknowledged: acked.reduce((a, b) => a + b.size, 0),
     declaredUnreferenced: acked.filter((b) => b.state === "unref").length,
     goneAfterTrash,
@@ -633,7 +724,7 @@ export function formatReport(r: SoakReport): string {
     `operations: ${Object.entries(r.operations)
       .map(([k, v]) => `${k} ${v}`)
       .join(", ")} (total ${Object.values(r.operations).reduce((a, b) => a + b, 0)})`,
-    `acknowledged blocks: ${r.acknowledged} (${(r.bytesAcknowledged / 2 ** 20).toFixed(1)} MiB); declared unreferenced: ${r.declaredUnreferenced}, of which gone after trash: ${r.goneAfterTrash}`,
+    `acknowledged blocks: ${r.acknowledged} (${(r.bytesAcknowledged / 2 ** 20).toFixed(1)} MiB; ${r.pulled} through pull lists, ${r.pullsPending} pulls superseded); declared unreferenced: ${r.declaredUnreferenced}, of which gone after trash: ${r.goneAfterTrash}`,
     `errors by status: ${
       Object.entries(r.errorsByStatus)
         .map(([k, v]) => `${k} ×${v}`)

@@ -170,6 +170,34 @@ const restartFault = (name: string, stop: () => Promise<void>, start: () => Prom
 export async function startPair(name: PairName): Promise<StartedPair> {
   const clock = new FakeClock();
   const { lines, logger } = captureLogs();
+  // The keepstore pull lists name: another container host of the same cluster (same signing
+  // key, same clock), over its own directory.
+  const sourceRoot = await fs.mkdtemp(join(tmpdir(), "keepfn-soak-source-"));
+  const source = await startKeepServer(
+    config([{ driver: "posix", root: sourceRoot, serialize: false, ...common }]),
+    "127.0.0.1:0",
+    { clock, logger },
+  );
+  const pair = await startHost(name, clock, { lines, logger }, source.url).catch(async (e) => {
+    await source.close(1000);
+    throw e;
+  });
+  return {
+    ...pair,
+    async close() {
+      await pair.close();
+      await source.close(1000);
+      await fs.rm(sourceRoot, { recursive: true, force: true });
+    },
+  };
+}
+
+async function startHost(
+  name: PairName,
+  clock: FakeClock,
+  { lines, logger }: ReturnType<typeof captureLogs>,
+  pullSource: string,
+): Promise<StartedPair> {
   const base = {
     name,
     adminToken: SECRETS.admin,
@@ -179,6 +207,7 @@ export async function startPair(name: PairName): Promise<StartedPair> {
     trashLifetimeMs: TRASH_LIFETIME_MS,
     clock,
     maxBlockBytes: 64 << 20,
+    pullSource,
   };
   if (name === "server-posix") {
     const root = await fs.mkdtemp(join(tmpdir(), "keepfn-soak-"));
