@@ -72,17 +72,21 @@ async function emptyOne(s: SweepContext, listed: Listed, start: number): Promise
   const recentT = recent.lastModified.getTime();
   let data: Head | undefined | null = null;
   if (listed.lastModified.getTime() - recentT < ttl) {
-    // Marked less than TTL before it was trashed (or after): a Put/Touch raced the Trash.
-    if (start - recentT >= ttl - s.raceWindowMs) {
-      await s.fixRace(key);
-      await s.touch(hash).catch(() => {});
-      return false;
-    }
+    // Marked less than TTL before it was trashed, or after: a Put/Touch raced the Trash, or
+    // the block was written again since. Strong consistency lets us look instead of guess.
     data = await s.o.head(key);
     if (!data) {
+      // The race took the data: restore it (as the reference). A marker too old to keep it
+      // from being trashed again at once gets refreshed, as the reference does.
       await s.fixRace(key);
+      if (start - recentT >= ttl - s.raceWindowMs) await s.touch(hash).catch(() => {});
       return false;
     }
+    // The data is there, so nothing was lost and nothing needs repair. The reference copies
+    // and touches here as well (it could not trust a HEAD), which moves a live block's
+    // timestamp past what its last write or touch gave it and delays keep-balance by a TTL.
+    // The race it guards against, this sweep deleting a trash copy that a new Trash is just
+    // replacing, is RACES (4) in s3.ts, closed there.
   }
   if (start - listed.lastModified.getTime() < lifetime) return false;
   if (data === null) data = await s.o.head(key);
