@@ -9,6 +9,7 @@ import { Keepstore } from "./keep/keepstore.js";
 import { RequestLimiter } from "./keep/limits.js";
 import { Mount, mountUuidFor } from "./keep/mount.js";
 import { PullWorker } from "./keep/pull-worker.js";
+import { RemoteBlocks } from "./keep/remote-blocks.js";
 import { TrashWorker } from "./keep/trash-worker.js";
 import { createLogger, type Logger } from "./log.js";
 import { KeepMetrics } from "./metrics.js";
@@ -79,6 +80,12 @@ export async function createKeepApp(config: KeepConfig, deps: AppDeps = {}): Pro
     signingTtlSeconds: config.blobSigningTtlSeconds,
     fetch: deps.fetch,
   });
+  const remote = new RemoteBlocks(config.remoteClusters, {
+    clock,
+    logger,
+    fetch: deps.fetch,
+    requestTimeoutMs: config.requestTimeoutMs,
+  });
   const limiter = new RequestLimiter(config.maxRequests, config.maxQueuedRequests);
   const inFlight = new InFlight(clock);
   const metrics = new KeepMetrics(keep.mounts, {
@@ -96,7 +103,7 @@ export async function createKeepApp(config: KeepConfig, deps: AppDeps = {}): Pro
     const label = priority > 0 ? "high" : priority < 0 ? "low" : "normal";
     (admitted ? metrics.queueDelay : metrics.queueTimeout).observe({ priority: label }, seconds);
   };
-  const services: KeepServices = { config, keep, trashWorker, pullWorker, metrics, clock, logger, inFlight };
+  const services: KeepServices = { config, keep, trashWorker, pullWorker, remote, metrics, clock, logger, inFlight };
   return {
     ...services,
     limiter,

@@ -64,6 +64,7 @@ export function fromClusterConfig(
     requestTimeoutMs: dur(`${at}.API.RequestTimeout`, field(api, "RequestTimeout"), 5 * 60_000),
     volumes: [],
   };
+  c.remoteClusters = remoteClusters(`${at}.RemoteClusters`, field(cl, "RemoteClusters") ?? {});
   // 0 means unlimited in the cluster config; keepfn's limiter needs a number.
   const maxRequests = int(`${at}.API.MaxConcurrentRequests`, field(api, "MaxConcurrentRequests"), 64);
   c.maxRequests = maxRequests > 0 ? maxRequests : Number.MAX_SAFE_INTEGER;
@@ -86,6 +87,25 @@ export function fromClusterConfig(
       `${at}.Collections.BlobSigning is true (the default) but ${at}.Collections.BlobSigningKey is empty: set the key, or BlobSigning: false`,
     );
   return { config: validateConfig(c), listen, selfUrl };
+}
+
+/**
+ * RemoteClusters, as keepstore reads it for `+R` locators: an entry by its exact id, with
+ * Host, Scheme and Insecure (Proxy and ActivateUsers belong to the controller). The `*`
+ * entry and entries without a Host, which the default config carries, name no server.
+ */
+function remoteClusters(at: string, raw: unknown): KeepConfig["remoteClusters"] {
+  const out: KeepConfig["remoteClusters"] = {};
+  for (const [id, v] of Object.entries(obj(at, raw))) {
+    const r = obj(`${at}.${id}`, v ?? {});
+    const host = str(`${at}.${id}.Host`, field(r, "Host"), "");
+    if (id === "*" || !host) continue;
+    const scheme = str(`${at}.${id}.Scheme`, field(r, "Scheme"), "https");
+    if (scheme !== "https" && scheme !== "http")
+      throw new ConfigError(`${at}.${id}.Scheme: expected https or http, got ${JSON.stringify(scheme)}`);
+    out[id] = { host, scheme, insecure: bool(`${at}.${id}.Insecure`, field(r, "Insecure"), false) };
+  }
+  return out;
 }
 
 const VOLUME_KEYS = new Set([

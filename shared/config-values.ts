@@ -1,6 +1,6 @@
 // Parsers for setting values, shared by every host's edge (flags, app settings, env vars).
 // Pure functions on strings: nothing here reads process.env or argv.
-import { ConfigError, type KeepConfig } from "./config.js";
+import { ConfigError, type KeepConfig, type RemoteCluster } from "./config.js";
 
 const UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
@@ -87,4 +87,27 @@ export function applyKeepSettings(
   c.maxBuffers = envInt(get("KEEP_MAX_BUFFERS"), "KEEP_MAX_BUFFERS", 16);
   c.maxRequests = envInt(get("KEEP_MAX_REQUESTS"), "KEEP_MAX_REQUESTS", 2 * c.maxBuffers);
   c.defaultStorageClasses = envList(get("KEEP_DEFAULT_STORAGE_CLASSES")) ?? c.defaultStorageClasses;
+  c.remoteClusters = parseRemoteClusters(get("KEEP_REMOTE_CLUSTERS"), "KEEP_REMOTE_CLUSTERS");
+}
+
+/**
+ * Federated clusters as `id=URL` pairs, comma-separated (`xyzzy=https://api.xyzzy.example`):
+ * the same facts as a cluster config's RemoteClusters (Host and Scheme), in one setting.
+ */
+export function parseRemoteClusters(v: string | undefined, name: string): Record<string, RemoteCluster> {
+  const out: Record<string, RemoteCluster> = {};
+  for (const item of envList(v) ?? []) {
+    const eq = item.indexOf("=");
+    const id = item.slice(0, eq);
+    let url: URL | undefined;
+    try {
+      url = new URL(item.slice(eq + 1));
+    } catch {}
+    if (eq < 0 || !/^[a-z0-9]{5}$/.test(id) || !url || !/^https?:$/.test(url.protocol) || url.pathname !== "/")
+      throw new ConfigError(
+        `${name}: expected id=URL pairs such as xyzzy=https://api.xyzzy.example (a 5-character cluster id, the API server's URL), got ${JSON.stringify(item)}`,
+      );
+    out[id] = { host: url.host, scheme: url.protocol === "http:" ? "http" : "https" };
+  }
+  return out;
 }

@@ -65,8 +65,19 @@ export type VolumeSpec = DriverSpec & {
   priority?: number;
 };
 
+/** A federated cluster whose blocks `+R` locators name (the cluster config's RemoteClusters). */
+export interface RemoteCluster {
+  /** Its API server, host[:port]. */
+  host: string;
+  scheme: "https" | "http";
+  /** Skip TLS verification: refused at use (see remote-blocks.ts), never silently honoured. */
+  insecure?: boolean;
+}
+
 export interface KeepConfig {
   clusterId: string;
+  /** Clusters whose blocks this keepstore reads for its clients (`+R` hints); none by default. */
+  remoteClusters: Record<string, RemoteCluster>;
   volumes: VolumeSpec[];
   /** BlobSigningKey; empty = locators are returned unsigned. */
   blobSigningKey: string;
@@ -105,6 +116,7 @@ export interface KeepConfig {
 
 export const DEFAULTS: KeepConfig = {
   clusterId: "zzzzz",
+  remoteClusters: {},
   volumes: [],
   blobSigningKey: "",
   enforcePermissions: false,

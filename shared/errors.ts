@@ -92,8 +92,8 @@ export class CollisionError extends KeepError {
 /** Stored data does not hash to its name: the stored copy is corrupt. */
 export class ChecksumMismatchError extends KeepError {
   override readonly code: string = "checksum_mismatch";
-  constructor() {
-    super("checksum mismatch in stored data");
+  constructor(message = "checksum mismatch in stored data") {
+    super(message);
   }
 }
 

@@ -5,6 +5,7 @@ import type { KeepConfig } from "../config.js";
 import { ForbiddenError, UnauthorizedError } from "../errors.js";
 import type { Keepstore } from "../keep/keepstore.js";
 import type { PullWorker } from "../keep/pull-worker.js";
+import type { RemoteBlocks } from "../keep/remote-blocks.js";
 import type { TrashWorker } from "../keep/trash-worker.js";
 import type { Logger } from "../log.js";
 import type { KeepMetrics } from "../metrics.js";
@@ -16,6 +17,7 @@ export interface KeepServices {
   keep: Keepstore;
   trashWorker: TrashWorker;
   pullWorker: PullWorker;
+  remote: RemoteBlocks;
   metrics: KeepMetrics;
   clock: Clock;
   logger: Logger;

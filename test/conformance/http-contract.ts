@@ -7,6 +7,7 @@ import type { Clock } from "../../shared/clock.js";
 import { FakeClock } from "../../shared/clock.js";
 import type { KeepConfig } from "../../shared/config.js";
 import { signLocator } from "../../shared/signature.js";
+import { startRemoteCluster } from "../harness/remote-cluster.js";
 import { md5hex } from "./fixtures.js";
 
 export interface HostHarness {
@@ -205,6 +206,61 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
         }
       }),
     );
+
+    it("+R: reads a federated cluster's block with the salted token, and stores it here when asked for a local signature", async () => {
+      const remote = await startRemoteCluster("xyzzy", USER);
+      const clock = new FakeClock();
+      const h = await factory(
+        { ...signing, remoteClusters: { xyzzy: { host: remote.apiHost, scheme: "http" } } },
+        { clock },
+      );
+      try {
+        const data = Buffer.from("a block that lives in cluster xyzzy");
+        const loc = await remote.put(data);
+        assert.match(loc, /^[0-9a-f]{32}\+35\+Rxyzzy-[0-9a-f]{40}@[0-9a-f]{8}$/);
+        const get = await fetch(`${h.url}/${loc}`, { headers: bearer(USER) });
+        assert.equal(get.status, 200);
+        assert.equal(await get.text(), data.toString());
+        assert.match(get.headers.get("vary") ?? "", /X-Keep-Signature/);
+        assert.equal(get.headers.get("x-keep-locator"), null, "no local copy unless asked");
+        assert.equal(remote.blockRequests.length, 1, "exactly one request to the remote keepstore");
+        const head = await fetch(`${h.url}/${loc}`, { method: "HEAD", headers: bearer(USER) });
+        assert.equal(head.status, 200);
+        assert.equal(head.headers.get("content-length"), "35");
+        // Tokens: a v1 token cannot be salted (400); one the remote does not know is 404.
+        const v1 = await fetch(`${h.url}/${loc}`, {
+          headers: bearer("3kg6k6lzmp9kj5cpkcoxie963cmvjahbt2fod9zru30k1jqdmi"),
+        });
+        assert.equal(v1.status, 400);
+        assert.match(await v1.text(), /obsolete \(v1\) token/);
+        const stranger = await fetch(`${h.url}/${loc}`, { headers: bearer("v2/zzzzz-gj3su-000000000000001/nobody") });
+        assert.equal(stranger.status, 404);
+        await stranger.arrayBuffer();
+        const other = loc.replace("+Rxyzzy-", "+Rabcde-");
+        const unknown = await fetch(`${h.url}/${other}`, { headers: bearer(USER) });
+        assert.equal(unknown.status, 400);
+        assert.equal(await unknown.text(), "remote cluster not configured\n");
+        // X-Keep-Signature: local → the block is stored here and a locator of ours comes back,
+        // which reads with no further request to the remote.
+        const before = remote.blockRequests.length;
+        const local = await fetch(`${h.url}/${loc}`, {
+          headers: { ...bearer(USER), "x-keep-signature": `local, ${new Date(clock.now()).toISOString()}` },
+        });
+        assert.equal(local.status, 200);
+        assert.equal(await local.text(), data.toString());
+        const mine = local.headers.get("x-keep-locator") ?? "";
+        const hash = loc.slice(0, 32);
+        assert.equal(mine, sign(`${hash}+35`, USER, clock));
+        assert.equal(remote.blockRequests.length, before + 1);
+        const again = await fetch(`${h.url}/${mine}`, { headers: bearer(USER) });
+        assert.equal(again.status, 200);
+        assert.equal(await again.text(), data.toString());
+        assert.equal(remote.blockRequests.length, before + 1, "the local copy is read without the remote");
+      } finally {
+        await h.close();
+        await remote.close();
+      }
+    });
 
     it(
       "routes on the percent-decoded path, as Go's server and gorilla/mux do",

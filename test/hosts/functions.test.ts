@@ -79,6 +79,12 @@ async function settingsFor(
     maxQueuedRequests: (v: number) => ["KEEP_MAX_QUEUED_REQUESTS", String(v)],
     maxBuffers: (v: number) => ["KEEP_MAX_BUFFERS", String(v)],
     requestTimeoutMs: (v: number) => ["KEEP_REQUEST_TIMEOUT", `${v}ms`],
+    remoteClusters: (v: KeepConfig["remoteClusters"]) => [
+      "KEEP_REMOTE_CLUSTERS",
+      Object.entries(v)
+        .map(([id, c]) => `${id}=${c.scheme}://${c.host}`)
+        .join(","),
+    ],
   };
   for (const [k, v] of Object.entries(overrides)) {
     const f = map[k];

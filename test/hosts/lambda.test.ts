@@ -556,6 +556,11 @@ describe("lambda handlers: events in, responses out", () => {
   });
 });
 
+const remoteClustersSetting = (v: KeepConfig["remoteClusters"]) =>
+  Object.entries(v)
+    .map(([id, c]) => `${id}=${c.scheme}://${c.host}`)
+    .join(",");
+
 /** The http-contract's config overrides, expressed as the function's environment variables. */
 function envFor(overrides: Partial<KeepConfig>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
@@ -566,6 +571,8 @@ function envFor(overrides: Partial<KeepConfig>): NodeJS.ProcessEnv {
     else if (k === "managementToken") env.KEEP_MANAGEMENT_TOKEN = String(v);
     else if (k === "trashEnabled") env.KEEP_TRASH_ENABLED = String(v);
     else if (k === "trashLifetimeMs") env.KEEP_TRASH_LIFETIME = `${v}ms`;
+    else if (k === "remoteClusters")
+      env.KEEP_REMOTE_CLUSTERS = remoteClustersSetting(v as KeepConfig["remoteClusters"]);
     else throw new Error(`no environment variable for ${k}`);
   }
   return env;

@@ -251,3 +251,32 @@ Clusters:
     );
   });
 });
+
+describe("cluster config: RemoteClusters (for +R locators)", () => {
+  const withRemotes = (block: string) =>
+    edit("    StorageClasses:\n", `    RemoteClusters:\n${block}    StorageClasses:\n`);
+  it("maps each remote with a Host by its exact id; the * entry and Host-less entries name no server", () => {
+    const { config } = load(
+      withRemotes(
+        [
+          '      "*": {Host: "", Proxy: true, Scheme: https}',
+          '      xyzzy: {Host: ""}',
+          "      abcde: {Host: api.abcde.example, Proxy: true, Scheme: https, ActivateUsers: true}",
+          '      fghij: {Host: "127.0.0.1:8443", Scheme: http, Insecure: true}',
+          "",
+        ].join("\n"),
+      ),
+      "http://keep0.example:25107",
+    );
+    assert.deepEqual(config.remoteClusters, {
+      abcde: { host: "api.abcde.example", scheme: "https", insecure: false },
+      fghij: { host: "127.0.0.1:8443", scheme: "http", insecure: true },
+    });
+  });
+  it("refuses a scheme other than http or https, naming the key", () => {
+    fails(
+      withRemotes("      abcde: {Host: api.abcde.example, Scheme: ftp}\n"),
+      /RemoteClusters\.abcde\.Scheme: expected https or http/,
+    );
+  });
+});

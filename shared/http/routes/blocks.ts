@@ -1,7 +1,8 @@
 // GET/HEAD/PUT/TOUCH/DELETE of one block, and PUT /untrash/L (§1.3–§1.5).
 import { release } from "../../chunk-pool.js";
-import { BadRequestError, MethodNotAllowedError, UnauthorizedError } from "../../errors.js";
-import { EMPTY_HASH, parseLocator } from "../../locator.js";
+import { BadRequestError, ChecksumMismatchError, MethodNotAllowedError, TooLargeError } from "../../errors.js";
+import { verifiedDownload } from "../../keep/block-streams.js";
+import { EMPTY_HASH, type LocatorInfo, parseLocator } from "../../locator.js";
 import { signLocator, verifyLocator } from "../../signature.js";
 import { iterableToStream, streamToIterable } from "../body.js";
 import { type RequestContext, requireAdmin } from "../context.js";
@@ -15,21 +16,59 @@ export async function getBlock(ctx: RequestContext, locator: string, head: boole
   const sizeHint = info.size || undefined;
   // Without a size a checksum mismatch could not be reported on GET (headers are sent first).
   if (!head && sizeHint === undefined && info.hash !== EMPTY_HASH) throw new MethodNotAllowedError();
-  if (info.remote && !info.signed) {
-    // The reference's blockReadRemote: a token first, then a +R<5-char id>-… hint, then the
-    // cluster (none is configured here).
-    if (!ctx.tokens[0]) throw new UnauthorizedError("no token provided in Authorization header");
-    if (!info.hints.some((h) => h.length > 7 && h[0] === "R" && h[6] === "-"))
-      throw new BadRequestError("invalid remote hint");
-    throw new BadRequestError("remote cluster not configured");
-  }
+  if (info.remote && !info.signed) return getRemoteBlock(ctx, locator, info, head);
   if (config.enforcePermissions) {
     verifyLocator(locator, ctx.tokens[0], clock, {
       key: config.blobSigningKey,
       ttlSeconds: config.blobSigningTtlSeconds,
     });
   }
-  const data = await keep.read(info.hash, sizeHint, ctx.signal);
+  return blockResponse(ctx, await keep.read(info.hash, sizeHint, ctx.signal), sizeHint, head);
+}
+
+/**
+ * A block of another cluster (`+R`, §2.3), streamed through and verified as it goes. With
+ * `X-Keep-Signature: local, …` the client wants a locator of ours: the block is stored here
+ * first (the PUT path, which verifies it on the way to the volume, so nothing is held whole),
+ * its signed locator goes in `X-Keep-Locator`, and the bytes are then read back from here.
+ */
+async function getRemoteBlock(ctx: RequestContext, locator: string, info: LocatorInfo, head: boolean) {
+  const { config, keep, clock, remote } = ctx.services;
+  const got = await remote.read(locator, info, ctx.tokens[0], ctx.signal);
+  if (!/^local\b/i.test(ctx.req.headers.get("x-keep-signature") ?? "")) {
+    const body = verifiedDownload(got.body, info.hash, got.size);
+    return blockResponse(ctx, { size: got.size, body }, got.size, head);
+  }
+  const stored = await keep
+    .write({
+      hash: info.hash,
+      locator: `${info.hash}+${got.size}`,
+      body: got.body,
+      contentLength: got.size,
+      storageClasses: [],
+      signal: ctx.signal,
+    })
+    .catch((err) => {
+      // The PUT path's verdicts on a body (wrong hash, wrong length, too big) are the remote's
+      // fault here, not the client's: a bad gateway, as on the streamed path.
+      if (err instanceof BadRequestError || err instanceof TooLargeError)
+        throw new ChecksumMismatchError(`the block from its cluster did not match its locator: ${err.message}`);
+      throw err;
+    });
+  const signed = signLocator(stored.locator, ctx.tokens[0] ?? "", clock.now() / 1000 + config.blobSigningTtlSeconds, {
+    key: config.blobSigningKey,
+    ttlSeconds: config.blobSigningTtlSeconds,
+  });
+  ctx.headers.set("x-keep-locator", signed);
+  return blockResponse(ctx, await keep.read(info.hash, got.size, ctx.signal), got.size, head);
+}
+
+async function blockResponse(
+  ctx: RequestContext,
+  data: { size: number; body: AsyncIterable<Uint8Array> },
+  sizeHint: number | undefined,
+  head: boolean,
+): Promise<Response> {
   const length = sizeHint ?? data.size;
   if (head) {
     // As the reference: HEAD reads and checks the whole block, so a corrupt copy is a 502.

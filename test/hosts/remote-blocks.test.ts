@@ -1,0 +1,66 @@
+// +R (federated) reads on the container host when the other cluster misbehaves: a corrupt
+// block, an API that is down, a cluster configured Insecure. (The working path runs on every
+// host in test/conformance/http-contract.ts.)
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { ADMIN, KEY, USER } from "../conformance/http-contract.js";
+import { filesUnder } from "../harness/fs-tools.js";
+import { startPosixServer } from "../harness/posix-server.js";
+import { startRemoteCluster } from "../harness/remote-cluster.js";
+
+const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
+const signing = { blobSigningKey: KEY, enforcePermissions: true, systemRootToken: ADMIN };
+
+describe("+R reads when the other cluster misbehaves (container host)", () => {
+  it("a corrupt block from the remote is a 502, and nothing is stored here even when a local copy was asked for", async () => {
+    const remote = await startRemoteCluster("xyzzy", USER);
+    const home = await startPosixServer({
+      ...signing,
+      remoteClusters: { xyzzy: { host: remote.apiHost, scheme: "http" } },
+    });
+    try {
+      const loc = await remote.put(Buffer.from("remote bytes"));
+      remote.corrupt = true;
+      const streamed = await fetch(`${home.url}/${loc}`, { headers: bearer(USER) });
+      assert.equal(streamed.status, 502);
+      assert.equal(await streamed.text(), "checksum mismatch in stored data\n");
+      const local = await fetch(`${home.url}/${loc}`, { headers: { ...bearer(USER), "x-keep-signature": "local" } });
+      assert.equal(local.status, 502);
+      assert.match(await local.text(), /did not match its locator/);
+      assert.equal(local.headers.get("x-keep-locator"), null);
+      assert.deepEqual(await filesUnder(home.roots[0] as string), [], "no block and no temp file");
+      // Once the remote is right again, the same request works.
+      remote.corrupt = false;
+      const ok = await fetch(`${home.url}/${loc}`, { headers: { ...bearer(USER), "x-keep-signature": "local" } });
+      assert.equal(ok.status, 200);
+      assert.equal(await ok.text(), "remote bytes");
+    } finally {
+      await home.cleanup();
+      await remote.close();
+    }
+  });
+
+  it("an API server that is down is a 502 naming the cluster; Insecure: true is refused with what to do instead", async () => {
+    const remote = await startRemoteCluster("xyzzy", USER);
+    const loc = await remote.put(Buffer.from("remote bytes"));
+    const apiHost = remote.apiHost;
+    await remote.close();
+    const home = await startPosixServer({
+      ...signing,
+      remoteClusters: {
+        xyzzy: { host: apiHost, scheme: "http" },
+        abcde: { host: "api.abcde.example", scheme: "https", insecure: true },
+      },
+    });
+    try {
+      const down = await fetch(`${home.url}/${loc}`, { headers: bearer(USER) });
+      assert.equal(down.status, 502);
+      assert.match(await down.text(), new RegExp(`cannot reach the API of cluster xyzzy at ${apiHost}`));
+      const insecure = await fetch(`${home.url}/${loc.replace("+Rxyzzy-", "+Rabcde-")}`, { headers: bearer(USER) });
+      assert.equal(insecure.status, 500);
+      assert.match(await insecure.text(), /Insecure: true, which keepfn does not support: trust its certificate/);
+    } finally {
+      await home.cleanup();
+    }
+  });
+});
