@@ -10,7 +10,11 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
 import { promisify } from "node:util";
+import { ListObjectsV2Command } from "@aws-sdk/client-s3";
+import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
 import { KEEPSTORE_LISTENING, listeningUrl } from "../harness/host-process.js";
+import { startRemoteCluster } from "../harness/remote-cluster.js";
+import { S3rver } from "../harness/s3-server.js";
 
 const run = promisify(execFile);
 const MAIN = resolve("dist/server/keepstore.cjs");
@@ -36,6 +40,7 @@ async function start(
   return { child, url, stderr: () => err };
 }
 
+const md5 = (s: string) => createHash("md5").update(s).digest("hex");
 const exited = (c: ChildProcess) => new Promise<number | null>((r) => c.on("exit", (code) => r(code)));
 
 async function curl(args: string[]): Promise<{ status: number; body: string }> {
@@ -304,6 +309,101 @@ Clusters:
     assert.equal(wrong.code, 2);
     assert.match(wrong.stderr, /Volumes\.xyzzy-nyw5e-000000000000000\.Driver: "Directry" is not a driver/);
     await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it("reads a cluster config with S3 and Azure volumes and a remote cluster, and serves them all (s3rver, Azurite)", async () => {
+    // An operator's config.yml as Arvados documents it, pointed at the emulators: the S3
+    // driver's Endpoint/UsePathStyle/keys, the Azure driver's account, key and StorageBaseURL,
+    // and RemoteClusters for +R reads. Each block must land where its storage class says.
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-clouds-"));
+    const s3 = await S3rver.start();
+    const azurite = await Azurite.start({ inMemory: true });
+    const remote = await startRemoteCluster("abcde", USER);
+    try {
+      const bucket = await s3.createBucket("cfg");
+      const container = `cfg${Date.now()}`;
+      await azurite.createContainer(container);
+      const config = `
+Clusters:
+  xyzzy:
+    SystemRootToken: ${ADMIN}
+    Services:
+      Keepstore:
+        InternalURLs: {"http://keep0.example:25107": {}}
+    Collections:
+      BlobSigningKey: ${KEY}
+    RemoteClusters:
+      abcde: {Host: "${remote.apiHost}", Scheme: http, Proxy: true}
+    StorageClasses:
+      default: {Default: true}
+      blob: {}
+    Volumes:
+      xyzzy-nyw5e-000000000000000:
+        Driver: S3
+        Replication: 2
+        DriverParameters:
+          Bucket: ${bucket}
+          Endpoint: ${s3.endpoint}
+          UsePathStyle: true
+          AccessKeyID: S3RVER
+          SecretAccessKey: S3RVER
+          PrefixLength: 3
+      xyzzy-nyw5e-000000000000001:
+        Driver: Azure
+        StorageClasses: {blob: true}
+        DriverParameters:
+          StorageAccountName: ${AZURITE_ACCOUNT}
+          StorageAccountKey: ${AZURITE_KEY}
+          StorageBaseURL: ${azurite.baseUrl}
+          ContainerName: ${container}
+`;
+      await fs.writeFile(join(dir, "config.yml"), config);
+      const k = await start([`-config=${join(dir, "config.yml")}`], dir);
+      try {
+        const auth = { authorization: `Bearer ${USER}` };
+        const put = async (body: string, classes: string) => {
+          const r = await fetch(`${k.url}/${md5(body)}`, {
+            method: "PUT",
+            body,
+            headers: { ...auth, "x-keep-storage-classes": classes },
+          });
+          assert.equal(r.status, 200, await r.clone().text());
+          return { locator: (await r.text()).trim(), confirmed: r.headers.get("x-keep-storage-classes-confirmed") };
+        };
+        const onS3 = await put("block for the bucket", "default");
+        assert.equal(onS3.confirmed, "default=2", "the S3 volume's Replication: 2");
+        const onBlob = await put("block for the container", "blob");
+        assert.equal(onBlob.confirmed, "blob=1");
+        for (const [p, body] of [
+          [onS3, "block for the bucket"],
+          [onBlob, "block for the container"],
+        ] as const)
+          assert.equal(await (await fetch(`${k.url}/${p.locator}`, { headers: auth })).text(), body);
+        // Where they are: the bucket under the PrefixLength layout, the container by bare hash.
+        const h1 = md5("block for the bucket");
+        const keys = await s3.client().send(new ListObjectsV2Command({ Bucket: bucket }));
+        assert.ok(
+          keys.Contents?.some((o) => o.Key === `${h1.slice(0, 3)}/${h1}`),
+          JSON.stringify(keys.Contents?.map((o) => o.Key)),
+        );
+        const blobs: string[] = [];
+        for await (const b of azurite.serviceClient().getContainerClient(container).listBlobsFlat()) blobs.push(b.name);
+        assert.deepEqual(blobs, [md5("block for the container")]);
+        // A block of the remote cluster, through RemoteClusters.
+        const rloc = await remote.put(Buffer.from("block of cluster abcde"));
+        const r = await fetch(`${k.url}/${rloc}`, { headers: auth });
+        assert.equal(r.status, 200);
+        assert.equal(await r.text(), "block of cluster abcde");
+      } finally {
+        k.child.kill("SIGTERM");
+        await exited(k.child);
+      }
+    } finally {
+      await remote.close();
+      await azurite.close();
+      await s3.close();
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("serves an Arvados-style client: signed PUT/GET/HEAD of small, empty and 64 MiB blocks, index and trash", async () => {
