@@ -68,6 +68,12 @@ export function remoteLocator(locator: string, info: LocatorInfo): { clusterId: 
   return { clusterId: hint.slice(1, 6), locator: [parts[0], ...kept, `A${hint.slice(7)}`].join("+") };
 }
 
+/**
+ * A locator as one path segment. Hints may hold any character and arrive percent-decoded, so
+ * a `?`, `#` or `/` in one must not turn into a query, a fragment or another path remotely.
+ */
+const pathSafe = (locator: string) => encodeURIComponent(locator).replace(/%2B/g, "+").replace(/%40/g, "@");
+
 export class RemoteBlocks {
   /** By cluster and token: what the remote lists may depend on who asks (as in the Go SDK). */
   private readonly services = new Map<string, { at: number; list: Promise<RemoteService[]> }>();
@@ -102,7 +108,7 @@ export class RemoteBlocks {
     for (const svc of services) {
       let res: Response;
       try {
-        res = await doFetch(`${svc.url}/${remote}`, { headers: auth, signal });
+        res = await doFetch(`${svc.url}/${pathSafe(remote)}`, { headers: auth, signal });
       } catch (err) {
         if (signal.aborted) throw err;
         failures.push(`${svc.url}: ${(err as Error).message}`);
@@ -173,6 +179,8 @@ export class RemoteBlocks {
       const s = raw as Record<string, unknown>;
       if (typeof s.uuid !== "string" || typeof s.service_host !== "string" || typeof s.service_port !== "number")
         return [];
+      // Only a host name or address: whatever else the remote lists cannot steer the URL.
+      if (!/^[A-Za-z0-9.:-]+$/.test(s.service_host) || !Number.isInteger(s.service_port)) return [];
       const host = s.service_host.includes(":") ? `[${s.service_host}]` : s.service_host;
       return [{ uuid: s.uuid, url: `${s.service_ssl_flag ? "https" : "http"}://${host}:${s.service_port}` }];
     });

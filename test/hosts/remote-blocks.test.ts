@@ -40,6 +40,27 @@ describe("+R reads when the other cluster misbehaves (container host)", () => {
     }
   });
 
+  it("hints that hold ?, # or / reach the remote as part of the locator, never as a query or a path", async () => {
+    const remote = await startRemoteCluster("xyzzy", USER);
+    const home = await startPosixServer({
+      ...signing,
+      remoteClusters: { xyzzy: { host: remote.apiHost, scheme: "http" } },
+    });
+    try {
+      const loc = await remote.put(Buffer.from("remote bytes"));
+      // Percent-encoded in the client's path, decoded by the router: a hint of "Kx?y=1#/z".
+      const r = await fetch(`${home.url}/${loc}+Kx%3Fy%3D1%23%2Fz`, { headers: bearer(USER) });
+      await r.arrayBuffer();
+      assert.equal(remote.blockRequests.length, 1);
+      const sent = remote.blockRequests[0] as string;
+      assert.ok(!/[?#]/.test(sent) && sent.split("/").length === 2, sent);
+      assert.match(sent, /\+Kx%3Fy%3D1%23%2Fz\+A[0-9a-f]{40}@[0-9a-f]{8}$/);
+    } finally {
+      await home.cleanup();
+      await remote.close();
+    }
+  });
+
   it("an API server that is down is a 502 naming the cluster; Insecure: true is refused with what to do instead", async () => {
     const remote = await startRemoteCluster("xyzzy", USER);
     const loc = await remote.put(Buffer.from("remote bytes"));
