@@ -8,7 +8,7 @@ import { hostname, networkInterfaces } from "node:os";
 import { parse as parseYaml } from "yaml";
 import { fromClusterConfig } from "../shared/cluster-config.js";
 import { ConfigError, DEFAULTS, type DriverSpec, type KeepConfig, validateConfig } from "../shared/config.js";
-import { parseDuration } from "../shared/config-values.js";
+import { parseDuration, parseRemoteClusters } from "../shared/config-values.js";
 
 export { parseDuration };
 
@@ -37,6 +37,7 @@ const VALUE = new Set([
   "max-requests",
   "pid",
   "cluster-id",
+  "remote-cluster",
   "request-timeout",
   "azure-storage-account-name",
   "azure-storage-account-key-file",
@@ -62,7 +63,7 @@ export const DEFAULT_VOLUME = "./data/keep";
 const WITH_CONFIG = new Set(["config", "listen", "pid", "help", "h"]);
 
 export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = {}): ServerOptions {
-  const c: KeepConfig = { ...DEFAULTS, volumes: [], trashEnabled: false };
+  const c: KeepConfig = { ...DEFAULTS, volumes: [], remoteClusters: {}, trashEnabled: false };
   let listen = DEFAULT_LISTEN;
   let listenGiven = false;
   let configFile: string | undefined;
@@ -173,6 +174,10 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = {}): ServerO
         break;
       case "cluster-id":
         c.clusterId = value;
+        break;
+      case "remote-cluster":
+        // keepfn's own (the legacy flags had none; -config reads RemoteClusters).
+        Object.assign(c.remoteClusters, parseRemoteClusters(value, "-remote-cluster"));
         break;
       case "azure-storage-account-name":
         az.account = value;
@@ -339,6 +344,8 @@ export const USAGE = `Usage: keepstore [flags]
   -max-requests N                 concurrent requests before 503 (default 2 x max-buffers)
   -request-timeout DURATION       per-request deadline (default 5m; index exempt)
   -pid FILE                       write the process id here
+  -remote-cluster ID=URL          a federated cluster's API server, for +R reads (repeatable;
+                                  keepfn's own flag, as RemoteClusters in a cluster config)
   -azure-storage-account-name NAME, -azure-storage-account-key-file FILE,
   -azure-storage-container-volume NAME (repeatable), -azure-storage-replication N (default 3),
   -azure-max-get-bytes N, -azure-blob-endpoint URL (e.g. Azurite's)

@@ -70,7 +70,7 @@ HOSTS = {
 POSIX_B = SETTINGS["posix_b"]
 POSIX_VOLUMES = SETTINGS["posix_volumes"]
 # How many checks each part has: a check skipped because an earlier step broke is a failure too.
-EXPECTED = {"posix": 32, "functions": 32, "lambda": 33, "posix x2": 3}
+EXPECTED = {"posix": 35, "functions": 35, "lambda": 36, "posix x2": 3}
 
 results = {}  # host -> [passed, failed]
 failures = []
@@ -373,6 +373,36 @@ def run_host(name, cfg):
         st2, _, _ = http("PUT", f"{turl}trash", token=TOKEN, body=b"[]")
         return st == 401 and st2 == 403, f"no token {st}, wrong token {st2}"
     check(name, "trash list without/with a wrong token -> 401/403", trash_noauth)
+
+    # Federation: blocks of cluster xyzzy (a second keepfn behind a stand-in API server),
+    # read through this host with the home token, as a client of a federated cluster does.
+    fed = SETTINGS["federation"]
+
+    def fed_get():
+        for b in fed["blocks"]:
+            got = kc(url, token=fed["token"]).get(b["locator"])
+            if hashlib.md5(got).hexdigest() != b["locator"][:32]:
+                return False, f"{b['locator']}: got {len(got)} B, md5 {hashlib.md5(got).hexdigest()}"
+        return True, f"{len(fed['blocks'])} +R blocks ({', '.join(str(b['size']) for b in fed['blocks'])} B)"
+    check(name, "get() of +R locators (another cluster's blocks)", fed_get)
+
+    def fed_refresh():
+        b = fed["blocks"][-1]
+        local = kc(url, token=fed["token"]).refresh_signature(b["locator"])
+        m = SIGNED_RE.match(local or "")
+        if not m or "+R" in local or m.group(1) != b["locator"][:32]:
+            return False, f"refresh_signature -> {local!r}"
+        got = kc(url, token=fed["token"]).get(local)
+        return hashlib.md5(got).hexdigest() == m.group(1), f"local locator {local[:60]}..., get {len(got)} B"
+    check(name, "refresh_signature() of a +R locator: a local +A locator that reads", fed_refresh)
+
+    def fed_v1():
+        try:
+            kc(url, token=OTHER).get(fed["blocks"][0]["locator"], num_retries=0)
+        except arvados.errors.KeepReadError as e:
+            return 400 in statuses(e), f"KeepReadError {statuses(e)}"
+        return False, "read succeeded with a v1 token"
+    check(name, "+R read with a v1 token is refused (400: it cannot be salted)", fed_v1)
 
 
 def run_two_services():

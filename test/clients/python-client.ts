@@ -9,12 +9,14 @@
 // Per backend, the first host enforces permissions (signing key, admin token) and the second
 // is a trash instance: permissions off, a 2 s signing TTL so a fresh block may be trashed
 // within the run, trash enabled with a 1 h lifetime so untrash finds it.
+import { randomBytes } from "node:crypto";
 import { promises as fs } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MAX_BINARY_BODY } from "../../lambda/limits.js";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
 import { all, ChildHosts, pythonProbe, pythonSetup, ROOT, ScriptRun, writeSecrets } from "../harness/child-hosts.js";
+import { type RemoteCluster, startRemoteCluster } from "../harness/remote-cluster.js";
 import { S3rver } from "../harness/s3-server.js";
 
 const SCRIPT = join(ROOT, "test/clients/arvados_keepclient.py");
@@ -54,12 +56,25 @@ async function main(): Promise<number> {
   const hosts = new ChildHosts(logDir);
   let azurite: Azurite | undefined;
   let s3: S3rver | undefined;
+  let remote: RemoteCluster | undefined;
   const script = new ScriptRun("python-client");
   let status = 1;
   try {
     const [volA, volB, volT] = ["vol-a", "vol-b", "vol-t"].map((v) => join(dir, v)) as [string, string, string];
     for (const d of [logDir, volA, volB, volT]) await fs.mkdir(d);
     const { key, admin, flags: secrets } = await writeSecrets(dir, "arvpy");
+
+    // Another cluster for +R reads. Its user token's secret has 50 characters, as the API
+    // server's do (the SDK's SaltToken takes a 40-character secret for one already salted).
+    const fedToken = `v2/zzzzz-gj3su-${randomBytes(8).toString("hex").slice(0, 15)}/${randomBytes(25).toString("hex")}`;
+    remote = await startRemoteCluster("xyzzy", fedToken);
+    const fedBlocks = [];
+    for (const size of [3, (1 << 20) + 1]) {
+      const data = randomBytes(size);
+      fedBlocks.push({ locator: await remote.put(data), size });
+    }
+    const remoteFlag = `-remote-cluster=xyzzy=http://${remote.apiHost}`;
+    const remoteEnv = { KEEP_REMOTE_CLUSTERS: `xyzzy=http://${remote.apiHost}` };
 
     const backends = [
       Azurite.start({ inMemory: true }).then((v) => {
@@ -70,7 +85,7 @@ async function main(): Promise<number> {
       }),
     ];
     const posix = [
-      hosts.keepstore("posix-a", [`-volume=${volA}`, "-enforce-permissions", ...secrets]),
+      hosts.keepstore("posix-a", [`-volume=${volA}`, "-enforce-permissions", remoteFlag, ...secrets]),
       hosts.keepstore("posix-b", [`-volume=${volB}`, "-enforce-permissions", ...secrets]),
       hosts.keepstore("posix-t", [
         `-volume=${volT}`,
@@ -103,9 +118,9 @@ async function main(): Promise<number> {
       KEEP_TRASH_LIFETIME: "1h",
     };
     const [functions, functionsT, lambda, lambdaT] = (await all([
-      hosts.keepfnLocal("functions", "functions", { KEEP_VOLUMES: volumes("keep"), ...enforcing }),
+      hosts.keepfnLocal("functions", "functions", { KEEP_VOLUMES: volumes("keep"), ...enforcing, ...remoteEnv }),
       hosts.keepfnLocal("functions-t", "functions", { KEEP_VOLUMES: volumes("keeptrash"), ...trash }),
-      hosts.keepfnLocal("lambda", "lambda", { ...s3r.lambdaEnv(bucket), ...enforcing }),
+      hosts.keepfnLocal("lambda", "lambda", { ...s3r.lambdaEnv(bucket), ...enforcing, ...remoteEnv }),
       hosts.keepfnLocal("lambda-t", "lambda", { ...s3r.lambdaEnv(trashBucket), ...trash }),
     ])) as [string, string, string, string];
     process.stdout.write(
@@ -123,6 +138,7 @@ async function main(): Promise<number> {
         lambda: { url: lambda, trash: lambdaT, copies: 2 },
       },
       posix_b: posixB,
+      federation: { token: fedToken, blocks: fedBlocks },
       posix_volumes: [volA, volB],
     };
     const settingsFile = join(dir, "settings.json");
@@ -136,7 +152,7 @@ async function main(): Promise<number> {
     await hosts.tails();
     return 1;
   } finally {
-    await Promise.allSettled([hosts.stopAll(), azurite?.close(), s3?.close()]);
+    await Promise.allSettled([hosts.stopAll(), azurite?.close(), s3?.close(), remote?.close()]);
     await fs.rm(dir, { recursive: true, force: true });
     script.dispose();
     process.stdout.write(`python-client: exit ${status}, ${(Date.now() - t0) / 1000} s in all\n`);

@@ -86,6 +86,22 @@ describe("keepstore flags", () => {
     assert.equal(o.config.volumes[0]?.readOnly, true);
   });
 
+  it("takes -remote-cluster ID=URL, repeated or comma-separated, without touching the defaults", () => {
+    const o = parseFlags([
+      "-volume=/a",
+      "-remote-cluster=xyzzy=https://api.xyzzy.example",
+      "-remote-cluster",
+      "abcde=http://127.0.0.1:8000,fghij=https://api.fghij.example:8443",
+    ]);
+    assert.deepEqual(o.config.remoteClusters, {
+      xyzzy: { host: "api.xyzzy.example", scheme: "https" },
+      abcde: { host: "127.0.0.1:8000", scheme: "http" },
+      fghij: { host: "api.fghij.example:8443", scheme: "https" },
+    });
+    assert.deepEqual(parseFlags(["-volume=/a"]).config.remoteClusters, {}, "a second parse starts empty");
+    assert.throws(() => parseFlags(["-remote-cluster=xyzzy"]), /-remote-cluster: expected id=URL pairs/);
+  });
+
   it("fails clearly on unknown flags, missing values and bad numbers", () => {
     assert.throws(() => parseFlags(["-no-such-flag"]), /unknown flag -no-such-flag/);
     assert.throws(() => parseFlags(["-listen"]), /needs a value/);
