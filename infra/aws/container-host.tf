@@ -26,13 +26,15 @@ locals {
     "-s3-conditional-writes=true",
     "-s3-bucket-volume=${local.bucket_name}",
   ]
+  # keepfn's own flag, only when federated clusters are configured.
+  remote_cluster_flags = var.remote_clusters == "" ? [] : ["-remote-cluster=${var.remote_clusters}"]
   container_start = join(" ", [
     "umask 077",
     "&& printf %s \"$KEEP_BLOB_SIGNING_KEY\" > /run/keepfn/blob-signing.key",
     "&& printf %s \"$KEEP_SYSTEM_ROOT_TOKEN\" > /run/keepfn/system-root.token",
     "&& printf %s \"$KEEP_MANAGEMENT_TOKEN\" > /run/keepfn/management.token",
     "&& unset KEEP_BLOB_SIGNING_KEY KEEP_SYSTEM_ROOT_TOKEN KEEP_MANAGEMENT_TOKEN",
-    "&& exec node /opt/keepfn/keepstore.mjs ${join(" ", local.container_flags)}",
+    "&& exec node /opt/keepfn/keepstore.mjs ${join(" ", concat(local.container_flags, local.remote_cluster_flags))}",
   ])
 }
 

@@ -36,6 +36,7 @@ locals {
     KEEP_BLOB_SIGNING_TTL               = tostring(var.blob_signature_ttl_seconds)
     KEEP_TRASH_ENABLED                  = tostring(var.trash_enabled)
     KEEP_TRASH_LIFETIME                 = var.trash_lifetime
+    KEEP_REMOTE_CLUSTERS                = var.remote_clusters
     KEEP_BLOB_SIGNING_KEY_PARAM         = aws_ssm_parameter.blob_signing_key.name
     KEEP_SYSTEM_ROOT_TOKEN_PARAM        = aws_ssm_parameter.system_root_token.name
     KEEP_MANAGEMENT_TOKEN_PARAM         = aws_ssm_parameter.management_token.name

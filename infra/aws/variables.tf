@@ -67,6 +67,17 @@ variable "trash_enabled" {
   default     = true
 }
 
+variable "remote_clusters" {
+  description = "Federated clusters whose +R blocks keepfn reads for its clients: comma-separated id=URL pairs of their API servers (xyzzy=https://api.xyzzy.example). Empty: none."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([a-z0-9]{5}=https?://[A-Za-z0-9.:-]+/?(,[a-z0-9]{5}=https?://[A-Za-z0-9.:-]+/?)*)?$", var.remote_clusters))
+    error_message = "remote_clusters is comma-separated id=URL pairs: a five-character cluster id and its API server's URL, e.g. xyzzy=https://api.xyzzy.example."
+  }
+}
+
 variable "trash_lifetime" {
   description = "How long trashed blocks stay recoverable before the sweep deletes them (Go duration)."
   type        = string

@@ -45,6 +45,9 @@ param location string = resourceGroup().location
 @maxLength(5)
 param clusterId string
 
+@description('Federated clusters whose +R blocks this app reads for its clients, as comma-separated id=URL pairs of their API servers, e.g. xyzzy=https://api.xyzzy.example. Empty: none.')
+param remoteClusters string = ''
+
 @description('Blob containers to create in the volume storage account; each becomes one Keep volume.')
 @minLength(1)
 param volumeContainers array = [
@@ -515,6 +518,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     KEEP_BLOB_SIGNING_TTL: string(blobSignatureTtlSeconds)
     KEEP_TRASH_ENABLED: string(trashEnabled)
     KEEP_TRASH_LIFETIME: trashLifetime
+    KEEP_REMOTE_CLUSTERS: remoteClusters
     // The timer trigger's schedule is "%KEEP_TRASH_SCHEDULE%".
     KEEP_TRASH_SCHEDULE: trashSweepSchedule
     // One 64 MiB buffer per concurrent request the instance accepts (see perInstanceConcurrency).
