@@ -22,6 +22,8 @@ export interface RemoteRead {
   size: number;
   /** Unverified bytes as the remote sent them; the caller checks the hash. */
   body: AsyncIterable<Uint8Array>;
+  /** Lets go of the remote response when the body will not be read to its end. */
+  cancel(): Promise<void>;
 }
 
 /**
@@ -115,8 +117,14 @@ export class RemoteBlocks {
         continue;
       }
       if (res.ok && res.body) {
-        const size = info.size ?? Number(res.headers.get("content-length"));
-        return { size, body: res.body as unknown as AsyncIterable<Uint8Array> };
+        const body = res.body;
+        const size = info.size ?? Number(res.headers.get("content-length") ?? Number.NaN);
+        if (!Number.isSafeInteger(size)) {
+          await body.cancel();
+          failures.push(`${svc.url}: no Content-Length and no size hint`);
+          continue;
+        }
+        return { size, body: body as unknown as AsyncIterable<Uint8Array>, cancel: () => body.cancel() };
       }
       await res.body?.cancel();
       // A 4xx from every service is "not found" to the client: the block is not there, or

@@ -16,6 +16,7 @@ export interface RemoteCluster {
   blockRequests: string[];
   /** Set to make its keepstore's answers arrive with their first byte changed (a bad disk or link). */
   corrupt: boolean;
+
   /** Stores `data` there as the home user and returns the federated (`+R`) locator. */
   put(data: Uint8Array): Promise<string>;
   close(): Promise<void>;
@@ -89,6 +90,7 @@ export async function startRemoteCluster(id: string, homeToken: string): Promise
     apiHost,
     blockRequests,
     corrupt: false,
+
     async put(data) {
       const hash = createHash("md5").update(data).digest("hex");
       const r = await fetch(`${keep.url}/${hash}`, {

@@ -40,6 +40,27 @@ describe("+R reads when the other cluster misbehaves (container host)", () => {
     }
   });
 
+  it("a local copy that cannot be stored (no writable volume) is 507; the streamed read still works", async () => {
+    const remote = await startRemoteCluster("xyzzy", USER);
+    const home = await startPosixServer(
+      { ...signing, remoteClusters: { xyzzy: { host: remote.apiHost, scheme: "http" } } },
+      { volumes: [{ readOnly: true }] },
+    );
+    try {
+      const loc = await remote.put(Buffer.alloc(8 << 20, 7));
+      const r = await fetch(`${home.url}/${loc}`, { headers: { ...bearer(USER), "x-keep-signature": "local" } });
+      assert.equal(r.status, 507);
+      assert.equal(await r.text(), "insufficient storage\n");
+      assert.equal(r.headers.get("x-keep-locator"), null);
+      const again = await fetch(`${home.url}/${loc}`, { headers: bearer(USER) });
+      assert.equal(again.status, 200);
+      assert.equal((await again.arrayBuffer()).byteLength, 8 << 20);
+    } finally {
+      await home.cleanup();
+      await remote.close();
+    }
+  });
+
   it("hints that hold ?, # or / reach the remote as part of the locator, never as a query or a path", async () => {
     const remote = await startRemoteCluster("xyzzy", USER);
     const home = await startPosixServer({

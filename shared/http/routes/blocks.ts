@@ -48,7 +48,10 @@ async function getRemoteBlock(ctx: RequestContext, locator: string, info: Locato
       storageClasses: [],
       signal: ctx.signal,
     })
-    .catch((err) => {
+    .catch(async (err) => {
+      // A write that gave up before the body's end (no writable volume) hands the remote
+      // response back to fetch, rather than leaving it to the garbage collector.
+      await got.cancel().catch(() => {});
       // The PUT path's verdicts on a body (wrong hash, wrong length, too big) are the remote's
       // fault here, not the client's: a bad gateway, as on the streamed path.
       if (err instanceof BadRequestError || err instanceof TooLargeError)
