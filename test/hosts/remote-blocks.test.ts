@@ -5,20 +5,33 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ADMIN, KEY, USER } from "../conformance/http-contract.js";
 import { filesUnder } from "../harness/fs-tools.js";
-import { startPosixServer } from "../harness/posix-server.js";
-import { startRemoteCluster } from "../harness/remote-cluster.js";
+import { type PosixServer, startPosixServer } from "../harness/posix-server.js";
+import { type RemoteCluster, startRemoteCluster } from "../harness/remote-cluster.js";
 
 const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
 const signing = { blobSigningKey: KEY, enforcePermissions: true, systemRootToken: ADMIN };
 
+/** Cluster xyzzy (a real keepfn behind a stand-in API) and a home container host that knows it. */
+async function withFederation(
+  opts: Parameters<typeof startPosixServer>[1],
+  fn: (remote: RemoteCluster, home: PosixServer) => Promise<void>,
+): Promise<void> {
+  const remote = await startRemoteCluster("xyzzy", USER);
+  const home = await startPosixServer(
+    { ...signing, remoteClusters: { xyzzy: { host: remote.apiHost, scheme: "http" } } },
+    opts,
+  );
+  try {
+    await fn(remote, home);
+  } finally {
+    await home.cleanup();
+    await remote.close();
+  }
+}
+
 describe("+R reads when the other cluster misbehaves (container host)", () => {
-  it("a corrupt block from the remote is a 502, and nothing is stored here even when a local copy was asked for", async () => {
-    const remote = await startRemoteCluster("xyzzy", USER);
-    const home = await startPosixServer({
-      ...signing,
-      remoteClusters: { xyzzy: { host: remote.apiHost, scheme: "http" } },
-    });
-    try {
+  it("a corrupt block from the remote is a 502, and nothing is stored here even when a local copy was asked for", () =>
+    withFederation({}, async (remote, home) => {
       const loc = await remote.put(Buffer.from("remote bytes"));
       remote.corrupt = true;
       const streamed = await fetch(`${home.url}/${loc}`, { headers: bearer(USER) });
@@ -34,19 +47,10 @@ describe("+R reads when the other cluster misbehaves (container host)", () => {
       const ok = await fetch(`${home.url}/${loc}`, { headers: { ...bearer(USER), "x-keep-signature": "local" } });
       assert.equal(ok.status, 200);
       assert.equal(await ok.text(), "remote bytes");
-    } finally {
-      await home.cleanup();
-      await remote.close();
-    }
-  });
+    }));
 
-  it("a local copy that cannot be stored (no writable volume) is 507; the streamed read still works", async () => {
-    const remote = await startRemoteCluster("xyzzy", USER);
-    const home = await startPosixServer(
-      { ...signing, remoteClusters: { xyzzy: { host: remote.apiHost, scheme: "http" } } },
-      { volumes: [{ readOnly: true }] },
-    );
-    try {
+  it("a local copy that cannot be stored (no writable volume) is 507; the streamed read still works", () =>
+    withFederation({ volumes: [{ readOnly: true }] }, async (remote, home) => {
       const loc = await remote.put(Buffer.alloc(8 << 20, 7));
       const r = await fetch(`${home.url}/${loc}`, { headers: { ...bearer(USER), "x-keep-signature": "local" } });
       assert.equal(r.status, 507);
@@ -55,19 +59,10 @@ describe("+R reads when the other cluster misbehaves (container host)", () => {
       const again = await fetch(`${home.url}/${loc}`, { headers: bearer(USER) });
       assert.equal(again.status, 200);
       assert.equal((await again.arrayBuffer()).byteLength, 8 << 20);
-    } finally {
-      await home.cleanup();
-      await remote.close();
-    }
-  });
+    }));
 
-  it("hints that hold ?, # or / reach the remote as part of the locator, never as a query or a path", async () => {
-    const remote = await startRemoteCluster("xyzzy", USER);
-    const home = await startPosixServer({
-      ...signing,
-      remoteClusters: { xyzzy: { host: remote.apiHost, scheme: "http" } },
-    });
-    try {
+  it("hints that hold ?, # or / reach the remote as part of the locator, never as a query or a path", () =>
+    withFederation({}, async (remote, home) => {
       const loc = await remote.put(Buffer.from("remote bytes"));
       // Percent-encoded in the client's path, decoded by the router: a hint of "Kx?y=1#/z".
       const r = await fetch(`${home.url}/${loc}+Kx%3Fy%3D1%23%2Fz`, { headers: bearer(USER) });
@@ -76,11 +71,7 @@ describe("+R reads when the other cluster misbehaves (container host)", () => {
       const sent = remote.blockRequests[0] as string;
       assert.ok(!/[?#]/.test(sent) && sent.split("/").length === 2, sent);
       assert.match(sent, /\+Kx%3Fy%3D1%23%2Fz\+A[0-9a-f]{40}@[0-9a-f]{8}$/);
-    } finally {
-      await home.cleanup();
-      await remote.close();
-    }
-  });
+    }));
 
   it("an API server that is down is a 502 naming the cluster; Insecure: true is refused with what to do instead", async () => {
     const remote = await startRemoteCluster("xyzzy", USER);

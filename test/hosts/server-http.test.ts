@@ -13,7 +13,7 @@ import { BackendError } from "../../shared/errors.js";
 import { md5hex } from "../conformance/fixtures.js";
 import { ADMIN } from "../conformance/http-contract.js";
 import { filesUnder } from "../harness/fs-tools.js";
-import { startPosixServer } from "../harness/posix-server.js";
+import { type PosixServer, startPosixServer } from "../harness/posix-server.js";
 import type { RecordingVolume } from "../harness/recording-volume.js";
 
 const FOO_HASH = "acbd18db4cc2f85cedef654fccc4a4d8";
@@ -48,6 +48,31 @@ function stalledGet(url: string): Promise<Buffer> {
       .on("error", reject)
       .end();
   });
+}
+
+/**
+ * Two container hosts of one cluster (one signing key) with foo stored on `src`; `pull` sends
+ * keep-balance's list to `dst`, waits until it is worked and returns `dst`'s index.
+ */
+async function withPullPair(
+  fn: (src: PosixServer, dst: PosixServer, pull: (list: unknown[]) => Promise<string>) => Promise<void>,
+): Promise<void> {
+  const cfg = { blobSigningKey: "pull-test-signing-key", enforcePermissions: true, systemRootToken: ADMIN };
+  const src = await startPosixServer(cfg);
+  const dst = await startPosixServer(cfg);
+  const admin = { authorization: `Bearer ${ADMIN}` };
+  try {
+    await fetch(`${src.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
+    await fn(src, dst, async (list) => {
+      const r = await fetch(`${dst.url}/pull`, { method: "PUT", body: JSON.stringify(list), headers: admin });
+      assert.equal(r.status, 200);
+      await dst.app.pullWorker.queue.idle();
+      return (await fetch(`${dst.url}/index`, { headers: admin })).text();
+    });
+  } finally {
+    await src.cleanup();
+    await dst.cleanup();
+  }
 }
 
 describe("container host over real HTTP", () => {
@@ -354,37 +379,20 @@ describe("container host over real HTTP", () => {
     }
   });
 
-  it("pulls a block from another keepstore when keep-balance asks", async () => {
-    const key = "pull-test-signing-key";
-    const src = await startPosixServer({ blobSigningKey: key, enforcePermissions: true, systemRootToken: ADMIN });
-    const dst = await startPosixServer({ blobSigningKey: key, enforcePermissions: true, systemRootToken: ADMIN });
-    try {
-      await fetch(`${src.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
-      const list = [
+  it("pulls a block from another keepstore when keep-balance asks", () =>
+    withPullPair(async (src, _dst, pull) => {
+      const idx = await pull([
         { locator: `${FOO_HASH}+3`, servers: ["http://127.0.0.1:1", src.url] },
         { locator: "37b51d194a7513e45b56f6524f2d51f2+3", servers: [src.url] },
         { locator: `${FOO_HASH}+3`, servers: [src.url], mount_uuid: "zzzzz-nyw5e-000000000000000" },
-      ];
-      const r = await fetch(`${dst.url}/pull`, {
-        method: "PUT",
-        body: JSON.stringify(list),
-        headers: { authorization: `Bearer ${ADMIN}` },
-      });
-      assert.equal(r.status, 200);
-      await dst.app.pullWorker.queue.idle();
-      const idx = await (await fetch(`${dst.url}/index`, { headers: { authorization: `Bearer ${ADMIN}` } })).text();
+      ]);
       assert.match(idx, /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d+\n\n$/);
-    } finally {
-      await src.cleanup();
-      await dst.cleanup();
-    }
-  });
+    }));
 
   it("a pull from a server that sends wrong or cut-off bytes stores nothing and goes on to the next server", async () => {
     // A keepstore listed in a pull list may serve a corrupt copy (a bad disk without the
     // read-side check) or die mid-body. Either way the pulling keepstore must not store what
     // it got, leave no temp file, and still take the block from the next server listed.
-    const key = "pull-test-signing-key";
     const bar = "37b51d194a7513e45b56f6524f2d51f2"; // md5("bar")
     const liars = await Promise.all(
       (["wrong bytes", "cut off"] as const).map(
@@ -400,35 +408,24 @@ describe("container host over real HTTP", () => {
           }),
       ),
     );
-    const src = await startPosixServer({ blobSigningKey: key, enforcePermissions: true, systemRootToken: ADMIN });
-    const dst = await startPosixServer({ blobSigningKey: key, enforcePermissions: true, systemRootToken: ADMIN });
     try {
-      await fetch(`${src.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
-      const [wrong, cut] = liars as unknown as [{ url: string }, { url: string }];
-      const list = [
-        { locator: `${FOO_HASH}+3`, servers: [wrong.url, cut.url, src.url] },
-        { locator: `${bar}+3`, servers: [wrong.url, cut.url] },
-      ];
-      const r = await fetch(`${dst.url}/pull`, {
-        method: "PUT",
-        body: JSON.stringify(list),
-        headers: { authorization: `Bearer ${ADMIN}` },
+      await withPullPair(async (src, dst, pull) => {
+        const [wrong, cut] = liars as unknown as [{ url: string }, { url: string }];
+        const idx = await pull([
+          { locator: `${FOO_HASH}+3`, servers: [wrong.url, cut.url, src.url] },
+          { locator: `${bar}+3`, servers: [wrong.url, cut.url] },
+        ]);
+        assert.match(idx, /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d+\n\n$/, "only foo, from the honest server");
+        const files = await filesUnder(dst.roots[0] as string);
+        assert.deepEqual(
+          files.map((f) => f.slice((dst.roots[0] as string).length)),
+          [`/acb/${FOO_HASH}`],
+          "no temp file and no copy of bar",
+        );
+        assert.equal(await fs.readFile(files[0] as string, "utf8"), "foo");
       });
-      assert.equal(r.status, 200);
-      await dst.app.pullWorker.queue.idle();
-      const idx = await (await fetch(`${dst.url}/index`, { headers: { authorization: `Bearer ${ADMIN}` } })).text();
-      assert.match(idx, /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d+\n\n$/, "only foo, from the honest server");
-      const files = await filesUnder(dst.roots[0] as string);
-      assert.deepEqual(
-        files.map((f) => f.slice((dst.roots[0] as string).length)),
-        [`/acb/${FOO_HASH}`],
-        "no temp file and no copy of bar",
-      );
-      assert.equal(await fs.readFile(files[0] as string, "utf8"), "foo");
     } finally {
       for (const l of liars) l.close();
-      await src.cleanup();
-      await dst.cleanup();
     }
   });
 });
