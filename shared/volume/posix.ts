@@ -53,6 +53,8 @@ const TMP_RE = /^tmp[0-9a-f]{32}/;
 const HEX_DIR_RE = /^[0-9a-f]+$/;
 /** link() errors that mean "this file system has no hard links", not "this link failed". */
 const NO_HARD_LINKS = new Set(["EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS"]);
+/** Linux's NFS "bad cookie" (not in os.constants.errno: it never leaves the kernel's NFS code as a name). */
+const EBADCOOKIE = 523;
 
 export class PosixVolume implements Volume {
   readonly deviceId: string;
@@ -506,12 +508,18 @@ export class PosixVolume implements Volume {
 }
 
 async function readdirOrEmpty(dir: string, notDirIsEmpty = false): Promise<string[]> {
-  try {
-    return await fs.readdir(dir);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === "ENOENT" || (notDirIsEmpty && code === "ENOTDIR")) return [];
-    throw err;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fs.readdir(dir);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      if (e.code === "ENOENT" || (notDirIsEmpty && e.code === "ENOTDIR")) return [];
+      // An NFS server may invalidate a directory cookie mid-listing (EBADCOOKIE, errno 523,
+      // which libuv passes through unnamed); the listing starts over, 5 times at most, as the
+      // reference's index does.
+      if (e.errno === -EBADCOOKIE && attempt <= 5) continue;
+      throw err;
+    }
   }
 }
 

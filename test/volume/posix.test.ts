@@ -111,6 +111,41 @@ describe("posix volume", () => {
     }
   });
 
+  it("index retries a block directory's listing on NFS's EBADCOOKIE, 5 times at most (as the reference)", async () => {
+    // No NFS server here: readdir itself is made to fail as the kernel's NFS client does
+    // (errno 523, which libuv passes through without a name), a set number of times.
+    const h = await posixHarness(params());
+    const real = fs.readdir;
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      const blockDir = join(h.root, TEST_HASH.slice(0, 3));
+      for (const [failures, listed] of [
+        [3, true],
+        [5, true],
+        [6, false],
+      ] as const) {
+        let left = failures;
+        (fs as { readdir: unknown }).readdir = (dir: string, ...rest: unknown[]) => {
+          if (dir === blockDir && left-- > 0)
+            return Promise.reject(
+              Object.assign(new Error("Unknown system error -523"), { errno: -523, code: "Unknown system error -523" }),
+            );
+          return (real as (...a: unknown[]) => Promise<string[]>)(dir, ...rest);
+        };
+        const list = async () => {
+          const out: string[] = [];
+          for await (const e of h.volume.index("")) out.push(e.hash);
+          return out;
+        };
+        if (listed) assert.deepEqual(await list(), [TEST_HASH], `${failures} failures`);
+        else await assert.rejects(list(), /-523/, `${failures} failures: the error surfaces`);
+      }
+    } finally {
+      (fs as { readdir: unknown }).readdir = real;
+      await h.teardown();
+    }
+  });
+
   it("stores a block at Root/<hash[0:3]>/<hash>", async () => {
     const h = await posixHarness(params());
     try {
