@@ -464,6 +464,11 @@ export class S3Proxy {
     const up = httpRequest(`${this.target}${seen.path}`, { method: seen.method, headers: req.headers }, (r) => {
       res.writeHead(r.statusCode ?? 502, r.headers);
       r.once("end", release); // the answer has completed: the next write of this key may go
+      // s3rver killed mid-answer: end ours the same way (pipe alone would leave it open, and
+      // the client waiting for bytes that never come until its idle timeout).
+      r.once("close", () => {
+        if (!r.complete) res.destroy();
+      });
       r.pipe(res);
     });
     up.once("close", release); // or it never will (upstream error, connection gone)
