@@ -97,6 +97,7 @@ export async function createKeepApp(config: KeepConfig, deps: AppDeps = {}): Pro
     maxConcurrent: config.maxRequests,
     trashQueue: () => [trashWorker.queue.pending, trashWorker.queue.inProgress],
     pullQueue: () => [pullWorker.queue.pending, pullWorker.queue.inProgress],
+    remoteReads: () => remote.counts,
     now: () => clock.now(),
   });
   limiter.onWaited = (priority, seconds, admitted) => {

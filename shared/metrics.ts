@@ -22,6 +22,8 @@ export class KeepMetrics {
       trashQueue: () => [number, number];
       pullQueue: () => [number, number];
       inFlight: InFlight;
+      /** +R reads by "cluster outcome" (RemoteBlocks.counts). */
+      remoteReads?: () => Map<string, number>;
       /** The service clock (ms), for per-mount state that expires. */
       now: () => number;
     },
@@ -113,6 +115,22 @@ export class KeepMetrics {
       collect() {
         const now = sources.now();
         for (const m of mounts) this.set({ device_id: m.volume.deviceId }, m.corruptCopies(now));
+      },
+    });
+
+    // Not the reference's: +R reads per remote cluster and how they ended, so an operator
+    // sees federation traffic and a remote that has started refusing or failing.
+    new Counter({
+      name: "keepfn_remote_reads",
+      help: "Reads of other clusters' blocks (+R locators) by cluster and outcome: served (a remote keepstore sent it), not_found, failed (unreachable or erroring)",
+      labelNames: ["cluster", "outcome"],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const [key, n] of sources.remoteReads?.() ?? []) {
+          const [cluster = "", outcome = ""] = key.split(" ");
+          this.inc({ cluster, outcome }, n);
+        }
       },
     });
 

@@ -77,6 +77,8 @@ export function remoteLocator(locator: string, info: LocatorInfo): { clusterId: 
 const pathSafe = (locator: string) => encodeURIComponent(locator).replace(/%2B/g, "+").replace(/%40/g, "@");
 
 export class RemoteBlocks {
+  /** Reads by "cluster outcome" (served, not_found, failed), for the metrics. */
+  readonly counts = new Map<string, number>();
   /** By cluster and token: what the remote lists may depend on who asks (as in the Go SDK). */
   private readonly services = new Map<string, { at: number; list: Promise<RemoteService[]> }>();
 
@@ -102,6 +104,28 @@ export class RemoteBlocks {
     const { clusterId, locator: remote } = remoteLocator(locator, info);
     const cluster = this.cluster(clusterId);
     const salted = saltToken(token, clusterId);
+    const count = (outcome: string) => {
+      const key = `${clusterId} ${outcome}`;
+      this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
+    };
+    try {
+      const got = await this.fetchBlock(clusterId, cluster, remote, info, salted, signal);
+      count("served");
+      return got;
+    } catch (err) {
+      if (!signal.aborted) count(err instanceof NotFoundError ? "not_found" : "failed");
+      throw err;
+    }
+  }
+
+  private async fetchBlock(
+    clusterId: string,
+    cluster: RemoteCluster,
+    remote: string,
+    info: LocatorInfo,
+    salted: string,
+    signal: AbortSignal,
+  ): Promise<RemoteRead> {
     const doFetch = this.opts.fetch ?? fetch;
     const auth = { authorization: `Bearer ${salted}` };
     const failures: string[] = [];

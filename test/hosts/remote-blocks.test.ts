@@ -47,6 +47,12 @@ describe("+R reads when the other cluster misbehaves (container host)", () => {
       const ok = await fetch(`${home.url}/${loc}`, { headers: { ...bearer(USER), "x-keep-signature": "local" } });
       assert.equal(ok.status, 200);
       assert.equal(await ok.text(), "remote bytes");
+      // Each remote answer was a 200 (the MD5 check comes after); a stranger's read is refused.
+      const stranger = await fetch(`${home.url}/${loc}`, { headers: bearer("v2/zzzzz-gj3su-000000000000009/nobody") });
+      assert.equal(stranger.status, 404);
+      const metrics = await (await fetch(`${home.url}/metrics`)).text();
+      assert.match(metrics, /^keepfn_remote_reads\{cluster="xyzzy",outcome="served"\} 3$/m);
+      assert.match(metrics, /^keepfn_remote_reads\{cluster="xyzzy",outcome="not_found"\} 1$/m);
     }));
 
   it("a local copy that cannot be stored (no writable volume) is 507; the streamed read still works", () =>
@@ -89,6 +95,8 @@ describe("+R reads when the other cluster misbehaves (container host)", () => {
       const down = await fetch(`${home.url}/${loc}`, { headers: bearer(USER) });
       assert.equal(down.status, 502);
       assert.match(await down.text(), new RegExp(`cannot reach the API of cluster xyzzy at ${apiHost}`));
+      const metrics = await (await fetch(`${home.url}/metrics`)).text();
+      assert.match(metrics, /^keepfn_remote_reads\{cluster="xyzzy",outcome="failed"\} 1$/m);
       const insecure = await fetch(`${home.url}/${loc.replace("+Rxyzzy-", "+Rabcde-")}`, { headers: bearer(USER) });
       assert.equal(insecure.status, 500);
       assert.match(await insecure.text(), /Insecure: true, which keepfn does not support: trust its certificate/);
