@@ -294,11 +294,13 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     const b = rng.pick(live());
     if (!b) return;
     await withBig(head ? 0 : b.size, async () => {
+      const t0 = ++tick;
       const res = await call(`/${locator(b)}`, { method: head ? "HEAD" : "GET", headers: bearer(t.userToken) });
       if (res.status !== 200) {
-        // A live block is never 404 unless it was declared unreferenced meanwhile.
-        if (res.status === 404 && b.state === "live")
-          violations.push(`${head ? "HEAD" : "GET"} of live block ${b.hash} → 404`);
+        // A live block is never 404 unless it was declared unreferenced meanwhile: by now it
+        // may be live again (DELETE, then untrash, both while this read was on its way).
+        if (res.status === 404 && b.state === "live" && b.lastDeclared < t0)
+          violations.push(`${head ? "HEAD" : "GET"} of live block ${b.hash} → 404 (history ${b.history.join(" ")})`);
         return noteBody(head ? "head" : "get", res);
       }
       if (head) {
@@ -410,10 +412,13 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
   async function touch(): Promise<void> {
     const b = rng.pick(live());
     if (!b) return;
+    const t0 = ++tick;
     const res = await call(`/${b.hash}+${b.size}`, { method: "TOUCH", headers: bearer(t.adminToken) });
     b.history.push(`TOUCH ${res.status}@${++tick}`);
     if (res.status === 200) return void (await res.text());
-    if (res.status === 404 && b.state === "live") violations.push(`TOUCH of live block ${b.hash} → 404`);
+    // (As for reads: a block declared while the TOUCH was on its way may be 404, live again or not.)
+    if (res.status === 404 && b.state === "live" && b.lastDeclared < t0)
+      violations.push(`TOUCH of live block ${b.hash} → 404 (history ${b.history.join(" ")})`);
     await noteBody("touch", res);
   }
 
