@@ -508,13 +508,48 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
     );
 
     it(
-      "answers OPTIONS with CORS headers and an empty body",
-      withHost(signing, async (url) => {
+      "answers OPTIONS with CORS headers and an empty body, and sends the CORS headers on every answer",
+      withHost(signing, async (url, clock) => {
+        // The reference's values (§1.1), for a browser client such as Workbench.
+        const cors = (r: Response, what: string) => {
+          assert.equal(r.headers.get("access-control-allow-origin"), "*", what);
+          assert.equal(r.headers.get("access-control-allow-methods"), "GET, HEAD, PUT, OPTIONS", what);
+          assert.equal(
+            r.headers.get("access-control-allow-headers"),
+            "Authorization, Content-Length, Content-Type, X-Keep-Desired-Replicas, X-Keep-Signature, X-Keep-Storage-Classes",
+            what,
+          );
+          assert.equal(
+            r.headers.get("access-control-expose-headers"),
+            "X-Keep-Locator, X-Keep-Replicas-Stored, X-Keep-Storage-Classes-Confirmed",
+            what,
+          );
+          assert.equal(r.headers.get("access-control-max-age"), "86486400", what);
+        };
         for (const path of ["/", `/${FOO_HASH}`, "/index"]) {
           const r = await fetch(`${url}${path}`, { method: "OPTIONS" });
           assert.equal(r.status, 200);
-          assert.equal(r.headers.get("access-control-allow-methods"), "GET, HEAD, PUT, OPTIONS");
+          cors(r, `OPTIONS ${path}`);
           assert.equal((await r.arrayBuffer()).byteLength, 0);
+        }
+        // Answers of every kind carry them too (BlockRead_Token: "CORS headers on all").
+        const stored = await put(url, FOO_HASH, FOO, bearer(USER));
+        cors(stored, "PUT 200");
+        const loc = (await stored.text()).trim();
+        const answers: Array<[string, RequestInit, number]> = [
+          [`/${loc}`, { headers: bearer(USER) }, 200],
+          [`/${loc}`, { method: "HEAD", headers: bearer(USER) }, 200],
+          [`/${loc}`, {}, 401],
+          [`/${sign(`${FOO_HASH}+3`, "v2/zzzzz-gj3su-000000000000001/other", clock)}`, { headers: bearer(USER) }, 400],
+          [`/${BAR_HASH}+3`, { headers: bearer(USER) }, 400],
+          ["/index", {}, 401],
+          ["/xyz", {}, 400],
+        ];
+        for (const [path, init, status] of answers) {
+          const r = await fetch(`${url}${path}`, init);
+          assert.equal(r.status, status, `${init.method ?? "GET"} ${path}`);
+          cors(r, `${init.method ?? "GET"} ${path} → ${status}`);
+          await r.arrayBuffer();
         }
       }),
     );

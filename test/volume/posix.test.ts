@@ -232,6 +232,28 @@ describe("posix volume", () => {
     }
   });
 
+  it("a cancelled read waiting for the serialize lock gives CancelledError and no data (ContextCancelBlockRead)", async () => {
+    const h = await posixHarness(params(), true);
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      const holding = (await h.volume.read(TEST_HASH)).body[Symbol.asyncIterator]();
+      await holding.next();
+      const ac = new AbortController();
+      const got: Uint8Array[] = [];
+      const waiting = (async () => {
+        for await (const c of (await h.volume.read(TEST_HASH, ac.signal)).body) got.push(c);
+      })();
+      ac.abort();
+      await assert.rejects(waiting, CancelledError);
+      assert.equal(got.length, 0, "no bytes before the lock");
+      // The lock is still the first read's, and it still reads to its end.
+      await holding.return?.();
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await h.teardown();
+    }
+  });
+
   it("with serialize, a touch waits for the read that holds the volume, then completes", async () => {
     const p = params();
     const h = await posixHarness(p, true);

@@ -15,7 +15,13 @@ import {
   type S3Client,
 } from "@aws-sdk/client-s3";
 import { FakeClock, msToNs, systemClock } from "../../shared/clock.js";
-import { CollisionError, HashMismatchError, NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
+import {
+  CancelledError,
+  CollisionError,
+  HashMismatchError,
+  NotFoundError,
+  VolumeUnavailableError,
+} from "../../shared/errors.js";
 import { Mount } from "../../shared/keep/mount.js";
 import { putBlock } from "../../shared/keep/put-block.js";
 import { isHash } from "../../shared/locator.js";
@@ -513,6 +519,30 @@ describe("s3 volume: faults", () => {
     } finally {
       await h.teardown();
       await proxy.close();
+    }
+  });
+
+  it("a read cancelled midway ends with CancelledError, and the volume reads on (GetContextCancel)", async () => {
+    const h = await s3Harness(params());
+    try {
+      const big = Buffer.alloc(16 << 20, 9);
+      const hash = md5(big);
+      await h.volume.write(hash, chunks(big), { size: big.length });
+      const ac = new AbortController();
+      const it = (await h.volume.read(hash, ac.signal)).body[Symbol.asyncIterator]();
+      const first = await it.next();
+      assert.ok(!first.done && first.value.length < big.length, "a first part, not the whole block");
+      ac.abort(new CancelledError());
+      // Without the signal reaching the S3 request, the rest of the block would just arrive.
+      await assert.rejects(
+        (async () => {
+          for (let r = await it.next(); !r.done; r = await it.next());
+        })(),
+        CancelledError,
+      );
+      assert.deepEqual(await collect((await h.volume.read(hash)).body), big);
+    } finally {
+      await h.teardown();
     }
   });
 
