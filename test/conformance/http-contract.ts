@@ -578,6 +578,18 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
         // The reference's request limiter metrics: time waited for a slot, by priority.
         assert.match(text, /^arvados_queue_delay_seconds_count\{priority="normal"\} [1-9]/m);
         assert.match(text, /^# TYPE arvados_queue_timeout_seconds summary$/m);
+        // Every §1.9 series a reference dashboard reads, with its labels.
+        for (const series of [
+          /^arvados_keepstore_bufferpool_allocated_bytes \d+$/m,
+          /^arvados_keepstore_bufferpool_inuse_buffers 0$/m,
+          /^arvados_concurrent_requests \d+$/m, // (a scrape is not limited, so it is not counted)
+          /^arvados_max_concurrent_requests [1-9]\d*$/m,
+          /^arvados_queued_requests 0$/m,
+          /^arvados_keepstore_volume_operations\{device_id="[^"]+",operation="[a-z_]+"\} [1-9]\d*$/m,
+          /^arvados_keepstore_volume_io_bytes\{device_id="[^"]+",direction="out"\} [1-9]\d*$/m,
+          /^# TYPE arvados_keepstore_volume_errors counter$/m,
+        ])
+          assert.match(text, series);
         assert.equal((await fetch(`${url}/metrics.json`, { headers: bearer(MGMT) })).status, 200);
         assert.equal((await fetch(`${url}/_health/ping`)).status, 401);
         assert.equal((await fetch(`${url}/_health/ping`, { headers: bearer("wrong") })).status, 403);

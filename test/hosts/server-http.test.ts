@@ -17,6 +17,8 @@ import { type PosixServer, startPosixServer } from "../harness/posix-server.js";
 import type { RecordingVolume } from "../harness/recording-volume.js";
 
 const FOO_HASH = "acbd18db4cc2f85cedef654fccc4a4d8";
+/** The default blob signature TTL, in ms. */
+const TTL_MS = 1_209_600_000;
 
 function rawRequest(url: string, text: string): Promise<string> {
   const u = new URL(url);
@@ -221,6 +223,59 @@ describe("container host over real HTTP", () => {
     }
   });
 
+  it("two mounts, as the reference's router cases: TOUCH of the first holder only, then 404 once trashed; the index lists both copies; two classes store two", async () => {
+    const clock = new FakeClock();
+    const s = await startPosixServer(
+      { systemRootToken: ADMIN, trashEnabled: true, trashLifetimeMs: 3600_000 },
+      { clock, volumes: [{ storageClasses: ["testclass1"] }, { storageClasses: ["testclass2"] }] },
+    );
+    const admin = { authorization: `Bearer ${ADMIN}` };
+    try {
+      const mounts = (await (await fetch(`${s.url}/mounts`, { headers: admin })).json()) as Array<{
+        uuid: string;
+        storage_classes: Record<string, boolean>;
+      }>;
+      // The keepstore's order is by mount UUID; which root is which comes from the classes.
+      const rootOf = (m: { storage_classes: Record<string, boolean> }) =>
+        s.roots[m.storage_classes.testclass1 ? 0 : 1] as string;
+      const [firstRoot, secondRoot] = [...mounts].sort((a, b) => (a.uuid < b.uuid ? -1 : 1)).map(rootOf) as [
+        string,
+        string,
+      ];
+      // BlockWrite_Headers: two classes, one per mount → both confirmed, 2 stored.
+      const put = await fetch(`${s.url}/${FOO_HASH}`, {
+        method: "PUT",
+        body: "foo",
+        headers: { "x-keep-storage-classes": "testclass1, testclass2" },
+      });
+      assert.equal(put.status, 200);
+      assert.equal(put.headers.get("x-keep-replicas-stored"), "2");
+      // (In no particular order, as the reference's.)
+      assert.deepEqual((put.headers.get("x-keep-storage-classes-confirmed") ?? "").split(", ").sort(), [
+        "testclass1=1",
+        "testclass2=1",
+      ]);
+      // Index (§7.3): one line per copy, so a block on two mounts is listed twice.
+      const idx = await (await fetch(`${s.url}/index/acb`, { headers: admin })).text();
+      assert.equal(idx.split("\n").filter((l) => l.startsWith(`${FOO_HASH}+3 `)).length, 2, idx);
+      // BlockTouch: only the first writable mount that has it is touched.
+      const file = (root: string) => join(root, FOO_HASH.slice(0, 3), FOO_HASH);
+      const old = (clock.now() - 10 * TTL_MS) / 1000;
+      for (const r of [firstRoot, secondRoot]) await fs.utimes(file(r), old, old);
+      clock.advance(1000);
+      assert.equal((await fetch(`${s.url}/${FOO_HASH}`, { method: "TOUCH", headers: admin })).status, 200);
+      const mt = async (r: string) => Math.round((await fs.stat(file(r))).mtimeMs);
+      assert.equal(await mt(firstRoot), Math.round(clock.now()), "the first mount's copy is touched");
+      assert.equal(await mt(secondRoot), Math.round(old * 1000), "the second's is not");
+      // After both copies are trashed (both are old), TOUCH is 404.
+      for (const r of [firstRoot, secondRoot]) await fs.utimes(file(r), old, old);
+      assert.equal((await fetch(`${s.url}/${FOO_HASH}`, { method: "DELETE", headers: admin })).status, 200);
+      assert.equal((await fetch(`${s.url}/${FOO_HASH}`, { method: "TOUCH", headers: admin })).status, 404);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
   it("a corrupt copy on one of two volumes: the retry is served from the good one, /metrics shows it, a PUT repairs it", async () => {
     const s = await startPosixServer({}, { volumes: [{ priority: 2 }, { priority: 1 }] });
     try {
@@ -388,6 +443,46 @@ describe("container host over real HTTP", () => {
       ]);
       assert.match(idx, /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d+\n\n$/);
     }));
+
+  it("a new pull list replaces the queue and [] empties it; what is in progress carries on (TrashList_Clear, PullList_Execute)", async () => {
+    // A source that takes the request and never answers keeps pulls in progress, so the rest
+    // of the list waits in the queue where the gauges show it.
+    const held: Array<() => void> = [];
+    const stuck = createHttpServer((_req, res) => void held.push(() => res.destroy()));
+    await new Promise<void>((r) => stuck.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${(stuck.address() as AddressInfo).port}`;
+    const dst = await startPosixServer({ systemRootToken: ADMIN, pullConcurrency: 2 });
+    const admin = { authorization: `Bearer ${ADMIN}` };
+    const gauges = async () => {
+      const text = await (await fetch(`${dst.url}/metrics`)).text();
+      const g = (n: string) =>
+        Number(new RegExp(`^arvados_keepstore_pull_queue_${n}_entries (\\d+)$`, "m").exec(text)?.[1]);
+      return { pending: g("pending"), inprogress: g("inprogress") };
+    };
+    const send = async (list: unknown[]) => {
+      const r = await fetch(`${dst.url}/pull`, { method: "PUT", body: JSON.stringify(list), headers: admin });
+      assert.equal(r.status, 200);
+    };
+    const item = (i: number) => ({ locator: `${md5hex(Buffer.from(`block ${i}`))}+7`, servers: [url] });
+    try {
+      await send(Array.from({ length: 6 }, (_, i) => item(i)));
+      for (let i = 0; i < 100 && held.length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(await gauges(), { pending: 4, inprogress: 2 });
+      await send([item(10), item(11), item(12)]);
+      assert.deepEqual(await gauges(), { pending: 3, inprogress: 2 }, "the new list replaced the waiting ones");
+      await send([]);
+      assert.deepEqual(await gauges(), { pending: 0, inprogress: 2 }, "[] empties the queue");
+      for (const release of held.splice(0)) release();
+      for (let i = 0; i < 100 && (await gauges()).inprogress > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(await gauges(), { pending: 0, inprogress: 0 });
+      assert.equal(held.length, 0, "nothing from the replaced lists was started");
+    } finally {
+      for (const release of held) release();
+      stuck.closeAllConnections();
+      stuck.close();
+      await dst.cleanup();
+    }
+  });
 
   it("a pull from a server that sends wrong or cut-off bytes stores nothing and goes on to the next server", async () => {
     // A keepstore listed in a pull list may serve a corrupt copy (a bad disk without the
