@@ -38,7 +38,10 @@ export class RecordingVolume implements Volume {
     const f = this.faults.get(op);
     if (f) throw f();
   }
+  /** The signal of every read, in order (whether the service cancels a read its client left). */
+  readonly readSignals: Array<AbortSignal | undefined> = [];
   async read(hash: string, signal?: AbortSignal): Promise<BlockData> {
+    this.readSignals.push(signal);
     await this.enter("read");
     return this.inner.read(hash, signal);
   }

@@ -6,10 +6,12 @@ import { promises as fs } from "node:fs";
 import { createServer as createHttpServer, request } from "node:http";
 import { type AddressInfo, connect } from "node:net";
 import { join } from "node:path";
+import { Writable } from "node:stream";
 import { describe, it } from "node:test";
 import { idleChunks } from "../../shared/chunk-pool.js";
 import { FakeClock } from "../../shared/clock.js";
 import { BackendError } from "../../shared/errors.js";
+import { createLogger } from "../../shared/log.js";
 import { md5hex } from "../conformance/fixtures.js";
 import { ADMIN } from "../conformance/http-contract.js";
 import { filesUnder } from "../harness/fs-tools.js";
@@ -387,24 +389,69 @@ describe("container host over real HTTP", () => {
     }
   });
 
-  it("does not deadlock or leak buffers: 20 concurrent PUT+GET with 2 buffers", async () => {
-    const s = await startPosixServer({ maxBuffers: 2 });
+  it("a GET whose client hangs up while the volume read is blocked: the read's signal is aborted, 499 is logged (CancelOnDisconnect)", async () => {
+    const lines: string[] = [];
+    const logger = createLogger({
+      level: "info",
+      destination: new Writable({
+        write(chunk, _e, cb) {
+          lines.push(String(chunk));
+          cb();
+        },
+      }),
+    });
+    const s = await startPosixServer({}, { record: true, logger });
+    const vol = s.recorded[0] as RecordingVolume;
     try {
-      await Promise.all(
-        Array.from({ length: 20 }, async (_, i) => {
-          const data = Buffer.alloc(100_000 + i, i);
-          const hash = md5hex(data);
-          const p = await fetch(`${s.url}/${hash}`, { method: "PUT", body: data });
-          assert.equal(p.status, 200);
-          const g = await fetch(`${s.url}/${hash}+${data.length}`);
-          assert.equal(md5hex(Buffer.from(await g.arrayBuffer())), hash);
-        }),
+      assert.equal((await fetch(`${s.url}/${FOO_HASH}`, { method: "PUT", body: "foo" })).status, 200);
+      let open!: () => void;
+      vol.gate = new Promise((r) => {
+        open = r;
+      });
+      const sock = connect(Number(new URL(s.url).port), "127.0.0.1");
+      sock.on("error", () => {});
+      sock.write(`GET /${FOO_HASH}+3 HTTP/1.1\r\nHost: x\r\n\r\n`);
+      const reads = vol.readSignals.length;
+      for (let i = 0; i < 200 && vol.readSignals.length === reads; i++) await new Promise((r) => setTimeout(r, 10));
+      const signal = vol.readSignals.at(-1);
+      assert.ok(signal && !signal.aborted);
+      sock.destroy();
+      for (let i = 0; i < 100 && !signal.aborted; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.ok(signal.aborted, "the volume's read was told the client is gone");
+      open();
+      for (let i = 0; i < 100 && !lines.some((l) => /"status":499/.test(l)); i++)
+        await new Promise((r) => setTimeout(r, 10));
+      assert.ok(
+        lines.some((l) => /"status":499/.test(l) && l.includes(FOO_HASH)),
+        "the request is logged as 499",
       );
-      assert.equal(s.app.keep.buffers.used, 0);
+      for (let i = 0; i < 200 && s.app.keep.buffers.used > 0; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(s.app.keep.buffers.used, 0, "the block buffer went back");
     } finally {
+      vol.gate = undefined;
       await s.cleanup();
     }
   });
+
+  for (const buffers of [1, 2])
+    it(`does not deadlock or leak buffers: 20 concurrent PUT+GET with ${buffers} buffer${buffers > 1 ? "s" : ""}`, async () => {
+      const s = await startPosixServer({ maxBuffers: buffers });
+      try {
+        await Promise.all(
+          Array.from({ length: 20 }, async (_, i) => {
+            const data = Buffer.alloc(100_000 + i, i);
+            const hash = md5hex(data);
+            const p = await fetch(`${s.url}/${hash}`, { method: "PUT", body: data });
+            assert.equal(p.status, 200);
+            const g = await fetch(`${s.url}/${hash}+${data.length}`);
+            assert.equal(md5hex(Buffer.from(await g.arrayBuffer())), hash);
+          }),
+        );
+        assert.equal(s.app.keep.buffers.used, 0);
+      } finally {
+        await s.cleanup();
+      }
+    });
 
   it("GETs read into lent chunks, give them back once written, and never mix up bytes", async () => {
     const s = await startPosixServer();
