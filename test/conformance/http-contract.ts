@@ -417,9 +417,18 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
         for (const m of mounts) {
           for (const f of ["uuid", "device_id", "allow_write", "allow_trash", "replication", "storage_classes"])
             assert.ok(f in m, f);
+          // The values keep-balance reads (the reference's field types; the config's defaults).
+          assert.match(String(m.uuid), /^[a-z0-9]{5}-nyw5e-[a-z0-9]{15}$/);
+          assert.equal(typeof m.device_id, "string");
+          assert.equal(m.allow_write, true);
+          assert.equal(typeof m.replication, "number");
+          assert.deepEqual(m.storage_classes, { default: true });
         }
-        await put(url, FOO_HASH, FOO);
         const uuid = mounts.find((m) => m.allow_write)?.uuid as string;
+        // Mounts: an empty mount's index is the end marker alone.
+        const empty = await fetch(`${url}/mounts/${uuid}/blocks`, { headers: bearer(ADMIN) });
+        assert.equal(await empty.text(), "\n");
+        await put(url, FOO_HASH, FOO);
         let idx = await fetch(`${url}/mounts/${uuid}/blocks?prefix=acb`, { headers: bearer(ADMIN) });
         assert.match(await idx.text(), /^acbd18db4cc2f85cedef654fccc4a4d8\+3 \d+\n\n$/);
         idx = await fetch(`${url}/mounts/${uuid}/blocks/acb?prefix=`, { headers: bearer(ADMIN) });

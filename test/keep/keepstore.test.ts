@@ -296,15 +296,19 @@ describe("keepstore service", () => {
   });
 
   it("never touches read-only mounts when writing (SkipReadOnly)", async () => {
-    const s = await makeStore([{ label: "rw" }, { label: "ro", readOnly: true }]);
+    // As the reference: a plain read-only mount and one that may still trash (AllowTrashWhenReadOnly).
+    const s = await makeStore([
+      { label: "rw" },
+      { label: "ro", readOnly: true },
+      { label: "rotrash", readOnly: true, allowTrashWhenReadOnly: true },
+    ]);
     try {
       for (let i = 0; i < 32; i++) {
         const data = Buffer.from(`block ${i}`);
-        const { createHash } = await import("node:crypto");
-        await put(s.keep, createHash("md5").update(data).digest("hex"), data);
+        await put(s.keep, md5hex(data), data);
       }
       assert.deepEqual(
-        s.log.filter((l) => l.endsWith(" ro")),
+        s.log.filter((l) => l.endsWith(" ro") || l.endsWith(" rotrash")),
         [],
       );
     } finally {
@@ -417,6 +421,13 @@ describe("keepstore service", () => {
       s.log.length = 0;
       assert.deepEqual(await collect((await s.keep.read(TEST_HASH, TEST_BLOCK.length)).body), TEST_BLOCK);
       assert.deepEqual(s.log, ["read high"]);
+      // And when the high-priority mount lacks it, the next one serves it.
+      const other = Buffer.from("only on the low-priority mount");
+      const otherHash = md5hex(other);
+      await s.putRaw("low", otherHash, other);
+      s.log.length = 0;
+      assert.deepEqual(await collect((await s.keep.read(otherHash, other.length)).body), other);
+      assert.deepEqual(s.log, ["read high", "read low"]);
       await s.vols.high?.inner.trash(TEST_HASH).catch(() => {});
     } finally {
       await s.cleanup();

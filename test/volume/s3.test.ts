@@ -546,6 +546,45 @@ describe("s3 volume: faults", () => {
     }
   });
 
+  it("signs every request with SigV4, counts a missing block's 404 as an error, and a write cancelled midway stores nothing (Signature, Stats, PutContextCancel)", async () => {
+    const proxy = await S3Proxy.start(server.endpoint);
+    const h = await s3Harness(params(), { endpoint: proxy.url });
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      await collect((await h.volume.read(TEST_HASH)).body);
+      assert.ok(proxy.log.length >= 2);
+      for (const r of proxy.log)
+        assert.match(
+          String(r.headers.authorization),
+          /^AWS4-HMAC-SHA256 Credential=S3RVER\/\d{8}\/us-east-1\/s3\/aws4_request, /,
+          `${r.method} ${r.path}`,
+        );
+      // Stats: a read of a missing block is one 404 from S3, counted under its code.
+      const missing = "37b51d194a7513e45b56f6524f2d51f2";
+      await assert.rejects(h.volume.read(missing), NotFoundError);
+      assert.ok(
+        [...h.volume.stats.errors.keys()].some((k) => k.startsWith("404 ")),
+        JSON.stringify([...h.volume.stats.errors]),
+      );
+      // PutContextCancel: the write's signal aborted while the body is still arriving.
+      const big = Buffer.alloc(12 << 20, 5);
+      const hash = md5(big);
+      const ac = new AbortController();
+      async function* slow() {
+        yield big.subarray(0, 4 << 20);
+        ac.abort(new CancelledError());
+        await new Promise((r) => setTimeout(r, 50));
+        yield big.subarray(4 << 20);
+      }
+      await assert.rejects(h.volume.write(hash, slow(), { size: big.length, signal: ac.signal }), CancelledError);
+      await assert.rejects(h.volume.read(hash), NotFoundError);
+      assert.equal(await exists(h.raw, h.bucket, hash), false, "no data object");
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
   it("a missing bucket is the volume failing, naming the bucket, not every block being absent", async () => {
     const h = await s3Harness(params(), { bucket: `missing-${Date.now()}` });
     try {
