@@ -50,6 +50,8 @@ export interface ContractCaps {
   modelRuns?: number;
   /** Skip the 64 MiB case (for slow emulators); the reason is printed. */
   skipFullBlock?: string;
+  /** Operation labels a write then a read must count (the driver's §1.9 names). */
+  opLabels?: string[];
 }
 
 const TTL = 5 * 60_000;
@@ -376,6 +378,14 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
         await readAll(h.volume, TEST_HASH);
         assert.ok(s.inBytes >= TEST_BLOCK.length, "read counts bytes in");
         assert.ok([...s.ops.values()].reduce((a, b) => a + b, 0) > opsAfterWrite, "read counts operations");
+        // The operation labels the reference's dashboards know for this driver (§1.9).
+        for (const label of caps.opLabels ?? [])
+          assert.ok(s.ops.has(label), `operation "${label}" counted: ${[...s.ops.keys()]}`);
+        // Errors are counted too: a read of a missing block is one, under the backend's code.
+        const errors = () => [...s.errors.values()].reduce((a, b) => a + b, 0);
+        const before = errors();
+        await assert.rejects(readAll(h.volume, TEST_HASH2), NotFoundError);
+        assert.ok(errors() > before, `a missing block counts an error: ${JSON.stringify([...s.errors])}`);
       }),
     );
 

@@ -28,7 +28,7 @@ async function posixHarness(p: HarnessParams, serialize = false): Promise<Volume
   };
 }
 
-describeVolumeContract("posix", (p) => posixHarness(p));
+describeVolumeContract("posix", (p) => posixHarness(p), { opLabels: ["create", "rename", "stat", "open"] });
 describeVolumeContract("posix, serialized", (p) => posixHarness(p, true));
 describeVolumeContract("posix, read-only", (p) => posixHarness(p), { readonly: true });
 // The fourth of the reference's Unix runs (§7.1: plain, read-only, Serialize, read-only + Serialize).

@@ -93,7 +93,11 @@ async function s3Harness(p: HarnessParams, o: Opts = {}): Promise<S3Harness> {
   };
 }
 
-describeVolumeContract("s3", (p) => s3Harness(p), { mtimeResolutionMs: 1000, modelRuns: 25 });
+describeVolumeContract("s3", (p) => s3Harness(p), {
+  mtimeResolutionMs: 1000,
+  modelRuns: 25,
+  opLabels: ["put", "get"],
+});
 // The same contract where PutObject honours If-None-Match: * (as S3 does; s3rver ignores it,
 // so a proxy in front of it checks the condition): create() then takes the conditional path.
 let conditionalProxy: S3Proxy | undefined;
