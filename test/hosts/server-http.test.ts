@@ -531,6 +531,49 @@ describe("container host over real HTTP", () => {
     }
   });
 
+  it("logs each pull that cannot be done, and why (PullList_Execute's errors)", async () => {
+    const lines: string[] = [];
+    const logger = createLogger({
+      level: "info",
+      destination: new Writable({
+        write(chunk, _e, cb) {
+          lines.push(String(chunk));
+          cb();
+        },
+      }),
+    });
+    const cfg = { blobSigningKey: "pull-test-signing-key", enforcePermissions: true, systemRootToken: ADMIN };
+    const src = await startPosixServer(cfg);
+    const dst = await startPosixServer(cfg, { logger, record: true });
+    const admin = { authorization: `Bearer ${ADMIN}` };
+    try {
+      await fetch(`${src.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
+      (dst.recorded[0] as RecordingVolume).faults.set("write", () => new Error("EIO: i/o error, write"));
+      const bar = "37b51d194a7513e45b56f6524f2d51f2";
+      const list = [
+        { locator: `${bar}+3`, servers: [src.url] }, // not on the source
+        { locator: `${bar}+3`, servers: ["http://127.0.0.1:1"] }, // nothing listening
+        { locator: `${FOO_HASH}+3`, servers: [src.url], mount_uuid: "zzzzz-nyw5e-000000000000000" },
+        { locator: `${FOO_HASH}+3`, servers: [src.url] }, // the local write fails
+      ];
+      const r = await fetch(`${dst.url}/pull`, { method: "PUT", body: JSON.stringify(list), headers: admin });
+      assert.equal(r.status, 200);
+      await dst.app.pullWorker.queue.idle();
+      const logged = (msg: string, also: RegExp) => lines.some((l) => l.includes(`"msg":"${msg}"`) && also.test(l));
+      assert.ok(logged("pull: Block not found", new RegExp(bar)), "a block the source does not have");
+      assert.ok(logged("pull failed", /127\.0\.0\.1:1/), "a server that refuses the connection");
+      assert.ok(
+        logged("pull list: mount unknown or not writable, skipped", /zzzzz-nyw5e-000000000000000/),
+        "an unknown mount",
+      );
+      assert.ok(logged("pull failed", /EIO: i\/o error, write/), "a local write error");
+      assert.deepEqual(await filesUnder(dst.roots[0] as string), [], "nothing was stored");
+    } finally {
+      await src.cleanup();
+      await dst.cleanup();
+    }
+  });
+
   it("a pull from a server that sends wrong or cut-off bytes stores nothing and goes on to the next server", async () => {
     // A keepstore listed in a pull list may serve a corrupt copy (a bad disk without the
     // read-side check) or die mid-body. Either way the pulling keepstore must not store what
