@@ -197,6 +197,13 @@ export function translateS3Error(err: unknown, where: string, stats: VolumeStats
       cause: err,
     });
   if (code === "EntityTooLarge") return new TooLargeError(undefined, { cause: err });
+  // No keys given and no role to take them from (the SDK's default chain found nothing): say
+  // where keys can come from, since the SDK's own words name none of them.
+  if (code === "CredentialsProviderError")
+    return new VolumeUnavailableError(
+      `${where}: no S3 credentials: give -s3-access-key-file and -s3-secret-key-file (AccessKeyID and SecretAccessKey in a cluster config), or run with an IAM role (EC2 instance profile, ECS task role, Lambda execution role) (${e.message ?? code})`,
+      { cause: err },
+    );
   // Throttling, 5xx after the SDK's retries, refused or reset connections, timeouts, bad
   // credentials: the volume cannot serve now; clients retry (503) and PUT tries other mounts.
   return new VolumeUnavailableError(

@@ -498,6 +498,83 @@ describe("s3 volume: listing and credentials", () => {
       creds.close();
     }
   });
+
+  it("without keys on EC2, takes the instance role's credentials from IMDSv2; with no role attached, the error says where keys come from (IAMRoleCredentials)", async () => {
+    // A protocol-level instance metadata service: IMDSv2's session token, then the role list
+    // and the role's credentials, as EC2 serves them (the SDK's real provider talks to it).
+    let role: string | undefined = "keepfn-test-role";
+    const seen: string[] = [];
+    const imds = createServer((req, res) => {
+      seen.push(`${req.method} ${req.url}`);
+      if (req.method === "PUT" && req.url === "/latest/api/token") return void res.end("imds-session-token");
+      if (req.headers["x-aws-ec2-metadata-token"] !== "imds-session-token") return void res.writeHead(401).end();
+      const base = "/latest/meta-data/iam/security-credentials/";
+      if (!role && req.url?.startsWith(base)) return void res.writeHead(404).end("Not Found");
+      if (req.url === base) return void res.end(role);
+      if (req.url === `${base}${role}`)
+        return void res.end(
+          JSON.stringify({
+            Code: "Success",
+            Type: "AWS-HMAC",
+            AccessKeyId: "S3RVER",
+            SecretAccessKey: "S3RVER",
+            Token: "placeholder-session-token",
+            Expiration: new Date(Date.now() + HOUR).toISOString(),
+          }),
+        );
+      res.writeHead(404).end();
+    });
+    await new Promise<void>((r) => imds.listen(0, "127.0.0.1", r));
+    const saved = { ...process.env };
+    for (const k of [
+      "AWS_ACCESS_KEY_ID",
+      "AWS_SECRET_ACCESS_KEY",
+      "AWS_SESSION_TOKEN",
+      "AWS_PROFILE",
+      "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+      "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+      "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ])
+      delete process.env[k];
+    process.env.AWS_EC2_METADATA_SERVICE_ENDPOINT = `http://127.0.0.1:${(imds.address() as { port: number }).port}`;
+    process.env.AWS_CONFIG_FILE = "/nonexistent/keepfn-test-config";
+    process.env.AWS_SHARED_CREDENTIALS_FILE = "/nonexistent/keepfn-test-credentials";
+    const volume = async () =>
+      new S3Volume(
+        { bucket: await server.createBucket(), endpoint: server.endpoint, prefixLength: 0, maxAttempts: 1 },
+        { clock: new FakeClock(), signingTtlMs: HOUR, trashLifetimeMs: HOUR },
+      );
+    const withRole = await volume();
+    try {
+      await withRole.write(TEST_HASH, chunks(TEST_BLOCK));
+      assert.deepEqual(await collect((await withRole.read(TEST_HASH)).body), TEST_BLOCK);
+      assert.ok(seen.includes("GET /latest/meta-data/iam/security-credentials/keepfn-test-role"), seen.join(", "));
+      role = undefined;
+      const noRole = await volume();
+      try {
+        // (The reference's error mentions IMDS's 404; the SDK's says only that no provider had
+        // keys, so keepfn's says where keys can come from.)
+        await assert.rejects(noRole.write(TEST_HASH, chunks(TEST_BLOCK)), (e: Error) => {
+          assert.ok(e instanceof VolumeUnavailableError, String(e));
+          assert.match(
+            e.message,
+            /no S3 credentials: give -s3-access-key-file and -s3-secret-key-file .* or run with an IAM role/,
+          );
+          return true;
+        });
+        assert.ok(
+          seen.filter((r) => r === "GET /latest/meta-data/iam/security-credentials/").length >= 2,
+          "it asked IMDS",
+        );
+      } finally {
+        await noRole.close();
+      }
+    } finally {
+      await withRole.close();
+      process.env = saved;
+      imds.close();
+    }
+  });
 });
 
 describe("s3 volume: faults", () => {
