@@ -112,6 +112,18 @@ describe("keepstore service", () => {
       s.log.length = 0;
       await put(s.keep, FOO_HASH, FOO, ["c2"]);
       assert.deepEqual(writes(), ["touch 121"]);
+      // The reference's table in full: c1+c2 again touches both copies; c2 alone on a new
+      // block writes the one mount that has c2 first (121, by priority), never 222.
+      s.log.length = 0;
+      await put(s.keep, FOO_HASH, FOO, ["c1", "c2"]);
+      assert.deepEqual(writes().sort(), ["touch 111", "touch 121"]);
+      const bar = Buffer.from("bar");
+      s.log.length = 0;
+      await put(s.keep, md5hex(bar), bar, ["c2"]);
+      assert.deepEqual(writes(), ["write 121"]);
+      s.log.length = 0;
+      await put(s.keep, md5hex(bar), bar, ["c2"]);
+      assert.deepEqual(writes(), ["touch 121"]);
     } finally {
       await s.cleanup();
     }
