@@ -6,14 +6,13 @@ import { promises as fs } from "node:fs";
 import { createServer as createHttpServer, request } from "node:http";
 import { type AddressInfo, connect } from "node:net";
 import { join } from "node:path";
-import { Writable } from "node:stream";
 import { describe, it } from "node:test";
 import { idleChunks } from "../../shared/chunk-pool.js";
 import { FakeClock } from "../../shared/clock.js";
 import { BackendError } from "../../shared/errors.js";
-import { createLogger } from "../../shared/log.js";
 import { md5hex } from "../conformance/fixtures.js";
 import { ADMIN } from "../conformance/http-contract.js";
+import { capturedLogger } from "../harness/captured-logger.js";
 import { filesUnder } from "../harness/fs-tools.js";
 import { type PosixServer, startPosixServer } from "../harness/posix-server.js";
 import type { RecordingVolume } from "../harness/recording-volume.js";
@@ -390,16 +389,7 @@ describe("container host over real HTTP", () => {
   });
 
   it("a GET whose client hangs up while the volume read is blocked: the read's signal is aborted, 499 is logged (CancelOnDisconnect)", async () => {
-    const lines: string[] = [];
-    const logger = createLogger({
-      level: "info",
-      destination: new Writable({
-        write(chunk, _e, cb) {
-          lines.push(String(chunk));
-          cb();
-        },
-      }),
-    });
+    const { lines, logger } = capturedLogger("info");
     const s = await startPosixServer({}, { record: true, logger });
     const vol = s.recorded[0] as RecordingVolume;
     try {
@@ -532,16 +522,7 @@ describe("container host over real HTTP", () => {
   });
 
   it("logs each pull that cannot be done, and why (PullList_Execute's errors)", async () => {
-    const lines: string[] = [];
-    const logger = createLogger({
-      level: "info",
-      destination: new Writable({
-        write(chunk, _e, cb) {
-          lines.push(String(chunk));
-          cb();
-        },
-      }),
-    });
+    const { lines, logger } = capturedLogger("info");
     const cfg = { blobSigningKey: "pull-test-signing-key", enforcePermissions: true, systemRootToken: ADMIN };
     const src = await startPosixServer(cfg);
     const dst = await startPosixServer(cfg, { logger, record: true });

@@ -3,21 +3,21 @@
 // and the Key Vault down while the storage account key is rotated under the Functions app.
 // Expected: the reference's statuses while the fault lasts, nothing partial ever visible,
 // nothing acknowledged lost, and recovery without restarting keepfn.
+
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { promises as fs } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { FakeClock } from "../../shared/clock.js";
 import { VolumeFullError } from "../../shared/errors.js";
 import { WRITE_FAILURE_MS } from "../../shared/keep/mount.js";
-import { createLogger } from "../../shared/log.js";
 import { PosixVolume } from "../../shared/volume/posix.js";
 import { chunks } from "../conformance/fixtures.js";
 import type { Azurite as AzuriteT } from "../harness/azurite.js";
+import { capturedLogger } from "../harness/captured-logger.js";
 import { filesUnder, tryMount } from "../harness/fs-tools.js";
 import { IdentityStub } from "../harness/identity-stub.js";
 import type { KeyVaultStub as KeyVaultStubT } from "../harness/keyvault-stub.js";
@@ -239,16 +239,7 @@ describe("faults: Key Vault down, then the storage account key rotated (Function
 
   it("the cached key serves through the outage; the rotation fails with a clear 503 and recovers once the vault is back", async () => {
     vault.secrets.set("storage-key", K1);
-    const lines: string[] = [];
-    const logger = createLogger({
-      level: "debug",
-      destination: new Writable({
-        write(c, _e, cb) {
-          lines.push(String(c));
-          cb();
-        },
-      }),
-    });
+    const { lines, logger } = capturedLogger("debug");
     const env: NodeJS.ProcessEnv = {
       KEEP_VOLUMES: JSON.stringify([
         { account: ACCOUNT, container: "rot", endpoint: `${azurite.baseUrl}/${ACCOUNT}`, keySecret: "storage-key" },

@@ -7,7 +7,6 @@ import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { promises as fs } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Writable } from "node:stream";
 import azf from "@azure/functions";
 import type { Context } from "aws-lambda";
 import { runLocal as runFunctions } from "../../functions/local-host.js";
@@ -18,10 +17,10 @@ import { startKeepServer } from "../../server/serve.js";
 import type { AppDeps } from "../../shared/app.js";
 import { FakeClock } from "../../shared/clock.js";
 import { DEFAULTS, type KeepConfig, type VolumeSpec } from "../../shared/config.js";
-import { createLogger } from "../../shared/log.js";
 import { createVolume } from "../../shared/volume/factory.js";
 import { S3Volume } from "../../shared/volume/s3.js";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
+import { capturedLogger } from "../harness/captured-logger.js";
 import { tryMount } from "../harness/fs-tools.js";
 import { IdentityStub } from "../harness/identity-stub.js";
 import { KeyVaultStub } from "../harness/keyvault-stub.js";
@@ -71,15 +70,8 @@ export interface StartedPair {
   close(): Promise<void>;
 }
 
-function captureLogs(): { lines: string[]; logger: ReturnType<typeof createLogger> } {
-  const lines: string[] = [];
-  const destination = new Writable({
-    write(chunk, _enc, cb) {
-      lines.push(...String(chunk).split("\n").filter(Boolean));
-      cb();
-    },
-  });
-  return { lines, logger: createLogger({ level: "debug", destination }) };
+function captureLogs(): ReturnType<typeof capturedLogger> {
+  return capturedLogger("debug");
 }
 
 const config = (volumes: VolumeSpec[], extra: Partial<KeepConfig> = {}): KeepConfig => ({
