@@ -32,6 +32,11 @@ export interface SoakTarget {
    * pull lists sent to the target, as keep-balance does: the target's pull worker fetches them.
    */
   pullSource?: string;
+  /**
+   * Another cluster the target knows (RemoteClusters): `put` stores a block there and returns
+   * its federated (`+R`) locator, which clients then read through the target.
+   */
+  remote?: { put(data: Uint8Array): Promise<string> };
 }
 
 export interface Fault {
@@ -75,6 +80,7 @@ type Op =
   | "untrash"
   | "touch"
   | "pull"
+  | "remote-get"
   | "sweep"
   | "sweep-pair"
   | "abort-put"
@@ -91,6 +97,8 @@ export interface SoakReport {
   pulled: number;
   /** Blocks named in a pull list that the target never fetched (a later list replaced it). */
   pullsPending: number;
+  /** Of the acknowledged blocks, another cluster's that the target stored for a local signature. */
+  storedFromRemote: number;
   bytesAcknowledged: number;
   declaredUnreferenced: number;
   goneAfterTrash: number;
@@ -156,6 +164,7 @@ const WEIGHTS: Array<[Op, number]> = [
   ["untrash", 4],
   ["touch", 3],
   ["pull", 3],
+  ["remote-get", 3],
   ["sweep", 3],
   ["sweep-pair", 1],
   ["abort-put", 2],
@@ -166,7 +175,10 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
   const rng = new Rng(o.seed ?? 1);
   // Operations the host cannot receive are not drawn, so the report counts only what ran.
   const weights = WEIGHTS.filter(
-    ([op]) => (op !== "touch" || t.touch !== false) && (op !== "pull" || t.pullSource !== undefined),
+    ([op]) =>
+      (op !== "touch" || t.touch !== false) &&
+      (op !== "pull" || t.pullSource !== undefined) &&
+      (op !== "remote-get" || t.remote !== undefined),
   );
   const totalWeight = weights.reduce((a, [, w]) => a + w, 0);
   const started = Date.now();
@@ -463,6 +475,47 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     });
   }
 
+  /**
+   * A block of the other cluster, read through the target by its `+R` locator: the bytes must
+   * be the block's. Two times in five the client asks for a local signature, as the Python SDK's
+   * refresh_signature() does: the target then stores the block, and the locator it returns in
+   * X-Keep-Locator is an acknowledgement like a PUT's 200 (the block joins the ledger).
+   */
+  async function remoteGet(): Promise<void> {
+    const remote = t.remote;
+    if (!remote) return;
+    const size = 1 + rng.int(Math.min(o.smallMaxBytes, t.maxBlockBytes, 512 * 1024));
+    const seed = nextSeed++;
+    const data = blockBytes(seed, size);
+    const hash = md5(data);
+    const rloc = await remote.put(data);
+    const local = rng.next() < 0.4;
+    if (local) unacked.set(hash, { size, seed });
+    const headers: Record<string, string> = { authorization: `Bearer ${t.userToken}` };
+    if (local) headers["x-keep-signature"] = `local, ${new Date(t.clock.now()).toISOString()}`;
+    const res = await call(`/${rloc}`, { headers });
+    if (res.status !== 200) return noteBody("remote-get", res);
+    const got = await readMd5(res);
+    if (!got) return err("remote-get body cut off");
+    if (got.hash !== hash || got.n !== size)
+      violations.push(`+R GET ${rloc} returned ${got.n} bytes with md5 ${got.hash}`);
+    if (!local) return;
+    const mine = res.headers.get("x-keep-locator") ?? "";
+    if (!mine.startsWith(`${hash}+${size}+A`))
+      return void violations.push(`+R GET with a local signature: X-Keep-Locator ${mine}`);
+    unacked.delete(hash);
+    ledger.set(hash, {
+      hash,
+      size,
+      seed,
+      state: "live",
+      deleted: false,
+      listed: false,
+      lastDeclared: -1,
+      history: [`stored from +R@${++tick}`],
+    });
+  }
+
   /** The target serves a pulled block: from now on it must never be lost. */
   async function adoptPulled(hash: string): Promise<boolean> {
     const p = pulling.get(hash);
@@ -532,6 +585,7 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     untrash,
     touch,
     pull,
+    "remote-get": remoteGet,
     sweep: () => sweep(false),
     "sweep-pair": () => sweep(true),
     "abort-put": abortPut,
@@ -708,6 +762,7 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     errorsByStatus: errors,
     acknowledged: acked.length,
     pulled: acked.filter((b) => b.history.some((h) => h.startsWith("pulled@"))).length,
+    storedFromRemote: acked.filter((b) => b.history.some((h) => h.startsWith("stored from +R@"))).length,
     pullsPending,
     bytesAcknowledged: acked.reduce((a, b) => a + b.size, 0),
     declaredUnreferenced: acked.filter((b) => b.state === "unref").length,
@@ -729,7 +784,7 @@ export function formatReport(r: SoakReport): string {
     `operations: ${Object.entries(r.operations)
       .map(([k, v]) => `${k} ${v}`)
       .join(", ")} (total ${Object.values(r.operations).reduce((a, b) => a + b, 0)})`,
-    `acknowledged blocks: ${r.acknowledged} (${(r.bytesAcknowledged / 2 ** 20).toFixed(1)} MiB; ${r.pulled} through pull lists, ${r.pullsPending} pulls superseded); declared unreferenced: ${r.declaredUnreferenced}, of which gone after trash: ${r.goneAfterTrash}`,
+    `acknowledged blocks: ${r.acknowledged} (${(r.bytesAcknowledged / 2 ** 20).toFixed(1)} MiB; ${r.pulled} through pull lists, ${r.pullsPending} pulls superseded, ${r.storedFromRemote} stored from +R reads); declared unreferenced: ${r.declaredUnreferenced}, of which gone after trash: ${r.goneAfterTrash}`,
     `errors by status: ${
       Object.entries(r.errorsByStatus)
         .map(([k, v]) => `${k} ×${v}`)

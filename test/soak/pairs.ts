@@ -23,6 +23,7 @@ import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
 import { capturedLogger } from "../harness/captured-logger.js";
 import { tryMount } from "../harness/fs-tools.js";
 import { IdentityStub } from "../harness/identity-stub.js";
+import { type RemoteCluster, startRemoteCluster } from "../harness/remote-cluster.js";
 import { KeyVaultStub } from "../harness/keyvault-stub.js";
 import { followClock, S3Proxy, S3rver } from "../harness/s3-server.js";
 import { blockBytes, type Fault, type SoakTarget } from "./driver.js";
@@ -44,6 +45,8 @@ export const SECRETS = {
   user: `v2/zzzzz-gj3su-${randomBytes(8).toString("hex").slice(0, 15)}/soak-user-${randomBytes(16).toString("hex")}`,
 };
 export const TRASH_LIFETIME_MS = 3600_000;
+/** The federated cluster every pair's clients also read blocks of (+R). */
+const REMOTE_CLUSTER = "xyzzy";
 
 export interface StartedPair {
   target: SoakTarget;
@@ -170,8 +173,11 @@ export async function startPair(name: PairName): Promise<StartedPair> {
     "127.0.0.1:0",
     { clock, logger },
   );
-  const pair = await startHost(name, clock, { lines, logger }, source.url).catch(async (e) => {
+  // And another cluster whose blocks clients read through the target by +R locators.
+  const remote = await startRemoteCluster(REMOTE_CLUSTER, SECRETS.user);
+  const pair = await startHost(name, clock, { lines, logger }, source.url, remote).catch(async (e) => {
     await source.close(1000);
+    await remote.close();
     throw e;
   });
   return {
@@ -179,6 +185,7 @@ export async function startPair(name: PairName): Promise<StartedPair> {
     async close() {
       await pair.close();
       await source.close(1000);
+      await remote.close();
       await fs.rm(sourceRoot, { recursive: true, force: true });
     },
   };
@@ -189,7 +196,10 @@ async function startHost(
   clock: FakeClock,
   { lines, logger }: ReturnType<typeof captureLogs>,
   pullSource: string,
+  remote: RemoteCluster,
 ): Promise<StartedPair> {
+  const remoteClusters = { [REMOTE_CLUSTER]: { host: remote.apiHost, scheme: "http" as const } };
+  const remoteEnv = { KEEP_REMOTE_CLUSTERS: `${REMOTE_CLUSTER}=http://${remote.apiHost}` };
   const base = {
     name,
     adminToken: SECRETS.admin,
@@ -200,14 +210,19 @@ async function startHost(
     clock,
     maxBlockBytes: 64 << 20,
     pullSource,
+    remote: { put: (data: Uint8Array) => remote.put(data) },
   };
   if (name === "server-posix") {
     const root = await fs.mkdtemp(join(tmpdir(), "keepfn-soak-"));
     const gap = tryMount(["-t", "tmpfs", "-o", `size=${TMPFS_SIZE}`, "tmpfs", root]);
-    const srv = await startKeepServer(config([{ driver: "posix", root, serialize: false, ...common }]), "127.0.0.1:0", {
-      clock,
-      logger,
-    });
+    const srv = await startKeepServer(
+      config([{ driver: "posix", root, serialize: false, ...common }], { remoteClusters }),
+      "127.0.0.1:0",
+      {
+        clock,
+        logger,
+      },
+    );
     return {
       target: { ...base, url: srv.url, sweep: async () => void (await srv.app.emptyTrash()) },
       logs: lines,
@@ -243,7 +258,7 @@ async function startHost(
         retryBudgetMs: 3000,
         ...common,
       } as VolumeSpec;
-      const srv = await startKeepServer(config([spec]), "127.0.0.1:0", { clock, logger });
+      const srv = await startKeepServer(config([spec], { remoteClusters }), "127.0.0.1:0", { clock, logger });
       return {
         target: { ...base, url: srv.url, sweep: async () => void (await srv.app.emptyTrash()) },
         backendRestart,
@@ -288,6 +303,7 @@ async function startHost(
       KEEP_TRASH_LIFETIME: `${TRASH_LIFETIME_MS}ms`,
       KEEP_MAX_BUFFERS: "32",
       KEEP_MAX_REQUESTS: "64",
+      ...remoteEnv,
     };
     const host = await runFunctions("127.0.0.1:0", env, { clock, logger });
     const timer = {
@@ -378,7 +394,7 @@ async function startHost(
       maxAttempts: 3,
       ...common,
     } as VolumeSpec;
-    const srv = await startKeepServer(config([spec]), "127.0.0.1:0", clocked(clock, logger));
+    const srv = await startKeepServer(config([spec], { remoteClusters }), "127.0.0.1:0", clocked(clock, logger));
     return {
       target: { ...base, url: srv.url, sweep: async () => void (await srv.app.emptyTrash()) },
       backendRestart,
@@ -402,6 +418,7 @@ async function startHost(
     KEEP_SWEEP_BUDGET: "60s",
     KEEP_MAX_BUFFERS: "32",
     KEEP_MAX_REQUESTS: "64",
+    ...remoteEnv,
   };
   const deps = clocked(clock, logger);
   const local = await runLambda("127.0.0.1:0", env, deps);
