@@ -23,8 +23,8 @@ import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
 import { capturedLogger } from "../harness/captured-logger.js";
 import { tryMount } from "../harness/fs-tools.js";
 import { IdentityStub } from "../harness/identity-stub.js";
-import { type RemoteCluster, startRemoteCluster } from "../harness/remote-cluster.js";
 import { KeyVaultStub } from "../harness/keyvault-stub.js";
+import { type RemoteCluster, startRemoteCluster } from "../harness/remote-cluster.js";
 import { followClock, S3Proxy, S3rver } from "../harness/s3-server.js";
 import { blockBytes, type Fault, type SoakTarget } from "./driver.js";
 
