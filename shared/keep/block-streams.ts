@@ -42,6 +42,19 @@ export async function* verifiedUpload(
 }
 
 /**
+ * The body of a fetch() answer, holding on to the Response until the last byte. undici cancels
+ * the body of a Response that was garbage collected before anyone read it, and the iteration
+ * then just ends, empty: a body that waits (for a buffer slot, behind a busy volume) while only
+ * `res.body` is referenced can lose every byte. Found by the soak (+R reads stored for a
+ * local signature came out "content length 0" under load).
+ */
+export async function* responseBody(res: Response): AsyncGenerator<Uint8Array> {
+  if (!res.body) return;
+  // Node's web ReadableStream is async-iterable (the DOM typings some SDKs pull in say otherwise).
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) yield chunk;
+}
+
+/**
  * Download side: yields stored bytes while hashing them, withholding the last chunk until
  * the whole block has been checked, as the reference does: a corrupt copy ends the response
  * short of Content-Length, so the client can never mistake it for good data.

@@ -8,7 +8,7 @@ import { KeepError } from "../errors.js";
 import { parseLocator } from "../locator.js";
 import type { Logger } from "../log.js";
 import { signLocator } from "../signature.js";
-import { verifiedDownload } from "./block-streams.js";
+import { responseBody, verifiedDownload } from "./block-streams.js";
 import { type Mount, orderForBlock } from "./mount.js";
 import { WorkQueue } from "./work-queue.js";
 
@@ -72,9 +72,7 @@ export class PullWorker {
         }
         if (!res.ok || !res.body) throw new KeepError(`pull from ${server}: HTTP ${res.status}`);
         const size = info.size ?? Number(res.headers.get("content-length"));
-        // Node's web ReadableStream is async-iterable (the DOM typings some SDKs pull in say otherwise).
-        const body = res.body as unknown as AsyncIterable<Uint8Array>;
-        await dest.volume.write(info.hash, verifiedDownload(body, info.hash, size), { size });
+        await dest.volume.write(info.hash, verifiedDownload(responseBody(res), info.hash, size), { size });
         dest.replacedCopy(info.hash);
         logger.info({ server, locator: p.locator, mount: dest.uuid }, "pulled block");
         return;

@@ -9,6 +9,7 @@ import type { RemoteCluster } from "../config.js";
 import { BackendError, BadRequestError, NotFoundError, UnauthorizedError } from "../errors.js";
 import type { LocatorInfo } from "../locator.js";
 import type { Logger } from "../log.js";
+import { responseBody } from "./block-streams.js";
 
 const SERVICES_TTL_MS = 5 * 60_000;
 const MAX_CACHED_LOOKUPS = 1000;
@@ -148,7 +149,12 @@ export class RemoteBlocks {
           failures.push(`${svc.url}: no Content-Length and no size hint`);
           continue;
         }
-        return { size, body: body as unknown as AsyncIterable<Uint8Array>, cancel: () => body.cancel() };
+        const it = responseBody(res);
+        const cancel = async () => {
+          await it.return(undefined); // releases the stream if it was being read
+          if (!body.locked) await body.cancel();
+        };
+        return { size, body: it, cancel };
       }
       await res.body?.cancel();
       // A 4xx from every service is "not found" to the client: the block is not there, or
