@@ -211,6 +211,11 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
   const bigWaiters: Array<() => void> = [];
   const bearer = (tok: string) => ({ authorization: `Bearer ${tok}` });
   const live = () => [...ledger.values()].filter((b) => b.state === "live");
+  /** The host answered for this block (a PUT's 200, a pull it serves, X-Keep-Locator): it must never be lost. */
+  const acknowledge = (b: { hash: string; size: number; seed: number }, ...history: string[]) => {
+    unacked.delete(b.hash);
+    ledger.set(b.hash, { ...b, state: "live", deleted: false, listed: false, lastDeclared: -1, history });
+  };
 
   const err = (key: string) => {
     errors[key] = (errors[key] ?? 0) + 1;
@@ -274,17 +279,7 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
       if (res.status !== 200) return noteBody("put-new", res);
       const loc = (await res.text()).trim();
       if (!loc.startsWith(`${hash}+${size}`)) violations.push(`PUT ${hash} answered 200 with locator ${loc}`);
-      unacked.delete(hash);
-      ledger.set(hash, {
-        hash,
-        size,
-        seed,
-        state: "live",
-        deleted: false,
-        listed: false,
-        lastDeclared: -1,
-        history: [`put@${tick}`],
-      });
+      acknowledge({ hash, size, seed }, `put@${tick}`);
     });
   }
 
@@ -503,17 +498,7 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     const mine = res.headers.get("x-keep-locator") ?? "";
     if (!mine.startsWith(`${hash}+${size}+A`))
       return void violations.push(`+R GET with a local signature: X-Keep-Locator ${mine}`);
-    unacked.delete(hash);
-    ledger.set(hash, {
-      hash,
-      size,
-      seed,
-      state: "live",
-      deleted: false,
-      listed: false,
-      lastDeclared: -1,
-      history: [`stored from +R@${++tick}`],
-    });
+    acknowledge({ hash, size, seed }, `stored from +R@${++tick}`);
   }
 
   /** The target serves a pulled block: from now on it must never be lost. */
@@ -523,17 +508,7 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
     const h = await call(`/${locator({ hash, size: p.size })}`, { method: "HEAD", headers: bearer(t.userToken) });
     await h.arrayBuffer().catch(() => {});
     if (h.status !== 200 || !pulling.delete(hash)) return false;
-    unacked.delete(hash);
-    ledger.set(hash, {
-      hash,
-      size: p.size,
-      seed: p.seed,
-      state: "live",
-      deleted: false,
-      listed: false,
-      lastDeclared: -1,
-      history: [`pull listed@${p.tick}`, `pulled@${++tick}`],
-    });
+    acknowledge({ hash, size: p.size, seed: p.seed }, `pull listed@${p.tick}`, `pulled@${++tick}`);
     return true;
   }
 
@@ -609,15 +584,7 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
         f
           .run({
             live: () => live().map((b) => b.hash),
-            acknowledged: (b) =>
-              void ledger.set(b.hash, {
-                ...b,
-                state: "live",
-                deleted: false,
-                listed: false,
-                lastDeclared: -1,
-                history: [`put by fault ${f.name}@${++tick}`],
-              }),
+            acknowledged: (b) => acknowledge(b, `put by fault ${f.name}@${++tick}`),
           })
           .then(
             () => void faultLog.push(`${f.name} at ${Math.round(frac * 100)}% (${Date.now() - at} ms)`),
