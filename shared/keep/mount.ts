@@ -31,8 +31,6 @@ export class Mount {
   readonly allowTrash: boolean;
   readonly readOnly: boolean;
   readonly priority: number;
-  /** The part of the uuid mixed into the rendezvous weight. */
-  private readonly weightKey: string;
   /** Until when (clock ms) PUTs plan this mount last: a write or touch on it failed. */
   private failedUntil = 0;
   /** Until when (clock ms) reads try this mount last: a call on it outlived a request. */
@@ -49,7 +47,6 @@ export class Mount {
     this.allowWrite = !c.readOnly;
     this.allowTrash = !c.readOnly || !!c.allowTrashWhenReadOnly;
     this.priority = c.priority ?? 0;
-    this.weightKey = c.uuid.length === 27 ? c.uuid.slice(12) : c.uuid;
   }
 
   /**
@@ -115,9 +112,7 @@ export class Mount {
   }
 
   weight(hash: string): string {
-    return createHash("md5")
-      .update(hash + this.weightKey)
-      .digest("hex");
+    return rendezvousWeight(hash, this.uuid);
   }
 
   toJSON() {
@@ -137,6 +132,17 @@ export class Mount {
 export function lastIfRecently(mounts: readonly Mount[], recently: (m: Mount) => boolean): [Mount[], Mount[]] {
   const later = mounts.filter(recently);
   return [mounts.filter((m) => !later.includes(m)), later];
+}
+
+/**
+ * The rendezvous weight of a block on a mount or a keep service: md5(hash + uuid[12:]), the
+ * whole uuid unless it has the standard 27 characters. keepstore orders mounts by it
+ * ascending, clients order services by it descending.
+ */
+export function rendezvousWeight(hash: string, uuid: string): string {
+  return createHash("md5")
+    .update(hash + (uuid.length === 27 ? uuid.slice(12) : uuid))
+    .digest("hex");
 }
 
 /** Priority descending, then rendezvous weight ascending (the keepstore order). */

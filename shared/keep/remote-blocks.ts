@@ -3,13 +3,14 @@
 // federated Arvados client expects from its local keepstore. The remote's keep services are
 // found through its API (`keep_services/accessible`, cached 5 minutes as the Go SDK does) and
 // tried in the clients' rendezvous order; what comes back is verified against the hash.
-import { createHash, createHmac } from "node:crypto";
+import { createHmac } from "node:crypto";
 import type { Clock } from "../clock.js";
 import type { RemoteCluster } from "../config.js";
 import { BackendError, BadRequestError, NotFoundError, UnauthorizedError } from "../errors.js";
 import type { LocatorInfo } from "../locator.js";
 import type { Logger } from "../log.js";
 import { responseBody } from "./block-streams.js";
+import { rendezvousWeight } from "./mount.js";
 
 const SERVICES_TTL_MS = 5 * 60_000;
 const MAX_CACHED_LOOKUPS = 1000;
@@ -51,12 +52,8 @@ export function saltToken(token: string, clusterId: string): string {
 
 /** The Go SDK's probe order: md5(hash + uuid[12:]) descending (the whole uuid unless 27 chars). */
 export function probeOrder<T extends { uuid: string }>(hash: string, services: T[]): T[] {
-  const weight = (uuid: string) =>
-    createHash("md5")
-      .update(hash + (uuid.length === 27 ? uuid.slice(12) : uuid))
-      .digest("hex");
   return services
-    .map((s) => ({ s, w: weight(s.uuid) }))
+    .map((s) => ({ s, w: rendezvousWeight(hash, s.uuid) }))
     .sort((a, b) => (a.w < b.w ? 1 : a.w > b.w ? -1 : 0))
     .map((x) => x.s);
 }
