@@ -9,7 +9,7 @@ import type { RemoteBlocks } from "../keep/remote-blocks.js";
 import type { TrashWorker } from "../keep/trash-worker.js";
 import type { Logger } from "../log.js";
 import type { KeepMetrics } from "../metrics.js";
-import { constantTimeEqual } from "../signature.js";
+import { constantTimeEqual, signLocator } from "../signature.js";
 import type { InFlight } from "./in-flight.js";
 
 export interface KeepServices {
@@ -33,6 +33,15 @@ export interface RequestContext {
   headers: Headers;
   requestId: string;
   services: KeepServices;
+}
+
+/** `locator` signed for this request's (first) token with the configured key and TTL, as PUT answers it. */
+export function signForRequest(ctx: RequestContext, locator: string): string {
+  const { config, clock } = ctx.services;
+  return signLocator(locator, ctx.tokens[0] ?? "", clock.now() / 1000 + config.blobSigningTtlSeconds, {
+    key: config.blobSigningKey,
+    ttlSeconds: config.blobSigningTtlSeconds,
+  });
 }
 
 /** Admin routes need SystemRootToken: none → 401, wrong → 403; open when it is unset. */

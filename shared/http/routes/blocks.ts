@@ -3,9 +3,9 @@ import { release } from "../../chunk-pool.js";
 import { BadRequestError, ChecksumMismatchError, MethodNotAllowedError, TooLargeError } from "../../errors.js";
 import { verifiedDownload } from "../../keep/block-streams.js";
 import { EMPTY_HASH, type LocatorInfo, parseLocator } from "../../locator.js";
-import { signLocator, verifyLocator } from "../../signature.js";
+import { verifyLocator } from "../../signature.js";
 import { iterableToStream, streamToIterable } from "../body.js";
-import { type RequestContext, requireAdmin } from "../context.js";
+import { type RequestContext, requireAdmin, signForRequest } from "../context.js";
 
 export async function getBlock(ctx: RequestContext, locator: string, head: boolean): Promise<Response> {
   const { config, keep, clock } = ctx.services;
@@ -33,7 +33,7 @@ export async function getBlock(ctx: RequestContext, locator: string, head: boole
  * its signed locator goes in `X-Keep-Locator`, and the bytes are then read back from here.
  */
 async function getRemoteBlock(ctx: RequestContext, locator: string, info: LocatorInfo, head: boolean) {
-  const { config, keep, clock, remote } = ctx.services;
+  const { keep, remote } = ctx.services;
   const got = await remote.read(locator, info, ctx.tokens[0], ctx.signal);
   if (!/^local\b/i.test(ctx.req.headers.get("x-keep-signature") ?? "")) {
     const body = verifiedDownload(got.body, info.hash, got.size);
@@ -58,10 +58,7 @@ async function getRemoteBlock(ctx: RequestContext, locator: string, info: Locato
         throw new ChecksumMismatchError(`the block from its cluster did not match its locator: ${err.message}`);
       throw err;
     });
-  const signed = signLocator(stored.locator, ctx.tokens[0] ?? "", clock.now() / 1000 + config.blobSigningTtlSeconds, {
-    key: config.blobSigningKey,
-    ttlSeconds: config.blobSigningTtlSeconds,
-  });
+  const signed = signForRequest(ctx, stored.locator);
   ctx.headers.set("x-keep-locator", signed);
   return blockResponse(ctx, await keep.read(info.hash, got.size, ctx.signal), got.size, head);
 }
@@ -90,7 +87,7 @@ async function blockResponse(
 }
 
 export async function putBlock(ctx: RequestContext, locator: string): Promise<Response> {
-  const { config, keep, clock } = ctx.services;
+  const { keep } = ctx.services;
   // As the reference: only the 32-hex hash (the route guarantees it) is read from the path;
   // whatever follows, size hint or not, well-formed or not, is not checked.
   const hash = locator.slice(0, 32);
@@ -112,11 +109,7 @@ export async function putBlock(ctx: RequestContext, locator: string): Promise<Re
     storageClasses: classes,
     signal: ctx.signal,
   });
-  const token = ctx.tokens[0] ?? "";
-  const signed = signLocator(result.locator, token, clock.now() / 1000 + config.blobSigningTtlSeconds, {
-    key: config.blobSigningKey,
-    ttlSeconds: config.blobSigningTtlSeconds,
-  });
+  const signed = signForRequest(ctx, result.locator);
   ctx.headers.set("x-keep-replicas-stored", String(result.replicas));
   ctx.headers.set("x-keep-storage-classes-confirmed", result.classesConfirmed);
   ctx.headers.set("content-type", "text/plain; charset=utf-8");

@@ -2,8 +2,7 @@
 // commit (answered exactly like PUT /{hash}). Authorised like PUT: open, and the first token
 // only signs the returned locator.
 import { commitUpload, presignUpload } from "../../keep/two-step-upload.js";
-import { signLocator } from "../../signature.js";
-import type { RequestContext } from "../context.js";
+import { type RequestContext, signForRequest } from "../context.js";
 
 export async function presignRoute(ctx: RequestContext, hash: string, size: string): Promise<Response> {
   const { config, keep } = ctx.services;
@@ -38,12 +37,9 @@ export async function commitRoute(
   mount: string,
   id: string,
 ): Promise<Response> {
-  const { config, keep, clock } = ctx.services;
+  const { keep } = ctx.services;
   const result = await commitUpload(keep, { hash, size: Number(size), mountUuid: mount, uploadId: id });
-  const signed = signLocator(result.locator, ctx.tokens[0] ?? "", clock.now() / 1000 + config.blobSigningTtlSeconds, {
-    key: config.blobSigningKey,
-    ttlSeconds: config.blobSigningTtlSeconds,
-  });
+  const signed = signForRequest(ctx, result.locator);
   ctx.headers.set("x-keep-replicas-stored", String(result.replicas));
   ctx.headers.set("x-keep-storage-classes-confirmed", result.classesConfirmed);
   ctx.headers.set("content-type", "text/plain; charset=utf-8");
