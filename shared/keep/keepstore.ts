@@ -44,7 +44,8 @@ export class Keepstore {
 
   /**
    * Find the block and return its size and a hash-checked body. A mount that fails before
-   * the first byte is skipped; the body holds a buffer slot until it is consumed or closed.
+   * its first chunk (opening, the first read) is skipped; the body holds a buffer slot until
+   * it is consumed or closed.
    */
   async read(hash: string, sizeHint: number | undefined, signal?: AbortSignal): Promise<BlockData> {
     const release = await this.buffers.acquire(signal);
@@ -76,17 +77,26 @@ export class Keepstore {
           const data = await m.volume.read(hash, signal);
           // Keep the volume's own iterator: closing the body before the first chunk must still
           // reach it (a generator that never started would not pass return() on).
-          // Only the first chunk is watched (the mount has answered once it arrives); the
-          // rest go straight through, so the hot path pays nothing per chunk.
           const inner = data.body[Symbol.asyncIterator]();
-          let answered = false;
+          // The first chunk is pulled here, while the next mount can still answer: drivers
+          // open files and start range GETs lazily, and a failure there (EACCES, EIO, a
+          // failed first range) comes before any byte reached the client, which the
+          // reference treats like any other read error: try the next mount.
+          let first: IteratorResult<Uint8Array> | undefined;
+          try {
+            first = await inner.next();
+          } catch (err) {
+            void inner.return?.()?.catch(() => {});
+            throw err;
+          } finally {
+            // The mount has answered (or failed): it is no longer the one being asked.
+            if (asking === m) asking = undefined;
+          }
           const source: AsyncIterator<Uint8Array> = {
             next: () => {
-              if (answered) return inner.next();
-              answered = true;
-              return inner.next().finally(() => {
-                if (asking === m) asking = undefined;
-              });
+              const r = first;
+              first = undefined;
+              return r ? Promise.resolve(r) : inner.next();
             },
             return: (v) => inner.return?.(v) ?? Promise.resolve({ done: true, value: v }),
           };

@@ -64,7 +64,8 @@ export interface Volume {
 
   /**
    * Open a block for reading. Throws NotFoundError if it is absent or trashed. Errors raised
-   * before the first byte let the service try the next mount; later ones end the response.
+   * here or by the body's first next() let the service try the next mount (the service pulls
+   * the first chunk before it answers); later ones end the response.
    * The body must take files, connections and locks lazily (on the first next()) or give
    * them back in return(): a caller may close it without reading.
    */

@@ -40,10 +40,23 @@ export class RecordingVolume implements Volume {
   }
   /** The signal of every read, in order (whether the service cancels a read its client left). */
   readonly readSignals: Array<AbortSignal | undefined> = [];
+  /** Fails a read's body at its first chunk (a file that opens lazily and then cannot be read). */
+  bodyFault?: () => Error;
   async read(hash: string, signal?: AbortSignal): Promise<BlockData> {
     this.readSignals.push(signal);
     await this.enter("read");
-    return this.inner.read(hash, signal);
+    const data = await this.inner.read(hash, signal);
+    const fault = this.bodyFault;
+    if (!fault) return data;
+    return {
+      ...data,
+      body: {
+        [Symbol.asyncIterator]: () => ({
+          next: () => Promise.reject(fault()),
+          return: () => Promise.resolve({ done: true as const, value: undefined }),
+        }),
+      },
+    };
   }
   /** Fails writes only once they have read the whole body (a disk failing mid-write). */
   writeFaultAfterBody?: () => Error;

@@ -344,6 +344,31 @@ describe("container host over real HTTP", () => {
     }
   });
 
+  it("falls back to another mount when the first one fails opening or reading the file, not only stat (§1.3)", async () => {
+    // Mount 0 is read first. A directory where its block file should be passes stat() and
+    // fails the first read (EISDIR): a real file-system error after the block was found,
+    // which the reference, like any read error before the first byte, answers from mount 1.
+    const s = await startPosixServer({}, { volumes: [{ priority: 10 }, { priority: 9 }] });
+    try {
+      await fs.mkdir(join(s.roots[0] as string, "acb", FOO_HASH), { recursive: true });
+      await fs.mkdir(join(s.roots[1] as string, "acb"), { recursive: true });
+      await fs.writeFile(join(s.roots[1] as string, "acb", FOO_HASH), "foo");
+      const r = await fetch(`${s.url}/${FOO_HASH}+3`);
+      assert.equal(r.status, 200);
+      assert.equal(await r.text(), "foo");
+      const head = await fetch(`${s.url}/${FOO_HASH}+3`, { method: "HEAD" });
+      assert.equal(head.status, 200);
+      // With no good copy anywhere the volume's error is the answer, as before (an errno
+      // the driver does not translate is a 500; the log names it).
+      await fs.rm(join(s.roots[1] as string, "acb", FOO_HASH));
+      const bad = await fetch(`${s.url}/${FOO_HASH}+3`);
+      assert.equal(bad.status, 500);
+      await bad.text();
+    } finally {
+      await s.cleanup();
+    }
+  });
+
   it("ends a request at the deadline with 499, but lets a slow index finish", async () => {
     const s = await startPosixServer({ requestTimeoutMs: 300 }, { record: true });
     const vol = s.recorded[0] as RecordingVolume;

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { promises as fs } from "node:fs";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { msToNs } from "../../shared/clock.js";
 import {
@@ -18,6 +19,7 @@ import { TrashWorker } from "../../shared/keep/trash-worker.js";
 import { silentLogger } from "../../shared/log.js";
 import { chunks, collect, md5hex, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { filesUnder } from "../harness/fs-tools.js";
+import type { RecordingVolume } from "../harness/recording-volume.js";
 import { makeStore, TTL_MS } from "../harness/stores.js";
 
 const FOO = Buffer.from("foo");
@@ -365,6 +367,29 @@ describe("keepstore service", () => {
           err.message === "content length 3 did not match specified data size 5",
       );
       assert.deepEqual(await filesUnder(s.rootOf("v")), [], "no block and no temp file");
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("reads from the next mount when the first fails at its body's first chunk, and answers its error when none has the block", async () => {
+    const s = await makeStore([
+      { label: "a", priority: 2 },
+      { label: "b", priority: 1 },
+    ]);
+    try {
+      await s.putRaw("a", FOO_HASH, FOO);
+      await s.putRaw("b", FOO_HASH, FOO);
+      (s.vols.a as RecordingVolume).bodyFault = () => new VolumeUnavailableError("volume a: EIO");
+      const data = await s.keep.read(FOO_HASH, 3);
+      assert.deepEqual(await collect(data.body), FOO);
+      assert.deepEqual(
+        s.log.filter((l) => l.startsWith("read")),
+        ["read a", "read b"],
+        "the good copy on b answered",
+      );
+      await fs.rm(join(s.rootOf("b"), FOO_HASH.slice(0, 3), FOO_HASH));
+      await assert.rejects(s.keep.read(FOO_HASH, 3), VolumeUnavailableError);
     } finally {
       await s.cleanup();
     }
