@@ -143,7 +143,11 @@ function volume(at: string, uuid: string, v: Obj, selfUrl: string, classes: Obj)
     ...driver(`${at}`, str(`${at}.Driver`, v.Driver, ""), params),
     uuid,
     readOnly: hostReadOnly || bool(`${at}.ReadOnly`, v.ReadOnly, false),
-    allowTrashWhenReadOnly: bool(`${at}.AllowTrashWhenReadOnly`, v.AllowTrashWhenReadOnly, false),
+    // As the reference: AllowTrash = !hostReadOnly && (!ReadOnly || AllowTrashWhenReadOnly).
+    // AllowTrashWhenReadOnly lifts the volume's own ReadOnly, never a host's: a host told
+    // "read-only for you" must not trash a disk another host manages.
+    allowTrashWhenReadOnly:
+      !hostReadOnly && bool(`${at}.AllowTrashWhenReadOnly`, v.AllowTrashWhenReadOnly, false),
     replication: Math.max(1, int(`${at}.Replication`, v.Replication, 1)),
     storageClasses: names.length ? names : ["default"],
     priority,

@@ -128,6 +128,19 @@ describe("cluster config (config.yml) as keepstore reads it", () => {
     assert.equal(listen, "0.0.0.0:9107", "ListenURL is where to listen; the InternalURL is what clients use");
     const [disk, s3] = c.volumes;
     assert.equal(disk?.readOnly, true, "read-only for this host only");
+    assert.equal(disk?.allowTrashWhenReadOnly, false);
+    // AllowTrashWhenReadOnly lifts the volume's ReadOnly, not the host's (reference: AllowTrash =
+    // !hostReadOnly && (!ReadOnly || AllowTrashWhenReadOnly)): keep1 may not trash keep0's disk.
+    const both = load(
+      CONFIG.replace("        Driver: Directory\n", "        Driver: Directory\n        AllowTrashWhenReadOnly: true\n"),
+      "http://keep1.example:25107/",
+    ).config.volumes[0];
+    assert.deepEqual([both?.readOnly, both?.allowTrashWhenReadOnly], [true, false]);
+    const own = load(
+      CONFIG.replace("        Driver: Directory\n", "        Driver: Directory\n        AllowTrashWhenReadOnly: true\n"),
+      "http://keep0.example:25107/",
+    ).config.volumes[0];
+    assert.deepEqual([own?.readOnly, own?.allowTrashWhenReadOnly], [false, true], "keep0 may");
     assert.ok(s3?.driver === "s3");
     assert.deepEqual(
       [s3.bucket, s3.region, s3.endpoint, s3.accessKey, s3.secretKey, s3.prefixLength],
