@@ -101,8 +101,13 @@ export class AzureBlobVolume implements Volume {
     private readonly params: VolumeParams,
   ) {
     const endpoint = blobEndpoint(opts.accountName, opts.endpoint);
+    // The reference names the device by its StorageBaseURL (core.windows.net, or a sovereign
+    // cloud's core.usgovcloudapi.net, core.chinacloudapi.cn…), which the endpoint's host
+    // carries after "<account>.blob.". keep-balance must see one device when keepfn and a
+    // reference keepstore mount the same container, or it counts one blob as two replicas.
     const host = new URL(endpoint).host;
-    const base = host.endsWith(".blob.core.windows.net") ? "core.windows.net" : host;
+    const prefix = `${opts.accountName}.blob.`.toLowerCase();
+    const base = host.startsWith(prefix) && host.length > prefix.length ? host.slice(prefix.length) : host;
     this.deviceId = `azure://${base}/${opts.accountName}/${opts.container}`;
     this.conn = new ContainerConnection(endpoint, opts.accountName, opts.container, opts.auth, this.stats, {
       ...DEFAULT_RETRY,

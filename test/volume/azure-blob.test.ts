@@ -509,6 +509,17 @@ describe("azure blob volume", () => {
         params(),
       );
       assert.equal(real.deviceId, "azure://core.windows.net/exampleaccount/c");
+      // A sovereign cloud's StorageBaseURL, as the reference names it: not the account's host.
+      const gov = new AzureBlobVolume(
+        {
+          accountName: "exampleaccount",
+          container: "c",
+          endpoint: "https://exampleaccount.blob.core.usgovcloudapi.net",
+          auth: { keySource: staticKey("x") },
+        },
+        params(),
+      );
+      assert.equal(gov.deviceId, "azure://core.usgovcloudapi.net/exampleaccount/c");
     }));
 });
 
