@@ -457,7 +457,17 @@ export class PosixVolume implements Volume {
   /** Block directories (hex names) that can hold hashes starting with `prefix`. */
   private async hexDirs(prefix: string): Promise<string[]> {
     this.stats.op("readdir");
-    const names = await readdirOrEmpty(this.root);
+    // A block directory may be missing; the root may not: an index of a root that vanished
+    // (a disk unmounted under us) would be a complete, empty answer, and keep-balance would
+    // conclude the mount holds nothing.
+    const names = await readdirOrEmpty(this.root, false, false).catch((err) => {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT")
+        throw new VolumeUnavailableError(
+          `volume ${this.root}: the root directory is gone; check that the disk is mounted`,
+          { cause: err },
+        );
+      throw this.translateError(err);
+    });
     return names.filter((n) => HEX_DIR_RE.test(n) && (n.startsWith(prefix) || prefix.startsWith(n)));
   }
 
@@ -507,13 +517,13 @@ export class PosixVolume implements Volume {
   }
 }
 
-async function readdirOrEmpty(dir: string, notDirIsEmpty = false): Promise<string[]> {
+async function readdirOrEmpty(dir: string, notDirIsEmpty = false, missingIsEmpty = true): Promise<string[]> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await fs.readdir(dir);
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
-      if (e.code === "ENOENT" || (notDirIsEmpty && e.code === "ENOTDIR")) return [];
+      if ((missingIsEmpty && e.code === "ENOENT") || (notDirIsEmpty && e.code === "ENOTDIR")) return [];
       // An NFS server may invalidate a directory cookie mid-listing (EBADCOOKIE, errno 523,
       // which libuv passes through unnamed); the listing starts over, 5 times at most, as the
       // reference's index does.

@@ -369,6 +369,32 @@ describe("container host over real HTTP", () => {
     }
   });
 
+  it("fails the index of a volume whose root directory vanished, instead of answering a complete empty one", async () => {
+    const s = await startPosixServer({}, { volumes: [{}, {}] });
+    try {
+      await fs.mkdir(join(s.roots[0] as string, "acb"), { recursive: true });
+      await fs.writeFile(join(s.roots[0] as string, "acb", FOO_HASH), "foo");
+      const mounts = (await (await fetch(`${s.url}/mounts`)).json()) as Array<{ uuid: string }>;
+      const gone = s.roots[1] as string;
+      await fs.rm(gone, { recursive: true });
+      const one = await fetch(`${s.url}/mounts/${mounts[1]?.uuid}/blocks`);
+      assert.equal(one.status, 503);
+      assert.match(await one.text(), /root directory is gone; check that the disk is mounted/);
+      // All mounts: mount 0's lines may already be out, but never the end marker keep-balance
+      // takes for "complete".
+      const all = await fetch(`${s.url}/index`);
+      const text = all.status === 200 ? await all.text() : "";
+      if (all.status === 200) assert.ok(!text.endsWith("\n\n"), `index claims to be complete: ${JSON.stringify(text)}`);
+      else assert.equal(all.status, 503);
+      await fs.mkdir(gone);
+      const back = await fetch(`${s.url}/mounts/${mounts[1]?.uuid}/blocks`);
+      assert.equal(back.status, 200);
+      assert.equal(await back.text(), "\n", "an empty root is an empty, complete index");
+    } finally {
+      await s.cleanup();
+    }
+  });
+
   it("ends a request at the deadline with 499, but lets a slow index finish", async () => {
     const s = await startPosixServer({ requestTimeoutMs: 300 }, { record: true });
     const vol = s.recorded[0] as RecordingVolume;
