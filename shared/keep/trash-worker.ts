@@ -29,7 +29,14 @@ export class TrashWorker {
     },
   ) {
     const active = opts.enabled && mounts.some((m) => m.allowTrash);
-    this.queue = new WorkQueue(active ? Math.max(1, opts.concurrency) : 0, (t) => this.run(t));
+    // As the reference, BlobTrashConcurrency workers and no floor (the pull list's is
+    // max(1, …)): 0 keeps each list, as with trash off, and trashes nothing.
+    const workers = active ? Math.max(0, Math.floor(opts.concurrency)) : 0;
+    if (active && workers === 0)
+      opts.logger.warn(
+        "Collections.BlobTrashConcurrency is 0: trash lists from keep-balance are accepted but no block is trashed",
+      );
+    this.queue = new WorkQueue(workers, (t) => this.run(t));
   }
 
   async run(t: TrashRequest): Promise<void> {

@@ -19,6 +19,7 @@ import { TrashWorker } from "../../shared/keep/trash-worker.js";
 import { silentLogger } from "../../shared/log.js";
 import { chunks, collect, md5hex, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { filesUnder } from "../harness/fs-tools.js";
+import { capturedLogger } from "../harness/captured-logger.js";
 import type { RecordingVolume } from "../harness/recording-volume.js";
 import { makeStore, TTL_MS } from "../harness/stores.js";
 
@@ -520,6 +521,39 @@ describe("keepstore service", () => {
       await s.putRaw("ro", TEST_HASH, TEST_BLOCK);
       await assert.rejects(s.keep.untrash(TEST_HASH), NotFoundError);
       assert.deepEqual(await collect((await s.keep.read(TEST_HASH, TEST_BLOCK.length)).body), TEST_BLOCK);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("with BlobTrashConcurrency 0 keeps each trash list and trashes nothing, as the reference, and says so", async () => {
+    const s = await makeStore([{ label: "m1" }]);
+    try {
+      const old = s.clock.now() - 2 * TTL_MS;
+      await s.putRaw("m1", TEST_HASH, TEST_BLOCK, old);
+      const mtime = await s.vols.m1!.inner.mtime(TEST_HASH);
+      const item = { locator: TEST_HASH, hash: TEST_HASH, blockMtimeNs: mtime, mountUuid: "" };
+      const run = async (concurrency: number) => {
+        const log = capturedLogger("warn");
+        const worker = new TrashWorker(s.keep.mounts, {
+          clock: s.clock,
+          signingTtlMs: TTL_MS,
+          enabled: true,
+          logger: log.logger,
+          concurrency,
+        });
+        worker.queue.replace([item]);
+        return { worker, lines: log.lines };
+      };
+      const paused = await run(0);
+      // replace() starts workers at once: none started means none ever will.
+      assert.deepEqual([paused.worker.queue.pending, paused.worker.queue.inProgress], [1, 0], "the list is kept");
+      assert.equal(await s.vols.m1!.inner.mtime(TEST_HASH), mtime, "and not carried out");
+      assert.ok(paused.lines.some((l) => l.includes("BlobTrashConcurrency is 0")), paused.lines.join("\n"));
+      const working = await run(1);
+      await working.worker.queue.idle();
+      await assert.rejects(s.vols.m1!.inner.mtime(TEST_HASH), NotFoundError, "one worker trashes it");
+      assert.deepEqual(working.lines, []);
     } finally {
       await s.cleanup();
     }
