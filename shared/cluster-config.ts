@@ -146,8 +146,7 @@ function volume(at: string, uuid: string, v: Obj, selfUrl: string, classes: Obj)
     // As the reference: AllowTrash = !hostReadOnly && (!ReadOnly || AllowTrashWhenReadOnly).
     // AllowTrashWhenReadOnly lifts the volume's own ReadOnly, never a host's: a host told
     // "read-only for you" must not trash a disk another host manages.
-    allowTrashWhenReadOnly:
-      !hostReadOnly && bool(`${at}.AllowTrashWhenReadOnly`, v.AllowTrashWhenReadOnly, false),
+    allowTrashWhenReadOnly: !hostReadOnly && bool(`${at}.AllowTrashWhenReadOnly`, v.AllowTrashWhenReadOnly, false),
     replication: Math.max(1, int(`${at}.Replication`, v.Replication, 1)),
     storageClasses: names.length ? names : ["default"],
     priority,

@@ -18,8 +18,8 @@ import { type Mount, orderForBlock, WRITE_FAILURE_MS } from "../../shared/keep/m
 import { TrashWorker } from "../../shared/keep/trash-worker.js";
 import { silentLogger } from "../../shared/log.js";
 import { chunks, collect, md5hex, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
-import { filesUnder } from "../harness/fs-tools.js";
 import { capturedLogger } from "../harness/captured-logger.js";
+import { filesUnder } from "../harness/fs-tools.js";
 import type { RecordingVolume } from "../harness/recording-volume.js";
 import { makeStore, TTL_MS } from "../harness/stores.js";
 
@@ -549,7 +549,10 @@ describe("keepstore service", () => {
       // replace() starts workers at once: none started means none ever will.
       assert.deepEqual([paused.worker.queue.pending, paused.worker.queue.inProgress], [1, 0], "the list is kept");
       assert.equal(await s.vols.m1!.inner.mtime(TEST_HASH), mtime, "and not carried out");
-      assert.ok(paused.lines.some((l) => l.includes("BlobTrashConcurrency is 0")), paused.lines.join("\n"));
+      assert.ok(
+        paused.lines.some((l) => l.includes("BlobTrashConcurrency is 0")),
+        paused.lines.join("\n"),
+      );
       const working = await run(1);
       await working.worker.queue.idle();
       await assert.rejects(s.vols.m1!.inner.mtime(TEST_HASH), NotFoundError, "one worker trashes it");
