@@ -5,7 +5,6 @@
 // large PUT cross the event loop once (socket to file) instead of also into the hasher.
 import { randomUUID } from "node:crypto";
 import { constants, promises as fs } from "node:fs";
-import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { LENT_CHUNK_SIZE, lend } from "../chunk-pool.js";
 import { msToNs } from "../clock.js";
@@ -23,6 +22,7 @@ import {
 import { BLOCK_SIZE, isHash } from "../locator.js";
 import { type Md5Stream, md5Stream } from "../md5.js";
 import { KeyedMutex, Mutex, type Release } from "../mutex.js";
+import { posixDeviceId } from "./posix-device-id.js";
 import {
   type BlockData,
   type EmptyTrashReport,
@@ -74,7 +74,7 @@ export class PosixVolume implements Volume {
   ) {
     this.root = opts.root;
     if (opts.serialize) this.serial = new Mutex();
-    this.deviceId = `${hostname()}:${opts.root}`;
+    this.deviceId = posixDeviceId(opts.root);
   }
 
   private blockPath(hash: string): string {
