@@ -94,6 +94,11 @@ function text(statusCode: number, message: string): APIGatewayProxyStructuredRes
 export async function writeStreamed(res: Response, responseStream: Writable): Promise<void> {
   const { headers, cookies } = splitHeaders(res);
   const out = awslambda.HttpResponseStream.from(responseStream, { statusCode: res.status, headers, cookies });
+  // The runtime sends the prelude only on the first write(), and end() without one answers a
+  // bare 200 with no headers (runtime-interface-client issue #97): a HEAD, an OPTIONS, a
+  // TOUCH or the empty block would lose Content-Length, X-Keep-Locator and CORS. The status
+  // and headers are final here, so send them now.
+  out.write(new Uint8Array(0));
   if (!res.body) {
     out.end();
     return;
