@@ -38,4 +38,20 @@ url=$(node -e 'console.log(JSON.parse(process.argv[1]).keepServiceUrl.value)' "$
 az functionapp deployment source config-zip \
   --resource-group "$rg" --name "$app" --src "$root/artifacts/keepfn-functions.zip"
 
+# The host key APIM sends (x-functions-key), the same value APIM reads from Key Vault. Host keys
+# live in the running Functions host, so this comes after the code: a freshly published app may
+# take a minute to start answering key operations, hence the retries. The value is never printed.
+for attempt in 1 2 3 4 5 6; do
+  if az functionapp keys set --resource-group "$rg" --name "$app" \
+      --key-type functionKeys --key-name apim --key-value "$KEEPFN_APIM_FUNCTION_KEY" --output none; then
+    break
+  fi
+  if [ "$attempt" = 6 ]; then
+    echo "deploy: could not set the APIM host key on $app; run the az functionapp keys set above again" >&2
+    exit 1
+  fi
+  echo "deploy: the Functions host is not ready for key operations yet; retrying in 20 s" >&2
+  sleep 20
+done
+
 echo "keepfn is deployed. Keep service URL: $url"

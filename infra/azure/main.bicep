@@ -538,18 +538,12 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   ]
 }
 
-// The host key APIM presents (x-functions-key). Its value is the secure parameter, also kept in
-// Key Vault, from where APIM reads it; it never appears in an app setting or an output.
-resource apimHostKey 'Microsoft.Web/sites/host/functionKeys@2024-04-01' = {
-  name: '${functionApp.name}/default/apim'
-  properties: {
-    name: 'apim'
-    value: apimFunctionKey
-  }
-  dependsOn: [
-    appSettings
-  ]
-}
+// The host key APIM presents (x-functions-key) is the secure parameter apimFunctionKey, kept in
+// Key Vault (apimFunctionKeySecret), from where APIM reads it; it never appears in an app
+// setting or an output. It is set on the app by deploy.sh after the code is published, not
+// here: host keys are managed by the running Functions host, and a Flex app with no package
+// yet has none (azure-functions-host #11379, bicep-types-az #1356: a functionKeys resource
+// on a fresh app fails with BadRequest / "error from host runtime").
 
 // ---------------------------------------------------------------- APIM: the Keep API
 

@@ -84,7 +84,7 @@ export function checkAzure(mainText: string, paramText: string): string[] {
   const paramDecls = byKind(decls, "param");
   const secureParams = paramDecls.filter((d) => d.decorators.some((x) => x.name === "secure")).map((d) => d.name);
 
-  // --- secrets: secure params have no default and flow only into Key Vault secrets / the host key.
+  // --- secrets: secure params have no default and flow only into Key Vault secrets.
   for (const d of paramDecls) {
     if (secureParams.includes(d.name) && d.value !== undefined) p.push(`secure param ${d.name} has a default`);
     if (!secureParams.includes(d.name) && /(key|token|secret|password)$/i.test(d.name) && d.type === "string")
@@ -93,7 +93,7 @@ export function checkAzure(mainText: string, paramText: string): string[] {
   for (const d of decls) {
     const allowedSink =
       d.kind === "resource" &&
-      /^Microsoft\.(KeyVault\/vaults\/secrets|Web\/sites\/host\/functionKeys)@/i.test(d.type ?? "");
+      /^Microsoft\.KeyVault\/vaults\/secrets@/i.test(d.type ?? "");
     const exprs = expressions(d.value);
     for (const e of exprs) {
       const { names, functions, methods } = referencedNames(e);
@@ -578,6 +578,12 @@ describe("infra/azure (Bicep, structural checks; no compiler here)", () => {
     assert.match(script, /npm run --silent package -- functions/);
     assert.ok(script.includes("config-zip"));
     assert.match(script, /^set -euo pipefail$/m);
+    // The APIM host key is set on the running app after its code is published: a Flex app has
+    // no host to hold keys before (a functionKeys resource in the template fails there).
+    const keySet = script.indexOf("az functionapp keys set");
+    assert.ok(keySet > script.indexOf("config-zip"), "host key set after the code is published");
+    assert.match(script.slice(keySet), /--key-type functionKeys --key-name apim --key-value "\$KEEPFN_APIM_FUNCTION_KEY"/);
+    assert.doesNotMatch(read("infra/azure/main.bicep"), /Microsoft\.Web\/sites\/host\/functionKeys/i);
   });
 
   it("the app settings parse with functions/settings.ts into the intended config (when the Functions app exists)", async (t) => {
