@@ -479,8 +479,17 @@ export class S3Volume implements Volume {
       ContentMD5: md5,
       ContentLength: size,
     });
+    // A URL signed with temporary credentials (an execution or task role's) stops working when
+    // they expire, whatever X-Amz-Expires says (S3 presigned URL docs): never promise the client
+    // more time than they have left. (The SDK renews them 5 minutes before they expire, and
+    // getSignedUrl below signs with the same cached ones.)
+    const creds = await this.client.config.credentials();
+    const left = creds.expiration
+      ? Math.floor((creds.expiration.getTime() - Date.now()) / 1000)
+      : Number.POSITIVE_INFINITY;
+    const expiresIn = Math.max(1, Math.min(expiresInSeconds, left));
     const url = await getSignedUrl(this.client, cmd, {
-      expiresIn: expiresInSeconds,
+      expiresIn,
       signableHeaders: new Set(["content-md5", "content-length"]),
     });
     return {
@@ -488,7 +497,7 @@ export class S3Volume implements Volume {
       url,
       method: "PUT",
       headers: { "content-md5": md5 },
-      expiresAt: new Date(this.params.clock.now() + expiresInSeconds * 1000),
+      expiresAt: new Date(this.params.clock.now() + expiresIn * 1000),
     };
   }
 

@@ -499,6 +499,60 @@ describe("s3 volume: listing and credentials", () => {
     }
   });
 
+  it("a two-step upload URL signed with a role's temporary credentials never promises more time than they have left", async () => {
+    // The container credentials endpoint hands out keys that expire in 10 minutes; a 15-minute
+    // URL signed with them would stop working after 10 (S3 presigned URL docs).
+    const LEFT_MS = 10 * 60_000;
+    const creds = createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(
+        JSON.stringify({
+          AccessKeyId: "S3RVER",
+          SecretAccessKey: "S3RVER",
+          Token: "placeholder-session-token",
+          Expiration: new Date(Date.now() + LEFT_MS).toISOString(),
+        }),
+      );
+    });
+    await new Promise<void>((r) => creds.listen(0, "127.0.0.1", r));
+    const saved = { ...process.env };
+    for (const k of ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"])
+      delete process.env[k];
+    process.env.AWS_CONTAINER_CREDENTIALS_FULL_URI = `http://127.0.0.1:${(creds.address() as { port: number }).port}/v2/credentials`;
+    process.env.AWS_CONFIG_FILE = "/nonexistent/keepfn-test-config";
+    process.env.AWS_SHARED_CREDENTIALS_FILE = "/nonexistent/keepfn-test-credentials";
+    const clock = new FakeClock(Date.now());
+    const role = new S3Volume(
+      { bucket: await server.createBucket(), endpoint: server.endpoint, prefixLength: 0 },
+      { clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR },
+    );
+    const keys = new S3Volume(
+      {
+        bucket: await server.createBucket(),
+        endpoint: server.endpoint,
+        prefixLength: 0,
+        accessKey: "S3RVER",
+        secretKey: "S3RVER",
+      },
+      { clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR },
+    );
+    try {
+      const t = await role.presignUpload(TEST_HASH, TEST_BLOCK.length, 900);
+      const expires = Number(new URL(t.url).searchParams.get("X-Amz-Expires"));
+      assert.ok(expires <= LEFT_MS / 1000 && expires > LEFT_MS / 1000 - 60, `X-Amz-Expires=${expires}`);
+      assert.ok(t.expiresAt.getTime() - clock.now() <= LEFT_MS, `expires_at ${t.expiresAt.toISOString()}`);
+      // Long-term keys (no expiry) get the whole 15 minutes.
+      const k = await keys.presignUpload(TEST_HASH, TEST_BLOCK.length, 900);
+      assert.equal(new URL(k.url).searchParams.get("X-Amz-Expires"), "900");
+      assert.equal(k.expiresAt.getTime() - clock.now(), 900_000);
+    } finally {
+      await role.close();
+      await keys.close();
+      process.env = saved;
+      creds.close();
+    }
+  });
+
   it("without keys on EC2, takes the instance role's credentials from IMDSv2; with no role attached, the error says where keys come from (IAMRoleCredentials)", async () => {
     // A protocol-level instance metadata service: IMDSv2's session token, then the role list
     // and the role's credentials, as EC2 serves them (the SDK's real provider talks to it).
