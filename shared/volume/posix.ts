@@ -112,7 +112,9 @@ export class PosixVolume implements Volume {
         // Lent memory: the consumer that writes it out gives it back (chunk-pool.ts).
         const buf = lend();
         const want = Math.min(LENT_CHUNK_SIZE, size - pos);
-        const { bytesRead } = await fh.read(buf, 0, want, pos);
+        const { bytesRead } = await fh.read(buf, 0, want, pos).catch((err) => {
+          throw this.translateError(err);
+        });
         if (bytesRead === 0) throw new KeepError(`short read: block ended at ${pos} of ${size} bytes`);
         pos += bytesRead;
         this.stats.inBytes += bytesRead;
@@ -511,11 +513,21 @@ export class PosixVolume implements Volume {
       this.notFull = undefined;
       return new VolumeFullError(`volume ${this.root} is full`, { cause: err });
     }
-    if (code === "EROFS" || code === "EACCES" || code === "EPERM" || code === "EIO")
+    // Out of file descriptors: the server's limit, not the disk; say how to raise it.
+    if (code === "EMFILE" || code === "ENFILE")
+      return new VolumeUnavailableError(
+        `volume ${this.root}: ${code}: too many open files; raise the limit (ulimit -n, or LimitNOFILE= in the systemd unit)`,
+        { cause: err },
+      );
+    // The disk (or the NFS server) is failing or refusing us, or what should be a block file is
+    // not one: another server may have a good copy, so 503 (retry elsewhere), naming the volume.
+    if (UNAVAILABLE_CODES.has(code ?? ""))
       return new VolumeUnavailableError(`volume ${this.root}: ${code}`, { cause: err });
     return err instanceof Error ? err : new KeepError(String(err));
   }
 }
+
+const UNAVAILABLE_CODES = new Set(["EROFS", "EACCES", "EPERM", "EIO", "ESTALE", "ETIMEDOUT", "EISDIR", "ELOOP"]);
 
 async function readdirOrEmpty(dir: string, notDirIsEmpty = false, missingIsEmpty = true): Promise<string[]> {
   for (let attempt = 1; ; attempt++) {

@@ -358,12 +358,12 @@ describe("container host over real HTTP", () => {
       assert.equal(await r.text(), "foo");
       const head = await fetch(`${s.url}/${FOO_HASH}+3`, { method: "HEAD" });
       assert.equal(head.status, 200);
-      // With no good copy anywhere the volume's error is the answer, as before (an errno
-      // the driver does not translate is a 500; the log names it).
+      // With no good copy anywhere the volume's error is the answer: a 503 naming the volume,
+      // so the client tries another server.
       await fs.rm(join(s.roots[1] as string, "acb", FOO_HASH));
       const bad = await fetch(`${s.url}/${FOO_HASH}+3`);
-      assert.equal(bad.status, 500);
-      await bad.text();
+      assert.equal(bad.status, 503);
+      assert.equal(await bad.text(), `volume ${s.roots[0]}: EISDIR\n`);
     } finally {
       await s.cleanup();
     }
@@ -374,10 +374,13 @@ describe("container host over real HTTP", () => {
     try {
       await fs.mkdir(join(s.roots[0] as string, "acb"), { recursive: true });
       await fs.writeFile(join(s.roots[0] as string, "acb", FOO_HASH), "foo");
-      const mounts = (await (await fetch(`${s.url}/mounts`)).json()) as Array<{ uuid: string }>;
+      const mounts = (await (await fetch(`${s.url}/mounts`)).json()) as Array<{ uuid: string; device_id: string }>;
       const gone = s.roots[1] as string;
+      // /mounts is in UUID order, not the order the volumes were given: find root 1's mount.
+      const uuid = mounts.find((m) => m.device_id.endsWith(gone))?.uuid;
+      assert.ok(uuid, JSON.stringify(mounts));
       await fs.rm(gone, { recursive: true });
-      const one = await fetch(`${s.url}/mounts/${mounts[1]?.uuid}/blocks`);
+      const one = await fetch(`${s.url}/mounts/${uuid}/blocks`);
       assert.equal(one.status, 503);
       assert.match(await one.text(), /root directory is gone; check that the disk is mounted/);
       // All mounts: mount 0's lines may already be out, but never the end marker keep-balance
@@ -387,7 +390,7 @@ describe("container host over real HTTP", () => {
       if (all.status === 200) assert.ok(!text.endsWith("\n\n"), `index claims to be complete: ${JSON.stringify(text)}`);
       else assert.equal(all.status, 503);
       await fs.mkdir(gone);
-      const back = await fetch(`${s.url}/mounts/${mounts[1]?.uuid}/blocks`);
+      const back = await fetch(`${s.url}/mounts/${uuid}/blocks`);
       assert.equal(back.status, 200);
       assert.equal(await back.text(), "\n", "an empty root is an empty, complete index");
     } finally {
