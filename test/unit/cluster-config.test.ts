@@ -131,21 +131,13 @@ describe("cluster config (config.yml) as keepstore reads it", () => {
     assert.equal(disk?.allowTrashWhenReadOnly, false);
     // AllowTrashWhenReadOnly lifts the volume's ReadOnly, not the host's (reference: AllowTrash =
     // !hostReadOnly && (!ReadOnly || AllowTrashWhenReadOnly)): keep1 may not trash keep0's disk.
-    const both = load(
-      CONFIG.replace(
-        "        Driver: Directory\n",
-        "        Driver: Directory\n        AllowTrashWhenReadOnly: true\n",
-      ),
-      "http://keep1.example:25107/",
-    ).config.volumes[0];
+    const trashRo = CONFIG.replace(
+      "        Driver: Directory\n",
+      "        Driver: Directory\n        AllowTrashWhenReadOnly: true\n",
+    );
+    const both = load(trashRo, "http://keep1.example:25107/").config.volumes[0];
     assert.deepEqual([both?.readOnly, both?.allowTrashWhenReadOnly], [true, false]);
-    const own = load(
-      CONFIG.replace(
-        "        Driver: Directory\n",
-        "        Driver: Directory\n        AllowTrashWhenReadOnly: true\n",
-      ),
-      "http://keep0.example:25107/",
-    ).config.volumes[0];
+    const own = load(trashRo, "http://keep0.example:25107/").config.volumes[0];
     assert.deepEqual([own?.readOnly, own?.allowTrashWhenReadOnly], [false, true], "keep0 may");
     assert.ok(s3?.driver === "s3");
     assert.deepEqual(

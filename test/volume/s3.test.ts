@@ -462,7 +462,12 @@ describe("s3 volume: listing and credentials", () => {
     });
   }
 
-  it("without keys, uses the SDK's default chain (here the container credentials endpoint of ECS/Fargate; a Lambda role arrives as environment variables, the same chain)", async () => {
+  /**
+   * The container credentials endpoint of ECS/Fargate, protocol-level, as the only source of
+   * keys for the SDK's default chain while `fn` runs: it hands out role keys that expire
+   * `lifetimeMs` after each request, and counts the requests.
+   */
+  async function withContainerCredentials(lifetimeMs: number, fn: (served: () => number) => Promise<void>) {
     let served = 0;
     const creds = createServer((_req, res) => {
       served++;
@@ -472,7 +477,7 @@ describe("s3 volume: listing and credentials", () => {
           AccessKeyId: "S3RVER",
           SecretAccessKey: "S3RVER",
           Token: "placeholder-session-token",
-          Expiration: new Date(Date.now() + HOUR).toISOString(),
+          Expiration: new Date(Date.now() + lifetimeMs).toISOString(),
         }),
       );
     });
@@ -483,74 +488,64 @@ describe("s3 volume: listing and credentials", () => {
     process.env.AWS_CONTAINER_CREDENTIALS_FULL_URI = `http://127.0.0.1:${(creds.address() as { port: number }).port}/v2/credentials`;
     process.env.AWS_CONFIG_FILE = "/nonexistent/keepfn-test-config";
     process.env.AWS_SHARED_CREDENTIALS_FILE = "/nonexistent/keepfn-test-credentials";
-    const bucket = await server.createBucket();
-    const v = new S3Volume(
-      { bucket, endpoint: server.endpoint, prefixLength: 0 },
-      { clock: new FakeClock(), signingTtlMs: HOUR, trashLifetimeMs: HOUR },
-    );
     try {
-      await v.write(TEST_HASH, chunks(TEST_BLOCK));
-      assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
-      assert.ok(served >= 1, "credentials came from the container endpoint");
+      await fn(() => served);
     } finally {
-      await v.close();
       process.env = saved;
       creds.close();
     }
-  });
+  }
 
-  it("a two-step upload URL signed with a role's temporary credentials never promises more time than they have left", async () => {
-    // The container credentials endpoint hands out keys that expire in 10 minutes; a 15-minute
-    // URL signed with them would stop working after 10 (S3 presigned URL docs).
-    const LEFT_MS = 10 * 60_000;
-    const creds = createServer((_req, res) => {
-      res.writeHead(200, { "content-type": "application/json" });
-      res.end(
-        JSON.stringify({
-          AccessKeyId: "S3RVER",
-          SecretAccessKey: "S3RVER",
-          Token: "placeholder-session-token",
-          Expiration: new Date(Date.now() + LEFT_MS).toISOString(),
-        }),
+  it("without keys, uses the SDK's default chain (here the container credentials endpoint of ECS/Fargate; a Lambda role arrives as environment variables, the same chain)", () =>
+    withContainerCredentials(HOUR, async (served) => {
+      const bucket = await server.createBucket();
+      const v = new S3Volume(
+        { bucket, endpoint: server.endpoint, prefixLength: 0 },
+        { clock: new FakeClock(), signingTtlMs: HOUR, trashLifetimeMs: HOUR },
       );
+      try {
+        await v.write(TEST_HASH, chunks(TEST_BLOCK));
+        assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
+        assert.ok(served() >= 1, "credentials came from the container endpoint");
+      } finally {
+        await v.close();
+      }
+    }));
+
+  it("a two-step upload URL signed with a role's temporary credentials never promises more time than they have left", () => {
+    // Role keys that expire in 10 minutes; a 15-minute URL signed with them would stop working
+    // after 10 (S3 presigned URL docs).
+    const LEFT_MS = 10 * 60_000;
+    return withContainerCredentials(LEFT_MS, async () => {
+      const clock = new FakeClock(Date.now());
+      const role = new S3Volume(
+        { bucket: await server.createBucket(), endpoint: server.endpoint, prefixLength: 0 },
+        { clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR },
+      );
+      const keys = new S3Volume(
+        {
+          bucket: await server.createBucket(),
+          endpoint: server.endpoint,
+          prefixLength: 0,
+          accessKey: "S3RVER",
+          secretKey: "S3RVER",
+        },
+        { clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR },
+      );
+      try {
+        const t = await role.presignUpload(TEST_HASH, TEST_BLOCK.length, 900);
+        const expires = Number(new URL(t.url).searchParams.get("X-Amz-Expires"));
+        assert.ok(expires <= LEFT_MS / 1000 && expires > LEFT_MS / 1000 - 60, `X-Amz-Expires=${expires}`);
+        assert.ok(t.expiresAt.getTime() - clock.now() <= LEFT_MS, `expires_at ${t.expiresAt.toISOString()}`);
+        // Long-term keys (no expiry) get the whole 15 minutes.
+        const k = await keys.presignUpload(TEST_HASH, TEST_BLOCK.length, 900);
+        assert.equal(new URL(k.url).searchParams.get("X-Amz-Expires"), "900");
+        assert.equal(k.expiresAt.getTime() - clock.now(), 900_000);
+      } finally {
+        await role.close();
+        await keys.close();
+      }
     });
-    await new Promise<void>((r) => creds.listen(0, "127.0.0.1", r));
-    const saved = { ...process.env };
-    for (const k of ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"])
-      delete process.env[k];
-    process.env.AWS_CONTAINER_CREDENTIALS_FULL_URI = `http://127.0.0.1:${(creds.address() as { port: number }).port}/v2/credentials`;
-    process.env.AWS_CONFIG_FILE = "/nonexistent/keepfn-test-config";
-    process.env.AWS_SHARED_CREDENTIALS_FILE = "/nonexistent/keepfn-test-credentials";
-    const clock = new FakeClock(Date.now());
-    const role = new S3Volume(
-      { bucket: await server.createBucket(), endpoint: server.endpoint, prefixLength: 0 },
-      { clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR },
-    );
-    const keys = new S3Volume(
-      {
-        bucket: await server.createBucket(),
-        endpoint: server.endpoint,
-        prefixLength: 0,
-        accessKey: "S3RVER",
-        secretKey: "S3RVER",
-      },
-      { clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR },
-    );
-    try {
-      const t = await role.presignUpload(TEST_HASH, TEST_BLOCK.length, 900);
-      const expires = Number(new URL(t.url).searchParams.get("X-Amz-Expires"));
-      assert.ok(expires <= LEFT_MS / 1000 && expires > LEFT_MS / 1000 - 60, `X-Amz-Expires=${expires}`);
-      assert.ok(t.expiresAt.getTime() - clock.now() <= LEFT_MS, `expires_at ${t.expiresAt.toISOString()}`);
-      // Long-term keys (no expiry) get the whole 15 minutes.
-      const k = await keys.presignUpload(TEST_HASH, TEST_BLOCK.length, 900);
-      assert.equal(new URL(k.url).searchParams.get("X-Amz-Expires"), "900");
-      assert.equal(k.expiresAt.getTime() - clock.now(), 900_000);
-    } finally {
-      await role.close();
-      await keys.close();
-      process.env = saved;
-      creds.close();
-    }
   });
 
   it("without keys on EC2, takes the instance role's credentials from IMDSv2; with no role attached, the error says where keys come from (IAMRoleCredentials)", async () => {
