@@ -23,7 +23,7 @@ interface MountLine {
 }
 
 /** mountinfo escapes space, tab, newline and backslash as octal (\040 …). */
-const unescape = (s: string) =>
+const unescapeOctal = (s: string) =>
   s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
 
 function parseMountinfo(text: string): MountLine[] {
@@ -34,9 +34,9 @@ function parseMountinfo(text: string): MountLine[] {
     if (f.length < 10 || dash < 6) continue;
     out.push({
       devId: f[2] as string,
-      fsRoot: unescape(f[3] as string),
-      mountPoint: unescape(f[4] as string),
-      source: unescape(f[dash + 2] ?? ""),
+      fsRoot: unescapeOctal(f[3] as string),
+      mountPoint: unescapeOctal(f[4] as string),
+      source: unescapeOctal(f[dash + 2] ?? ""),
     });
   }
   return out;

@@ -91,9 +91,7 @@ export function checkAzure(mainText: string, paramText: string): string[] {
       p.push(`param ${d.name} looks like a secret but is not @secure()`);
   }
   for (const d of decls) {
-    const allowedSink =
-      d.kind === "resource" &&
-      /^Microsoft\.KeyVault\/vaults\/secrets@/i.test(d.type ?? "");
+    const allowedSink = d.kind === "resource" && /^Microsoft\.KeyVault\/vaults\/secrets@/i.test(d.type ?? "");
     const exprs = expressions(d.value);
     for (const e of exprs) {
       const { names, functions, methods } = referencedNames(e);
@@ -582,7 +580,10 @@ describe("infra/azure (Bicep, structural checks; no compiler here)", () => {
     // no host to hold keys before (a functionKeys resource in the template fails there).
     const keySet = script.indexOf("az functionapp keys set");
     assert.ok(keySet > script.indexOf("config-zip"), "host key set after the code is published");
-    assert.match(script.slice(keySet), /--key-type functionKeys --key-name apim --key-value "\$KEEPFN_APIM_FUNCTION_KEY"/);
+    assert.match(
+      script.slice(keySet),
+      /--key-type functionKeys --key-name apim --key-value "\$KEEPFN_APIM_FUNCTION_KEY"/,
+    );
     assert.doesNotMatch(read("infra/azure/main.bicep"), /Microsoft\.Web\/sites\/host\/functionKeys/i);
   });
 

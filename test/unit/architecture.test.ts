@@ -1,6 +1,7 @@
 // Imports point inward: hosts import shared/, never the reverse, and no host imports another.
 // Parses every source file's import specifiers and fails on a violation.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join, relative, resolve } from "node:path";
 import { describe, it } from "node:test";
@@ -52,5 +53,14 @@ describe("architecture", () => {
         }
       }
     }
+  });
+});
+
+describe("lint", () => {
+  // `npm run lint`'s Biome half, so a lint error fails the suite (and CI), not only the command
+  // an operator may run; its other half, the type check, is the build that runs before the tests.
+  it("the sources pass Biome (npm run lint)", () => {
+    const r = spawnSync(join(ROOT, "node_modules/.bin/biome"), ["check", "."], { cwd: ROOT, encoding: "utf8" });
+    assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
   });
 });
