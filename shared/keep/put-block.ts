@@ -91,7 +91,7 @@ export async function putBlock(
       opts.logger.warn({ err, mount: only.uuid, hash }, "block write failed");
       if (err instanceof VolumeFullError) throw new InsufficientStorageError();
       only.noteWriteFailure(opts.clock.now());
-      throw new VolumeUnavailableError("volume unavailable", { cause: err });
+      throw unavailable(err);
     }
     // Refused: something is stored. A live copy is what the plan would compare and touch: do
     // that with the one read (no existence check first; no touch either when the refusal
@@ -280,7 +280,17 @@ export async function putBlock(
     }
     throw new InsufficientStorageError();
   }
-  throw new VolumeUnavailableError("volume unavailable", { cause: lastErr });
+  throw unavailable(lastErr);
+}
+
+/**
+ * The reference's 503 "volume unavailable", followed by the volume's own words when it gave
+ * some (ours are written for operators: "bucket keep does not exist", "volume /srv/keep:
+ * EROFS"), as a GET's 503 already carries them; an SDK's raw error stays in the log.
+ */
+function unavailable(cause: unknown): VolumeUnavailableError {
+  const own = cause instanceof KeepError && cause.message && cause.message !== "volume unavailable";
+  return new VolumeUnavailableError(own ? `volume unavailable: ${cause.message}` : "volume unavailable", { cause });
 }
 
 /** A volume names the bare hash; the reference's message names the locator as the client sent it. */

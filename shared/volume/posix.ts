@@ -217,13 +217,38 @@ export class PosixVolume implements Volume {
         if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
       }
     }
-    // A directory made here must be in its parent on disk too before a block in it is
-    // acknowledged: POSIX promises that only after the parent's fsync (ext4 happens to commit
-    // it with the block's, other file systems need not).
-    const made = await fs.mkdir(dir, { recursive: true, mode: 0o755 });
-    if (made !== undefined) await fsyncDir(dirname(dir));
+    await this.makeBlockDir(dir);
     this.knownDirs.add(dir);
     return open();
+  }
+
+  /**
+   * Make `dir` (a block directory, one level under the root), and the root too if it was
+   * deleted, as the reference's MkdirAll does. Not mkdir({recursive}) for the block directory:
+   * Node reports EROFS there as ENOENT, so a disk remounted read-only answered PUTs with "file
+   * does not exist". A directory made here must be in its parent on disk before a block in it
+   * is acknowledged: POSIX promises that only after the parent's fsync (ext4 happens to commit
+   * it with the block's, other file systems need not).
+   */
+  private async makeBlockDir(dir: string): Promise<void> {
+    const mkdir = () =>
+      fs.mkdir(dir, { mode: 0o755 }).then(
+        () => true,
+        (err: NodeJS.ErrnoException) => {
+          if (err.code === "EEXIST") return false;
+          throw err;
+        },
+      );
+    let made: boolean;
+    try {
+      made = await mkdir();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      const root = await fs.mkdir(this.root, { recursive: true, mode: 0o755 });
+      if (root !== undefined) await fsyncDir(dirname(this.root));
+      made = await mkdir();
+    }
+    if (made) await fsyncDir(this.root);
   }
 
   async touch(hash: string): Promise<void> {

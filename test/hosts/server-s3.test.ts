@@ -80,6 +80,39 @@ describe("container host with -s3-* flags", () => {
     }
   });
 
+  it("a bucket that does not exist: PUT, GET and index answer 503 saying so", async () => {
+    await fs.writeFile(join(dir, "ak"), "S3RVER\n");
+    await fs.writeFile(join(dir, "sk"), "S3RVER\n");
+    const opts = parseFlags([
+      "-listen",
+      "127.0.0.1:0",
+      "-s3-endpoint",
+      s3.endpoint,
+      "-s3-region",
+      "us-east-1",
+      "-s3-access-key-file",
+      join(dir, "ak"),
+      "-s3-secret-key-file",
+      join(dir, "sk"),
+      "-s3-bucket-volume",
+      "nosuchbucket",
+    ]);
+    const srv = await startKeepServer(opts.config, opts.listen, { logger: silentLogger() });
+    try {
+      const put = await fetch(`${srv.url}/${md5(Buffer.from("foo"))}`, { method: "PUT", body: "foo" });
+      assert.equal(put.status, 503);
+      assert.match(await put.text(), /^volume unavailable: .*bucket nosuchbucket does not exist/);
+      const get = await fetch(`${srv.url}/${md5(Buffer.from("foo"))}+3`);
+      assert.equal(get.status, 503);
+      assert.match(await get.text(), /bucket nosuchbucket does not exist/);
+      const index = await fetch(`${srv.url}/index`);
+      assert.equal(index.status, 503);
+      assert.match(await index.text(), /bucket nosuchbucket does not exist/);
+    } finally {
+      await srv.close();
+    }
+  });
+
   it("keepfn-local --host lambda serves the same bucket from environment variables", async () => {
     const bucket = await s3.createBucket("cli");
     const port = await freePort();
