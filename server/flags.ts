@@ -137,17 +137,17 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = {}): ServerO
         break;
       case "blob-signing-key-file":
       case "permission-key-file":
-        c.blobSigningKey = readSecret(value, name);
+        c.blobSigningKey = readSecret(value, name, true);
         break;
       case "blob-signature-ttl":
       case "permission-ttl":
         c.blobSigningTtlSeconds = parseIntFlag(name, value);
         break;
       case "data-manager-token-file":
-        c.systemRootToken = readSecret(value, name);
+        c.systemRootToken = readSecret(value, name, true);
         break;
       case "management-token-file":
-        c.managementToken = readSecret(value, name);
+        c.managementToken = readSecret(value, name, true);
         break;
       case "trash-lifetime":
         c.trashLifetimeMs = parseDuration(`-${name}`, value);

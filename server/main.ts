@@ -31,13 +31,18 @@ async function main(): Promise<void> {
   const running = await startKeepServer(opts.config, opts.listen, { logger });
   if (opts.pidFile) writeFileSync(opts.pidFile, `${process.pid}\n`);
   for (const m of running.app.keep.mounts) logger.info({ mount: m.toJSON() }, "using volume");
-  logger.info({ url: running.url }, "keepstore listening");
+  // Say where it is exposed, not only where a local client finds it: ":25107" is every interface.
+  const where = running.everyInterface ? `${running.bound}, every interface` : running.bound;
+  logger.info(
+    { url: running.url, listen: running.bound, everyInterface: running.everyInterface },
+    `keepstore listening on ${where}`,
+  );
   if (process.stdout.isTTY || process.env.npm_lifecycle_event === "start") {
     process.stderr.write(
-      `\nkeepstore is serving ${running.url}\n` +
+      `\nkeepstore is serving ${running.url} (listening on ${where})\n` +
         `  put:  curl -sS -X PUT --data-binary 'hello' ${running.url}/5d41402abc4b2a76b9719d911017c592\n` +
         `  get:  curl -sS ${running.url}/5d41402abc4b2a76b9719d911017c592+5\n` +
-        `  flags: npm start -- -help\n\n`,
+        `  flags: npm start -- --help\n\n`,
     );
   }
   let stopping = false;

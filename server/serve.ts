@@ -12,7 +12,12 @@ export { splitListen };
 export interface RunningServer {
   app: KeepApp;
   server: Server;
+  /** Where a client on this machine reaches it (loopback when bound to every interface). */
   url: string;
+  /** The address actually bound, e.g. "0.0.0.0:25107" (every interface) or "127.0.0.1:25107". */
+  bound: string;
+  /** Bound to every interface (":25107", "0.0.0.0", "[::]"): reachable from the network. */
+  everyInterface: boolean;
   /** Stop accepting, let in-flight requests finish (up to graceMs), then close volumes. */
   close(graceMs?: number): Promise<void>;
 }
@@ -67,6 +72,8 @@ export async function startKeepServer(config: KeepConfig, listen: string, deps: 
     app,
     server,
     url: `http://${shownHost === "[::]" || shownHost === "0.0.0.0" ? "127.0.0.1" : shownHost}:${addr.port}`,
+    bound: `${shownHost}:${addr.port}`,
+    everyInterface: shownHost === "[::]" || shownHost === "0.0.0.0",
     async close(graceMs = 30_000) {
       if (timer) clearInterval(timer);
       const closed = new Promise<void>((r) => server.close(() => r()));

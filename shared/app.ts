@@ -104,6 +104,14 @@ export async function createKeepApp(config: KeepConfig, deps: AppDeps = {}): Pro
     const label = priority > 0 ? "high" : priority < 0 ? "low" : "normal";
     (admitted ? metrics.queueDelay : metrics.queueTimeout).observe({ priority: label }, seconds);
   };
+  // As the reference, no admin token means no admin check, which an operator may not expect:
+  // say it once at start, in every host's terms, louder when DELETE is on too.
+  if (!config.systemRootToken)
+    logger.warn(
+      config.trashEnabled
+        ? "no admin token is set: anyone can DELETE blocks and send trash lists, and read the index and mounts; set -data-manager-token-file (cluster config SystemRootToken; Functions KEEP_SYSTEM_ROOT_TOKEN_SECRET, Lambda KEEP_SYSTEM_ROOT_TOKEN_PARAM)"
+        : "no admin token is set: anyone can read the index and mounts and send trash and pull lists; set -data-manager-token-file (cluster config SystemRootToken; Functions KEEP_SYSTEM_ROOT_TOKEN_SECRET, Lambda KEEP_SYSTEM_ROOT_TOKEN_PARAM)",
+    );
   const services: KeepServices = { config, keep, trashWorker, pullWorker, remote, metrics, clock, logger, inFlight };
   return {
     ...services,

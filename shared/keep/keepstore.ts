@@ -168,7 +168,11 @@ export class Keepstore {
 
   /** DELETE: trash the block on every mount that allows it, if older than the signing TTL. */
   async trash(hash: string): Promise<void> {
-    if (!this.opts.trashEnabled) throw new DisabledError("trash is disabled (BlobTrash is false)");
+    // Named in each host's terms: the operator may know only the one they set.
+    if (!this.opts.trashEnabled)
+      throw new DisabledError(
+        "trash is disabled: DELETE needs it on (keepstore -never-delete=false; cluster config Collections.BlobTrash: true; Functions and Lambda KEEP_TRASH_ENABLED=true)",
+      );
     let found = false;
     let firstErr: unknown;
     const now = msToNs(this.opts.clock.now());

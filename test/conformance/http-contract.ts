@@ -478,7 +478,13 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
       "refuses DELETE when trash is disabled",
       withHost({ ...signing, trashEnabled: false }, async (url) => {
         await put(url, FOO_HASH, FOO);
-        assert.equal((await fetch(`${url}/${FOO_HASH}`, { method: "DELETE", headers: bearer(ADMIN) })).status, 405);
+        const r = await fetch(`${url}/${FOO_HASH}`, { method: "DELETE", headers: bearer(ADMIN) });
+        assert.equal(r.status, 405);
+        // It names the setting in every host's terms, not only the cluster config's.
+        assert.match(
+          await r.text(),
+          /^trash is disabled: .*-never-delete=false.*BlobTrash: true.*KEEP_TRASH_ENABLED=true/,
+        );
       }),
     );
 

@@ -189,6 +189,31 @@ describe("keepstore executable", () => {
     }
   });
 
+  it("logs where it is exposed: every interface for -listen :PORT, not only the loopback URL", async () => {
+    const cwd = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    const line = (c: ChildProcess) => listeningUrl(c, /(\{[^\n]*"msg":"keepstore listening[^\n]*\})/);
+    const wide = spawn(process.execPath, [MAIN, "-listen=:0", "-volume", cwd], { stdio: ["ignore", "pipe", "pipe"] });
+    const local = spawn(process.execPath, [MAIN, "-listen=127.0.0.1:0", "-volume", cwd], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    try {
+      const w = JSON.parse(await line(wide)) as { listen: string; everyInterface: boolean; msg: string; url: string };
+      assert.equal(w.everyInterface, true);
+      assert.match(w.listen, /^(0\.0\.0\.0|\[::\]):\d+$/);
+      assert.match(w.msg, /^keepstore listening on \S+, every interface$/);
+      assert.match(w.url, /^http:\/\/127\.0\.0\.1:\d+$/, "the URL is still one a local client can use");
+      const l = JSON.parse(await line(local)) as { listen: string; everyInterface: boolean; msg: string };
+      assert.equal(l.everyInterface, false);
+      assert.match(l.msg, /^keepstore listening on 127\.0\.0\.1:\d+$/);
+    } finally {
+      for (const c of [wide, local]) {
+        c.kill("SIGTERM");
+        await exited(c);
+      }
+      await fs.rm(cwd, { recursive: true, force: true });
+    }
+  });
+
   it("exits 2 with a clear message on a bad flag", async () => {
     const r = await run(process.execPath, [MAIN, "-volume"]).catch((e) => e);
     assert.equal(r.code, 2);

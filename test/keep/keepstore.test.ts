@@ -1,9 +1,12 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { promises as fs } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { createKeepApp } from "../../shared/app.js";
 import { msToNs } from "../../shared/clock.js";
+import { DEFAULTS, type KeepConfig } from "../../shared/config.js";
 import {
   ChecksumMismatchError,
   CollisionError,
@@ -648,6 +651,36 @@ describe("keepstore service", () => {
       assert.equal(s.keep.buffers.used, 0);
     } finally {
       await s.cleanup();
+    }
+  });
+});
+
+describe("start-up warnings", () => {
+  it("says at start that the admin routes are open when no admin token is set, louder with DELETE on", async () => {
+    const root = await fs.mkdtemp(join(tmpdir(), "keepfn-warn-"));
+    try {
+      const start = async (cfg: Partial<KeepConfig>) => {
+        const log = capturedLogger("warn");
+        const app = await createKeepApp(
+          {
+            ...DEFAULTS,
+            volumes: [
+              { driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"] },
+            ],
+            ...cfg,
+          },
+          { logger: log.logger },
+        );
+        await app.close();
+        return log.lines.filter((l) => l.includes("no admin token is set")).map((l) => JSON.parse(l).msg as string);
+      };
+      const [open] = await start({ trashEnabled: false });
+      assert.match(open ?? "", /anyone can read the index.*set -data-manager-token-file/);
+      const [deleting] = await start({ trashEnabled: true });
+      assert.match(deleting ?? "", /anyone can DELETE blocks/);
+      assert.deepEqual(await start({ trashEnabled: true, systemRootToken: "admin-token" }), []);
+    } finally {
+      await fs.rm(root, { recursive: true, force: true });
     }
   });
 });

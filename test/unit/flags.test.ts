@@ -111,6 +111,26 @@ describe("keepstore flags", () => {
     assert.throws(() => parseFlags(["-enforce-permissions", "-volume=/x"]), ConfigError);
   });
 
+  it("refuses an empty signing key or token file by name: an empty admin token would open every admin route", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-flags-"));
+    try {
+      await fs.writeFile(join(dir, "empty"), "\n");
+      for (const flag of [
+        "blob-signing-key-file",
+        "permission-key-file",
+        "data-manager-token-file",
+        "management-token-file",
+      ])
+        assert.throws(
+          () => parseFlags([`-${flag}`, join(dir, "empty"), "-volume=/x"]),
+          new RegExp(`^ConfigError: -${flag} \\S+empty: the file is empty$`),
+          flag,
+        );
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("refuses one S3 key file without the other, or an empty one, instead of using the SDK's default credentials", async () => {
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-flags-"));
     try {
