@@ -23,5 +23,13 @@ if (!path) {
   process.exit(2);
 }
 const mod = (await import(path)) as { runLocal(listen: string, env: NodeJS.ProcessEnv): Promise<{ url: string }> };
-const { url } = await mod.runLocal(values.listen as string, process.env);
-process.stderr.write(`keepfn-local: ${values.host} handlers serving ${url}\n`);
+try {
+  const { url } = await mod.runLocal(values.listen as string, process.env);
+  process.stderr.write(`keepfn-local: ${values.host} handlers serving ${url}\n`);
+} catch (err) {
+  // A bad setting is the operator's to fix: its message, not a stack trace (as the container
+  // host does). Anything else is ours: keep the stack.
+  const e = err as Error;
+  process.stderr.write(e?.name === "ConfigError" ? `keepfn-local: ${e.message}\n` : `keepfn-local: ${e?.stack ?? e}\n`);
+  process.exit(2);
+}

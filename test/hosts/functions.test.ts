@@ -461,6 +461,24 @@ describe("keepfn-local --host functions (the CLI)", () => {
       await exited;
     }
   });
+
+  it("a bad setting exits 2 with its message, not a stack trace", async () => {
+    const { execFile } = await import("node:child_process");
+    const r = await new Promise<{ code: number | null; stderr: string }>((resolve) =>
+      execFile(
+        process.execPath,
+        ["dist/tools/keepfn-local.js", "--host", "functions", "--listen", "127.0.0.1:0"],
+        { env: { ...process.env, KEEP_VOLUMES: '[{"account":"a","container":"c","ReadOnly":true}]' } },
+        (err, _out, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stderr }),
+      ),
+    );
+    assert.equal(r.code, 2);
+    assert.equal(
+      r.stderr.split("\n")[0],
+      'keepfn-local: KEEP_VOLUMES[0]: unknown field "ReadOnly" (known: account, container, endpoint, keySecret, keyFile, key, identity, replication, readOnly, allowTrashWhenReadOnly, storageClasses, maxGetBytes, retryBudgetMs, uuid)',
+    );
+    assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
+  });
 });
 
 describe("Function App configured from Key Vault through the managed identity", () => {
