@@ -40,14 +40,20 @@ az functionapp deployment source config-zip \
 
 # The host key APIM sends (x-functions-key), the same value APIM reads from Key Vault. Host keys
 # live in the running Functions host, so this comes after the code: a freshly published app may
-# take a minute to start answering key operations, hence the retries. The value is never printed.
-for attempt in 1 2 3 4 5 6; do
+# take a minute or two to start answering key operations, hence up to 2 minutes of retries. The
+# value goes to az through a private file (az reads @file arguments), never on a command line
+# another user could read in ps, and is never printed.
+keyfile=$(mktemp)
+trap 'rm -f "$keyfile"' EXIT
+chmod 600 "$keyfile"
+printf '%s' "$KEEPFN_APIM_FUNCTION_KEY" > "$keyfile"
+for attempt in 1 2 3 4 5 6 7; do
   if az functionapp keys set --resource-group "$rg" --name "$app" \
-      --key-type functionKeys --key-name apim --key-value "$KEEPFN_APIM_FUNCTION_KEY" --output none; then
+      --key-type functionKeys --key-name apim --key-value "@$keyfile" --output none; then
     break
   fi
-  if [ "$attempt" = 6 ]; then
-    echo "deploy: could not set the APIM host key on $app; run the az functionapp keys set above again" >&2
+  if [ "$attempt" = 7 ]; then
+    echo "deploy: could not set the APIM host key on $app; run infra/azure/deploy.sh again" >&2
     exit 1
   fi
   echo "deploy: the Functions host is not ready for key operations yet; retrying in 20 s" >&2

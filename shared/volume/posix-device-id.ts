@@ -1,8 +1,9 @@
 // The device id of a directory volume, as the reference forms it: the file system's UUID and
-// the directory's path inside that file system (`<fs-uuid><path-in-fs>`), so the same disk
-// has the same id on whichever host mounts it, wherever it is mounted; keep-balance indexes
-// each device once and counts its blocks once. Where the UUID cannot be found (no udev in a
-// container, NFS, tmpfs) it falls back to `host:root`, as the reference does.
+// the directory's path below the mount point (`<fs-uuid>/keep`; the bare UUID when the
+// directory is the mount point), so the same disk has the same id on whichever host mounts it,
+// wherever it is mounted; keep-balance indexes each device once and counts its blocks once.
+// Where that cannot be worked out (no udev in a container, NFS, tmpfs, a bind mount or a btrfs
+// subvolume) it falls back to `host:root`, as the reference does.
 import { readdirSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { hostname } from "node:os";
 import { posix } from "node:path";
@@ -16,7 +17,6 @@ export interface DeviceIdSources {
 }
 
 interface MountLine {
-  devId: string;
   fsRoot: string;
   mountPoint: string;
   source: string;
@@ -33,7 +33,6 @@ function parseMountinfo(text: string): MountLine[] {
     const dash = f.indexOf("-");
     if (f.length < 10 || dash < 6) continue;
     out.push({
-      devId: f[2] as string,
       fsRoot: unescapeOctal(f[3] as string),
       mountPoint: unescapeOctal(f[4] as string),
       source: unescapeOctal(f[dash + 2] ?? ""),
@@ -44,25 +43,24 @@ function parseMountinfo(text: string): MountLine[] {
 
 const within = (path: string, dir: string) => dir === "/" || path === dir || path.startsWith(`${dir}/`);
 
-/** A Linux dev_t as mountinfo's major:minor (glibc's layout: 12+20 bits of major, 8+24 of minor). */
-export function majorMinor(rdev: number): string {
-  const hi = Math.floor(rdev / 2 ** 32) >>> 0;
-  const lo = rdev >>> 0;
-  const major = (((lo >>> 8) & 0xfff) | (hi & ~0xfff)) >>> 0;
-  const minor = ((lo & 0xff) | ((lo >>> 12) & 0xfff00) | ((hi & 0xfff) << 20)) >>> 0;
-  return `${major}:${minor}`;
-}
-
-/** The block device behind a udev link, by path and by device number (btrfs shows 0:N). */
-function sameDevice(link: string, source: string | undefined, devId: string): boolean {
+/** The udev link points at the mounted device node (the reference compares their inodes). */
+function sameDevice(link: string, source: string): boolean {
   try {
-    if (source !== undefined && realpathSync(link) === source) return true;
-    return majorMinor(statSync(link).rdev) === devId;
+    const a = statSync(link);
+    const b = statSync(source);
+    return (a.ino === b.ino && a.dev === b.dev) || (a.rdev !== 0 && a.rdev === b.rdev);
   } catch {
     return false;
   }
 }
 
+/**
+ * The reference's rules (UnixVolume.GetDeviceID): the mount holding the directory's real path
+ * (findmnt --target); its source must be a device path, so a bind mount or a btrfs subvolume,
+ * whose source findmnt writes as "/dev/sda2[/@]", gives up; the path is the directory's below
+ * the mount point ("" when the directory is the mount point); the UUID is the by-uuid link
+ * naming that device. Giving up means host:root.
+ */
 export function posixDeviceId(root: string, src: DeviceIdSources = {}): string {
   const fallback = `${src.host ?? hostname()}:${root}`;
   try {
@@ -72,22 +70,12 @@ export function posixDeviceId(root: string, src: DeviceIdSources = {}): string {
     let best: MountLine | undefined;
     for (const m of mounts)
       if (within(real, m.mountPoint) && (!best || m.mountPoint.length >= best.mountPoint.length)) best = m;
-    if (!best) return fallback;
+    if (!best || best.fsRoot !== "/" || !best.source.startsWith("/")) return fallback;
+    const path = real === best.mountPoint ? "" : best.mountPoint === "/" ? real : real.slice(best.mountPoint.length);
     const dir = src.byUuidDir ?? "/dev/disk/by-uuid";
-    const source = best.source.startsWith("/") ? realpathOr(best.source) : undefined;
-    for (const uuid of readdirSync(dir).sort())
-      if (sameDevice(posix.join(dir, uuid), source, best.devId))
-        return uuid + posix.join(best.fsRoot, posix.relative(best.mountPoint, real));
+    for (const uuid of readdirSync(dir).sort()) if (sameDevice(posix.join(dir, uuid), best.source)) return uuid + path;
     return fallback;
   } catch {
     return fallback;
-  }
-}
-
-function realpathOr(p: string): string | undefined {
-  try {
-    return realpathSync(p);
-  } catch {
-    return undefined;
   }
 }

@@ -4,7 +4,7 @@
 // itself: an MD5 worker reads each written MiB back from the page cache, so the bytes of a
 // large PUT cross the event loop once (socket to file) instead of also into the hasher.
 import { randomUUID } from "node:crypto";
-import { constants, promises as fs } from "node:fs";
+import { constants, promises as fs, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { LENT_CHUNK_SIZE, lend } from "../chunk-pool.js";
 import { msToNs } from "../clock.js";
@@ -67,6 +67,8 @@ export class PosixVolume implements Volume {
   private readonly knownDirs = new Set<string>();
   /** The last "not full" answer: until when, and for how many more bytes written, it holds. */
   private notFull?: { until: number; outBytes: number; margin: number };
+  /** The device the root was on at start (undefined if it did not exist then). */
+  private readonly rootDev?: number;
 
   constructor(
     opts: PosixVolumeOptions,
@@ -75,6 +77,26 @@ export class PosixVolume implements Volume {
     this.root = opts.root;
     if (opts.serialize) this.serial = new Mutex();
     this.deviceId = posixDeviceId(opts.root);
+    try {
+      this.rootDev = statSync(opts.root).dev;
+    } catch {
+      this.rootDev = undefined;
+    }
+  }
+
+  /**
+   * A disk unmounted under a running keepstore leaves its mount point behind, empty and on the
+   * parent's device: that must not pass for an empty volume (keep-balance would take the index
+   * for "holds nothing") nor take new blocks onto the wrong disk. A missing root is left to the
+   * callers (the index reports it; a write makes it again, as the reference's MkdirAll does).
+   */
+  private async checkRootDevice(): Promise<void> {
+    if (this.rootDev === undefined) return;
+    const st = await fs.stat(this.root).catch(() => undefined);
+    if (st && st.dev !== this.rootDev)
+      throw new VolumeUnavailableError(
+        `volume ${this.root}: the directory is on another device than when keepstore started (was the disk unmounted?); mount it again and restart keepstore`,
+      );
   }
 
   private blockPath(hash: string): string {
@@ -128,6 +150,7 @@ export class PosixVolume implements Volume {
 
   async write(hash: string, data: AsyncIterable<Uint8Array>, opts: WriteOptions = {}): Promise<void> {
     const path = this.blockPath(hash);
+    await this.checkRootDevice();
     if (await this.isFull()) throw new VolumeFullError(`volume ${this.root} is full`);
     const dir = join(this.root, hash.slice(0, 3));
     const release = await this.serialized(opts.signal);
@@ -483,6 +506,7 @@ export class PosixVolume implements Volume {
 
   /** Block directories (hex names) that can hold hashes starting with `prefix`. */
   private async hexDirs(prefix: string): Promise<string[]> {
+    await this.checkRootDevice();
     this.stats.op("readdir");
     // A block directory may be missing; the root may not: an index of a root that vanished
     // (a disk unmounted under us) would be a complete, empty answer, and keep-balance would

@@ -481,8 +481,10 @@ export class S3Volume implements Volume {
     });
     // A URL signed with temporary credentials (an execution or task role's) stops working when
     // they expire, whatever X-Amz-Expires says (S3 presigned URL docs): never promise the client
-    // more time than they have left. (The SDK renews them 5 minutes before they expire, and
-    // getSignedUrl below signs with the same cached ones.)
+    // more time than they have left. Only providers that report an expiry can be capped (the
+    // container and instance endpoints do; environment keys only with AWS_CREDENTIAL_EXPIRATION,
+    // which we have not seen Lambda set). The SDK renews expiring ones 5 minutes ahead, and
+    // getSignedUrl below signs with the same cached ones.
     const creds = await this.client.config.credentials();
     const left = creds.expiration
       ? Math.floor((creds.expiration.getTime() - Date.now()) / 1000)

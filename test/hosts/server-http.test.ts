@@ -374,11 +374,15 @@ describe("container host over real HTTP", () => {
     try {
       await fs.mkdir(join(s.roots[0] as string, "acb"), { recursive: true });
       await fs.writeFile(join(s.roots[0] as string, "acb", FOO_HASH), "foo");
-      const mounts = (await (await fetch(`${s.url}/mounts`)).json()) as Array<{ uuid: string; device_id: string }>;
+      const mounts = (await (await fetch(`${s.url}/mounts`)).json()) as Array<{ uuid: string }>;
       const gone = s.roots[1] as string;
-      // /mounts is in UUID order, not the order the volumes were given: find root 1's mount.
-      const uuid = mounts.find((m) => m.device_id.endsWith(gone))?.uuid;
-      assert.ok(uuid, JSON.stringify(mounts));
+      // /mounts is in UUID order, not the order the volumes were given: root 1's mount is the
+      // one whose own index lacks the block put on root 0.
+      const lists = await Promise.all(
+        mounts.map(async (m) => (await fetch(`${s.url}/mounts/${m.uuid}/blocks`)).text()),
+      );
+      const uuid = mounts[lists.findIndex((l) => !l.includes(FOO_HASH))]?.uuid;
+      assert.ok(uuid && lists.filter((l) => l.includes(FOO_HASH)).length === 1, JSON.stringify(lists));
       await fs.rm(gone, { recursive: true });
       const one = await fetch(`${s.url}/mounts/${uuid}/blocks`);
       assert.equal(one.status, 503);

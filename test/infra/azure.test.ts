@@ -580,10 +580,10 @@ describe("infra/azure (Bicep, structural checks; no compiler here)", () => {
     // no host to hold keys before (a functionKeys resource in the template fails there).
     const keySet = script.indexOf("az functionapp keys set");
     assert.ok(keySet > script.indexOf("config-zip"), "host key set after the code is published");
-    assert.match(
-      script.slice(keySet),
-      /--key-type functionKeys --key-name apim --key-value "\$KEEPFN_APIM_FUNCTION_KEY"/,
-    );
+    // From a private file (az's @file), never on a command line other users can read in ps.
+    assert.match(script.slice(keySet), /--key-type functionKeys --key-name apim --key-value "@\$keyfile"/);
+    assert.doesNotMatch(script, /--key-value "?\$KEEPFN_APIM_FUNCTION_KEY/);
+    assert.match(script, /chmod 600 "\$keyfile"/);
     assert.doesNotMatch(read("infra/azure/main.bicep"), /Microsoft\.Web\/sites\/host\/functionKeys/i);
   });
 

@@ -172,6 +172,35 @@ describe("faults: a POSIX volume that fills up or turns read-only", () => {
   });
 });
 
+describe("faults: a disk unmounted under a running keepstore", () => {
+  it("its empty mount point never passes for an empty volume nor takes blocks: index and PUT 503 until the disk is back", {
+    skip,
+  }, async () => {
+    const mnt = await fs.mkdtemp(join(tmpdir(), "keepfn-unmount-"));
+    assert.equal(tryMount(["-t", "tmpfs", "-o", "size=100m", "tmpfs", mnt]), undefined);
+    let mounted = true;
+    const s = await startPosixServer({ systemRootToken: ADMIN }, { volumes: [{ root: mnt }] });
+    try {
+      const kept = Buffer.from("stored on the disk before it went away");
+      assert.equal((await fetch(`${s.url}/${md5(kept)}`, { method: "PUT", body: kept })).status, 200);
+      execFileSync("umount", [mnt]);
+      mounted = false;
+      // The mount point is an empty directory on the parent file system now.
+      const index = await fetch(`${s.url}/index`, { headers: auth });
+      assert.equal(index.status, 503);
+      assert.match(await index.text(), /on another device than when keepstore started \(was the disk unmounted\?\)/);
+      const fresh = Buffer.from("must not land on the parent file system");
+      const put = await fetch(`${s.url}/${md5(fresh)}`, { method: "PUT", body: fresh });
+      assert.equal(put.status, 503, await put.text());
+      assert.deepEqual(await fs.readdir(mnt), [], "nothing written into the mount point");
+    } finally {
+      if (mounted) execFileSync("umount", ["-l", mnt]);
+      await s.cleanup();
+      await fs.rm(mnt, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("faults: one of two POSIX volumes turns read-only", () => {
   it("new blocks go to the other volume at once; a block stored on the broken one is written to the other on the client's retry", {
     skip,
