@@ -27,29 +27,29 @@ after(async () => {
   await fs.rm(dir, { recursive: true, force: true });
 });
 
+/** The seed's -s3-* flags for s3rver (key files holding its fixed keys), then `volume`'s. */
+async function s3Flags(volume: string[]) {
+  await fs.writeFile(join(dir, "ak"), "S3RVER\n");
+  await fs.writeFile(join(dir, "sk"), "S3RVER\n");
+  return parseFlags([
+    "-listen",
+    "127.0.0.1:0",
+    "-s3-endpoint",
+    s3.endpoint,
+    "-s3-region",
+    "us-east-1",
+    "-s3-access-key-file",
+    join(dir, "ak"),
+    "-s3-secret-key-file",
+    join(dir, "sk"),
+    ...volume,
+  ]);
+}
+
 describe("container host with -s3-* flags", () => {
   it("stores and serves 64 MiB blocks in an S3 bucket (PrefixLength 3, replication 3)", async () => {
     const bucket = await s3.createBucket("flags");
-    await fs.writeFile(join(dir, "ak"), "S3RVER\n");
-    await fs.writeFile(join(dir, "sk"), "S3RVER\n");
-    const opts = parseFlags([
-      "-listen",
-      "127.0.0.1:0",
-      "-s3-endpoint",
-      s3.endpoint,
-      "-s3-region",
-      "us-east-1",
-      "-s3-access-key-file",
-      join(dir, "ak"),
-      "-s3-secret-key-file",
-      join(dir, "sk"),
-      "-s3-replication",
-      "3",
-      "-s3-prefix-length",
-      "3",
-      "-s3-bucket-volume",
-      bucket,
-    ]);
+    const opts = await s3Flags(["-s3-replication", "3", "-s3-prefix-length", "3", "-s3-bucket-volume", bucket]);
     const srv = await startKeepServer(opts.config, opts.listen, { logger: silentLogger() });
     try {
       const big = Buffer.alloc(64 << 20);
@@ -81,22 +81,7 @@ describe("container host with -s3-* flags", () => {
   });
 
   it("a bucket that does not exist: PUT, GET and index answer 503 saying so", async () => {
-    await fs.writeFile(join(dir, "ak"), "S3RVER\n");
-    await fs.writeFile(join(dir, "sk"), "S3RVER\n");
-    const opts = parseFlags([
-      "-listen",
-      "127.0.0.1:0",
-      "-s3-endpoint",
-      s3.endpoint,
-      "-s3-region",
-      "us-east-1",
-      "-s3-access-key-file",
-      join(dir, "ak"),
-      "-s3-secret-key-file",
-      join(dir, "sk"),
-      "-s3-bucket-volume",
-      "nosuchbucket",
-    ]);
+    const opts = await s3Flags(["-s3-bucket-volume", "nosuchbucket"]);
     const srv = await startKeepServer(opts.config, opts.listen, { logger: silentLogger() });
     try {
       const put = await fetch(`${srv.url}/${md5(Buffer.from("foo"))}`, { method: "PUT", body: "foo" });
