@@ -508,9 +508,9 @@ export class PosixVolume implements Volume {
   private async hexDirs(prefix: string): Promise<string[]> {
     await this.checkRootDevice();
     this.stats.op("readdir");
-    // A block directory may be missing; the root may not: an index of a root that vanished
-    // (a disk unmounted under us) would be a complete, empty answer, and keep-balance would
-    // conclude the mount holds nothing.
+    // A block directory may be missing; the root may not: an index of a root that was deleted
+    // would be a complete, empty answer, and keep-balance would conclude the mount holds
+    // nothing. (A disk unmounted under us, its mount point left behind, is checkRootDevice's.)
     const names = await readdirOrEmpty(this.root, false, false).catch((err) => {
       if ((err as NodeJS.ErrnoException).code === "ENOENT")
         throw new VolumeUnavailableError(
