@@ -186,10 +186,24 @@ function holdUntilBodyDone(res: Response, release: () => void): Response {
   return new Response(body, { status: res.status, headers: res.headers });
 }
 
-function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(asCancel(signal));
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(asCancel(signal));
+function untilAborted(p: Promise<Response>, signal: AbortSignal): Promise<Response> {
+  // A route that answers after its request was given up on (deadline, client gone) may hand
+  // back a body holding a buffer slot and an open file or connection: nobody will read it, so
+  // cancel it, or that slot is gone for good and max-buffers leaks away one abort at a time.
+  const discardLate = () =>
+    void p.then(
+      (res) => res.body?.cancel().catch(() => {}),
+      () => {},
+    );
+  if (signal.aborted) {
+    discardLate();
+    return Promise.reject(asCancel(signal));
+  }
+  return new Promise<Response>((resolve, reject) => {
+    const onAbort = () => {
+      discardLate();
+      reject(asCancel(signal));
+    };
     signal.addEventListener("abort", onAbort, { once: true });
     p.then(
       (v) => {

@@ -42,10 +42,12 @@ export class RecordingVolume implements Volume {
   readonly readSignals: Array<AbortSignal | undefined> = [];
   /** Fails a read's body at its first chunk (a file that opens lazily and then cannot be read). */
   bodyFault?: () => Error;
+  /** Reads go on whatever the request's signal says (a backend call that ignores it). */
+  ignoreSignal = false;
   async read(hash: string, signal?: AbortSignal): Promise<BlockData> {
     this.readSignals.push(signal);
     await this.enter("read");
-    const data = await this.inner.read(hash, signal);
+    const data = await this.inner.read(hash, this.ignoreSignal ? undefined : signal);
     const fault = this.bodyFault;
     if (!fault) return data;
     return {

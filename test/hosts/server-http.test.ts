@@ -402,6 +402,34 @@ describe("container host over real HTTP", () => {
     }
   });
 
+  it("a read that answers after its request gave up gives its buffer back (no slot leaks past the deadline)", async () => {
+    // One buffer slot, a volume that ignores the request's signal and is held at a gate: the
+    // GET ends with 499 at its deadline, then the read completes with a body nobody will read.
+    // Unless that body is cancelled, its slot is held forever and every later read waits.
+    const s = await startPosixServer({ requestTimeoutMs: 300, maxBuffers: 1 }, { record: true });
+    const vol = s.recorded[0] as RecordingVolume;
+    try {
+      await fs.mkdir(join(s.roots[0] as string, "acb"), { recursive: true });
+      await fs.writeFile(join(s.roots[0] as string, "acb", FOO_HASH), "foo");
+      vol.ignoreSignal = true;
+      let open!: () => void;
+      vol.gate = new Promise<void>((r) => {
+        open = r;
+      });
+      const late = await fetch(`${s.url}/${FOO_HASH}+3`);
+      assert.equal(late.status, 499);
+      await late.text();
+      vol.gate = undefined;
+      open();
+      const next = await fetch(`${s.url}/${FOO_HASH}+3`);
+      assert.equal(next.status, 200, "the slot came back");
+      assert.equal(await next.text(), "foo");
+      assert.equal(s.app.keep.buffers.used, 0);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
   it("ends a request at the deadline with 499, but lets a slow index finish", async () => {
     const s = await startPosixServer({ requestTimeoutMs: 300 }, { record: true });
     const vol = s.recorded[0] as RecordingVolume;
