@@ -18,6 +18,12 @@ import { type PosixServer, startPosixServer } from "../harness/posix-server.js";
 import type { RecordingVolume } from "../harness/recording-volume.js";
 
 const FOO_HASH = "acbd18db4cc2f85cedef654fccc4a4d8";
+
+/** "foo" stored straight on a volume's disk, as the reference lays a block out. */
+async function storeFoo(root: string): Promise<void> {
+  await fs.mkdir(join(root, "acb"), { recursive: true });
+  await fs.writeFile(join(root, "acb", FOO_HASH), "foo");
+}
 /** The default blob signature TTL, in ms. */
 const TTL_MS = 1_209_600_000;
 
@@ -334,8 +340,7 @@ describe("container host over real HTTP", () => {
       r = await fetch(`${s.url}/${FOO_HASH}+3`);
       assert.equal(r.status, 500);
       await r.text();
-      await fs.mkdir(join(s.roots[1] as string, "acb"), { recursive: true });
-      await fs.writeFile(join(s.roots[1] as string, "acb", FOO_HASH), "foo");
+      await storeFoo(s.roots[1] as string);
       r = await fetch(`${s.url}/${FOO_HASH}+3`);
       assert.equal(r.status, 200);
       assert.equal(await r.text(), "foo");
@@ -351,8 +356,7 @@ describe("container host over real HTTP", () => {
     const s = await startPosixServer({}, { volumes: [{ priority: 10 }, { priority: 9 }] });
     try {
       await fs.mkdir(join(s.roots[0] as string, "acb", FOO_HASH), { recursive: true });
-      await fs.mkdir(join(s.roots[1] as string, "acb"), { recursive: true });
-      await fs.writeFile(join(s.roots[1] as string, "acb", FOO_HASH), "foo");
+      await storeFoo(s.roots[1] as string);
       const r = await fetch(`${s.url}/${FOO_HASH}+3`);
       assert.equal(r.status, 200);
       assert.equal(await r.text(), "foo");
@@ -372,8 +376,7 @@ describe("container host over real HTTP", () => {
   it("fails the index of a volume whose root directory vanished, instead of answering a complete empty one", async () => {
     const s = await startPosixServer({}, { volumes: [{}, {}] });
     try {
-      await fs.mkdir(join(s.roots[0] as string, "acb"), { recursive: true });
-      await fs.writeFile(join(s.roots[0] as string, "acb", FOO_HASH), "foo");
+      await storeFoo(s.roots[0] as string);
       const mounts = (await (await fetch(`${s.url}/mounts`)).json()) as Array<{ uuid: string }>;
       const gone = s.roots[1] as string;
       // /mounts is in UUID order, not the order the volumes were given: root 1's mount is the
@@ -409,8 +412,7 @@ describe("container host over real HTTP", () => {
     const s = await startPosixServer({ requestTimeoutMs: 300, maxBuffers: 1 }, { record: true });
     const vol = s.recorded[0] as RecordingVolume;
     try {
-      await fs.mkdir(join(s.roots[0] as string, "acb"), { recursive: true });
-      await fs.writeFile(join(s.roots[0] as string, "acb", FOO_HASH), "foo");
+      await storeFoo(s.roots[0] as string);
       vol.ignoreSignal = true;
       let open!: () => void;
       vol.gate = new Promise<void>((r) => {
