@@ -45,6 +45,7 @@ export async function startKeepServer(config: KeepConfig, listen: string, deps: 
   });
   const addr = server.address() as AddressInfo;
   const shownHost = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
+  const everyInterface = shownHost === "[::]" || shownHost === "0.0.0.0";
   let timer: NodeJS.Timeout | undefined;
   if (config.trashEnabled && config.trashCheckIntervalMs > 0) {
     // One sweep at a time, as the reference's ticker loop: a tick while a sweep still runs (a
@@ -71,9 +72,9 @@ export async function startKeepServer(config: KeepConfig, listen: string, deps: 
   return {
     app,
     server,
-    url: `http://${shownHost === "[::]" || shownHost === "0.0.0.0" ? "127.0.0.1" : shownHost}:${addr.port}`,
+    url: `http://${everyInterface ? "127.0.0.1" : shownHost}:${addr.port}`,
     bound: `${shownHost}:${addr.port}`,
-    everyInterface: shownHost === "[::]" || shownHost === "0.0.0.0",
+    everyInterface,
     async close(graceMs = 30_000) {
       if (timer) clearInterval(timer);
       const closed = new Promise<void>((r) => server.close(() => r()));

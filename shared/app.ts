@@ -106,12 +106,14 @@ export async function createKeepApp(config: KeepConfig, deps: AppDeps = {}): Pro
   };
   // As the reference, no admin token means no admin check, which an operator may not expect:
   // say it once at start, in every host's terms, louder when DELETE is on too.
-  if (!config.systemRootToken)
+  if (!config.systemRootToken) {
+    const open = config.trashEnabled
+      ? "anyone can DELETE blocks and send trash lists, and read the index and mounts"
+      : "anyone can read the index and mounts and send trash and pull lists";
     logger.warn(
-      config.trashEnabled
-        ? "no admin token is set: anyone can DELETE blocks and send trash lists, and read the index and mounts; set -data-manager-token-file (cluster config SystemRootToken; Functions KEEP_SYSTEM_ROOT_TOKEN_SECRET, Lambda KEEP_SYSTEM_ROOT_TOKEN_PARAM)"
-        : "no admin token is set: anyone can read the index and mounts and send trash and pull lists; set -data-manager-token-file (cluster config SystemRootToken; Functions KEEP_SYSTEM_ROOT_TOKEN_SECRET, Lambda KEEP_SYSTEM_ROOT_TOKEN_PARAM)",
+      `no admin token is set: ${open}; set -data-manager-token-file (cluster config SystemRootToken; Functions KEEP_SYSTEM_ROOT_TOKEN_SECRET, Lambda KEEP_SYSTEM_ROOT_TOKEN_PARAM)`,
     );
+  }
   const services: KeepServices = { config, keep, trashWorker, pullWorker, remote, metrics, clock, logger, inFlight };
   return {
     ...services,

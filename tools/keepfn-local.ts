@@ -3,6 +3,7 @@
 // the same environment variables as in the cloud (their runtimes cannot run here). A dev
 // tool, not a host: it loads the host's own local runner.
 import { parseArgs } from "node:util";
+import { ConfigError } from "../shared/config.js";
 
 const { values } = parseArgs({
   options: {
@@ -29,7 +30,8 @@ try {
 } catch (err) {
   // A bad setting is the operator's to fix: its message, not a stack trace (as the container
   // host does). Anything else is ours: keep the stack.
-  const e = err as Error;
-  process.stderr.write(e?.name === "ConfigError" ? `keepfn-local: ${e.message}\n` : `keepfn-local: ${e?.stack ?? e}\n`);
+  process.stderr.write(
+    err instanceof ConfigError ? `keepfn-local: ${err.message}\n` : `keepfn-local: ${(err as Error)?.stack ?? err}\n`,
+  );
   process.exit(2);
 }
