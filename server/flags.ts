@@ -4,11 +4,11 @@
 // setting applies to the containers or buckets that follow. util.parseArgs cannot express
 // single-dash long flags or positional state, hence this small parser.
 import { readFileSync } from "node:fs";
-import { hostname, networkInterfaces } from "node:os";
 import { parse as parseYaml } from "yaml";
 import { fromClusterConfig } from "../shared/cluster-config.js";
 import { ConfigError, DEFAULTS, type DriverSpec, type KeepConfig, validateConfig } from "../shared/config.js";
 import { parseDuration, parseRemoteClusters } from "../shared/config-values.js";
+import { thisMachine } from "./this-machine.js";
 
 export { parseDuration };
 
@@ -289,12 +289,13 @@ function readClusterConfig(path: string, env: NodeJS.ProcessEnv) {
   } catch (err) {
     throw new ConfigError(`-config ${path}: not valid YAML: ${(err as Error).message}`);
   }
-  const mine = new Set(["localhost", hostname()]);
-  for (const addrs of Object.values(networkInterfaces())) for (const a of addrs ?? []) mine.add(a.address);
+  // As Arvados decides it: by the address a host names, so a name DNS or /etc/hosts points
+  // here (an FQDN, an alias) is this machine though os.hostname() spells it otherwise.
+  const mine = thisMachine();
   try {
     return fromClusterConfig(doc, {
       selfUrl: env.ARVADOS_SERVICE_INTERNAL_URL || undefined,
-      isLocal: (u) => mine.has(u.hostname.replace(/^\[|\]$/g, "")),
+      isLocal: (u) => mine(u.hostname),
     });
   } catch (err) {
     if (err instanceof ConfigError) throw new ConfigError(`-config ${path}: ${err.message}`);

@@ -336,6 +336,55 @@ Clusters:
     await fs.rm(dir, { recursive: true, force: true });
   });
 
+  it("finds itself among several InternalURLs as Arvados does, by the address the host names (127.0.0.2), not its spelling", {
+    skip: process.platform !== "linux" && "127.0.0.0/8 is bindable beyond 127.0.0.1 on Linux only",
+  }, async () => {
+    // Arvados services pick their InternalURL by trying to listen on its host (lib/service/
+    // cmd.go getListenAddr): any address this machine can bind is this machine, whatever
+    // os.hostname() says. 127.0.0.2 is such an address on Linux, and is no interface's own
+    // address; 192.0.2.1 (TEST-NET-1) is nobody's.
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    await fs.mkdir(join(dir, "disk0"));
+    const config = `
+Clusters:
+  xyzzy:
+    SystemRootToken: ${ADMIN}
+    Services:
+      Keepstore:
+        InternalURLs:
+          "http://192.0.2.1:25107/": {}
+          "http://127.0.0.2:25107/": {}
+    Collections: {BlobSigningKey: ${KEY}}
+    Volumes:
+      xyzzy-nyw5e-000000000000000:
+        AccessViaHosts: {"http://127.0.0.2:25107/": {}}
+        Driver: Directory
+        DriverParameters: {Root: ${join(dir, "disk0")}}
+      xyzzy-nyw5e-000000000000001:
+        AccessViaHosts: {"http://192.0.2.1:25107/": {}}
+        Driver: Directory
+        DriverParameters: {Root: /nonexistent/other-server-only}
+`;
+    await fs.writeFile(join(dir, "config.yml"), config);
+    const env = { ...process.env, ARVADOS_SERVICE_INTERNAL_URL: "" };
+    const k = await start([`-config=${join(dir, "config.yml")}`], dir, env).catch((err) => {
+      throw new Error(`did not start: ${err}`);
+    });
+    try {
+      const mounts = (await (
+        await fetch(`${k.url}/mounts`, { headers: { authorization: `Bearer ${ADMIN}` } })
+      ).json()) as Array<{ uuid: string }>;
+      assert.deepEqual(
+        mounts.map((m) => m.uuid),
+        ["xyzzy-nyw5e-000000000000000"],
+      );
+    } finally {
+      k.child.kill("SIGTERM");
+      await exited(k.child);
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("reads a cluster config with S3 and Azure volumes and a remote cluster, and serves them all (s3rver, Azurite)", async () => {
     // An operator's config.yml as Arvados documents it, pointed at the emulators: the S3
     // driver's Endpoint/UsePathStyle/keys, the Azure driver's account, key and StorageBaseURL,

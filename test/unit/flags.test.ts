@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { parseDuration, parseFlags } from "../../server/flags.js";
+import { resolveSync, thisMachine } from "../../server/this-machine.js";
 import { ConfigError } from "../../shared/config.js";
 
 describe("keepstore flags", () => {
@@ -178,5 +179,45 @@ describe("keepstore flags", () => {
     assert.equal(o.listen, "127.0.0.1:25107");
     assert.equal(o.config.volumes.length, 1);
     assert.equal(o.config.trashEnabled, false, "-never-delete defaults to true, as in the seed");
+  });
+});
+
+describe("which InternalURL host is this machine (-config with several keepstores)", () => {
+  it("goes by the addresses a name resolves to, as Arvados's net.Listen does, not by its spelling", () => {
+    // The install docs' FQDNs: keep0's name resolves here though os.hostname() says "keep0".
+    const dns: Record<string, string[]> = {
+      "keep0.xyzzy.example.com": ["10.9.8.7", "127.0.0.1"],
+      "keep1.xyzzy.example.com": ["192.0.2.7"],
+    };
+    const asked: string[] = [];
+    const mine = thisMachine({
+      resolve: (h) => {
+        asked.push(h);
+        return dns[h] ?? [];
+      },
+    });
+    assert.equal(mine("keep0.xyzzy.example.com"), true);
+    assert.equal(mine("KEEP0.xyzzy.example.com"), true, "names are case-insensitive");
+    assert.equal(mine("keep1.xyzzy.example.com"), false);
+    assert.equal(mine("unresolvable.invalid"), false);
+    assert.deepEqual(
+      asked,
+      ["keep0.xyzzy.example.com", "keep1.xyzzy.example.com", "unresolvable.invalid"],
+      "once each",
+    );
+    // Addresses are not looked up: loopback, unspecified (Go's keepclient test uses 0.0.0.0)
+    // and an interface's own are this machine; TEST-NET is not.
+    for (const a of ["127.0.0.1", "[::1]", "0.0.0.0", "localhost"]) assert.equal(mine(a), true, a);
+    assert.equal(mine("192.0.2.1"), false);
+    assert.equal(asked.length, 3);
+  });
+
+  it("resolves a name with the system's resolver (a child node, the flags being parsed synchronously)", () => {
+    const addrs = resolveSync("localhost");
+    assert.ok(
+      addrs.some((a) => a === "127.0.0.1" || a === "::1"),
+      `localhost resolves to loopback: ${addrs}`,
+    );
+    assert.deepEqual(resolveSync("no-such-host.invalid"), []);
   });
 });
