@@ -3,7 +3,7 @@
 // -serialize apply to the volumes after them, and each -azure-storage-account-* or -s3-*
 // setting applies to the containers or buckets that follow. util.parseArgs cannot express
 // single-dash long flags or positional state, hence this small parser.
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { fromClusterConfig } from "../shared/cluster-config.js";
 import { ConfigError, DEFAULTS, type DriverSpec, type KeepConfig, validateConfig } from "../shared/config.js";
@@ -58,11 +58,26 @@ const VALUE = new Set([
 
 export const DEFAULT_LISTEN = "127.0.0.1:25107";
 export const DEFAULT_VOLUME = "./data/keep";
+/** Where Arvados services look for the cluster config when $ARVADOS_CONFIG is not set. */
+export const ARVADOS_DEFAULT_CONFIG = "/etc/arvados/config.yml";
 
 /** Flags that may stand beside -config; everything else comes from the cluster config. */
 const WITH_CONFIG = new Set(["config", "listen", "pid", "help", "h"]);
 
-export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = {}): ServerOptions {
+export function parseFlags(
+  argv: string[],
+  env: NodeJS.ProcessEnv = {},
+  defaults: { configFile?: string } = {},
+): ServerOptions {
+  // No arguments at all is how Arvados's own keepstore.service runs keepstore
+  // (ExecStart=/usr/bin/keepstore): today's keepstore then reads $ARVADOS_CONFIG, else
+  // /etc/arvados/config.yml. Read it too, rather than serve ./data/keep on loopback where
+  // keep-balance and the clients will never find it. Any argument keeps keepfn's own defaults.
+  if (argv.length === 0) {
+    const fallback = defaults.configFile ?? ARVADOS_DEFAULT_CONFIG;
+    const file = env.ARVADOS_CONFIG || (existsSync(fallback) ? fallback : undefined);
+    if (file) argv = [`-config=${file}`];
+  }
   const c: KeepConfig = { ...DEFAULTS, volumes: [], remoteClusters: {}, trashEnabled: false };
   let listen = DEFAULT_LISTEN;
   let listenGiven = false;
@@ -327,6 +342,8 @@ function readSecret(path: string, flag: string, required = false): string {
 }
 
 export const USAGE = `Usage: keepstore [flags]
+  (no arguments at all: the cluster config in $ARVADOS_CONFIG or ${ARVADOS_DEFAULT_CONFIG}, if
+  either is there, as Arvados's keepstore reads it; else the defaults below)
   -config FILE                    an Arvados cluster config (config.yml): volumes, tokens, keys and
                                   limits come from it (only -listen and -pid may be given beside it)
   -listen host:port               address to serve (default ${DEFAULT_LISTEN})

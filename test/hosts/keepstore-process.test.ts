@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { promises as fs } from "node:fs";
-import { connect, type Socket } from "node:net";
+import { type AddressInfo, connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
@@ -381,6 +381,53 @@ Clusters:
     } finally {
       k.child.kill("SIGTERM");
       await exited(k.child);
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("run with no arguments, as Arvados's keepstore.service runs it, serves the cluster config ($ARVADOS_CONFIG)", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    await fs.mkdir(join(dir, "keep0"));
+    const port = await new Promise<number>((r) => {
+      const s = createServer().listen(0, "127.0.0.1", () => {
+        const p = (s.address() as AddressInfo).port;
+        s.close(() => r(p));
+      });
+    });
+    await fs.writeFile(
+      join(dir, "config.yml"),
+      `
+Clusters:
+  xyzzy:
+    SystemRootToken: ${ADMIN}
+    Services: {Keepstore: {InternalURLs: {"http://127.0.0.1:${port}/": {}}}}
+    Collections: {BlobSigningKey: ${KEY}}
+    Volumes:
+      xyzzy-nyw5e-000000000000000: {Driver: Directory, DriverParameters: {Root: ${join(dir, "keep0")}}}
+`,
+    );
+    // ExecStart=/usr/bin/keepstore: no flag at all, the config's own InternalURL to listen on.
+    const child = spawn(process.execPath, [MAIN], {
+      cwd: dir,
+      env: { ...process.env, ARVADOS_CONFIG: join(dir, "config.yml") },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    try {
+      const url = await listeningUrl(child, KEEPSTORE_LISTENING);
+      assert.equal(url, `http://127.0.0.1:${port}`);
+      const mounts = (await (
+        await fetch(`${url}/mounts`, { headers: { authorization: `Bearer ${ADMIN}` } })
+      ).json()) as Array<{
+        uuid: string;
+      }>;
+      assert.deepEqual(
+        mounts.map((m) => m.uuid),
+        ["xyzzy-nyw5e-000000000000000"],
+      );
+      await assert.rejects(fs.access(join(dir, "data")), "no ./data/keep of its own");
+    } finally {
+      child.kill("SIGTERM");
+      await exited(child);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });

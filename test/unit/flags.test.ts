@@ -175,7 +175,7 @@ describe("keepstore flags", () => {
   });
 
   it("defaults to one local volume on loopback", () => {
-    const o = parseFlags([]);
+    const o = parseFlags([], {}, { configFile: "/nonexistent/arvados/config.yml" });
     assert.equal(o.listen, "127.0.0.1:25107");
     assert.equal(o.config.volumes.length, 1);
     assert.equal(o.config.trashEnabled, false, "-never-delete defaults to true, as in the seed");
@@ -219,5 +219,49 @@ describe("which InternalURL host is this machine (-config with several keepstore
       `localhost resolves to loopback: ${addrs}`,
     );
     assert.deepEqual(resolveSync("no-such-host.invalid"), []);
+  });
+});
+
+describe("no arguments at all: Arvados's own default config, as its keepstore.service runs it", () => {
+  // Arvados's systemd unit runs `ExecStart=/usr/bin/keepstore`, no arguments: today's keepstore
+  // then loads $ARVADOS_CONFIG, else /etc/arvados/config.yml (sdk/go/arvados/config.go
+  // DefaultConfigFile). A keepfn put in its place must not serve ./data/keep on loopback instead.
+  const CLUSTER = (root: string) => `
+Clusters:
+  xyzzy:
+    SystemRootToken: sysroot
+    Services: {Keepstore: {InternalURLs: {"http://127.0.0.1:25999/": {}}}}
+    Collections: {BlobSigningKey: cluster-key}
+    Volumes:
+      xyzzy-nyw5e-000000000000000: {Driver: Directory, DriverParameters: {Root: ${root}}}
+`;
+
+  it("reads $ARVADOS_CONFIG, else /etc/arvados/config.yml when it exists, else keeps the local default", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-flags-"));
+    try {
+      const file = join(dir, "config.yml");
+      await fs.writeFile(file, CLUSTER("/srv/keep0"));
+      const fromEnv = parseFlags([], { ARVADOS_CONFIG: file }, { configFile: "/nonexistent/arvados/config.yml" });
+      assert.equal(fromEnv.listen, "127.0.0.1:25999");
+      assert.equal(fromEnv.config.systemRootToken, "sysroot");
+      assert.equal(fromEnv.config.blobSigningKey, "cluster-key");
+      assert.deepEqual(
+        fromEnv.config.volumes.map((v) => [v.uuid, v.driver === "posix" && v.root]),
+        [["xyzzy-nyw5e-000000000000000", "/srv/keep0"]],
+      );
+      const fromDefault = parseFlags([], {}, { configFile: file });
+      assert.equal(fromDefault.config.blobSigningKey, "cluster-key", "the default path, when it exists");
+      // A named file that is missing is an error, as in Arvados; a missing default is not.
+      assert.throws(
+        () => parseFlags([], { ARVADOS_CONFIG: join(dir, "missing.yml") }),
+        (err: Error) => err instanceof ConfigError && /missing\.yml: cannot read the file/.test(err.message),
+      );
+      // Any argument keeps today's keepfn behaviour: flags, or the default volume.
+      const withFlag = parseFlags(["-listen=127.0.0.1:0"], { ARVADOS_CONFIG: file }, { configFile: file });
+      assert.equal(withFlag.config.blobSigningKey, "");
+      assert.equal(withFlag.config.volumes.length, 1);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 });
