@@ -183,8 +183,15 @@ function driver(at: string, name: string, p: Obj): DriverSpec {
           "ConnectTimeout",
           "ReadTimeout",
           "LocationConstraint",
+          // Arvados 2.x's (sdk/go/arvados/config.go S3VolumeDriverParameters), still in configs
+          // upgraded to 3.x, whose keepstore ignores them: there is one driver (the AWS SDK), and
+          // without keys the SDK's default chain takes the instance's role, as IAMRole did.
+          "UseAWSS3v2Driver",
+          "IAMRole",
         ]),
       );
+      bool(`${P}.UseAWSS3v2Driver`, p.UseAWSS3v2Driver, true);
+      str(`${P}.IAMRole`, p.IAMRole, "");
       if (bool(`${P}.V2Signature`, p.V2Signature, false))
         throw new ConfigError(`${P}.V2Signature: not supported (SigV4 only, as the reference)`);
       const bucket = str(`${P}.Bucket`, p.Bucket, "");

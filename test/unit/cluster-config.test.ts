@@ -146,6 +146,26 @@ describe("cluster config (config.yml) as keepstore reads it", () => {
     );
   });
 
+  it("takes an S3 volume written for Arvados 2.x: IAMRole and UseAWSS3v2Driver, which today's keepstore ignores", () => {
+    // The 2.x install guide's S3 volume had `UseAWSS3v2Driver: true` (and `IAMRole` for an
+    // instance role): sdk/go/arvados/config.go S3VolumeDriverParameters. Today's keepstore
+    // decodes DriverParameters with a plain json.Unmarshal (services/keepstore/s3_volume.go
+    // newS3Volume), so a cluster upgraded to 3.x keeps both keys and still starts.
+    const legacy = edit(
+      "          PrefixLength: 3",
+      "          PrefixLength: 3\n          UseAWSS3v2Driver: true\n          IAMRole: keepstore-role",
+    );
+    const s3 = load(legacy, "http://keep1.example:25107/").config.volumes[1];
+    assert.ok(s3?.driver === "s3");
+    assert.deepEqual([s3.bucket, s3.accessKey, s3.prefixLength], ["keep-blocks", "access-key-placeholder", 3]);
+    // Still a setting whose value must make sense, not a free-for-all.
+    fails(
+      edit("          PrefixLength: 3", "          PrefixLength: 3\n          UseAWSS3v2Driver: yes please"),
+      /UseAWSS3v2Driver: expected true or false/,
+      "http://keep1.example:25107/",
+    );
+  });
+
   it("picks this server among several InternalURLs by the machine's addresses, else asks for ARVADOS_SERVICE_INTERNAL_URL", () => {
     const byHost = (h: string) => (u: URL) => u.hostname === h;
     assert.equal(load(CONFIG, undefined, byHost("keep1.example")).selfUrl, "http://keep1.example:25107");
