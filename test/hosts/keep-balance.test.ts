@@ -177,4 +177,59 @@ describe("a keep-balance run against two container hosts", () => {
       await k2.cleanup();
     }
   });
+  it("takes the lists exactly as keep-balance encodes them: streamed (chunked), bare-hash trash locators, int64 mtimes", async () => {
+    // services/keep-balance/keep_service.go streams each list through an io.Pipe (no
+    // Content-Length: chunked) from json.Encoder (a trailing newline); change_set.go writes a
+    // trash entry's locator as the bare 32-hex hash ("a bare locator with no +size hint") and
+    // block_mtime as the index's int64 nanoseconds, far beyond 2^53.
+    const clock = new FakeClock();
+    const k = await startPosixServer(
+      { systemRootToken: ADMIN, trashEnabled: true, trashLifetimeMs: 3600_000, blobSigningTtlSeconds: TTL_S },
+      { clock },
+    );
+    try {
+      const b = Buffer.from(`old block ${randomBytes(8).toString("hex")}`);
+      const hash = md5hex(b);
+      assert.equal((await fetch(`${k.url}/${hash}`, { method: "PUT", body: new Uint8Array(b) })).status, 200);
+      const [uuid] = ((await (await fetch(`${k.url}/mounts`, { headers: admin })).json()) as MountInfo[]).map(
+        (m) => m.uuid,
+      );
+      const mtime = (await mountIndex(k.url, uuid as string)).get(hash) as bigint;
+      assert.ok(mtime > 2n ** 53n, "an index mtime is beyond a double's exact range");
+      clock.advance((TTL_S + 3600) * 1000);
+      const streamed = (text: string) =>
+        new ReadableStream<Uint8Array>({
+          start(c) {
+            // Two writes, as the encoder's pipe may deliver them: never one Content-Length body.
+            const bytes = new TextEncoder().encode(text);
+            c.enqueue(bytes.subarray(0, 20));
+            c.enqueue(bytes.subarray(20));
+            c.close();
+          },
+        });
+      const trash = await fetch(`${k.url}/trash`, {
+        method: "PUT",
+        headers: admin,
+        body: streamed(`[{"locator":"${hash}","block_mtime":${mtime},"mount_uuid":"${uuid}"}]\n`),
+        duplex: "half",
+      } as RequestInit);
+      assert.equal(trash.status, 200, await trash.text());
+      for (let i = 0; i < 500 && (await mountIndex(k.url, uuid as string)).has(hash); i++)
+        await new Promise((r) => setTimeout(r, 10));
+      assert.equal((await mountIndex(k.url, uuid as string)).has(hash), false, "trashed by its bare hash");
+
+      // A pull list without sizes comes from a keep-balance older than the streaming keepstore
+      // (the reference refuses it too, services/keepstore/router.go handlePullList): say so.
+      const pull = await fetch(`${k.url}/pull`, {
+        method: "PUT",
+        headers: admin,
+        body: streamed(`[{"locator":"${hash}","servers":["http://127.0.0.1:1"],"mount_uuid":"${uuid}"}]\n`),
+        duplex: "half",
+      } as RequestInit);
+      assert.equal(pull.status, 400);
+      assert.match(await pull.text(), /without a size hint.*keep-balance needs to be upgraded/);
+    } finally {
+      await k.cleanup();
+    }
+  });
 });

@@ -79,7 +79,12 @@ export async function putPullList(ctx: RequestContext): Promise<Response> {
   const list = await readList(ctx);
   const items: PullRequest[] = list.map((item, i) => {
     const { locator, size } = itemLocator(item, i);
-    if (size === undefined) throw new BadRequestError(`item ${i}: locator has no size`);
+    // As the reference's refusal says: only a keep-balance older than the streaming keepstore
+    // rewrite (2024) sends bare hashes here, and a GET without a size hint is refused (405).
+    if (size === undefined)
+      throw new BadRequestError(
+        `item ${i}: rejecting pull list containing a locator without a size hint -- this probably means keep-balance needs to be upgraded`,
+      );
     const servers = field(item, i, "servers", isStringArray) as string[];
     for (const s of servers) {
       if (!/^https?:\/\/[^/]+\/?$/.test(s))
