@@ -72,10 +72,13 @@ export function parseFlags(
   // No arguments at all is how Arvados's own keepstore.service runs keepstore
   // (ExecStart=/usr/bin/keepstore): today's keepstore then reads $ARVADOS_CONFIG, else
   // /etc/arvados/config.yml. Read it too, rather than serve ./data/keep on loopback where
-  // keep-balance and the clients will never find it. Any argument keeps keepfn's own defaults.
+  // keep-balance and the clients will never find it. Any argument keeps keepfn's own defaults,
+  // and so does `npm start` (npm names the script in npm_lifecycle_event): it is the README's
+  // try-it-out command, whose promise is ./data/keep on loopback even on an Arvados node.
   if (argv.length === 0) {
     const fallback = defaults.configFile ?? ARVADOS_DEFAULT_CONFIG;
-    const file = env.ARVADOS_CONFIG || (existsSync(fallback) ? fallback : undefined);
+    const implicit = env.npm_lifecycle_event !== "start" && existsSync(fallback) ? fallback : undefined;
+    const file = env.ARVADOS_CONFIG || implicit;
     if (file) argv = [`-config=${file}`];
   }
   const c: KeepConfig = { ...DEFAULTS, volumes: [], remoteClusters: {}, trashEnabled: false };

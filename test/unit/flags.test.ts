@@ -256,6 +256,14 @@ Clusters:
         () => parseFlags([], { ARVADOS_CONFIG: join(dir, "missing.yml") }),
         (err: Error) => err instanceof ConfigError && /missing\.yml: cannot read the file/.test(err.message),
       );
+      // `npm start` is the try-it-out command: the implicit default path is not read under it,
+      // an explicit $ARVADOS_CONFIG still is.
+      const npmStart = { npm_lifecycle_event: "start" };
+      const underNpm = parseFlags([], npmStart, { configFile: file });
+      assert.equal(underNpm.config.blobSigningKey, "", "npm start keeps ./data/keep on loopback");
+      assert.equal(underNpm.listen, "127.0.0.1:25107");
+      const underNpmNamed = parseFlags([], { ...npmStart, ARVADOS_CONFIG: file }, { configFile: file });
+      assert.equal(underNpmNamed.config.blobSigningKey, "cluster-key");
       // Any argument keeps today's keepfn behaviour: flags, or the default volume.
       const withFlag = parseFlags(["-listen=127.0.0.1:0"], { ARVADOS_CONFIG: file }, { configFile: file });
       assert.equal(withFlag.config.blobSigningKey, "");
