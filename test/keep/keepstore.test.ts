@@ -529,6 +529,23 @@ describe("keepstore service", () => {
     }
   });
 
+  it("touches only writable mounts: a block held only on read-only ones is NotFound and keeps its mtime", async () => {
+    const s = await makeStore([
+      { label: "ro", readOnly: true },
+      { label: "rotrash", readOnly: true, allowTrashWhenReadOnly: true },
+    ]);
+    try {
+      const old = s.clock.now() - 3600_000;
+      await s.putRaw("ro", TEST_HASH, TEST_BLOCK, old);
+      await s.putRaw("rotrash", TEST_HASH, TEST_BLOCK, old);
+      const before = await Promise.all(s.mounts.map((m) => m.volume.mtime(TEST_HASH)));
+      await assert.rejects(s.keep.touch(TEST_HASH), NotFoundError);
+      assert.deepEqual(await Promise.all(s.mounts.map((m) => m.volume.mtime(TEST_HASH))), before);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
   it("with BlobTrashConcurrency 0 keeps each trash list and trashes nothing, as the reference, and says so", async () => {
     const s = await makeStore([{ label: "m1" }]);
     try {
