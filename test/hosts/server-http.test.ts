@@ -671,6 +671,26 @@ describe("container host over real HTTP", () => {
     }
   });
 
+  it("never pulls onto a read-only mount, even one the list names by mount_uuid", async () => {
+    const cfg = { blobSigningKey: "pull-test-signing-key", enforcePermissions: true, systemRootToken: ADMIN };
+    const src = await startPosixServer(cfg);
+    const dst = await startPosixServer(cfg, { volumes: [{}, { readOnly: true }] });
+    const admin = { authorization: `Bearer ${ADMIN}` };
+    try {
+      await fetch(`${src.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
+      const ro = dst.app.keep.mounts.find((m) => m.readOnly);
+      assert.ok(ro);
+      const list = [{ locator: `${FOO_HASH}+3`, servers: [src.url], mount_uuid: ro.uuid }];
+      const r = await fetch(`${dst.url}/pull`, { method: "PUT", body: JSON.stringify(list), headers: admin });
+      assert.equal(r.status, 200);
+      await dst.app.pullWorker.queue.idle();
+      for (const root of dst.roots) assert.deepEqual(await filesUnder(root), [], root);
+    } finally {
+      await src.cleanup();
+      await dst.cleanup();
+    }
+  });
+
   it("a pull from a server that sends wrong or cut-off bytes stores nothing and goes on to the next server", async () => {
     // A keepstore listed in a pull list may serve a corrupt copy (a bad disk without the
     // read-side check) or die mid-body. Either way the pulling keepstore must not store what
