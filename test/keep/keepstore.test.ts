@@ -223,6 +223,18 @@ describe("keepstore service", () => {
     }
   });
 
+  it("one mount full and the other failing is a 503 (retry), not 507: not every volume is full", async () => {
+    const s = await makeStore([{ label: "a" }, { label: "b" }]);
+    try {
+      const [full, failing] = ranked(s, TEST_HASH);
+      s.vols[full]!.isFull = () => Promise.resolve(true);
+      s.vols[failing]!.writeFaultAfterBody = () => new Error("EIO: i/o error, write");
+      await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), VolumeUnavailableError);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
   it("a mount that hangs is marked when the request's deadline passes, so the next PUT goes elsewhere; a client leaving marks nothing", async () => {
     const s = await makeStore([{ label: "a" }, { label: "b" }]);
     let open = () => {};
