@@ -223,12 +223,20 @@ describe("keepstore service", () => {
     }
   });
 
-  it("one mount full and the other failing is a 503 (retry), not 507: not every volume is full", async () => {
+  it("one mount full and the other failing, after or before the body, is a 503 (retry), not 507: not every volume is full", async () => {
     const s = await makeStore([{ label: "a" }, { label: "b" }]);
     try {
       const [full, failing] = ranked(s, TEST_HASH);
       s.vols[full]!.isFull = () => Promise.resolve(true);
       s.vols[failing]!.writeFaultAfterBody = () => new Error("EIO: i/o error, write");
+      await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), VolumeUnavailableError);
+      // Also when it fails before reading the body (a disk remounted read-only), so that the
+      // PUT is planned again without it and finds only the full one.
+      s.vols[failing]!.writeFaultAfterBody = undefined;
+      s.vols[failing]!.faults.set("write", () =>
+        Object.assign(new Error("EROFS: read-only file system"), { code: "EROFS" }),
+      );
+      s.clock.advance(WRITE_FAILURE_MS);
       await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), VolumeUnavailableError);
     } finally {
       await s.cleanup();
