@@ -544,6 +544,11 @@ describe("keepstore service", () => {
       await s.putRaw("ro", TEST_HASH, TEST_BLOCK);
       await assert.rejects(s.keep.untrash(TEST_HASH), NotFoundError);
       assert.deepEqual(await collect((await s.keep.read(TEST_HASH, TEST_BLOCK.length)).body), TEST_BLOCK);
+      // A trashed copy on a read-only mount stays trashed: untrash writes only writable mounts.
+      const dir = join(s.rootOf("ro"), TEST_HASH.slice(0, 3));
+      await fs.rename(join(dir, TEST_HASH), join(dir, `${TEST_HASH}.trash.${Math.floor(s.clock.now() / 1000) + 3600}`));
+      await assert.rejects(s.keep.untrash(TEST_HASH), NotFoundError);
+      await assert.rejects(s.keep.read(TEST_HASH, TEST_BLOCK.length), NotFoundError);
     } finally {
       await s.cleanup();
     }
