@@ -60,6 +60,8 @@ export async function putBlock(
   createTried = false,
   /** Internal: mounts this request already failed on before reading any of its body. */
   tried: ReadonlySet<Mount> = new Set(),
+  /** Internal: the error of a mount in `tried` that was not full, if any (then the answer is no 507). */
+  triedError?: unknown,
 ): Promise<WriteResult> {
   const { hash, signal } = req;
   const classes = req.storageClasses.length ? req.storageClasses : opts.defaultStorageClasses;
@@ -172,6 +174,9 @@ export async function putBlock(
   for (const m of writable) if (m.corruptCopy(hash, now) && !write.includes(m)) write.push(m);
   if (compare.length + write.length === 0) {
     await drain(req.body);
+    // A mount that failed otherwise than full this request (EROFS, EIO) may take the block on
+    // a retry: 503, as the reference answers 507 only when every volume was full.
+    if (triedError !== undefined) throw unavailable(triedError);
     throw new InsufficientStorageError();
   }
 
@@ -225,7 +230,8 @@ export async function putBlock(
     writable.some((m) => !nowTried.has(m))
   ) {
     for (const [i, m] of planned.entries()) failed(m, (outcomes[i] as PromiseRejectedResult).reason, "block write");
-    return putBlock(mounts, req, opts, createTried, nowTried);
+    const notFull = outcomes.find((o) => !((o as PromiseRejectedResult).reason instanceof VolumeFullError));
+    return putBlock(mounts, req, opts, createTried, nowTried, triedError ?? (notFull as PromiseRejectedResult)?.reason);
   }
   // A bad upload (hash, length, size, client gone) is the client's error, whatever else failed.
   await drainAfterFailure(verified);
@@ -267,7 +273,7 @@ export async function putBlock(
   if (final.total > 0) {
     return { locator: `${hash}+${size.n}`, replicas: final.total, classesConfirmed: final.confirmedHeader() };
   }
-  if (fulls >= attempts + fullSeen && fulls > 0) {
+  if (fulls >= attempts + fullSeen && fulls > 0 && triedError === undefined) {
     // 507 tells clients not to try this server again. A volume that filled up during this
     // write does not make that true while another writable mount has room (not full, no
     // failure in the last minute): the reference would have written there from its buffer;
@@ -280,7 +286,7 @@ export async function putBlock(
     }
     throw new InsufficientStorageError();
   }
-  throw unavailable(lastErr);
+  throw unavailable(triedError ?? lastErr);
 }
 
 /**

@@ -1,7 +1,7 @@
 // Container-host behaviour that needs raw HTTP control: 100-continue, oversized and
 // truncated uploads, disconnects, corrupt copies, volume errors, deadlines, load shedding.
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { promises as fs } from "node:fs";
 import { createServer as createHttpServer, request } from "node:http";
 import { type AddressInfo, connect } from "node:net";
@@ -153,6 +153,34 @@ describe("container host over real HTTP", () => {
         },
       });
       const res = await fetch(`${s.url}/${FOO_HASH}`, { method: "PUT", body, duplex: "half" } as RequestInit);
+      assert.equal(res.status, 413);
+      assert.deepEqual(await filesUnder(s.roots[0] as string), []);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("refuses a chunked body of 64 MiB + 1 byte whose hash matches: the limit is exact", async () => {
+    const s = await startPosixServer();
+    try {
+      const chunk = Buffer.alloc(1 << 20, 2);
+      const md5 = createHash("md5");
+      for (let i = 0; i < 64; i++) md5.update(chunk);
+      const hash = md5.update(Buffer.from([2])).digest("hex");
+      let sent = 0;
+      const body = new ReadableStream<Uint8Array>({
+        pull(c) {
+          try {
+            if (sent < 64) c.enqueue(chunk);
+            else if (sent === 64) c.enqueue(Buffer.from([2]));
+            else c.close();
+            sent++;
+          } catch {
+            // The server answered 413 and fetch cancelled the upload.
+          }
+        },
+      });
+      const res = await fetch(`${s.url}/${hash}`, { method: "PUT", body, duplex: "half" } as RequestInit);
       assert.equal(res.status, 413);
       assert.deepEqual(await filesUnder(s.roots[0] as string), []);
     } finally {
@@ -637,6 +665,26 @@ describe("container host over real HTTP", () => {
       );
       assert.ok(logged("pull failed", /EIO: i\/o error, write/), "a local write error");
       assert.deepEqual(await filesUnder(dst.roots[0] as string), [], "nothing was stored");
+    } finally {
+      await src.cleanup();
+      await dst.cleanup();
+    }
+  });
+
+  it("never pulls onto a read-only mount, even one the list names by mount_uuid", async () => {
+    const cfg = { blobSigningKey: "pull-test-signing-key", enforcePermissions: true, systemRootToken: ADMIN };
+    const src = await startPosixServer(cfg);
+    const dst = await startPosixServer(cfg, { volumes: [{}, { readOnly: true }] });
+    const admin = { authorization: `Bearer ${ADMIN}` };
+    try {
+      await fetch(`${src.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
+      const ro = dst.app.keep.mounts.find((m) => m.readOnly);
+      assert.ok(ro);
+      const list = [{ locator: `${FOO_HASH}+3`, servers: [src.url], mount_uuid: ro.uuid }];
+      const r = await fetch(`${dst.url}/pull`, { method: "PUT", body: JSON.stringify(list), headers: admin });
+      assert.equal(r.status, 200);
+      await dst.app.pullWorker.queue.idle();
+      for (const root of dst.roots) assert.deepEqual(await filesUnder(root), [], root);
     } finally {
       await src.cleanup();
       await dst.cleanup();

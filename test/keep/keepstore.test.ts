@@ -223,6 +223,26 @@ describe("keepstore service", () => {
     }
   });
 
+  it("one mount full and the other failing, after or before the body, is a 503 (retry), not 507: not every volume is full", async () => {
+    const s = await makeStore([{ label: "a" }, { label: "b" }]);
+    try {
+      const [full, failing] = ranked(s, TEST_HASH);
+      s.vols[full]!.isFull = () => Promise.resolve(true);
+      s.vols[failing]!.writeFaultAfterBody = () => new Error("EIO: i/o error, write");
+      await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), VolumeUnavailableError);
+      // Also when it fails before reading the body (a disk remounted read-only), so that the
+      // PUT is planned again without it and finds only the full one.
+      s.vols[failing]!.writeFaultAfterBody = undefined;
+      s.vols[failing]!.faults.set("write", () =>
+        Object.assign(new Error("EROFS: read-only file system"), { code: "EROFS" }),
+      );
+      s.clock.advance(WRITE_FAILURE_MS);
+      await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), VolumeUnavailableError);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
   it("a mount that hangs is marked when the request's deadline passes, so the next PUT goes elsewhere; a client leaving marks nothing", async () => {
     const s = await makeStore([{ label: "a" }, { label: "b" }]);
     let open = () => {};
@@ -524,6 +544,28 @@ describe("keepstore service", () => {
       await s.putRaw("ro", TEST_HASH, TEST_BLOCK);
       await assert.rejects(s.keep.untrash(TEST_HASH), NotFoundError);
       assert.deepEqual(await collect((await s.keep.read(TEST_HASH, TEST_BLOCK.length)).body), TEST_BLOCK);
+      // A trashed copy on a read-only mount stays trashed: untrash writes only writable mounts.
+      const dir = join(s.rootOf("ro"), TEST_HASH.slice(0, 3));
+      await fs.rename(join(dir, TEST_HASH), join(dir, `${TEST_HASH}.trash.${Math.floor(s.clock.now() / 1000) + 3600}`));
+      await assert.rejects(s.keep.untrash(TEST_HASH), NotFoundError);
+      await assert.rejects(s.keep.read(TEST_HASH, TEST_BLOCK.length), NotFoundError);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
+  it("touches only writable mounts: a block held only on read-only ones is NotFound and keeps its mtime", async () => {
+    const s = await makeStore([
+      { label: "ro", readOnly: true },
+      { label: "rotrash", readOnly: true, allowTrashWhenReadOnly: true },
+    ]);
+    try {
+      const old = s.clock.now() - 3600_000;
+      await s.putRaw("ro", TEST_HASH, TEST_BLOCK, old);
+      await s.putRaw("rotrash", TEST_HASH, TEST_BLOCK, old);
+      const before = await Promise.all(s.mounts.map((m) => m.volume.mtime(TEST_HASH)));
+      await assert.rejects(s.keep.touch(TEST_HASH), NotFoundError);
+      assert.deepEqual(await Promise.all(s.mounts.map((m) => m.volume.mtime(TEST_HASH))), before);
     } finally {
       await s.cleanup();
     }

@@ -3,8 +3,8 @@
 // be abandoned; a release is counted once.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { CancelledError } from "../../shared/errors.js";
-import { BufferSlots } from "../../shared/keep/limits.js";
+import { CancelledError, OverloadedError } from "../../shared/errors.js";
+import { BufferSlots, RequestLimiter } from "../../shared/keep/limits.js";
 
 /** Whether `p` has settled after the microtasks and one macrotask that a grant would take. */
 async function settled(p: Promise<unknown>): Promise<boolean> {
@@ -56,5 +56,35 @@ describe("buffer slots (BufferPool UnderLimit / AtLimit)", () => {
     assert.equal(slots.used, 0);
     await assert.rejects(slots.acquire(AbortSignal.abort()), CancelledError);
     assert.equal(slots.used, 0);
+  });
+});
+
+describe("request limiter (MaxConcurrentRequests, MaxQueuedRequests)", () => {
+  it("runs up to the limit, queues up to the queue's size, and refuses the next one at once", async () => {
+    const limiter = new RequestLimiter(1, 2);
+    const a = await limiter.admit(0);
+    const b = limiter.admit(0);
+    const c = limiter.admit(0);
+    assert.equal(await settled(b), false, "past the limit a request waits");
+    assert.equal(await settled(c), false, "as does a second: the queue holds two");
+    await assert.rejects(limiter.admit(0), OverloadedError, "a third waiter is refused (503)");
+    assert.equal(limiter.queued, 2);
+    a();
+    assert.equal(await settled(b), true, "a release admits the oldest waiter");
+    (await b)();
+    (await c)();
+    assert.equal(limiter.active, 0);
+  });
+
+  it("on overflow refuses the lowest-priority, newest waiter, and admits higher priority first", async () => {
+    const limiter = new RequestLimiter(1, 1);
+    const running = await limiter.admit(0);
+    const low = limiter.admit(0);
+    const high = limiter.admit(1);
+    await assert.rejects(low, OverloadedError);
+    running();
+    assert.equal(await settled(high), true);
+    (await high)();
+    assert.equal(limiter.active, 0);
   });
 });

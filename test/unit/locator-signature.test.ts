@@ -109,6 +109,28 @@ describe("permission signatures", () => {
     assert.throws(() => verifyLocator(past, KNOWN_TOKEN, clock, P), ExpiredSignatureError);
   });
 
+  it("is valid through its expiry time and expired just after it, as the reference (expiry.Before(now))", () => {
+    const loc = `${KNOWN_HASH}+3+A${KNOWN_SIG}@7fffffff`;
+    verifyLocator(loc, KNOWN_TOKEN, new FakeClock(0x7fffffff * 1000), P);
+    assert.throws(
+      () => verifyLocator(loc, KNOWN_TOKEN, new FakeClock(0x7fffffff * 1000 + 1), P),
+      ExpiredSignatureError,
+    );
+  });
+
+  it("checks every digit of the signature, not a prefix of it", () => {
+    const clock = new FakeClock(Date.UTC(2026, 0, 1));
+    for (const i of [0, 19, 38, 39]) {
+      const c = KNOWN_SIG[i] === "0" ? "1" : "0";
+      const sig = `${KNOWN_SIG.slice(0, i)}${c}${KNOWN_SIG.slice(i + 1)}`;
+      assert.throws(
+        () => verifyLocator(`${KNOWN_HASH}+3+A${sig}@7fffffff`, KNOWN_TOKEN, clock, P),
+        InvalidSignatureError,
+        `digit ${i} changed`,
+      );
+    }
+  });
+
   it("signs nothing without a key or a token", () => {
     assert.equal(signLocator(`${KNOWN_HASH}+3`, "", 1, P), `${KNOWN_HASH}+3`);
     assert.equal(signLocator(`${KNOWN_HASH}+3`, KNOWN_TOKEN, 1, { ...P, key: "" }), `${KNOWN_HASH}+3`);
@@ -134,10 +156,17 @@ describe("tokens", () => {
     assert.deepEqual(req({}, "?api_token=t4"), ["t4"]);
     assert.deepEqual(req({ cookie: `a=b; arvados_api_token=${Buffer.from("t5").toString("base64url")}` }), ["t5"]);
     assert.deepEqual(req({ authorization: "Bearer t1" }, "?api_token=t4"), ["t1", "t4"]);
+    // The Basic scheme's name is case-insensitive (RFC 7617; Go's Request.BasicAuth).
+    assert.deepEqual(req({ authorization: `basic ${Buffer.from("user:t3").toString("base64")}` }), ["t3"]);
+    assert.deepEqual(req({ authorization: `BASIC ${Buffer.from("user:t3").toString("base64")}` }), ["t3"]);
   });
   it("ignores malformed Authorization headers", () => {
     assert.deepEqual(req({ authorization: "Bearer" }), []);
     assert.deepEqual(req({ authorization: "Digest abc" }), []);
     assert.deepEqual(req({ authorization: `Basic ${Buffer.from("nocolon").toString("base64")}` }), []);
+    // An empty password is no token: it must not stand first and hide the api_token after it.
+    assert.deepEqual(req({ authorization: `Basic ${Buffer.from("user:").toString("base64")}` }, "?api_token=t4"), [
+      "t4",
+    ]);
   });
 });

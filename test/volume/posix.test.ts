@@ -6,7 +6,7 @@ import { describe, it } from "node:test";
 import { FakeClock } from "../../shared/clock.js";
 import { BadLocatorError, CancelledError, VolumeFullError } from "../../shared/errors.js";
 import { PosixVolume } from "../../shared/volume/posix.js";
-import { chunks, collect, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
+import { chunks, collect, md5hex, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { describeVolumeContract, type HarnessParams, type VolumeHarness } from "../conformance/volume-contract.js";
 
 async function posixHarness(p: HarnessParams, serialize = false): Promise<VolumeHarness & { root: string }> {
@@ -292,6 +292,72 @@ describe("posix volume", () => {
       assert.equal(report.deleted, 1);
       await assert.rejects(fs.access(expired));
       await fs.access(join(h.root, "cafe"));
+    } finally {
+      await h.teardown();
+    }
+  });
+
+  it("indexes by a prefix longer than a block directory's name: only the blocks that match it", async () => {
+    const h = await posixHarness(params());
+    try {
+      // Both in Root/abc/: md5("block 464") = abc7c16c…, md5("block 6965") = abc21668….
+      const [a, b] = [Buffer.from("block 464"), Buffer.from("block 6965")];
+      for (const data of [a, b]) await h.volume.write(md5hex(data), chunks(data));
+      const hashes = async (prefix: string) => {
+        const out: string[] = [];
+        for await (const e of h.volume.index(prefix)) out.push(e.hash);
+        return out.sort();
+      };
+      assert.deepEqual(await hashes("abc7"), [md5hex(a)]);
+      assert.deepEqual(await hashes("abc21668"), [md5hex(b)]);
+      assert.deepEqual(await hashes("abc"), [md5hex(b), md5hex(a)]);
+    } finally {
+      await h.teardown();
+    }
+  });
+
+  it("empty trash deletes a trashed block at its deadline, and not a millisecond before", async () => {
+    const p = params();
+    const h = await posixHarness(p);
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      p.clock.advance(p.signingTtlMs + 1000);
+      await h.volume.trash(TEST_HASH);
+      const deadlineMs = Math.floor((p.clock.now() + p.trashLifetimeMs) / 1000) * 1000;
+      p.clock.set(deadlineMs - 1);
+      assert.equal((await h.volume.emptyTrash()).deleted, 0, "a millisecond before the deadline: kept");
+      p.clock.set(deadlineMs);
+      assert.equal((await h.volume.emptyTrash()).deleted, 1, "at the deadline: deleted");
+    } finally {
+      await h.teardown();
+    }
+  });
+
+  it("empty trash leaves the temp file of a write in progress alone", async () => {
+    const p = params();
+    const h = await posixHarness(p);
+    try {
+      let go!: () => void;
+      const gate = new Promise<void>((r) => {
+        go = r;
+      });
+      let begun!: () => void;
+      const writing = new Promise<void>((r) => {
+        begun = r;
+      });
+      async function* body() {
+        yield TEST_BLOCK.subarray(0, 10);
+        begun(); // the temp file is open, the rest of the body not yet sent
+        await gate;
+        yield TEST_BLOCK.subarray(10);
+      }
+      const write = h.volume.write(TEST_HASH, body());
+      await writing;
+      p.clock.advance(3600_000); // an hour: a slow upload, not a crash's leftover
+      await h.volume.emptyTrash();
+      go();
+      await write;
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
     } finally {
       await h.teardown();
     }
