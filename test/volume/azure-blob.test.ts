@@ -241,6 +241,42 @@ describe("azure blob volume", () => {
       assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
     }));
 
+  // Another instance touches the block after trash has read it as old and before trash's
+  // write lands: that write is conditional on the ETag trash read, so the touch wins.
+  for (const [what, lifetime, match] of [
+    ["the expires_at metadata write", HOUR, (m: string, u: string) => m === "PUT" && /comp=metadata/.test(u)],
+    ["the delete (trash lifetime 0)", 0, (m: string) => m === "DELETE"],
+  ] as const) {
+    it(`a touch landing between trash's read of the blob and ${what} wins`, async () => {
+      const p = params(lifetime);
+      const h = await azureHarness(p);
+      const proxy = await FaultProxy.start(azurite.port);
+      try {
+        const v = new AzureBlobVolume(
+          { ...opts(h.container.containerName), endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}` },
+          p,
+        );
+        await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+        await h.setMtime(TEST_HASH, p.clock.now() - 2 * TTL);
+        let touched = false;
+        proxy.before = {
+          match,
+          run: async () => {
+            await h.volume.touch(TEST_HASH);
+            touched = true;
+          },
+        };
+        await v.trash(TEST_HASH);
+        assert.ok(touched, "the touch ran inside trash");
+        assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+        assert.equal((await h.container.getBlockBlobClient(TEST_HASH).getProperties()).metadata?.expires_at, undefined);
+      } finally {
+        await proxy.close();
+        await h.teardown().catch(() => {});
+      }
+    });
+  }
+
   it("two racing sweeps never delete a block untrashed or rewritten in between", () =>
     withH({}, async (h, p) => {
       const blocks = [Buffer.from("untrashed during sweep"), Buffer.from("rewritten during sweep")];
@@ -538,6 +574,11 @@ function opts(container: string): AzureBlobVolumeOptions {
  */
 class FaultProxy {
   failed = 0;
+  /**
+   * Runs before a request is forwarded (after the faults above): a test does here what another
+   * instance does between two of the volume's requests. Matched requests run it once each.
+   */
+  before?: { match: (method: string, url: string) => boolean; run: () => Promise<void> };
   private left = 0;
   private status = 503;
   private code = "ServerBusy";
@@ -562,15 +603,28 @@ class FaultProxy {
         );
         return;
       }
-      const up = request(
-        { host: "127.0.0.1", port: target, path: req.url, method: req.method, headers: req.headers },
-        (r) => {
-          res.writeHead(r.statusCode ?? 502, r.headers);
-          r.pipe(res);
-        },
-      );
-      up.on("error", () => res.destroy());
-      req.pipe(up);
+      const hook = f.before?.match(req.method ?? "", req.url ?? "") ? f.before : undefined;
+      if (hook) {
+        f.before = undefined;
+        req.pause();
+        hook.run().then(
+          () => forward(),
+          () => res.destroy(),
+        );
+        return;
+      }
+      forward();
+      function forward() {
+        const up = request(
+          { host: "127.0.0.1", port: target, path: req.url, method: req.method, headers: req.headers },
+          (r) => {
+            res.writeHead(r.statusCode ?? 502, r.headers);
+            r.pipe(res);
+          },
+        );
+        up.on("error", () => res.destroy());
+        req.pipe(up);
+      }
     });
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     self = new FaultProxy(server, (server.address() as AddressInfo).port);
