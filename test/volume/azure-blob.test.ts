@@ -14,7 +14,7 @@ import { FakeClock } from "../../shared/clock.js";
 import { staticKey } from "../../shared/credentials/account-key.js";
 import { CancelledError, NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
 import { AzureBlobVolume, type AzureBlobVolumeOptions } from "../../shared/volume/azure-blob.js";
-import { STATE_BLOB, TRASH_TAG } from "../../shared/volume/azure-sweep.js";
+import { STATE_BLOB, TRASH_TAG, tagValue } from "../../shared/volume/azure-sweep.js";
 import { chunks, collect, md5hex, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { describeVolumeContract, type HarnessParams, type VolumeHarness } from "../conformance/volume-contract.js";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
@@ -360,6 +360,54 @@ describe("azure blob volume", () => {
       let left = 0;
       for await (const b of h.container.listBlobsFlat()) if (b.name !== STATE_BLOB) left++;
       assert.equal(left, 0);
+    }));
+
+  // The reference deletes a trashed blob once expires_at <= now (Unix seconds): at its deadline
+  // second, not one second early and not one second late. Each way the sweep finds a blob.
+  it("the tag pass deletes a blob in its deadline second and keeps one due a second later", () =>
+    withH({ legacySweepIntervalMs: 0 }, async (h, p) => {
+      const t0 = p.clock.now();
+      const blob = (s: string) => ({ d: Buffer.from(s), hash: md5hex(Buffer.from(s)) });
+      // Trashed by us: the tag holds the deadline and the ETag trash left.
+      const ours = [blob("ours, due now"), blob("ours, due in a second")];
+      for (const [i, b] of ours.entries()) {
+        p.clock.set(t0 + i * 1000);
+        await h.volume.write(b.hash, chunks(b.d), { size: b.d.length });
+        await h.setMtime(b.hash, p.clock.now() - 2 * TTL);
+        await h.volume.trash(b.hash);
+      }
+      p.clock.set(t0 + HOUR);
+      const nowS = Math.floor(p.clock.now() / 1000);
+      // Tagged due now without an ETag (a trash interrupted after its first tag write), so the
+      // sweep reads expires_at: due now, or (a stale tag) a second later.
+      const bare = [blob("bare tag, due now"), blob("bare tag, metadata due in a second")];
+      for (const [i, b] of bare.entries()) {
+        const c = h.container.getBlockBlobClient(b.hash);
+        await c.upload(b.d, b.d.length, { metadata: { expires_at: String(nowS + i) } });
+        await c.setTags({ [TRASH_TAG]: tagValue(nowS) });
+      }
+      const r = await h.volume.emptyTrash();
+      assert.equal(r.deleted, 2, JSON.stringify(r));
+      for (const [due, later] of [ours, bare]) {
+        assert.equal(await h.container.getBlockBlobClient(due?.hash ?? "").exists(), false, "due this second: deleted");
+        assert.equal(await h.container.getBlockBlobClient(later?.hash ?? "").exists(), true, "due next second: kept");
+      }
+    }));
+
+  it("the full pass deletes reference trash in its deadline second and keeps one due a second later", () =>
+    withH({}, async (h, p) => {
+      const nowS = Math.floor(p.clock.now() / 1000);
+      const due = Buffer.from("reference trash, due now");
+      const later = Buffer.from("reference trash, due in a second");
+      for (const [d, exp] of [
+        [due, nowS],
+        [later, nowS + 1],
+      ] as const)
+        await h.container.getBlockBlobClient(md5hex(d)).upload(d, d.length, { metadata: { expires_at: String(exp) } });
+      const r = await h.volume.emptyTrash();
+      assert.equal(r.deleted, 1, JSON.stringify(r));
+      assert.equal(await h.container.getBlockBlobClient(md5hex(due)).exists(), false);
+      assert.equal(await h.container.getBlockBlobClient(md5hex(later)).exists(), true);
     }));
 
   it("the time budget is checked within a page of the tag query, not only between pages", () =>
