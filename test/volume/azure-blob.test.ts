@@ -128,6 +128,51 @@ describe("azure blob volume", () => {
       await assert.rejects(h.volume.read(other), NotFoundError);
     }));
 
+  // Azure checks a Put Blob's bytes against Content-MD5 only; x-ms-blob-content-md5 (all the
+  // SDK's upload() sends) is stored unchecked. Azurite checks either, so look at the wire.
+  it("every Put Blob carries the block's MD5 as its transactional Content-MD5, streamed or buffered", async () => {
+    const p = params();
+    const h = await azureHarness(p);
+    const proxy = await FaultProxy.start(azurite.port);
+    try {
+      const v = new AzureBlobVolume(
+        {
+          ...opts(h.container.containerName),
+          endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}`,
+          stageBlockBytes: 1 << 20,
+        },
+        p,
+      );
+      const streamed = pattern(3 << 20);
+      const small = Buffer.from("created in one conditional Put Blob");
+      const staged = pattern((2 << 20) + 5);
+      await v.write(md5hex(streamed), chunks(streamed), { size: streamed.length });
+      assert.equal(await v.create(md5hex(small), small), "created");
+      await v.write(md5hex(staged), chunks(staged)); // unknown size: Put Block x3, Put Block List
+      const b64 = (hash: string) => Buffer.from(hash, "hex").toString("base64");
+      const putBlobs = proxy.log.filter((r) => r.method === "PUT" && r.headers["x-ms-blob-type"] === "BlockBlob");
+      assert.deepEqual(
+        putBlobs.map((r) => [r.url.split("?")[0]?.split("/").pop(), r.headers["content-md5"]]),
+        [
+          [md5hex(streamed), b64(md5hex(streamed))],
+          [md5hex(small), b64(md5hex(small))],
+        ],
+      );
+      const blocks = proxy.log.filter((r) => r.method === "PUT" && /comp=block(&|$)/.test(r.url));
+      assert.equal(blocks.length, 3);
+      assert.ok(
+        blocks.every((r) => r.headers["content-md5"]),
+        "each staged block has its own MD5",
+      );
+      const list = proxy.log.find((r) => /comp=blocklist/.test(r.url));
+      assert.equal(list?.headers["x-ms-blob-content-md5"], b64(md5hex(staged)), "the whole block's MD5 is stored");
+      assert.notEqual(list?.headers["content-md5"], b64(md5hex(staged)), "Put Block List's own MD5 is its body's");
+    } finally {
+      await proxy.close();
+      await h.teardown().catch(() => {});
+    }
+  });
+
   it("a write of unknown size is staged and committed only when the body ends cleanly", () =>
     withH({ stageBlockBytes: 1 << 20 }, async (h) => {
       const data = pattern(3 * (1 << 20) + 17);
@@ -622,6 +667,8 @@ function opts(container: string): AzureBlobVolumeOptions {
  */
 class FaultProxy {
   failed = 0;
+  /** Every request that reached the proxy, as it arrived. */
+  readonly log: Array<{ method: string; url: string; headers: Record<string, string | string[] | undefined> }> = [];
   /**
    * Runs before a request is forwarded (after the faults above): a test does here what another
    * instance does between two of the volume's requests. Matched requests run it once each.
@@ -640,6 +687,7 @@ class FaultProxy {
     let self: FaultProxy | undefined;
     const server = createServer((req, res) => {
       const f = self as FaultProxy;
+      f.log.push({ method: req.method ?? "", url: req.url ?? "", headers: req.headers });
       if (f.left > 0) {
         f.left--;
         f.failed++;
