@@ -416,6 +416,34 @@ describe("s3 volume: a bucket written by the reference keepstore", () => {
   }
 });
 
+describe("s3 volume: trash's age check, at the signing TTL", () => {
+  // The reference trashes once time.Since(recent/X) >= BlobSigningTTL: a block exactly TTL old
+  // goes, one a second younger stays (a locator signed for it may still be unsaved).
+  it("trashes a block whose marker is exactly TTL old and keeps one a second younger", async () => {
+    const t0 = Math.floor(Date.now() / 1000) * 1000;
+    const clock = new FakeClock(t0);
+    const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR });
+    try {
+      const old = Buffer.from("marked exactly one TTL ago");
+      const young = Buffer.from("marked one second after that");
+      for (const [b, at] of [
+        [old, t0 - HOUR],
+        [young, t0 - HOUR + 1000],
+      ] as const) {
+        await putAt(h.raw, h.bucket, md5(b), b, t0 - 2 * HOUR);
+        await putAt(h.raw, h.bucket, `recent/${md5(b)}`, new Uint8Array(0), at);
+        await h.volume.trash(md5(b));
+      }
+      assert.ok(await exists(h.raw, h.bucket, `trash/${md5(old)}`), "TTL old: trashed");
+      await assert.rejects(h.volume.read(md5(old)), NotFoundError);
+      assert.ok(!(await exists(h.raw, h.bucket, `trash/${md5(young)}`)), "younger: left alone");
+      assert.deepEqual(await collect((await h.volume.read(md5(young))).body), young);
+    } finally {
+      await h.teardown();
+    }
+  });
+});
+
 describe("s3 volume: listing and credentials", () => {
   for (const prefixLength of [0, 3]) {
     it(`indexes 256 blocks through pages of 3, by prefix (the reference's S3 Index case, PrefixLength=${prefixLength})`, async () => {
@@ -888,6 +916,29 @@ describe("s3 volume: races closed by strong consistency and conditional requests
       assert.ok(
         proxy.log.some((r) => r.method === "PUT" && isKey(r.path, TEST_HASH) && r.headers["x-amz-copy-source"]),
       );
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
+  it("Put lands while Trash deletes the data, in the second of the marker Trash judged: the marker's ETag tells them apart", async () => {
+    // With a signing TTL of 0 the marker Trash judged can be from this very second, so the
+    // Put's fresh marker has the same LastModified: only its ETag (RACES (1)) shows the Put.
+    const proxy = await S3Proxy.start(server.endpoint);
+    const clock = new FakeClock(Math.floor(Date.now() / 1000) * 1000);
+    const h = await s3Harness({ clock, signingTtlMs: 0, trashLifetimeMs: HOUR }, { endpoint: proxy.url });
+    const isKey = (path: string, key: string) => path.split("?")[0] === `/${h.bucket}/${key}`;
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      const x = holdFirst(proxy, "DELETE", (path) => isKey(path, TEST_HASH));
+      const trashing = h.volume.trash(TEST_HASH);
+      await x.atHold;
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK)); // acknowledged, same second
+      x.release();
+      await trashing;
+      assert.ok(await exists(h.raw, h.bucket, TEST_HASH), "the acknowledged block is live");
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
     } finally {
       await h.teardown();
       await proxy.close();
