@@ -1006,6 +1006,76 @@ describe("s3 volume: races closed by strong consistency and conditional requests
     }
   });
 
+  it("a sweep that judged a trash copy expired looks again just before deleting: a fresh copy from a Trash in between stays", async () => {
+    let sweeping: Promise<unknown> | undefined;
+    const { proxy, clock, h, isKey } = await setup();
+    try {
+      await h.volume.trash(TEST_HASH); // copy 1, soon expired
+      clock.advance(HOUR + 2000);
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      await h.setMtime(TEST_HASH, clock.now() - 2 * HOUR);
+      // The sweep has listed copy 1 as expired; its last look at trash/X waits here.
+      const x = holdFirst(proxy, "HEAD", (path) => isKey(path, `trash/${TEST_HASH}`));
+      sweeping = h.volume.emptyTrash();
+      await x.atHold;
+      await h.volume.trash(TEST_HASH); // copy 2 replaces copy 1, then the data goes
+      x.release();
+      await sweeping;
+      assert.ok(await exists(h.raw, h.bucket, `trash/${TEST_HASH}`), "the fresh trash copy survives the sweep");
+      await h.volume.untrash(TEST_HASH);
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
+  it("Trash waits a race window for a trash copy that another instance's clock, a few seconds ahead, already sees expired", async () => {
+    // The sweep runs on an instance whose clock is 3 s ahead; the race window (5 s) covers it.
+    const proxy = await S3Proxy.start(server.endpoint);
+    const t = Math.floor(Date.now() / 1000) * 1000;
+    const sweepClock = new FakeClock(t + 3000);
+    const trashClock = new FakeClock(t);
+    const bucket = await server.createBucket();
+    const sweeper = await s3Harness(
+      { clock: sweepClock, signingTtlMs: TTL, trashLifetimeMs: HOUR },
+      { bucket, endpoint: proxy.url },
+    );
+    let sweeping: Promise<unknown> | undefined;
+    let x = hold();
+    const h = await s3Harness(
+      { clock: trashClock, signingTtlMs: TTL, trashLifetimeMs: HOUR },
+      {
+        bucket,
+        raceWindowMs: 5000,
+        sleep: async () => {
+          x.release();
+          await sweeping;
+        },
+      },
+    );
+    const isKey = (path: string, key: string) => path.split("?")[0] === `/${bucket}/${key}`;
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      await h.setMtime(TEST_HASH, t - 2 * HOUR);
+      // Copy 1: due at t + 2 s, which the sweep's clock has passed and the trashing one has not.
+      await putAt(h.raw, bucket, `trash/${TEST_HASH}`, TEST_BLOCK, t - HOUR + 2000);
+      x = holdFirst(proxy, "DELETE", (path) => isKey(path, `trash/${TEST_HASH}`));
+      sweeping = sweeper.volume.emptyTrash();
+      await x.atHold; // the sweep judged copy 1 expired; its DELETE is in flight
+      await h.volume.trash(TEST_HASH); // copy 2, which that DELETE removes; then copy 3
+      x.release();
+      await sweeping;
+      assert.ok(await exists(h.raw, bucket, `trash/${TEST_HASH}`), "a trash copy survives");
+      await h.volume.untrash(TEST_HASH);
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await h.teardown();
+      await sweeper.teardown();
+      await proxy.close();
+    }
+  });
+
   it("Trash replacing a trash copy a sweep is deleting waits a race window, then copies again", async () => {
     let x = hold();
     let sweeping: Promise<unknown> | undefined;
