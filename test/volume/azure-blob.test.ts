@@ -455,6 +455,26 @@ describe("azure blob volume", () => {
       assert.equal(await h.container.getBlockBlobClient(md5hex(later)).exists(), true);
     }));
 
+  it("a full pass stopped by its budget resumes at its listing cursor: reference trash behind many live blobs is reached", () =>
+    withH({ listPageSize: 4 }, async (h, p) => {
+      const nowS = Math.floor(p.clock.now() / 1000);
+      // Live blobs that list before the reference's expired trash (names sort as hex).
+      for (let i = 0; i < 12; i++) {
+        const name = i.toString(16).padStart(32, "0");
+        await h.container.getBlockBlobClient(name).upload("live", 4);
+      }
+      const expired = "f".repeat(32);
+      await h.container.getBlockBlobClient(expired).upload("x", 1, { metadata: { expires_at: String(nowS - 10) } });
+      const runs: boolean[] = [];
+      for (let i = 0; i < 6 && (await h.container.getBlockBlobClient(expired).exists()); i++) {
+        // A fresh instance each run, out of time at once: one page each, then the cursor is saved.
+        const v = new AzureBlobVolume({ ...(await azureOpts(h.container.containerName)), listPageSize: 4 }, p);
+        runs.push((await v.emptyTrash({ deadlineMs: Date.now() - 1 })).complete);
+      }
+      assert.equal(await h.container.getBlockBlobClient(expired).exists(), false, `after ${runs.length} runs`);
+      assert.ok(runs.length >= 3 && runs.slice(0, -1).every((c) => !c), JSON.stringify(runs));
+    }));
+
   it("the time budget is checked within a page of the tag query, not only between pages", () =>
     withH({ legacySweepIntervalMs: 0, findPageSize: 100, sweepConcurrency: 2 }, async (h, p) => {
       for (let i = 0; i < 7; i++) {
