@@ -12,7 +12,7 @@ import { after, before, describe, it } from "node:test";
 import type { ContainerClient } from "@azure/storage-blob";
 import { FakeClock } from "../../shared/clock.js";
 import { staticKey } from "../../shared/credentials/account-key.js";
-import { CancelledError, NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
+import { CancelledError, NotFoundError, VolumeFullError, VolumeUnavailableError } from "../../shared/errors.js";
 import { AzureBlobVolume, type AzureBlobVolumeOptions } from "../../shared/volume/azure-blob.js";
 import { STATE_BLOB, TRASH_TAG, tagValue } from "../../shared/volume/azure-sweep.js";
 import { chunks, collect, md5hex, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
@@ -641,6 +641,31 @@ describe("azure blob volume", () => {
       const d = pattern(3 << 20);
       await assert.rejects(via(5000).write(md5hex(d), chunks(d), { size: d.length }), VolumeUnavailableError);
       assert.equal(await h.container.getBlockBlobClient(md5hex(d)).exists(), false);
+    } finally {
+      await proxy.close();
+      await h.teardown().catch(() => {});
+    }
+  });
+
+  it("a 507 or a capacity error code is the volume being full (so the core tries another), not a 503", async () => {
+    const p = params();
+    const h = await azureHarness(p);
+    const proxy = await FaultProxy.start(azurite.port);
+    try {
+      const v = new AzureBlobVolume(
+        { ...opts(h.container.containerName), endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}` },
+        p,
+      );
+      for (const [status, code] of [
+        [507, "InsufficientStorage"],
+        [409, "AccountLimitExceeded"],
+      ] as const) {
+        proxy.failNext(1, status, code);
+        await assert.rejects(v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length }), (e: Error) => {
+          assert.ok(e instanceof VolumeFullError, `${status} ${code}: ${e}`);
+          return true;
+        });
+      }
     } finally {
       await proxy.close();
       await h.teardown().catch(() => {});
