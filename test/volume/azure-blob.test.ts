@@ -475,6 +475,57 @@ describe("azure blob volume", () => {
       assert.ok(runs.length >= 3 && runs.slice(0, -1).every((c) => !c), JSON.stringify(runs));
     }));
 
+  it("trash tags the blob before it writes expires_at, so a trash whose last tag write fails is still swept", async () => {
+    const p = params();
+    const h = await azureHarness(p, { legacySweepIntervalMs: 0 });
+    const proxy = await FaultProxy.start(azurite.port);
+    try {
+      const v = new AzureBlobVolume(
+        {
+          ...opts(h.container.containerName),
+          endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}`,
+          retry: { budgetMs: 200 },
+        },
+        p,
+      );
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      await h.setMtime(TEST_HASH, p.clock.now() - 2 * TTL);
+      // The tag write after the metadata (the one with the ETag) fails, as if the instance died.
+      let metadataWritten = false;
+      proxy.failNext(0, 500, "InternalError");
+      proxy.refuse = (m, u) => {
+        if (m === "PUT" && /comp=metadata/.test(u)) metadataWritten = true;
+        return metadataWritten && m === "PUT" && /comp=tags/.test(u);
+      };
+      await v.trash(TEST_HASH);
+      proxy.refuse = undefined;
+      await assert.rejects(h.volume.read(TEST_HASH), NotFoundError);
+      p.clock.advance(HOUR + 1000);
+      const r = await h.volume.emptyTrash(); // the tag query alone: no full listing
+      assert.equal(r.deleted, 1, JSON.stringify(r));
+      assert.equal(await h.container.getBlockBlobClient(TEST_HASH).exists(), false);
+    } finally {
+      await proxy.close();
+      await h.teardown().catch(() => {});
+    }
+  });
+
+  it("trashes a block exactly one signing TTL old and keeps one a second younger", () =>
+    withH({}, async (h, p) => {
+      const old = Buffer.from("touched exactly one TTL ago");
+      const young = Buffer.from("touched a second after that");
+      for (const [d, at] of [
+        [old, p.clock.now() - TTL],
+        [young, p.clock.now() - TTL + 1000],
+      ] as const) {
+        await h.volume.write(md5hex(d), chunks(d), { size: d.length });
+        await h.setMtime(md5hex(d), at);
+        await h.volume.trash(md5hex(d));
+      }
+      await assert.rejects(h.volume.read(md5hex(old)), NotFoundError);
+      assert.deepEqual(await collect((await h.volume.read(md5hex(young))).body), young);
+    }));
+
   it("the time budget is checked within a page of the tag query, not only between pages", () =>
     withH({ legacySweepIntervalMs: 0, findPageSize: 100, sweepConcurrency: 2 }, async (h, p) => {
       for (let i = 0; i < 7; i++) {
@@ -719,6 +770,8 @@ class FaultProxy {
    * instance does between two of the volume's requests. Matched requests run it once each.
    */
   before?: { match: (method: string, url: string) => boolean; run: () => Promise<void> };
+  /** Requests this matches are answered with the fault (status and code of failNext) instead. */
+  refuse?: (method: string, url: string) => boolean;
   private left = 0;
   private status = 503;
   private code = "ServerBusy";
@@ -733,8 +786,9 @@ class FaultProxy {
     const server = createServer((req, res) => {
       const f = self as FaultProxy;
       f.log.push({ method: req.method ?? "", url: req.url ?? "", headers: req.headers });
-      if (f.left > 0) {
-        f.left--;
+      const refused = f.refuse?.(req.method ?? "", req.url ?? "") ?? false;
+      if (f.left > 0 || refused) {
+        if (!refused) f.left--;
         f.failed++;
         for (const w of f.waiters.splice(0)) w();
         req.resume();
