@@ -469,6 +469,9 @@ describe("s3 volume: listing and credentials", () => {
           ["c", 16],
           ["bc", 1],
           ["abc", 0],
+          // Longer than PrefixLength: the listing goes under <prefix[:N]>/ (as the reference's).
+          ["bc00", 1],
+          ["bc0000000000", 1],
         ] as const) {
           const got: Array<{ hash: string; mtimeNs: bigint }> = [];
           for await (const e of paged.index(prefix)) got.push(e);
@@ -677,6 +680,52 @@ describe("s3 volume: faults", () => {
     } finally {
       await h.teardown();
       await proxy.close();
+    }
+  });
+
+  it("without maxAttempts (as every host builds it) a request is tried 5 times before the client sees a fault", async () => {
+    const proxy = await S3Proxy.start(server.endpoint);
+    const bucket = await server.createBucket();
+    const v = new S3Volume(
+      { bucket, endpoint: proxy.url, accessKey: "S3RVER", secretKey: "S3RVER", conditionalWrites: false },
+      params(),
+    );
+    try {
+      await v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      let faults = 0;
+      proxy.intercept = (r) => {
+        if (r.method !== "GET" || r.path.split("?")[0] !== `/${bucket}/${TEST_HASH}` || faults >= 4) return undefined;
+        faults++;
+        return Promise.resolve({ status: 500, code: "InternalError" });
+      };
+      assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
+      assert.equal(faults, 4);
+    } finally {
+      await v.close();
+      await proxy.close();
+    }
+  });
+
+  it("a sweep leaves a staged two-step upload alone for a day, then removes it", async () => {
+    const clock = new FakeClock(Date.now());
+    const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR });
+    try {
+      const stage = async () => {
+        const t = await h.volume.presignUpload(TEST_HASH, TEST_BLOCK.length, 900);
+        const r = await fetch(t.url, { method: t.method, headers: t.headers, body: TEST_BLOCK });
+        assert.equal(r.status, 200, await r.text());
+        return t;
+      };
+      const t = await stage(); // a client between its PUT and its commit
+      await h.volume.emptyTrash();
+      await h.volume.commitUpload(TEST_HASH, TEST_BLOCK.length, t.uploadId);
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+      const gone = await stage(); // a client that never commits
+      clock.advance(25 * HOUR);
+      await h.volume.emptyTrash();
+      await assert.rejects(h.volume.commitUpload(TEST_HASH, TEST_BLOCK.length, gone.uploadId), NotFoundError);
+    } finally {
+      await h.teardown();
     }
   });
 
