@@ -322,6 +322,32 @@ describe("azure blob volume", () => {
     });
   }
 
+  it("a write landing between untrash's read and its metadata write keeps its fresh mtime (If-Match on untrash)", async () => {
+    const p = params();
+    const h = await azureHarness(p);
+    const proxy = await FaultProxy.start(azurite.port);
+    try {
+      const v = new AzureBlobVolume(
+        { ...opts(h.container.containerName), endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}` },
+        p,
+      );
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      await h.setMtime(TEST_HASH, p.clock.now() - 2 * TTL);
+      await h.volume.trash(TEST_HASH);
+      p.clock.advance(60_000);
+      proxy.before = {
+        match: (m, u) => m === "PUT" && /comp=metadata/.test(u),
+        run: () => h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length }),
+      };
+      await v.untrash(TEST_HASH).catch(() => {}); // the block is live again either way
+      assert.equal(proxy.before, undefined, "the write ran inside untrash");
+      assert.equal(await h.volume.mtime(TEST_HASH), BigInt(p.clock.now()) * 1_000_000n, "the write's mtime stands");
+    } finally {
+      await proxy.close();
+      await h.teardown().catch(() => {});
+    }
+  });
+
   it("two racing sweeps never delete a block untrashed or rewritten in between", () =>
     withH({}, async (h, p) => {
       const blocks = [Buffer.from("untrashed during sweep"), Buffer.from("rewritten during sweep")];
