@@ -444,6 +444,32 @@ describe("s3 volume: trash's age check, at the signing TTL", () => {
   });
 });
 
+describe("s3 volume: the sweep's deadline, at the trash lifetime", () => {
+  // The reference deletes trash/X once time.Since(its LastModified) >= BlobTrashLifetime.
+  it("deletes a trash copy exactly one lifetime old and keeps one a second younger", async () => {
+    const t0 = Math.floor(Date.now() / 1000) * 1000;
+    const clock = new FakeClock(t0);
+    const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR });
+    try {
+      const due = Buffer.from("trashed exactly one lifetime ago");
+      const young = Buffer.from("trashed a second after that");
+      for (const [b, at] of [
+        [due, t0 - HOUR],
+        [young, t0 - HOUR + 1000],
+      ] as const) {
+        await putAt(h.raw, h.bucket, `recent/${md5(b)}`, new Uint8Array(0), t0 - 12 * HOUR);
+        await putAt(h.raw, h.bucket, `trash/${md5(b)}`, b, at);
+      }
+      const r = await h.volume.emptyTrash();
+      assert.equal(r.deleted, 1, JSON.stringify(r));
+      assert.ok(!(await exists(h.raw, h.bucket, `trash/${md5(due)}`)), "one lifetime old: deleted");
+      assert.ok(await exists(h.raw, h.bucket, `trash/${md5(young)}`), "younger: kept");
+    } finally {
+      await h.teardown();
+    }
+  });
+});
+
 describe("s3 volume: listing and credentials", () => {
   for (const prefixLength of [0, 3]) {
     it(`indexes 256 blocks through pages of 3, by prefix (the reference's S3 Index case, PrefixLength=${prefixLength})`, async () => {
