@@ -164,6 +164,17 @@ describe("key file", () => {
     }
   });
 
+  it("a second volume refused with the old key gets the key already re-read, without another read", async () => {
+    let fetches = 0;
+    const k = new CachedKey({ description: "test", fetch: async () => `k${++fetches}`, now: () => 0 });
+    assert.equal(await k.current(), "k1");
+    assert.equal(await k.refresh("k1"), "k2"); // the first volume's 403
+    // Another volume sharing the key built its client with k1 and meets its own 403 now,
+    // inside the re-read limit: it must get k2, not a "refused moments ago" error.
+    assert.equal(await k.refresh("k1"), "k2");
+    assert.equal(fetches, 2);
+  });
+
   it("rate-limits re-reads when the storage keeps refusing", async () => {
     let now = 0;
     let fetches = 0;

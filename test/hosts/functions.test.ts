@@ -394,6 +394,12 @@ describe("Azure Functions app", () => {
     assert.equal(ok?.readOnly, true);
     assert.equal(ok?.allowTrashWhenReadOnly, false, "a read-only volume keeps its blocks unless told otherwise");
     assert.equal(ok?.replication, 2);
+    // Unset: the reference's -azure-storage-replication default (Azure keeps 3 copies), and
+    // writable, in the default storage class.
+    const dflt = parseSettings({ KEEP_VOLUMES: JSON.stringify([base]) }).config.volumes[0];
+    assert.equal(dflt?.replication, 3);
+    assert.equal(dflt?.readOnly, false);
+    assert.deepEqual(dflt?.storageClasses, ["default"]);
   });
 
   it("lets keep-balance drain a read-only container with allowTrashWhenReadOnly (the cluster's AllowTrashWhenReadOnly)", async () => {

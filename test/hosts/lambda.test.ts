@@ -651,6 +651,32 @@ describe("lambda over real HTTP (keepfn-local): platform limits and the two-step
     assert.equal(keys.KeyCount ?? 0, 0, "the staging object is gone");
   });
 
+  it("a commit names a mount that has since become read-only: 404, nothing stored", async () => {
+    const block = Buffer.from("staged while the bucket was writable");
+    const hash = md5(block);
+    const t = (await (await fetch(`${local.url}/uploads/${hash}+${block.length}`, { method: "POST" })).json()) as {
+      upload_url: string;
+      headers: Record<string, string>;
+      commit_url: string;
+    };
+    assert.equal((await fetch(t.upload_url, { method: "PUT", headers: t.headers, body: block })).status, 200);
+    // The same bucket (so the same mount UUID) served read-only, as after a redeploy.
+    const ro = await runLocal(
+      "127.0.0.1:0",
+      baseEnv(bucket, { KEEP_BLOB_SIGNING_KEY: KEY, KEEP_SYSTEM_ROOT_TOKEN: ADMIN, KEEP_S3_READONLY: "true" }),
+      { logger: silentLogger() },
+    );
+    try {
+      const commit = await fetch(`${ro.url}${new URL(t.commit_url).pathname}${new URL(t.commit_url).search}`, {
+        method: "POST",
+      });
+      assert.equal(commit.status, 404, await commit.text());
+      assert.equal((await fetch(`${local.url}/${hash}+${block.length}`)).status, 404, "nothing was stored");
+    } finally {
+      await ro.close();
+    }
+  });
+
   it("a client that lies about the bytes commits nothing and is told so", async () => {
     const claimed = Buffer.from("the block the client says it is sending");
     const hash = md5(claimed);

@@ -12,9 +12,9 @@ import { after, before, describe, it } from "node:test";
 import type { ContainerClient } from "@azure/storage-blob";
 import { FakeClock } from "../../shared/clock.js";
 import { staticKey } from "../../shared/credentials/account-key.js";
-import { CancelledError, NotFoundError, VolumeUnavailableError } from "../../shared/errors.js";
+import { CancelledError, NotFoundError, VolumeFullError, VolumeUnavailableError } from "../../shared/errors.js";
 import { AzureBlobVolume, type AzureBlobVolumeOptions } from "../../shared/volume/azure-blob.js";
-import { STATE_BLOB, TRASH_TAG } from "../../shared/volume/azure-sweep.js";
+import { STATE_BLOB, TRASH_TAG, tagValue } from "../../shared/volume/azure-sweep.js";
 import { chunks, collect, md5hex, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { describeVolumeContract, type HarnessParams, type VolumeHarness } from "../conformance/volume-contract.js";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
@@ -127,6 +127,51 @@ describe("azure blob volume", () => {
       await assert.rejects(h.volume.write(other, chunks(wrong), { size: wrong.length }));
       await assert.rejects(h.volume.read(other), NotFoundError);
     }));
+
+  // Azure checks a Put Blob's bytes against Content-MD5 only; x-ms-blob-content-md5 (all the
+  // SDK's upload() sends) is stored unchecked. Azurite checks either, so look at the wire.
+  it("every Put Blob carries the block's MD5 as its transactional Content-MD5, streamed or buffered", async () => {
+    const p = params();
+    const h = await azureHarness(p);
+    const proxy = await FaultProxy.start(azurite.port);
+    try {
+      const v = new AzureBlobVolume(
+        {
+          ...opts(h.container.containerName),
+          endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}`,
+          stageBlockBytes: 1 << 20,
+        },
+        p,
+      );
+      const streamed = pattern(3 << 20);
+      const small = Buffer.from("created in one conditional Put Blob");
+      const staged = pattern((2 << 20) + 5);
+      await v.write(md5hex(streamed), chunks(streamed), { size: streamed.length });
+      assert.equal(await v.create(md5hex(small), small), "created");
+      await v.write(md5hex(staged), chunks(staged)); // unknown size: Put Block x3, Put Block List
+      const b64 = (hash: string) => Buffer.from(hash, "hex").toString("base64");
+      const putBlobs = proxy.log.filter((r) => r.method === "PUT" && r.headers["x-ms-blob-type"] === "BlockBlob");
+      assert.deepEqual(
+        putBlobs.map((r) => [r.url.split("?")[0]?.split("/").pop(), r.headers["content-md5"]]),
+        [
+          [md5hex(streamed), b64(md5hex(streamed))],
+          [md5hex(small), b64(md5hex(small))],
+        ],
+      );
+      const blocks = proxy.log.filter((r) => r.method === "PUT" && /comp=block(&|$)/.test(r.url));
+      assert.equal(blocks.length, 3);
+      assert.ok(
+        blocks.every((r) => r.headers["content-md5"]),
+        "each staged block has its own MD5",
+      );
+      const list = proxy.log.find((r) => /comp=blocklist/.test(r.url));
+      assert.equal(list?.headers["x-ms-blob-content-md5"], b64(md5hex(staged)), "the whole block's MD5 is stored");
+      assert.notEqual(list?.headers["content-md5"], b64(md5hex(staged)), "Put Block List's own MD5 is its body's");
+    } finally {
+      await proxy.close();
+      await h.teardown().catch(() => {});
+    }
+  });
 
   it("a write of unknown size is staged and committed only when the body ends cleanly", () =>
     withH({ stageBlockBytes: 1 << 20 }, async (h) => {
@@ -241,6 +286,68 @@ describe("azure blob volume", () => {
       assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
     }));
 
+  // Another instance touches the block after trash has read it as old and before trash's
+  // write lands: that write is conditional on the ETag trash read, so the touch wins.
+  for (const [what, lifetime, match] of [
+    ["the expires_at metadata write", HOUR, (m: string, u: string) => m === "PUT" && /comp=metadata/.test(u)],
+    ["the delete (trash lifetime 0)", 0, (m: string) => m === "DELETE"],
+  ] as const) {
+    it(`a touch landing between trash's read of the blob and ${what} wins`, async () => {
+      const p = params(lifetime);
+      const h = await azureHarness(p);
+      const proxy = await FaultProxy.start(azurite.port);
+      try {
+        const v = new AzureBlobVolume(
+          { ...opts(h.container.containerName), endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}` },
+          p,
+        );
+        await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+        await h.setMtime(TEST_HASH, p.clock.now() - 2 * TTL);
+        let touched = false;
+        proxy.before = {
+          match,
+          run: async () => {
+            await h.volume.touch(TEST_HASH);
+            touched = true;
+          },
+        };
+        await v.trash(TEST_HASH);
+        assert.ok(touched, "the touch ran inside trash");
+        assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+        assert.equal((await h.container.getBlockBlobClient(TEST_HASH).getProperties()).metadata?.expires_at, undefined);
+      } finally {
+        await proxy.close();
+        await h.teardown().catch(() => {});
+      }
+    });
+  }
+
+  it("a write landing between untrash's read and its metadata write keeps its fresh mtime (If-Match on untrash)", async () => {
+    const p = params();
+    const h = await azureHarness(p);
+    const proxy = await FaultProxy.start(azurite.port);
+    try {
+      const v = new AzureBlobVolume(
+        { ...opts(h.container.containerName), endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}` },
+        p,
+      );
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      await h.setMtime(TEST_HASH, p.clock.now() - 2 * TTL);
+      await h.volume.trash(TEST_HASH);
+      p.clock.advance(60_000);
+      proxy.before = {
+        match: (m, u) => m === "PUT" && /comp=metadata/.test(u),
+        run: () => h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length }),
+      };
+      await v.untrash(TEST_HASH).catch(() => {}); // the block is live again either way
+      assert.equal(proxy.before, undefined, "the write ran inside untrash");
+      assert.equal(await h.volume.mtime(TEST_HASH), BigInt(p.clock.now()) * 1_000_000n, "the write's mtime stands");
+    } finally {
+      await proxy.close();
+      await h.teardown().catch(() => {});
+    }
+  });
+
   it("two racing sweeps never delete a block untrashed or rewritten in between", () =>
     withH({}, async (h, p) => {
       const blocks = [Buffer.from("untrashed during sweep"), Buffer.from("rewritten during sweep")];
@@ -324,6 +431,125 @@ describe("azure blob volume", () => {
       let left = 0;
       for await (const b of h.container.listBlobsFlat()) if (b.name !== STATE_BLOB) left++;
       assert.equal(left, 0);
+    }));
+
+  // The reference deletes a trashed blob once expires_at <= now (Unix seconds): at its deadline
+  // second, not one second early and not one second late. Each way the sweep finds a blob.
+  it("the tag pass deletes a blob in its deadline second and keeps one due a second later", () =>
+    withH({ legacySweepIntervalMs: 0 }, async (h, p) => {
+      const t0 = p.clock.now();
+      const blob = (s: string) => ({ d: Buffer.from(s), hash: md5hex(Buffer.from(s)) });
+      // Trashed by us: the tag holds the deadline and the ETag trash left.
+      const ours = [blob("ours, due now"), blob("ours, due in a second")];
+      for (const [i, b] of ours.entries()) {
+        p.clock.set(t0 + i * 1000);
+        await h.volume.write(b.hash, chunks(b.d), { size: b.d.length });
+        await h.setMtime(b.hash, p.clock.now() - 2 * TTL);
+        await h.volume.trash(b.hash);
+      }
+      p.clock.set(t0 + HOUR);
+      const nowS = Math.floor(p.clock.now() / 1000);
+      // Tagged due now without an ETag (a trash interrupted after its first tag write), so the
+      // sweep reads expires_at: due now, or (a stale tag) a second later.
+      const bare = [blob("bare tag, due now"), blob("bare tag, metadata due in a second")];
+      for (const [i, b] of bare.entries()) {
+        const c = h.container.getBlockBlobClient(b.hash);
+        await c.upload(b.d, b.d.length, { metadata: { expires_at: String(nowS + i) } });
+        await c.setTags({ [TRASH_TAG]: tagValue(nowS) });
+      }
+      const r = await h.volume.emptyTrash();
+      assert.equal(r.deleted, 2, JSON.stringify(r));
+      for (const [due, later] of [ours, bare]) {
+        assert.equal(await h.container.getBlockBlobClient(due?.hash ?? "").exists(), false, "due this second: deleted");
+        assert.equal(await h.container.getBlockBlobClient(later?.hash ?? "").exists(), true, "due next second: kept");
+      }
+    }));
+
+  it("the full pass deletes reference trash in its deadline second and keeps one due a second later", () =>
+    withH({}, async (h, p) => {
+      const nowS = Math.floor(p.clock.now() / 1000);
+      const due = Buffer.from("reference trash, due now");
+      const later = Buffer.from("reference trash, due in a second");
+      for (const [d, exp] of [
+        [due, nowS],
+        [later, nowS + 1],
+      ] as const)
+        await h.container.getBlockBlobClient(md5hex(d)).upload(d, d.length, { metadata: { expires_at: String(exp) } });
+      const r = await h.volume.emptyTrash();
+      assert.equal(r.deleted, 1, JSON.stringify(r));
+      assert.equal(await h.container.getBlockBlobClient(md5hex(due)).exists(), false);
+      assert.equal(await h.container.getBlockBlobClient(md5hex(later)).exists(), true);
+    }));
+
+  it("a full pass stopped by its budget resumes at its listing cursor: reference trash behind many live blobs is reached", () =>
+    withH({ listPageSize: 4 }, async (h, p) => {
+      const nowS = Math.floor(p.clock.now() / 1000);
+      // Live blobs that list before the reference's expired trash (names sort as hex).
+      for (let i = 0; i < 12; i++) {
+        const name = i.toString(16).padStart(32, "0");
+        await h.container.getBlockBlobClient(name).upload("live", 4);
+      }
+      const expired = "f".repeat(32);
+      await h.container.getBlockBlobClient(expired).upload("x", 1, { metadata: { expires_at: String(nowS - 10) } });
+      const runs: boolean[] = [];
+      for (let i = 0; i < 6 && (await h.container.getBlockBlobClient(expired).exists()); i++) {
+        // A fresh instance each run, out of time at once: one page each, then the cursor is saved.
+        const v = new AzureBlobVolume({ ...(await azureOpts(h.container.containerName)), listPageSize: 4 }, p);
+        runs.push((await v.emptyTrash({ deadlineMs: Date.now() - 1 })).complete);
+      }
+      assert.equal(await h.container.getBlockBlobClient(expired).exists(), false, `after ${runs.length} runs`);
+      assert.ok(runs.length >= 3 && runs.slice(0, -1).every((c) => !c), JSON.stringify(runs));
+    }));
+
+  it("trash tags the blob before it writes expires_at, so a trash whose last tag write fails is still swept", async () => {
+    const p = params();
+    const h = await azureHarness(p, { legacySweepIntervalMs: 0 });
+    const proxy = await FaultProxy.start(azurite.port);
+    try {
+      const v = new AzureBlobVolume(
+        {
+          ...opts(h.container.containerName),
+          endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}`,
+          retry: { budgetMs: 200 },
+        },
+        p,
+      );
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      await h.setMtime(TEST_HASH, p.clock.now() - 2 * TTL);
+      // The tag write after the metadata (the one with the ETag) fails, as if the instance died.
+      let metadataWritten = false;
+      proxy.failNext(0, 500, "InternalError");
+      proxy.refuse = (m, u) => {
+        if (m === "PUT" && /comp=metadata/.test(u)) metadataWritten = true;
+        return metadataWritten && m === "PUT" && /comp=tags/.test(u);
+      };
+      await v.trash(TEST_HASH);
+      proxy.refuse = undefined;
+      await assert.rejects(h.volume.read(TEST_HASH), NotFoundError);
+      p.clock.advance(HOUR + 1000);
+      const r = await h.volume.emptyTrash(); // the tag query alone: no full listing
+      assert.equal(r.deleted, 1, JSON.stringify(r));
+      assert.equal(await h.container.getBlockBlobClient(TEST_HASH).exists(), false);
+    } finally {
+      await proxy.close();
+      await h.teardown().catch(() => {});
+    }
+  });
+
+  it("trashes a block exactly one signing TTL old and keeps one a second younger", () =>
+    withH({}, async (h, p) => {
+      const old = Buffer.from("touched exactly one TTL ago");
+      const young = Buffer.from("touched a second after that");
+      for (const [d, at] of [
+        [old, p.clock.now() - TTL],
+        [young, p.clock.now() - TTL + 1000],
+      ] as const) {
+        await h.volume.write(md5hex(d), chunks(d), { size: d.length });
+        await h.setMtime(md5hex(d), at);
+        await h.volume.trash(md5hex(d));
+      }
+      await assert.rejects(h.volume.read(md5hex(old)), NotFoundError);
+      assert.deepEqual(await collect((await h.volume.read(md5hex(young))).body), young);
     }));
 
   it("the time budget is checked within a page of the tag query, not only between pages", () =>
@@ -498,6 +724,31 @@ describe("azure blob volume", () => {
     }
   });
 
+  it("a 507 or a capacity error code is the volume being full (so the core tries another), not a 503", async () => {
+    const p = params();
+    const h = await azureHarness(p);
+    const proxy = await FaultProxy.start(azurite.port);
+    try {
+      const v = new AzureBlobVolume(
+        { ...opts(h.container.containerName), endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}` },
+        p,
+      );
+      for (const [status, code] of [
+        [507, "InsufficientStorage"],
+        [409, "AccountLimitExceeded"],
+      ] as const) {
+        proxy.failNext(1, status, code);
+        await assert.rejects(v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length }), (e: Error) => {
+          assert.ok(e instanceof VolumeFullError, `${status} ${code}: ${e}`);
+          return true;
+        });
+      }
+    } finally {
+      await proxy.close();
+      await h.teardown().catch(() => {});
+    }
+  });
+
   it("reports the reference's device id form", () =>
     withH({}, async (h) => {
       assert.equal(
@@ -538,6 +789,15 @@ function opts(container: string): AzureBlobVolumeOptions {
  */
 class FaultProxy {
   failed = 0;
+  /** Every request that reached the proxy, as it arrived. */
+  readonly log: Array<{ method: string; url: string; headers: Record<string, string | string[] | undefined> }> = [];
+  /**
+   * Runs before a request is forwarded (after the faults above): a test does here what another
+   * instance does between two of the volume's requests. Matched requests run it once each.
+   */
+  before?: { match: (method: string, url: string) => boolean; run: () => Promise<void> };
+  /** Requests this matches are answered with the fault (status and code of failNext) instead. */
+  refuse?: (method: string, url: string) => boolean;
   private left = 0;
   private status = 503;
   private code = "ServerBusy";
@@ -551,8 +811,10 @@ class FaultProxy {
     let self: FaultProxy | undefined;
     const server = createServer((req, res) => {
       const f = self as FaultProxy;
-      if (f.left > 0) {
-        f.left--;
+      f.log.push({ method: req.method ?? "", url: req.url ?? "", headers: req.headers });
+      const refused = f.refuse?.(req.method ?? "", req.url ?? "") ?? false;
+      if (f.left > 0 || refused) {
+        if (!refused) f.left--;
         f.failed++;
         for (const w of f.waiters.splice(0)) w();
         req.resume();
@@ -562,15 +824,28 @@ class FaultProxy {
         );
         return;
       }
-      const up = request(
-        { host: "127.0.0.1", port: target, path: req.url, method: req.method, headers: req.headers },
-        (r) => {
-          res.writeHead(r.statusCode ?? 502, r.headers);
-          r.pipe(res);
-        },
-      );
-      up.on("error", () => res.destroy());
-      req.pipe(up);
+      const hook = f.before?.match(req.method ?? "", req.url ?? "") ? f.before : undefined;
+      if (hook) {
+        f.before = undefined;
+        req.pause();
+        hook.run().then(
+          () => forward(),
+          () => res.destroy(),
+        );
+        return;
+      }
+      forward();
+      function forward() {
+        const up = request(
+          { host: "127.0.0.1", port: target, path: req.url, method: req.method, headers: req.headers },
+          (r) => {
+            res.writeHead(r.statusCode ?? 502, r.headers);
+            r.pipe(res);
+          },
+        );
+        up.on("error", () => res.destroy());
+        req.pipe(up);
+      }
     });
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     self = new FaultProxy(server, (server.address() as AddressInfo).port);

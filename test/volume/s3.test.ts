@@ -416,6 +416,60 @@ describe("s3 volume: a bucket written by the reference keepstore", () => {
   }
 });
 
+describe("s3 volume: trash's age check, at the signing TTL", () => {
+  // The reference trashes once time.Since(recent/X) >= BlobSigningTTL: a block exactly TTL old
+  // goes, one a second younger stays (a locator signed for it may still be unsaved).
+  it("trashes a block whose marker is exactly TTL old and keeps one a second younger", async () => {
+    const t0 = Math.floor(Date.now() / 1000) * 1000;
+    const clock = new FakeClock(t0);
+    const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR });
+    try {
+      const old = Buffer.from("marked exactly one TTL ago");
+      const young = Buffer.from("marked one second after that");
+      for (const [b, at] of [
+        [old, t0 - HOUR],
+        [young, t0 - HOUR + 1000],
+      ] as const) {
+        await putAt(h.raw, h.bucket, md5(b), b, t0 - 2 * HOUR);
+        await putAt(h.raw, h.bucket, `recent/${md5(b)}`, new Uint8Array(0), at);
+        await h.volume.trash(md5(b));
+      }
+      assert.ok(await exists(h.raw, h.bucket, `trash/${md5(old)}`), "TTL old: trashed");
+      await assert.rejects(h.volume.read(md5(old)), NotFoundError);
+      assert.ok(!(await exists(h.raw, h.bucket, `trash/${md5(young)}`)), "younger: left alone");
+      assert.deepEqual(await collect((await h.volume.read(md5(young))).body), young);
+    } finally {
+      await h.teardown();
+    }
+  });
+});
+
+describe("s3 volume: the sweep's deadline, at the trash lifetime", () => {
+  // The reference deletes trash/X once time.Since(its LastModified) >= BlobTrashLifetime.
+  it("deletes a trash copy exactly one lifetime old and keeps one a second younger", async () => {
+    const t0 = Math.floor(Date.now() / 1000) * 1000;
+    const clock = new FakeClock(t0);
+    const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR });
+    try {
+      const due = Buffer.from("trashed exactly one lifetime ago");
+      const young = Buffer.from("trashed a second after that");
+      for (const [b, at] of [
+        [due, t0 - HOUR],
+        [young, t0 - HOUR + 1000],
+      ] as const) {
+        await putAt(h.raw, h.bucket, `recent/${md5(b)}`, new Uint8Array(0), t0 - 12 * HOUR);
+        await putAt(h.raw, h.bucket, `trash/${md5(b)}`, b, at);
+      }
+      const r = await h.volume.emptyTrash();
+      assert.equal(r.deleted, 1, JSON.stringify(r));
+      assert.ok(!(await exists(h.raw, h.bucket, `trash/${md5(due)}`)), "one lifetime old: deleted");
+      assert.ok(await exists(h.raw, h.bucket, `trash/${md5(young)}`), "younger: kept");
+    } finally {
+      await h.teardown();
+    }
+  });
+});
+
 describe("s3 volume: listing and credentials", () => {
   for (const prefixLength of [0, 3]) {
     it(`indexes 256 blocks through pages of 3, by prefix (the reference's S3 Index case, PrefixLength=${prefixLength})`, async () => {
@@ -441,6 +495,9 @@ describe("s3 volume: listing and credentials", () => {
           ["c", 16],
           ["bc", 1],
           ["abc", 0],
+          // Longer than PrefixLength: the listing goes under <prefix[:N]>/ (as the reference's).
+          ["bc00", 1],
+          ["bc0000000000", 1],
         ] as const) {
           const got: Array<{ hash: string; mtimeNs: bigint }> = [];
           for await (const e of paged.index(prefix)) got.push(e);
@@ -649,6 +706,66 @@ describe("s3 volume: faults", () => {
     } finally {
       await h.teardown();
       await proxy.close();
+    }
+  });
+
+  it("without maxAttempts (as every host builds it) a request is tried 5 times before the client sees a fault", async () => {
+    const proxy = await S3Proxy.start(server.endpoint);
+    const bucket = await server.createBucket();
+    const v = new S3Volume(
+      { bucket, endpoint: proxy.url, accessKey: "S3RVER", secretKey: "S3RVER", conditionalWrites: false },
+      params(),
+    );
+    try {
+      await v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      let faults = 0;
+      proxy.intercept = (r) => {
+        if (r.method !== "GET" || r.path.split("?")[0] !== `/${bucket}/${TEST_HASH}` || faults >= 4) return undefined;
+        faults++;
+        return Promise.resolve({ status: 500, code: "InternalError" });
+      };
+      assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
+      assert.equal(faults, 4);
+    } finally {
+      await v.close();
+      await proxy.close();
+    }
+  });
+
+  it("a two-step upload URL is signed over Content-MD5 and Content-Length: as S3 enforces", async () => {
+    const h = await s3Harness(params());
+    try {
+      const t = await h.volume.presignUpload(TEST_HASH, TEST_BLOCK.length, 900);
+      const signed = new URL(t.url).searchParams.get("X-Amz-SignedHeaders")?.split(";") ?? [];
+      assert.ok(signed.includes("content-md5") && signed.includes("content-length"), signed.join(";"));
+      // S3 checks the body against the signed Content-MD5 and refuses a request whose signed
+      // headers differ. s3rver checks neither (a PUT with another Content-MD5 gets 200 there),
+      // so only the signature's scope is asserted; commitUpload's own check is tested above.
+    } finally {
+      await h.teardown();
+    }
+  });
+
+  it("a sweep leaves a staged two-step upload alone for a day, then removes it", async () => {
+    const clock = new FakeClock(Date.now());
+    const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR });
+    try {
+      const stage = async () => {
+        const t = await h.volume.presignUpload(TEST_HASH, TEST_BLOCK.length, 900);
+        const r = await fetch(t.url, { method: t.method, headers: t.headers, body: TEST_BLOCK });
+        assert.equal(r.status, 200, await r.text());
+        return t;
+      };
+      const t = await stage(); // a client between its PUT and its commit
+      await h.volume.emptyTrash();
+      await h.volume.commitUpload(TEST_HASH, TEST_BLOCK.length, t.uploadId);
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+      const gone = await stage(); // a client that never commits
+      clock.advance(25 * HOUR);
+      await h.volume.emptyTrash();
+      await assert.rejects(h.volume.commitUpload(TEST_HASH, TEST_BLOCK.length, gone.uploadId), NotFoundError);
+    } finally {
+      await h.teardown();
     }
   });
 
@@ -894,6 +1011,29 @@ describe("s3 volume: races closed by strong consistency and conditional requests
     }
   });
 
+  it("Put lands while Trash deletes the data, in the second of the marker Trash judged: the marker's ETag tells them apart", async () => {
+    // With a signing TTL of 0 the marker Trash judged can be from this very second, so the
+    // Put's fresh marker has the same LastModified: only its ETag (RACES (1)) shows the Put.
+    const proxy = await S3Proxy.start(server.endpoint);
+    const clock = new FakeClock(Math.floor(Date.now() / 1000) * 1000);
+    const h = await s3Harness({ clock, signingTtlMs: 0, trashLifetimeMs: HOUR }, { endpoint: proxy.url });
+    const isKey = (path: string, key: string) => path.split("?")[0] === `/${h.bucket}/${key}`;
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      const x = holdFirst(proxy, "DELETE", (path) => isKey(path, TEST_HASH));
+      const trashing = h.volume.trash(TEST_HASH);
+      await x.atHold;
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK)); // acknowledged, same second
+      x.release();
+      await trashing;
+      assert.ok(await exists(h.raw, h.bucket, TEST_HASH), "the acknowledged block is live");
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
   it("Trash finishes while Put writes its marker: Put's data object comes after its marker, so it stays", async () => {
     const { proxy, h, isKey } = await setup();
     try {
@@ -951,6 +1091,76 @@ describe("s3 volume: races closed by strong consistency and conditional requests
       assert.ok((await h.volume.mtime(TEST_HASH)) >= msToNs(clock.now() - 1000));
     } finally {
       await h.teardown();
+      await proxy.close();
+    }
+  });
+
+  it("a sweep that judged a trash copy expired looks again just before deleting: a fresh copy from a Trash in between stays", async () => {
+    let sweeping: Promise<unknown> | undefined;
+    const { proxy, clock, h, isKey } = await setup();
+    try {
+      await h.volume.trash(TEST_HASH); // copy 1, soon expired
+      clock.advance(HOUR + 2000);
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      await h.setMtime(TEST_HASH, clock.now() - 2 * HOUR);
+      // The sweep has listed copy 1 as expired; its last look at trash/X waits here.
+      const x = holdFirst(proxy, "HEAD", (path) => isKey(path, `trash/${TEST_HASH}`));
+      sweeping = h.volume.emptyTrash();
+      await x.atHold;
+      await h.volume.trash(TEST_HASH); // copy 2 replaces copy 1, then the data goes
+      x.release();
+      await sweeping;
+      assert.ok(await exists(h.raw, h.bucket, `trash/${TEST_HASH}`), "the fresh trash copy survives the sweep");
+      await h.volume.untrash(TEST_HASH);
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
+  it("Trash waits a race window for a trash copy that another instance's clock, a few seconds ahead, already sees expired", async () => {
+    // The sweep runs on an instance whose clock is 3 s ahead; the race window (5 s) covers it.
+    const proxy = await S3Proxy.start(server.endpoint);
+    const t = Math.floor(Date.now() / 1000) * 1000;
+    const sweepClock = new FakeClock(t + 3000);
+    const trashClock = new FakeClock(t);
+    const bucket = await server.createBucket();
+    const sweeper = await s3Harness(
+      { clock: sweepClock, signingTtlMs: TTL, trashLifetimeMs: HOUR },
+      { bucket, endpoint: proxy.url },
+    );
+    let sweeping: Promise<unknown> | undefined;
+    let x = hold();
+    const h = await s3Harness(
+      { clock: trashClock, signingTtlMs: TTL, trashLifetimeMs: HOUR },
+      {
+        bucket,
+        raceWindowMs: 5000,
+        sleep: async () => {
+          x.release();
+          await sweeping;
+        },
+      },
+    );
+    const isKey = (path: string, key: string) => path.split("?")[0] === `/${bucket}/${key}`;
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      await h.setMtime(TEST_HASH, t - 2 * HOUR);
+      // Copy 1: due at t + 2 s, which the sweep's clock has passed and the trashing one has not.
+      await putAt(h.raw, bucket, `trash/${TEST_HASH}`, TEST_BLOCK, t - HOUR + 2000);
+      x = holdFirst(proxy, "DELETE", (path) => isKey(path, `trash/${TEST_HASH}`));
+      sweeping = sweeper.volume.emptyTrash();
+      await x.atHold; // the sweep judged copy 1 expired; its DELETE is in flight
+      await h.volume.trash(TEST_HASH); // copy 2, which that DELETE removes; then copy 3
+      x.release();
+      await sweeping;
+      assert.ok(await exists(h.raw, bucket, `trash/${TEST_HASH}`), "a trash copy survives");
+      await h.volume.untrash(TEST_HASH);
+      assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await h.teardown();
+      await sweeper.teardown();
       await proxy.close();
     }
   });
