@@ -7,6 +7,7 @@ import { ConfigError } from "../shared/config.js";
 import { createLogger } from "../shared/log.js";
 import { DEFAULT_VOLUME, parseFlags, USAGE } from "./flags.js";
 import { startKeepServer } from "./serve.js";
+import { notifySystemd } from "./systemd.js";
 
 // Block bodies arrive in fresh 64 KiB buffers, and V8 answers each 64 MB of them with a full
 // marking cycle. On two cores, V8's background GC threads compete with the event loop and the
@@ -50,6 +51,7 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, "shutting down: finishing in-flight requests");
+    void notifySystemd("STOPPING=1", process.env, logger);
     running.close().then(() => {
       if (opts.pidFile) rmSync(opts.pidFile, { force: true });
       process.exit(0);
@@ -57,6 +59,8 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+  // Last, so a stop systemd sends the moment it hears READY finds its handler in place.
+  await notifySystemd("READY=1", process.env, logger);
 }
 
 main().catch((err) => {
