@@ -40,6 +40,25 @@ async function start(
   return { child, url, stderr: () => err };
 }
 
+/** Writes an Arvados cluster config to `dir`/config.yml; returns its path. */
+async function writeConfig(dir: string, config: string): Promise<string> {
+  const path = join(dir, "config.yml");
+  await fs.writeFile(path, config);
+  return path;
+}
+
+/** Writes `config` (as writeConfig) and starts the keepstore on it: `-config=<dir>/config.yml`, run in `dir`. */
+async function startWithConfig(dir: string, config: string, env?: NodeJS.ProcessEnv) {
+  const configPath = await writeConfig(dir, config);
+  return { ...(await start([`-config=${configPath}`], dir, env)), configPath };
+}
+
+/** SIGTERM, then the exit code once the process has gone. */
+function stop(c: ChildProcess): Promise<number | null> {
+  c.kill("SIGTERM");
+  return exited(c);
+}
+
 const md5 = (s: string) => createHash("md5").update(s).digest("hex");
 const exited = (c: ChildProcess) => new Promise<number | null>((r) => c.on("exit", (code) => r(code)));
 
@@ -183,8 +202,7 @@ describe("keepstore executable", () => {
       assert.equal(r.status, 200);
       await fs.access(join(cwd, "data/keep/acb/acbd18db4cc2f85cedef654fccc4a4d8"));
     } finally {
-      k.child.kill("SIGTERM");
-      await exited(k.child);
+      await stop(k.child);
       await fs.rm(cwd, { recursive: true, force: true });
     }
   });
@@ -207,8 +225,7 @@ describe("keepstore executable", () => {
       assert.match(l.msg, /^keepstore listening on 127\.0\.0\.1:\d+$/);
     } finally {
       for (const c of [wide, local]) {
-        c.kill("SIGTERM");
-        await exited(c);
+        await stop(c);
       }
       await fs.rm(cwd, { recursive: true, force: true });
     }
@@ -281,10 +298,7 @@ Clusters:
         Driver: Directory
         DriverParameters: {Root: /nonexistent/keep1-only}
 `;
-    await fs.writeFile(join(dir, "config.yml"), config);
-    const k = await start([`-config=${join(dir, "config.yml")}`], dir, {
-      ARVADOS_SERVICE_INTERNAL_URL: "http://keep0.example:25107",
-    });
+    const k = await startWithConfig(dir, config, { ARVADOS_SERVICE_INTERNAL_URL: "http://keep0.example:25107" });
     try {
       const admin = { authorization: `Bearer ${ADMIN}` };
       const mounts = (await (await fetch(`${k.url}/mounts`, { headers: admin })).json()) as Array<
@@ -317,13 +331,10 @@ Clusters:
       });
       assert.equal(archive.status, 507);
     } finally {
-      k.child.kill("SIGTERM");
-      await exited(k.child);
+      await stop(k.child);
     }
     // Settings come from one place: a flag that the config also sets is refused, naming it.
-    const both = await run(process.execPath, [MAIN, `-config=${join(dir, "config.yml")}`, `-volume=${dir}`]).catch(
-      (e) => e,
-    );
+    const both = await run(process.execPath, [MAIN, `-config=${k.configPath}`, `-volume=${dir}`]).catch((e) => e);
     assert.equal(both.code, 2);
     assert.match(both.stderr, /-volume: with -config every setting comes from the cluster config/);
     const bad = join(dir, "bad.yml");
@@ -365,9 +376,8 @@ Clusters:
         Driver: Directory
         DriverParameters: {Root: /nonexistent/other-server-only}
 `;
-    await fs.writeFile(join(dir, "config.yml"), config);
     const env = { ...process.env, ARVADOS_SERVICE_INTERNAL_URL: "" };
-    const k = await start([`-config=${join(dir, "config.yml")}`], dir, env).catch((err) => {
+    const k = await startWithConfig(dir, config, env).catch((err) => {
       throw new Error(`did not start: ${err}`);
     });
     try {
@@ -379,8 +389,7 @@ Clusters:
         ["xyzzy-nyw5e-000000000000000"],
       );
     } finally {
-      k.child.kill("SIGTERM");
-      await exited(k.child);
+      await stop(k.child);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
@@ -394,8 +403,8 @@ Clusters:
         s.close(() => r(p));
       });
     });
-    await fs.writeFile(
-      join(dir, "config.yml"),
+    const configPath = await writeConfig(
+      dir,
       `
 Clusters:
   xyzzy:
@@ -409,7 +418,7 @@ Clusters:
     // ExecStart=/usr/bin/keepstore: no flag at all, the config's own InternalURL to listen on.
     const child = spawn(process.execPath, [MAIN], {
       cwd: dir,
-      env: { ...process.env, ARVADOS_CONFIG: join(dir, "config.yml") },
+      env: { ...process.env, ARVADOS_CONFIG: configPath },
       stdio: ["ignore", "pipe", "pipe"],
     });
     try {
@@ -426,8 +435,7 @@ Clusters:
       );
       await assert.rejects(fs.access(join(dir, "data")), "no ./data/keep of its own");
     } finally {
-      child.kill("SIGTERM");
-      await exited(child);
+      await stop(child);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
@@ -478,8 +486,7 @@ Clusters:
           StorageBaseURL: ${azurite.baseUrl}
           ContainerName: ${container}
 `;
-      await fs.writeFile(join(dir, "config.yml"), config);
-      const k = await start([`-config=${join(dir, "config.yml")}`], dir);
+      const k = await startWithConfig(dir, config);
       try {
         const auth = { authorization: `Bearer ${USER}` };
         const put = async (body: string, classes: string) => {
@@ -516,8 +523,7 @@ Clusters:
         assert.equal(r.status, 200);
         assert.equal(await r.text(), "block of cluster abcde");
       } finally {
-        k.child.kill("SIGTERM");
-        await exited(k.child);
+        await stop(k.child);
       }
     } finally {
       await remote.close();
@@ -618,8 +624,7 @@ Clusters:
       ]);
       assert.equal(untrash.status, 200);
     } finally {
-      k.child.kill("SIGTERM");
-      assert.equal(await exited(k.child), 0);
+      assert.equal(await stop(k.child), 0);
       await assert.rejects(fs.access(join(dir, "pid")), "pid file removed on exit");
       await fs.rm(dir, { recursive: true, force: true });
     }
@@ -683,8 +688,7 @@ Clusters:
       }
     } finally {
       c.close();
-      k.child.kill("SIGTERM");
-      await exited(k.child);
+      await stop(k.child);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
@@ -712,8 +716,7 @@ Clusters:
       }
       await assert.rejects(fs.access(join(dir, "e76")), "nothing stored");
     } finally {
-      k.child.kill("SIGTERM");
-      await exited(k.child);
+      await stop(k.child);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
