@@ -15,6 +15,7 @@ import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
 import { KEEPSTORE_LISTENING, listeningUrl } from "../harness/host-process.js";
 import { startRemoteCluster } from "../harness/remote-cluster.js";
 import { S3rver } from "../harness/s3-server.js";
+import { waitUntil } from "../harness/wait.js";
 
 const run = promisify(execFile);
 const MAIN = resolve("dist/server/keepstore.cjs");
@@ -729,8 +730,9 @@ Clusters:
       const hash = createHash("md5").update(data).digest("hex");
       const u = new URL(k.url);
       const { request } = await import("node:http");
-      const reply = await new Promise<{ status: number; text: string }>((resolveReply, reject) => {
-        const req = request(
+      let req!: ReturnType<typeof request>;
+      const reply = new Promise<{ status: number; text: string }>((resolveReply, reject) => {
+        req = request(
           {
             host: u.hostname,
             port: u.port,
@@ -747,16 +749,22 @@ Clusters:
           },
         );
         req.on("error", reject);
-        // First MiB, then SIGTERM while the upload is in flight, then the rest.
-        req.write(data.subarray(0, 1 << 20), () => {
-          setTimeout(() => {
-            k.child.kill("SIGTERM");
-            setTimeout(() => req.end(data.subarray(1 << 20)), 300);
-          }, 100);
-        });
       });
-      assert.equal(reply.status, 200);
-      assert.equal(reply.text.trim(), `${hash}+${data.length}`);
+      // First MiB; once the volume is writing it (its temp file exists), SIGTERM; once the
+      // process says it is shutting down, the rest of the body.
+      req.write(data.subarray(0, 1 << 20));
+      const blockDir = join(dir, hash.slice(0, 3));
+      await waitUntil(
+        async () => (await fs.readdir(blockDir).catch(() => [] as string[])).some((n) => n.startsWith("tmp")),
+        "the PUT's temp file",
+      );
+      const shuttingDown = listeningUrl(k.child, /("msg":"shutting down: finishing in-flight requests")/);
+      k.child.kill("SIGTERM");
+      await shuttingDown;
+      req.end(data.subarray(1 << 20));
+      const { status, text } = await reply;
+      assert.equal(status, 200);
+      assert.equal(text.trim(), `${hash}+${data.length}`);
       assert.equal(await exited(k.child), 0);
       await fs.access(join(dir, hash.slice(0, 3), hash));
     } finally {
