@@ -527,21 +527,18 @@ describe("container host over real HTTP", () => {
       sock.on("error", () => {});
       sock.write(`GET /${FOO_HASH}+3 HTTP/1.1\r\nHost: x\r\n\r\n`);
       const reads = vol.readSignals.length;
-      for (let i = 0; i < 200 && vol.readSignals.length === reads; i++) await new Promise((r) => setTimeout(r, 10));
+      await waitUntil(() => vol.readSignals.length > reads, "the GET to reach the volume");
       const signal = vol.readSignals.at(-1);
       assert.ok(signal && !signal.aborted);
       sock.destroy();
-      for (let i = 0; i < 100 && !signal.aborted; i++) await new Promise((r) => setTimeout(r, 10));
-      assert.ok(signal.aborted, "the volume's read was told the client is gone");
+      await waitUntil(() => signal.aborted, "the volume's read to be told the client is gone");
       open();
-      for (let i = 0; i < 100 && !lines.some((l) => /"status":499/.test(l)); i++)
-        await new Promise((r) => setTimeout(r, 10));
+      await waitUntil(() => lines.some((l) => /"status":499/.test(l)), "the request's log line");
       assert.ok(
         lines.some((l) => /"status":499/.test(l) && l.includes(FOO_HASH)),
         "the request is logged as 499",
       );
-      for (let i = 0; i < 200 && s.app.keep.buffers.used > 0; i++) await new Promise((r) => setTimeout(r, 10));
-      assert.equal(s.app.keep.buffers.used, 0, "the block buffer went back");
+      await waitUntil(() => s.app.keep.buffers.used === 0, "the block buffer to go back");
     } finally {
       vol.gate = undefined;
       await s.cleanup();
@@ -628,14 +625,14 @@ describe("container host over real HTTP", () => {
     const item = (i: number) => ({ locator: `${md5hex(Buffer.from(`block ${i}`))}+7`, servers: [url] });
     try {
       await send(Array.from({ length: 6 }, (_, i) => item(i)));
-      for (let i = 0; i < 100 && held.length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+      await waitUntil(() => held.length >= 2, "two pulls to start");
       assert.deepEqual(await gauges(), { pending: 4, inprogress: 2 });
       await send([item(10), item(11), item(12)]);
       assert.deepEqual(await gauges(), { pending: 3, inprogress: 2 }, "the new list replaced the waiting ones");
       await send([]);
       assert.deepEqual(await gauges(), { pending: 0, inprogress: 2 }, "[] empties the queue");
       for (const release of held.splice(0)) release();
-      for (let i = 0; i < 100 && (await gauges()).inprogress > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      await waitUntil(async () => (await gauges()).inprogress === 0, "the pulls in progress to finish");
       assert.deepEqual(await gauges(), { pending: 0, inprogress: 0 });
       assert.equal(held.length, 0, "nothing from the replaced lists was started");
     } finally {
