@@ -41,6 +41,28 @@ async function start(
   return { child, url, stderr: () => err };
 }
 
+/**
+ * Cluster xyzzy's config.yml, as an operator writes it: this suite's admin token and signing
+ * key, the keepstores' InternalURLs, then `more` (YAML at the cluster's level, four spaces in:
+ * Volumes, StorageClasses...). `services` and `collections` add lines under those two keys.
+ */
+function clusterConfig(o: { keepstores: string[]; services?: string[]; collections?: string[]; more: string }) {
+  return [
+    "Clusters:",
+    "  xyzzy:",
+    `    SystemRootToken: ${ADMIN}`,
+    "    Services:",
+    "      Keepstore:",
+    "        InternalURLs:",
+    ...o.keepstores.map((u) => `          "${u}": {}`),
+    ...(o.services ?? []).map((l) => `      ${l}`),
+    "    Collections:",
+    `      BlobSigningKey: ${KEY}`,
+    ...(o.collections ?? []).map((l) => `      ${l}`),
+    o.more,
+  ].join("\n");
+}
+
 /** Writes an Arvados cluster config to `dir`/config.yml; returns its path. */
 async function writeConfig(dir: string, config: string): Promise<string> {
   const path = join(dir, "config.yml");
@@ -267,19 +289,11 @@ describe("keepstore executable", () => {
     await fs.mkdir(join(dir, "disk1"));
     // Two keepstore hosts; this process is keep0 (ARVADOS_SERVICE_INTERNAL_URL, as Arvados
     // services are told), so keep1's volume is not mounted and disk1 is read-only here.
-    const config = `
-Clusters:
-  xyzzy:
-    SystemRootToken: ${ADMIN}
-    Services:
-      Keepstore:
-        InternalURLs:
-          "http://keep0.example:25107": {}
-          "http://keep1.example:25107": {}
-      Workbench2: {ExternalURL: "https://workbench.example"}
-    Collections:
-      BlobSigningKey: ${KEY}
-      BlobTrashLifetime: 24h
+    const config = clusterConfig({
+      keepstores: ["http://keep0.example:25107", "http://keep1.example:25107"],
+      services: ['Workbench2: {ExternalURL: "https://workbench.example"}'],
+      collections: ["BlobTrashLifetime: 24h"],
+      more: `
     StorageClasses:
       default: {Default: true}
       archive: {Priority: 5}
@@ -298,7 +312,8 @@ Clusters:
         AccessViaHosts: {"http://keep1.example:25107": {}}
         Driver: Directory
         DriverParameters: {Root: /nonexistent/keep1-only}
-`;
+`,
+    });
     const k = await startWithConfig(dir, config, { ARVADOS_SERVICE_INTERNAL_URL: "http://keep0.example:25107" });
     try {
       const admin = { authorization: `Bearer ${ADMIN}` };
@@ -357,16 +372,9 @@ Clusters:
     // address; 192.0.2.1 (TEST-NET-1) is nobody's.
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
     await fs.mkdir(join(dir, "disk0"));
-    const config = `
-Clusters:
-  xyzzy:
-    SystemRootToken: ${ADMIN}
-    Services:
-      Keepstore:
-        InternalURLs:
-          "http://192.0.2.1:25107/": {}
-          "http://127.0.0.2:25107/": {}
-    Collections: {BlobSigningKey: ${KEY}}
+    const config = clusterConfig({
+      keepstores: ["http://192.0.2.1:25107/", "http://127.0.0.2:25107/"],
+      more: `
     Volumes:
       xyzzy-nyw5e-000000000000000:
         AccessViaHosts: {"http://127.0.0.2:25107/": {}}
@@ -376,7 +384,8 @@ Clusters:
         AccessViaHosts: {"http://192.0.2.1:25107/": {}}
         Driver: Directory
         DriverParameters: {Root: /nonexistent/other-server-only}
-`;
+`,
+    });
     const env = { ...process.env, ARVADOS_SERVICE_INTERNAL_URL: "" };
     const k = await startWithConfig(dir, config, env).catch((err) => {
       throw new Error(`did not start: ${err}`);
@@ -406,15 +415,13 @@ Clusters:
     });
     const configPath = await writeConfig(
       dir,
-      `
-Clusters:
-  xyzzy:
-    SystemRootToken: ${ADMIN}
-    Services: {Keepstore: {InternalURLs: {"http://127.0.0.1:${port}/": {}}}}
-    Collections: {BlobSigningKey: ${KEY}}
+      clusterConfig({
+        keepstores: [`http://127.0.0.1:${port}/`],
+        more: `
     Volumes:
       xyzzy-nyw5e-000000000000000: {Driver: Directory, DriverParameters: {Root: ${join(dir, "keep0")}}}
 `,
+      }),
     );
     // ExecStart=/usr/bin/keepstore: no flag at all, the config's own InternalURL to listen on.
     const child = spawn(process.execPath, [MAIN], {
@@ -453,15 +460,9 @@ Clusters:
       const bucket = await s3.createBucket("cfg");
       const container = `cfg${Date.now()}`;
       await azurite.createContainer(container);
-      const config = `
-Clusters:
-  xyzzy:
-    SystemRootToken: ${ADMIN}
-    Services:
-      Keepstore:
-        InternalURLs: {"http://keep0.example:25107": {}}
-    Collections:
-      BlobSigningKey: ${KEY}
+      const config = clusterConfig({
+        keepstores: ["http://keep0.example:25107"],
+        more: `
     RemoteClusters:
       abcde: {Host: "${remote.apiHost}", Scheme: http, Proxy: true}
     StorageClasses:
@@ -486,7 +487,8 @@ Clusters:
           StorageAccountKey: ${AZURITE_KEY}
           StorageBaseURL: ${azurite.baseUrl}
           ContainerName: ${container}
-`;
+`,
+      });
       const k = await startWithConfig(dir, config);
       try {
         const auth = { authorization: `Bearer ${USER}` };
