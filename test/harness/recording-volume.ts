@@ -62,7 +62,22 @@ export class RecordingVolume implements Volume {
   }
   /** Fails writes only once they have read the whole body (a disk failing mid-write). */
   writeFaultAfterBody?: () => Error;
-  async write(hash: string, data: AsyncIterable<Uint8Array>, opts?: WriteOptions): Promise<void> {
+  /**
+   * One per write(), in order: settles (never rejects) once that write has, with its error or
+   * undefined. A client's hang-up answers the request at once; this is when the volume is done.
+   */
+  readonly writesSettled: Array<Promise<unknown>> = [];
+  write(hash: string, data: AsyncIterable<Uint8Array>, opts?: WriteOptions): Promise<void> {
+    const p = this.recordedWrite(hash, data, opts);
+    this.writesSettled.push(
+      p.then(
+        () => undefined,
+        (err: unknown) => err,
+      ),
+    );
+    return p;
+  }
+  private async recordedWrite(hash: string, data: AsyncIterable<Uint8Array>, opts?: WriteOptions): Promise<void> {
     await this.enter("write");
     if (this.writeFaultAfterBody) {
       for await (const _ of data) {

@@ -7,7 +7,9 @@ import { randomBytes, randomUUID } from "node:crypto";
 import Module from "node:module";
 import { connect } from "node:net";
 import { after, before, describe, it } from "node:test";
+import type { Volume } from "../../shared/volume/volume.js";
 import { KEEPFN_LOCAL_LISTENING, listeningUrl } from "../harness/host-process.js";
+import { waitUntil } from "../harness/wait.js";
 
 // Capture what app.http/app.timer register: @azure/functions-core is the virtual module the
 // Functions worker injects; outside the worker the library runs in "test mode" and registers
@@ -343,15 +345,21 @@ describe("Azure Functions app", () => {
         const data = randomBytes(size);
         const hash = md5hex(data);
         const u = new URL(host.url);
-        await new Promise<void>((resolve) => {
-          const sock = connect(Number(u.port), u.hostname, () => {
-            sock.write(`PUT /${hash} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Length: ${data.length}\r\n\r\n`);
-            sock.write(data.subarray(0, cut), () => setTimeout(() => sock.destroy(), 100));
-          });
-          sock.on("close", () => resolve());
-          sock.on("error", () => {});
-        });
-        await new Promise((r) => setTimeout(r, 300));
+        const app = await host.instance.app();
+        const volume = app.keep.mounts[0]?.volume as Volume;
+        const sock = connect(Number(u.port), u.hostname);
+        const closed = new Promise<void>((resolve) => sock.on("close", () => resolve()));
+        sock.on("error", () => {});
+        sock.write(`PUT /${hash} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Length: ${data.length}\r\n\r\n`);
+        sock.write(data.subarray(0, cut));
+        // Hang up mid-body: once the PUT holds a buffer, and (16 MiB) once its bytes are on
+        // their way to Azure, so a half-sent Put Blob is what the host has to leave behind.
+        await waitUntil(() => app.keep.buffers.used > 0, "the PUT to take a buffer");
+        if (size > 4 << 20) await waitUntil(() => volume.stats.outBytes > 0, "the body to stream to Azure");
+        sock.destroy();
+        await closed;
+        // The buffer is held until the volume's write has settled: then look.
+        await waitUntil(() => app.keep.buffers.used === 0, "the PUT's write to settle");
         const c = azurite.serviceClient().getContainerClient(container);
         const names: string[] = [];
         for await (const b of c.listBlobsFlat({ includeUncommitedBlobs: true })) names.push(b.name);

@@ -27,6 +27,7 @@ import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
 import { body, headers, method, path } from "../harness/hostile-arbitraries.js";
 import { startPosixServer } from "../harness/posix-server.js";
 import { S3rver } from "../harness/s3-server.js";
+import { waitUntil } from "../harness/wait.js";
 
 installLocalLambdaRuntime();
 const okStatus = (s: number) => s < 500 || s === 507;
@@ -347,12 +348,8 @@ describe("hostile input over raw HTTP on every host", () => {
         // Regression: after the deadline's answer the volume write waiting for more body bytes
         // used to hang forever, holding its buffer (and, on POSIX, its temp file).
         if (host.buffersInUse) {
-          let used = await host.buffersInUse();
-          for (let i = 0; i < 40 && used > 0; i++) {
-            await new Promise((r) => setTimeout(r, 50));
-            used = await host.buffersInUse();
-          }
-          assert.equal(used, 0, "the trickled PUT gave its buffer back");
+          const inUse = host.buffersInUse;
+          await waitUntil(async () => (await inUse()) === 0, "the trickled PUT to give its buffer back");
         }
         // Still serving.
         const idx = await fetch(`${host.url}/index`, { headers: { authorization: `Bearer ${ADMIN}` } });

@@ -10,6 +10,7 @@ import { describe, it } from "node:test";
 import { FakeClock } from "../../shared/clock.js";
 import { md5hex } from "../conformance/fixtures.js";
 import { startPosixServer } from "../harness/posix-server.js";
+import { waitUntil } from "../harness/wait.js";
 
 const ADMIN = `admin-${randomBytes(8).toString("hex")}`;
 const MGMT = `mgmt-${randomBytes(8).toString("hex")}`;
@@ -146,12 +147,7 @@ describe("a keep-balance run against two container hosts", () => {
         assert.equal(r.status, 200, await r.text());
       }
       // Watched the way an operator watches it: the queue gauges fall to zero.
-      let left = await queues(k2.url);
-      for (let i = 0; i < 500 && left > 0; i++) {
-        await new Promise((r) => setTimeout(r, 10));
-        left = await queues(k2.url);
-      }
-      assert.equal(left, 0, "the trash and pull queues drained");
+      await waitUntil(async () => (await queues(k2.url)) === 0, "the trash and pull queues to drain");
 
       const after = new Map(
         await Promise.all(k2Mounts.map(async (m) => [m.uuid, await mountIndex(k2.url, m.uuid)] as const)),
@@ -214,9 +210,10 @@ describe("a keep-balance run against two container hosts", () => {
         duplex: "half",
       } as RequestInit);
       assert.equal(trash.status, 200, await trash.text());
-      for (let i = 0; i < 500 && (await mountIndex(k.url, uuid as string)).has(hash); i++)
-        await new Promise((r) => setTimeout(r, 10));
-      assert.equal((await mountIndex(k.url, uuid as string)).has(hash), false, "trashed by its bare hash");
+      await waitUntil(
+        async () => !(await mountIndex(k.url, uuid as string)).has(hash),
+        "the block trashed by its bare hash",
+      );
 
       // A pull list without sizes comes from a keep-balance older than the streaming keepstore
       // (the reference refuses it too, services/keepstore/router.go handlePullList): say so.

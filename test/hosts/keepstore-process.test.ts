@@ -15,6 +15,7 @@ import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
 import { KEEPSTORE_LISTENING, listeningUrl } from "../harness/host-process.js";
 import { startRemoteCluster } from "../harness/remote-cluster.js";
 import { S3rver } from "../harness/s3-server.js";
+import { waitUntil } from "../harness/wait.js";
 
 const run = promisify(execFile);
 const MAIN = resolve("dist/server/keepstore.cjs");
@@ -38,6 +39,47 @@ async function start(
   });
   const url = await listeningUrl(child, KEEPSTORE_LISTENING);
   return { child, url, stderr: () => err };
+}
+
+/**
+ * Cluster xyzzy's config.yml, as an operator writes it: this suite's admin token and signing
+ * key, the keepstores' InternalURLs, then `more` (YAML at the cluster's level, four spaces in:
+ * Volumes, StorageClasses...). `services` and `collections` add lines under those two keys.
+ */
+function clusterConfig(o: { keepstores: string[]; services?: string[]; collections?: string[]; more: string }) {
+  return [
+    "Clusters:",
+    "  xyzzy:",
+    `    SystemRootToken: ${ADMIN}`,
+    "    Services:",
+    "      Keepstore:",
+    "        InternalURLs:",
+    ...o.keepstores.map((u) => `          "${u}": {}`),
+    ...(o.services ?? []).map((l) => `      ${l}`),
+    "    Collections:",
+    `      BlobSigningKey: ${KEY}`,
+    ...(o.collections ?? []).map((l) => `      ${l}`),
+    o.more,
+  ].join("\n");
+}
+
+/** Writes an Arvados cluster config to `dir`/config.yml; returns its path. */
+async function writeConfig(dir: string, config: string): Promise<string> {
+  const path = join(dir, "config.yml");
+  await fs.writeFile(path, config);
+  return path;
+}
+
+/** Writes `config` (as writeConfig) and starts the keepstore on it: `-config=<dir>/config.yml`, run in `dir`. */
+async function startWithConfig(dir: string, config: string, env?: NodeJS.ProcessEnv) {
+  const configPath = await writeConfig(dir, config);
+  return { ...(await start([`-config=${configPath}`], dir, env)), configPath };
+}
+
+/** SIGTERM, then the exit code once the process has gone. */
+function stop(c: ChildProcess): Promise<number | null> {
+  c.kill("SIGTERM");
+  return exited(c);
 }
 
 const md5 = (s: string) => createHash("md5").update(s).digest("hex");
@@ -183,8 +225,7 @@ describe("keepstore executable", () => {
       assert.equal(r.status, 200);
       await fs.access(join(cwd, "data/keep/acb/acbd18db4cc2f85cedef654fccc4a4d8"));
     } finally {
-      k.child.kill("SIGTERM");
-      await exited(k.child);
+      await stop(k.child);
       await fs.rm(cwd, { recursive: true, force: true });
     }
   });
@@ -207,8 +248,7 @@ describe("keepstore executable", () => {
       assert.match(l.msg, /^keepstore listening on 127\.0\.0\.1:\d+$/);
     } finally {
       for (const c of [wide, local]) {
-        c.kill("SIGTERM");
-        await exited(c);
+        await stop(c);
       }
       await fs.rm(cwd, { recursive: true, force: true });
     }
@@ -249,19 +289,11 @@ describe("keepstore executable", () => {
     await fs.mkdir(join(dir, "disk1"));
     // Two keepstore hosts; this process is keep0 (ARVADOS_SERVICE_INTERNAL_URL, as Arvados
     // services are told), so keep1's volume is not mounted and disk1 is read-only here.
-    const config = `
-Clusters:
-  xyzzy:
-    SystemRootToken: ${ADMIN}
-    Services:
-      Keepstore:
-        InternalURLs:
-          "http://keep0.example:25107": {}
-          "http://keep1.example:25107": {}
-      Workbench2: {ExternalURL: "https://workbench.example"}
-    Collections:
-      BlobSigningKey: ${KEY}
-      BlobTrashLifetime: 24h
+    const config = clusterConfig({
+      keepstores: ["http://keep0.example:25107", "http://keep1.example:25107"],
+      services: ['Workbench2: {ExternalURL: "https://workbench.example"}'],
+      collections: ["BlobTrashLifetime: 24h"],
+      more: `
     StorageClasses:
       default: {Default: true}
       archive: {Priority: 5}
@@ -280,11 +312,9 @@ Clusters:
         AccessViaHosts: {"http://keep1.example:25107": {}}
         Driver: Directory
         DriverParameters: {Root: /nonexistent/keep1-only}
-`;
-    await fs.writeFile(join(dir, "config.yml"), config);
-    const k = await start([`-config=${join(dir, "config.yml")}`], dir, {
-      ARVADOS_SERVICE_INTERNAL_URL: "http://keep0.example:25107",
+`,
     });
+    const k = await startWithConfig(dir, config, { ARVADOS_SERVICE_INTERNAL_URL: "http://keep0.example:25107" });
     try {
       const admin = { authorization: `Bearer ${ADMIN}` };
       const mounts = (await (await fetch(`${k.url}/mounts`, { headers: admin })).json()) as Array<
@@ -317,13 +347,10 @@ Clusters:
       });
       assert.equal(archive.status, 507);
     } finally {
-      k.child.kill("SIGTERM");
-      await exited(k.child);
+      await stop(k.child);
     }
     // Settings come from one place: a flag that the config also sets is refused, naming it.
-    const both = await run(process.execPath, [MAIN, `-config=${join(dir, "config.yml")}`, `-volume=${dir}`]).catch(
-      (e) => e,
-    );
+    const both = await run(process.execPath, [MAIN, `-config=${k.configPath}`, `-volume=${dir}`]).catch((e) => e);
     assert.equal(both.code, 2);
     assert.match(both.stderr, /-volume: with -config every setting comes from the cluster config/);
     const bad = join(dir, "bad.yml");
@@ -345,16 +372,9 @@ Clusters:
     // address; 192.0.2.1 (TEST-NET-1) is nobody's.
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
     await fs.mkdir(join(dir, "disk0"));
-    const config = `
-Clusters:
-  xyzzy:
-    SystemRootToken: ${ADMIN}
-    Services:
-      Keepstore:
-        InternalURLs:
-          "http://192.0.2.1:25107/": {}
-          "http://127.0.0.2:25107/": {}
-    Collections: {BlobSigningKey: ${KEY}}
+    const config = clusterConfig({
+      keepstores: ["http://192.0.2.1:25107/", "http://127.0.0.2:25107/"],
+      more: `
     Volumes:
       xyzzy-nyw5e-000000000000000:
         AccessViaHosts: {"http://127.0.0.2:25107/": {}}
@@ -364,10 +384,10 @@ Clusters:
         AccessViaHosts: {"http://192.0.2.1:25107/": {}}
         Driver: Directory
         DriverParameters: {Root: /nonexistent/other-server-only}
-`;
-    await fs.writeFile(join(dir, "config.yml"), config);
+`,
+    });
     const env = { ...process.env, ARVADOS_SERVICE_INTERNAL_URL: "" };
-    const k = await start([`-config=${join(dir, "config.yml")}`], dir, env).catch((err) => {
+    const k = await startWithConfig(dir, config, env).catch((err) => {
       throw new Error(`did not start: ${err}`);
     });
     try {
@@ -379,8 +399,7 @@ Clusters:
         ["xyzzy-nyw5e-000000000000000"],
       );
     } finally {
-      k.child.kill("SIGTERM");
-      await exited(k.child);
+      await stop(k.child);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
@@ -394,22 +413,20 @@ Clusters:
         s.close(() => r(p));
       });
     });
-    await fs.writeFile(
-      join(dir, "config.yml"),
-      `
-Clusters:
-  xyzzy:
-    SystemRootToken: ${ADMIN}
-    Services: {Keepstore: {InternalURLs: {"http://127.0.0.1:${port}/": {}}}}
-    Collections: {BlobSigningKey: ${KEY}}
+    const configPath = await writeConfig(
+      dir,
+      clusterConfig({
+        keepstores: [`http://127.0.0.1:${port}/`],
+        more: `
     Volumes:
       xyzzy-nyw5e-000000000000000: {Driver: Directory, DriverParameters: {Root: ${join(dir, "keep0")}}}
 `,
+      }),
     );
     // ExecStart=/usr/bin/keepstore: no flag at all, the config's own InternalURL to listen on.
     const child = spawn(process.execPath, [MAIN], {
       cwd: dir,
-      env: { ...process.env, ARVADOS_CONFIG: join(dir, "config.yml") },
+      env: { ...process.env, ARVADOS_CONFIG: configPath },
       stdio: ["ignore", "pipe", "pipe"],
     });
     try {
@@ -426,8 +443,7 @@ Clusters:
       );
       await assert.rejects(fs.access(join(dir, "data")), "no ./data/keep of its own");
     } finally {
-      child.kill("SIGTERM");
-      await exited(child);
+      await stop(child);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
@@ -444,15 +460,9 @@ Clusters:
       const bucket = await s3.createBucket("cfg");
       const container = `cfg${Date.now()}`;
       await azurite.createContainer(container);
-      const config = `
-Clusters:
-  xyzzy:
-    SystemRootToken: ${ADMIN}
-    Services:
-      Keepstore:
-        InternalURLs: {"http://keep0.example:25107": {}}
-    Collections:
-      BlobSigningKey: ${KEY}
+      const config = clusterConfig({
+        keepstores: ["http://keep0.example:25107"],
+        more: `
     RemoteClusters:
       abcde: {Host: "${remote.apiHost}", Scheme: http, Proxy: true}
     StorageClasses:
@@ -477,9 +487,9 @@ Clusters:
           StorageAccountKey: ${AZURITE_KEY}
           StorageBaseURL: ${azurite.baseUrl}
           ContainerName: ${container}
-`;
-      await fs.writeFile(join(dir, "config.yml"), config);
-      const k = await start([`-config=${join(dir, "config.yml")}`], dir);
+`,
+      });
+      const k = await startWithConfig(dir, config);
       try {
         const auth = { authorization: `Bearer ${USER}` };
         const put = async (body: string, classes: string) => {
@@ -516,8 +526,7 @@ Clusters:
         assert.equal(r.status, 200);
         assert.equal(await r.text(), "block of cluster abcde");
       } finally {
-        k.child.kill("SIGTERM");
-        await exited(k.child);
+        await stop(k.child);
       }
     } finally {
       await remote.close();
@@ -618,8 +627,7 @@ Clusters:
       ]);
       assert.equal(untrash.status, 200);
     } finally {
-      k.child.kill("SIGTERM");
-      assert.equal(await exited(k.child), 0);
+      assert.equal(await stop(k.child), 0);
       await assert.rejects(fs.access(join(dir, "pid")), "pid file removed on exit");
       await fs.rm(dir, { recursive: true, force: true });
     }
@@ -683,8 +691,7 @@ Clusters:
       }
     } finally {
       c.close();
-      k.child.kill("SIGTERM");
-      await exited(k.child);
+      await stop(k.child);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
@@ -712,8 +719,7 @@ Clusters:
       }
       await assert.rejects(fs.access(join(dir, "e76")), "nothing stored");
     } finally {
-      k.child.kill("SIGTERM");
-      await exited(k.child);
+      await stop(k.child);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
@@ -726,8 +732,9 @@ Clusters:
       const hash = createHash("md5").update(data).digest("hex");
       const u = new URL(k.url);
       const { request } = await import("node:http");
-      const reply = await new Promise<{ status: number; text: string }>((resolveReply, reject) => {
-        const req = request(
+      let req!: ReturnType<typeof request>;
+      const reply = new Promise<{ status: number; text: string }>((resolveReply, reject) => {
+        req = request(
           {
             host: u.hostname,
             port: u.port,
@@ -744,16 +751,22 @@ Clusters:
           },
         );
         req.on("error", reject);
-        // First MiB, then SIGTERM while the upload is in flight, then the rest.
-        req.write(data.subarray(0, 1 << 20), () => {
-          setTimeout(() => {
-            k.child.kill("SIGTERM");
-            setTimeout(() => req.end(data.subarray(1 << 20)), 300);
-          }, 100);
-        });
       });
-      assert.equal(reply.status, 200);
-      assert.equal(reply.text.trim(), `${hash}+${data.length}`);
+      // First MiB; once the volume is writing it (its temp file exists), SIGTERM; once the
+      // process says it is shutting down, the rest of the body.
+      req.write(data.subarray(0, 1 << 20));
+      const blockDir = join(dir, hash.slice(0, 3));
+      await waitUntil(
+        async () => (await fs.readdir(blockDir).catch(() => [] as string[])).some((n) => n.startsWith("tmp")),
+        "the PUT's temp file",
+      );
+      const shuttingDown = listeningUrl(k.child, /("msg":"shutting down: finishing in-flight requests")/);
+      k.child.kill("SIGTERM");
+      await shuttingDown;
+      req.end(data.subarray(1 << 20));
+      const { status, text } = await reply;
+      assert.equal(status, 200);
+      assert.equal(text.trim(), `${hash}+${data.length}`);
       assert.equal(await exited(k.child), 0);
       await fs.access(join(dir, hash.slice(0, 3), hash));
     } finally {

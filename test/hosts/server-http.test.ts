@@ -16,6 +16,7 @@ import { capturedLogger } from "../harness/captured-logger.js";
 import { filesUnder } from "../harness/fs-tools.js";
 import { type PosixServer, startPosixServer } from "../harness/posix-server.js";
 import type { RecordingVolume } from "../harness/recording-volume.js";
+import { waitUntil, within } from "../harness/wait.js";
 
 const FOO_HASH = "acbd18db4cc2f85cedef654fccc4a4d8";
 
@@ -189,23 +190,31 @@ describe("container host over real HTTP", () => {
   });
 
   it("a client that disconnects mid-PUT leaves no block and no temp file", async () => {
-    const s = await startPosixServer();
+    const s = await startPosixServer({}, { record: true });
     try {
+      const root = s.roots[0] as string;
+      const volume = s.recorded[0] as RecordingVolume;
       const big = Buffer.alloc(8 << 20, 7);
       const u = new URL(s.url);
-      await new Promise<void>((resolve) => {
-        const sock = connect(Number(u.port), u.hostname, () => {
-          sock.write(`PUT /${md5hex(big)} HTTP/1.1\r\nHost: x\r\nContent-Length: ${big.length}\r\n\r\n`);
-          sock.write(big.subarray(0, 3 << 20), () => setTimeout(() => sock.destroy(), 50));
-        });
-        sock.on("close", () => resolve());
-        sock.on("error", () => {});
-      });
-      // Wait until the server has noticed and cleaned up: poll, bounded (generously: on a loaded
-      // 2-core machine the cleanup once took longer than 2 s).
-      for (let i = 0; i < 500 && (await filesUnder(s.roots[0] as string)).length > 0; i++)
-        await new Promise((r) => setTimeout(r, 20));
-      assert.deepEqual(await filesUnder(s.roots[0] as string), []);
+      const sock = connect(Number(u.port), u.hostname);
+      const closed = new Promise<void>((resolve) => sock.on("close", () => resolve()));
+      sock.on("error", () => {});
+      sock.write(`PUT /${md5hex(big)} HTTP/1.1\r\nHost: x\r\nContent-Length: ${big.length}\r\n\r\n`);
+      sock.write(big.subarray(0, 3 << 20));
+      // Hang up only once the volume is writing the body into its temp file: the cleanup of a
+      // half-written temp file is what this test is about, not a request refused before it.
+      await waitUntil(
+        async () => (await filesUnder(root)).some((f) => /\/tmp[0-9a-f]{32}[^/]*$/.test(f)),
+        "the volume's temp file",
+      );
+      assert.equal(volume.writesSettled.length, 1, "the PUT reached the volume");
+      sock.destroy();
+      await closed;
+      // The request is answered as soon as its client is gone; the volume's write settles later.
+      const err = await within(volume.writesSettled[0] as Promise<unknown>, "the volume's write to settle");
+      assert.ok(err instanceof Error, "the write failed: its body never ended");
+      await waitUntil(() => s.app.inFlight.list().length === 0, "the request to leave the in-flight list");
+      assert.deepEqual(await filesUnder(root), []);
     } finally {
       await s.cleanup();
     }
@@ -518,21 +527,18 @@ describe("container host over real HTTP", () => {
       sock.on("error", () => {});
       sock.write(`GET /${FOO_HASH}+3 HTTP/1.1\r\nHost: x\r\n\r\n`);
       const reads = vol.readSignals.length;
-      for (let i = 0; i < 200 && vol.readSignals.length === reads; i++) await new Promise((r) => setTimeout(r, 10));
+      await waitUntil(() => vol.readSignals.length > reads, "the GET to reach the volume");
       const signal = vol.readSignals.at(-1);
       assert.ok(signal && !signal.aborted);
       sock.destroy();
-      for (let i = 0; i < 100 && !signal.aborted; i++) await new Promise((r) => setTimeout(r, 10));
-      assert.ok(signal.aborted, "the volume's read was told the client is gone");
+      await waitUntil(() => signal.aborted, "the volume's read to be told the client is gone");
       open();
-      for (let i = 0; i < 100 && !lines.some((l) => /"status":499/.test(l)); i++)
-        await new Promise((r) => setTimeout(r, 10));
+      await waitUntil(() => lines.some((l) => /"status":499/.test(l)), "the request's log line");
       assert.ok(
         lines.some((l) => /"status":499/.test(l) && l.includes(FOO_HASH)),
         "the request is logged as 499",
       );
-      for (let i = 0; i < 200 && s.app.keep.buffers.used > 0; i++) await new Promise((r) => setTimeout(r, 10));
-      assert.equal(s.app.keep.buffers.used, 0, "the block buffer went back");
+      await waitUntil(() => s.app.keep.buffers.used === 0, "the block buffer to go back");
     } finally {
       vol.gate = undefined;
       await s.cleanup();
@@ -619,14 +625,14 @@ describe("container host over real HTTP", () => {
     const item = (i: number) => ({ locator: `${md5hex(Buffer.from(`block ${i}`))}+7`, servers: [url] });
     try {
       await send(Array.from({ length: 6 }, (_, i) => item(i)));
-      for (let i = 0; i < 100 && held.length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+      await waitUntil(() => held.length >= 2, "two pulls to start");
       assert.deepEqual(await gauges(), { pending: 4, inprogress: 2 });
       await send([item(10), item(11), item(12)]);
       assert.deepEqual(await gauges(), { pending: 3, inprogress: 2 }, "the new list replaced the waiting ones");
       await send([]);
       assert.deepEqual(await gauges(), { pending: 0, inprogress: 2 }, "[] empties the queue");
       for (const release of held.splice(0)) release();
-      for (let i = 0; i < 100 && (await gauges()).inprogress > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      await waitUntil(async () => (await gauges()).inprogress === 0, "the pulls in progress to finish");
       assert.deepEqual(await gauges(), { pending: 0, inprogress: 0 });
       assert.equal(held.length, 0, "nothing from the replaced lists was started");
     } finally {

@@ -93,6 +93,42 @@ async function withH(
   }
 }
 
+/**
+ * A harness plus a FaultProxy in front of Azurite; `via` builds another volume on the
+ * harness's container whose every request goes through the proxy.
+ */
+async function withProxiedVolume(
+  options: { lifetime?: number; harness?: Partial<AzureBlobVolumeOptions> },
+  fn: (c: {
+    h: Awaited<ReturnType<typeof azureHarness>>;
+    p: ReturnType<typeof params>;
+    proxy: FaultProxy;
+    via: (extra?: Partial<AzureBlobVolumeOptions>) => AzureBlobVolume;
+  }) => Promise<void>,
+) {
+  await withH(
+    options.harness ?? {},
+    async (h, p) => {
+      const proxy = await FaultProxy.start(azurite.port);
+      const via = (extra: Partial<AzureBlobVolumeOptions> = {}) =>
+        new AzureBlobVolume(
+          {
+            ...opts(h.container.containerName),
+            endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}`,
+            ...extra,
+          },
+          p,
+        );
+      try {
+        await fn({ h, p, proxy, via });
+      } finally {
+        await proxy.close();
+      }
+    },
+    options.lifetime,
+  );
+}
+
 function pattern(n: number): Buffer {
   const b = Buffer.allocUnsafe(n);
   for (let i = 0; i < n; i++) b[i] = (i * 7 + (i >> 11)) & 0xff;
@@ -130,19 +166,9 @@ describe("azure blob volume", () => {
 
   // Azure checks a Put Blob's bytes against Content-MD5 only; x-ms-blob-content-md5 (all the
   // SDK's upload() sends) is stored unchecked. Azurite checks either, so look at the wire.
-  it("every Put Blob carries the block's MD5 as its transactional Content-MD5, streamed or buffered", async () => {
-    const p = params();
-    const h = await azureHarness(p);
-    const proxy = await FaultProxy.start(azurite.port);
-    try {
-      const v = new AzureBlobVolume(
-        {
-          ...opts(h.container.containerName),
-          endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}`,
-          stageBlockBytes: 1 << 20,
-        },
-        p,
-      );
+  it("every Put Blob carries the block's MD5 as its transactional Content-MD5, streamed or buffered", () =>
+    withProxiedVolume({}, async ({ proxy, via }) => {
+      const v = via({ stageBlockBytes: 1 << 20 });
       const streamed = pattern(3 << 20);
       const small = Buffer.from("created in one conditional Put Blob");
       const staged = pattern((2 << 20) + 5);
@@ -167,11 +193,7 @@ describe("azure blob volume", () => {
       const list = proxy.log.find((r) => /comp=blocklist/.test(r.url));
       assert.equal(list?.headers["x-ms-blob-content-md5"], b64(md5hex(staged)), "the whole block's MD5 is stored");
       assert.notEqual(list?.headers["content-md5"], b64(md5hex(staged)), "Put Block List's own MD5 is its body's");
-    } finally {
-      await proxy.close();
-      await h.teardown().catch(() => {});
-    }
-  });
+    }));
 
   it("a write of unknown size is staged and committed only when the body ends cleanly", () =>
     withH({ stageBlockBytes: 1 << 20 }, async (h) => {
@@ -292,15 +314,9 @@ describe("azure blob volume", () => {
     ["the expires_at metadata write", HOUR, (m: string, u: string) => m === "PUT" && /comp=metadata/.test(u)],
     ["the delete (trash lifetime 0)", 0, (m: string) => m === "DELETE"],
   ] as const) {
-    it(`a touch landing between trash's read of the blob and ${what} wins`, async () => {
-      const p = params(lifetime);
-      const h = await azureHarness(p);
-      const proxy = await FaultProxy.start(azurite.port);
-      try {
-        const v = new AzureBlobVolume(
-          { ...opts(h.container.containerName), endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}` },
-          p,
-        );
+    it(`a touch landing between trash's read of the blob and ${what} wins`, () =>
+      withProxiedVolume({ lifetime }, async ({ h, p, proxy, via }) => {
+        const v = via();
         await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
         await h.setMtime(TEST_HASH, p.clock.now() - 2 * TTL);
         let touched = false;
@@ -315,22 +331,12 @@ describe("azure blob volume", () => {
         assert.ok(touched, "the touch ran inside trash");
         assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
         assert.equal((await h.container.getBlockBlobClient(TEST_HASH).getProperties()).metadata?.expires_at, undefined);
-      } finally {
-        await proxy.close();
-        await h.teardown().catch(() => {});
-      }
-    });
+      }));
   }
 
-  it("a write landing between untrash's read and its metadata write keeps its fresh mtime (If-Match on untrash)", async () => {
-    const p = params();
-    const h = await azureHarness(p);
-    const proxy = await FaultProxy.start(azurite.port);
-    try {
-      const v = new AzureBlobVolume(
-        { ...opts(h.container.containerName), endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}` },
-        p,
-      );
+  it("a write landing between untrash's read and its metadata write keeps its fresh mtime (If-Match on untrash)", () =>
+    withProxiedVolume({}, async ({ h, p, proxy, via }) => {
+      const v = via();
       await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
       await h.setMtime(TEST_HASH, p.clock.now() - 2 * TTL);
       await h.volume.trash(TEST_HASH);
@@ -342,11 +348,7 @@ describe("azure blob volume", () => {
       await v.untrash(TEST_HASH).catch(() => {}); // the block is live again either way
       assert.equal(proxy.before, undefined, "the write ran inside untrash");
       assert.equal(await h.volume.mtime(TEST_HASH), BigInt(p.clock.now()) * 1_000_000n, "the write's mtime stands");
-    } finally {
-      await proxy.close();
-      await h.teardown().catch(() => {});
-    }
-  });
+    }));
 
   it("two racing sweeps never delete a block untrashed or rewritten in between", () =>
     withH({}, async (h, p) => {
@@ -418,7 +420,7 @@ describe("azure blob volume", () => {
       let total = 0;
       for (let i = 0; i < 20; i++) {
         // A fresh volume each time, as a new Functions instance would be: only the container remembers.
-        const v = new AzureBlobVolume({ ...(await azureOpts(h.container.containerName)), listPageSize: 5 }, p);
+        const v = new AzureBlobVolume({ ...opts(h.container.containerName), listPageSize: 5 }, p);
         const r = await v.emptyTrash({ deadlineMs: Date.now() - 1 });
         runs.push(r);
         total += r.deleted;
@@ -494,26 +496,16 @@ describe("azure blob volume", () => {
       const runs: boolean[] = [];
       for (let i = 0; i < 6 && (await h.container.getBlockBlobClient(expired).exists()); i++) {
         // A fresh instance each run, out of time at once: one page each, then the cursor is saved.
-        const v = new AzureBlobVolume({ ...(await azureOpts(h.container.containerName)), listPageSize: 4 }, p);
+        const v = new AzureBlobVolume({ ...opts(h.container.containerName), listPageSize: 4 }, p);
         runs.push((await v.emptyTrash({ deadlineMs: Date.now() - 1 })).complete);
       }
       assert.equal(await h.container.getBlockBlobClient(expired).exists(), false, `after ${runs.length} runs`);
       assert.ok(runs.length >= 3 && runs.slice(0, -1).every((c) => !c), JSON.stringify(runs));
     }));
 
-  it("trash tags the blob before it writes expires_at, so a trash whose last tag write fails is still swept", async () => {
-    const p = params();
-    const h = await azureHarness(p, { legacySweepIntervalMs: 0 });
-    const proxy = await FaultProxy.start(azurite.port);
-    try {
-      const v = new AzureBlobVolume(
-        {
-          ...opts(h.container.containerName),
-          endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}`,
-          retry: { budgetMs: 200 },
-        },
-        p,
-      );
+  it("trash tags the blob before it writes expires_at, so a trash whose last tag write fails is still swept", () =>
+    withProxiedVolume({ harness: { legacySweepIntervalMs: 0 } }, async ({ h, p, proxy, via }) => {
+      const v = via({ retry: { budgetMs: 200 } });
       await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
       await h.setMtime(TEST_HASH, p.clock.now() - 2 * TTL);
       // The tag write after the metadata (the one with the ETag) fails, as if the instance died.
@@ -530,11 +522,7 @@ describe("azure blob volume", () => {
       const r = await h.volume.emptyTrash(); // the tag query alone: no full listing
       assert.equal(r.deleted, 1, JSON.stringify(r));
       assert.equal(await h.container.getBlockBlobClient(TEST_HASH).exists(), false);
-    } finally {
-      await proxy.close();
-      await h.teardown().catch(() => {});
-    }
-  });
+    }));
 
   it("trashes a block exactly one signing TTL old and keeps one a second younger", () =>
     withH({}, async (h, p) => {
@@ -677,20 +665,9 @@ describe("azure blob volume", () => {
     }
   });
 
-  it("503/500 from the service are retried with backoff; past the budget a clear 503; never past the caller's deadline", async () => {
-    const p = params();
-    const h = await azureHarness(p);
-    const proxy = await FaultProxy.start(azurite.port);
-    const via = (budgetMs: number) =>
-      new AzureBlobVolume(
-        {
-          ...opts(h.container.containerName),
-          endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}`,
-          retry: { budgetMs, firstDelayMs: 20, maxDelayMs: 100 },
-        },
-        p,
-      );
-    try {
+  it("503/500 from the service are retried with backoff; past the budget a clear 503; never past the caller's deadline", () =>
+    withProxiedVolume({}, async ({ h, proxy, via: proxied }) => {
+      const via = (budgetMs: number) => proxied({ retry: { budgetMs, firstDelayMs: 20, maxDelayMs: 100 } });
       await h.volume.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
       // Two ServerBusy answers, then the real service: the caller never sees them.
       proxy.failNext(2, 503, "ServerBusy");
@@ -718,21 +695,11 @@ describe("azure blob volume", () => {
       const d = pattern(3 << 20);
       await assert.rejects(via(5000).write(md5hex(d), chunks(d), { size: d.length }), VolumeUnavailableError);
       assert.equal(await h.container.getBlockBlobClient(md5hex(d)).exists(), false);
-    } finally {
-      await proxy.close();
-      await h.teardown().catch(() => {});
-    }
-  });
+    }));
 
-  it("a 507 or a capacity error code is the volume being full (so the core tries another), not a 503", async () => {
-    const p = params();
-    const h = await azureHarness(p);
-    const proxy = await FaultProxy.start(azurite.port);
-    try {
-      const v = new AzureBlobVolume(
-        { ...opts(h.container.containerName), endpoint: `http://127.0.0.1:${proxy.port}/${AZURITE_ACCOUNT}` },
-        p,
-      );
+  it("a 507 or a capacity error code is the volume being full (so the core tries another), not a 503", () =>
+    withProxiedVolume({}, async ({ proxy, via }) => {
+      const v = via();
       for (const [status, code] of [
         [507, "InsufficientStorage"],
         [409, "AccountLimitExceeded"],
@@ -743,11 +710,7 @@ describe("azure blob volume", () => {
           return true;
         });
       }
-    } finally {
-      await proxy.close();
-      await h.teardown().catch(() => {});
-    }
-  });
+    }));
 
   it("reports the reference's device id form", () =>
     withH({}, async (h) => {
@@ -867,15 +830,6 @@ class FaultProxy {
     this.server.closeAllConnections();
     await new Promise<void>((r) => this.server.close(() => r()));
   }
-}
-
-async function azureOpts(container: string): Promise<AzureBlobVolumeOptions> {
-  return {
-    accountName: AZURITE_ACCOUNT,
-    container,
-    endpoint: azurite.endpoint,
-    auth: { keySource: staticKey(AZURITE_KEY) },
-  };
 }
 
 // The seed's second example (../shared/seeds/keep-azure-storage.txt), as operators type it.

@@ -4,10 +4,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { FakeClock } from "../../shared/clock.js";
-import { BadLocatorError, CancelledError, VolumeFullError } from "../../shared/errors.js";
+import { BadLocatorError, CancelledError, NotFoundError, VolumeFullError } from "../../shared/errors.js";
 import { PosixVolume } from "../../shared/volume/posix.js";
 import { chunks, collect, md5hex, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { describeVolumeContract, type HarnessParams, type VolumeHarness } from "../conformance/volume-contract.js";
+import { filesUnder } from "../harness/fs-tools.js";
 
 async function posixHarness(p: HarnessParams, serialize = false): Promise<VolumeHarness & { root: string }> {
   const root = await fs.mkdtemp(join(tmpdir(), "keepfn-posix-"));
@@ -358,6 +359,22 @@ describe("posix volume", () => {
       go();
       await write;
       assert.deepEqual(await collect((await h.volume.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await h.teardown();
+    }
+  });
+
+  it("trash with lifetime 0 leaves nothing on the disk: no block, no trash copy, no renamed temp file", async () => {
+    // The block is renamed to a temp-file name and then unlinked. Reads and the index skip
+    // temp files, so a skipped unlink shows only on the disk (until a sweep a day later).
+    const p = { ...params(), trashLifetimeMs: 0 };
+    const h = await posixHarness(p);
+    try {
+      await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
+      await h.setMtime(TEST_HASH, p.clock.now() - 2 * p.signingTtlMs);
+      await h.volume.trash(TEST_HASH);
+      await assert.rejects(h.volume.read(TEST_HASH), NotFoundError);
+      assert.deepEqual(await filesUnder(h.root), []);
     } finally {
       await h.teardown();
     }
