@@ -12,6 +12,7 @@ import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { after, describe, it } from "node:test";
 import { KEEPSTORE_LISTENING, listeningUrl } from "../harness/host-process.js";
+import { within } from "../harness/wait.js";
 
 const MAIN = resolve("dist/server/keepstore.cjs");
 
@@ -68,12 +69,9 @@ async function notifySocket(dir: string): Promise<{ path: string; next(): Promis
     next: () => {
       const got = queue.shift();
       if (got) return Promise.resolve(got);
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error("no datagram on the notify socket within 20 s")), 20_000);
-      });
-      return Promise.race([new Promise<Datagram>((r) => waiting.push(r)), gone, late]).finally(() =>
-        clearTimeout(timer),
+      return within(
+        Promise.race([new Promise<Datagram>((r) => waiting.push(r)), gone]),
+        "a datagram on the notify socket",
       );
     },
     stop: () => py.kill(),
