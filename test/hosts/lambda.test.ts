@@ -98,7 +98,7 @@ async function trashingHost(name: string) {
       }),
     clocked(clock),
   );
-  return { clock, host };
+  return { clock, host, bucket };
 }
 
 const context = (remainingMs = 60_000) =>
@@ -326,6 +326,49 @@ describe("lambda handlers: events in, responses out", () => {
       assert.equal(second?.complete, true);
       assert.equal(second?.deleted, 6);
     } finally {
+      await host.close();
+    }
+  });
+
+  it("the scheduled handler with trash off deletes nothing, even trash left from when it was on, and says why", async () => {
+    const { clock, host, bucket } = await trashingHost("sweep-off");
+    // The same bucket, later deployed with trash off (a lifetime that would have expired them all).
+    const off = createLambdaHost(
+      () => baseEnv(bucket, { KEEP_TRASH_LIFETIME: "1h", KEEP_BLOB_SIGNING_TTL: "60", KEEP_SYSTEM_ROOT_TOKEN: ADMIN }),
+      clocked(clock),
+    );
+    const raw = server.client();
+    const keys = async (prefix = "") =>
+      ((await raw.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix }))).Contents ?? [])
+        .map((o) => `${o.Key} ${o.ETag}`)
+        .sort();
+    try {
+      const app = await host.app();
+      const hashes: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        const b = Buffer.from(`trashed, then trash turned off ${i}`);
+        hashes.push(md5(b));
+        await app.handler(new Request(`http://x/${md5(b)}`, { method: "PUT", body: b }));
+      }
+      clock.advance(120_000);
+      for (const h of hashes) {
+        const r = await app.handler(
+          new Request(`http://x/${h}`, { method: "DELETE", headers: { authorization: `Bearer ${ADMIN}` } }),
+        );
+        assert.equal(r.status, 200);
+      }
+      assert.deepEqual(
+        (await keys("trash/")).map((k) => k.split(" ")[0]),
+        hashes.map((h) => `trash/${h}`).sort(),
+      );
+      const before = await keys();
+      clock.advance(3600_000 + 2000);
+      const r = await off.sweep({ source: "aws.scheduler" }, context(60_000));
+      assert.deepEqual(r, { skipped: "trash is disabled (KEEP_TRASH_ENABLED is false)" });
+      assert.deepEqual(await keys(), before, "every trashed block is still there, past its lifetime; nothing changed");
+    } finally {
+      raw.destroy();
+      await off.close();
       await host.close();
     }
   });
