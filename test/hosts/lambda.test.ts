@@ -14,7 +14,7 @@ import { createLambdaHost } from "../../lambda/host.js";
 import { MAX_BINARY_BODY } from "../../lambda/limits.js";
 import { runLocal } from "../../lambda/local-host.js";
 import { installLocalLambdaRuntime } from "../../lambda/local-runtime.js";
-import { clearSecretCache } from "../../lambda/secrets.js";
+import { clearSecretCache, resolveSecrets } from "../../lambda/secrets.js";
 import { loadSettings } from "../../lambda/settings.js";
 import type { AppDeps } from "../../shared/app.js";
 import type { Clock } from "../../shared/clock.js";
@@ -515,6 +515,47 @@ describe("lambda handlers: events in, responses out", () => {
       } finally {
         for (const h of hosts) await h.close();
       }
+    });
+
+    it("reuses what it read for KEEP_SECRETS_CACHE_TTL, then reads both stores again and gets the rotated values", async () => {
+      clearSecretCache();
+      stub.calls.length = 0;
+      stub.secrets.set("keepfn/rotating-key", "signing-key-before-rotation");
+      stub.parameters.set("/keepfn/rotating-token", "token-before-rotation");
+      const settings = loadSettings(
+        await envWith({
+          KEEP_BLOB_SIGNING_KEY_SECRET_ID: "keepfn/rotating-key",
+          KEEP_SYSTEM_ROOT_TOKEN_PARAM: "/keepfn/rotating-token",
+          KEEP_SECRETS_CACHE_TTL: "60s",
+        }),
+      );
+      assert.equal(settings.secretStores.cacheMs, 60_000);
+      const clock = new FakeClock();
+      const t0 = clock.now();
+      const reads = [
+        "AmazonSSM.GetParameters /keepfn/rotating-token",
+        "secretsmanager.GetSecretValue keepfn/rotating-key",
+      ];
+      const before = { blobSigningKey: "signing-key-before-rotation", systemRootToken: "token-before-rotation" };
+      assert.deepEqual(await resolveSecrets(settings, clock.now()), before);
+      assert.deepEqual(stub.calls.sort(), reads);
+      // Rotated in both stores: within the TTL the cached values are still what is used.
+      stub.secrets.set("keepfn/rotating-key", "signing-key-after-rotation");
+      stub.parameters.set("/keepfn/rotating-token", "token-after-rotation");
+      clock.set(t0 + 60_000 - 1);
+      assert.deepEqual(await resolveSecrets(settings, clock.now()), before, "1 ms short of the TTL: cached");
+      assert.equal(stub.calls.length, 2, "no store was asked again within the TTL");
+      clock.set(t0 + 60_000);
+      assert.deepEqual(
+        await resolveSecrets(settings, clock.now()),
+        { blobSigningKey: "signing-key-after-rotation", systemRootToken: "token-after-rotation" },
+        "at the TTL: read again, the rotated values",
+      );
+      assert.deepEqual(stub.calls.sort(), [...reads, ...reads].sort());
+      clock.advance(60_000 - 1);
+      await resolveSecrets(settings, clock.now());
+      assert.equal(stub.calls.length, 4, "the TTL runs again from the re-read");
+      clearSecretCache();
     });
 
     it("a missing, forbidden or keyless secret fails the cold start with what to fix, and the next invocation retries", async () => {
