@@ -19,6 +19,7 @@ import { KeyVaultStub } from "../harness/keyvault-stub.js";
 const identity = await IdentityStub.start();
 Object.assign(process.env, identity.env());
 const kvmod = await import("../../shared/credentials/keyvault.js");
+const { azureAuth } = await import("../../shared/credentials/resolve.js");
 
 const WRONG = Buffer.alloc(64, 7).toString("base64");
 let azurite: Azurite;
@@ -26,6 +27,7 @@ let vault: KeyVaultStub;
 before(async () => {
   azurite = await Azurite.start({ inMemory: true });
   await azurite.createContainer("keys");
+  await azurite.createContainer("keys2");
   vault = await KeyVaultStub.start((t) => identity.issued.has(t));
 });
 after(async () => {
@@ -35,9 +37,9 @@ after(async () => {
 });
 
 let n = 0;
-function volumeWith(auth: AzureAuth) {
+function volumeWith(auth: AzureAuth, container = "keys") {
   return new AzureBlobVolume(
-    { accountName: AZURITE_ACCOUNT, container: "keys", endpoint: azurite.endpoint, auth, retry: { budgetMs: 500 } },
+    { accountName: AZURITE_ACCOUNT, container, endpoint: azurite.endpoint, auth, retry: { budgetMs: 500 } },
     { clock: new FakeClock(), signingTtlMs: 1000, trashLifetimeMs: 3600_000 },
   );
 }
@@ -141,6 +143,27 @@ describe("Key Vault account keys through the managed identity", () => {
     });
   });
 
+  it("two volumes of one account naming the same secret read it from Key Vault once, and work through a vault outage", async () => {
+    const name = `storage-key-${++n}`;
+    vault.secrets.set(name, AZURITE_KEY);
+    const credential = { kind: "keyVault" as const, vaultUrl: vault.url, caFile: vault.caFile, secretName: name };
+    const before = vault.requests;
+    const a = volumeWith(azureAuth(credential), "keys");
+    await a.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+    const afterFirst = vault.requests;
+    assert.ok(afterFirst > before, "the first volume read the secret");
+    // The second volume (another container of the account) is built after the vault went down.
+    await vault.stop();
+    try {
+      const b = volumeWith(azureAuth(credential), "keys2");
+      await b.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      assert.deepEqual(await collect((await b.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await vault.listen();
+    }
+    assert.equal(vault.requests, afterFirst, "no second Key Vault read");
+  });
+
   it("reads other secrets (signing key, tokens) the same way", async () => {
     vault.secrets.set("blob-signing-key", "s3cr3t");
     assert.equal(await kvmod.readSecret({ vaultUrl: vault.url, caFile: vault.caFile }, "blob-signing-key"), "s3cr3t");
@@ -159,6 +182,22 @@ describe("key file", () => {
       const v = volumeWith({ keySource: source });
       await v.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length }).catch(() => {});
       assert.deepEqual(await collect((await v.read(TEST_HASH)).body), TEST_BLOCK);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("two volumes of one account naming the same key file read it once: the second works after the file is gone", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-keyfile-"));
+    const path = join(dir, "account.key");
+    try {
+      await fs.writeFile(path, `${AZURITE_KEY}\n`);
+      const a = volumeWith(azureAuth({ kind: "keyFile", path }), "keys");
+      await a.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      await fs.rm(path); // a second read of the file would fail now
+      const b = volumeWith(azureAuth({ kind: "keyFile", path }), "keys2");
+      await b.write(TEST_HASH, chunks(TEST_BLOCK), { size: TEST_BLOCK.length });
+      assert.deepEqual(await collect((await b.read(TEST_HASH)).body), TEST_BLOCK);
     } finally {
       await fs.rm(dir, { recursive: true, force: true });
     }

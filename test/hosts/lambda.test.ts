@@ -14,7 +14,7 @@ import { createLambdaHost } from "../../lambda/host.js";
 import { MAX_BINARY_BODY } from "../../lambda/limits.js";
 import { runLocal } from "../../lambda/local-host.js";
 import { installLocalLambdaRuntime } from "../../lambda/local-runtime.js";
-import { clearSecretCache } from "../../lambda/secrets.js";
+import { clearSecretCache, resolveSecrets } from "../../lambda/secrets.js";
 import { loadSettings } from "../../lambda/settings.js";
 import type { AppDeps } from "../../shared/app.js";
 import type { Clock } from "../../shared/clock.js";
@@ -98,7 +98,7 @@ async function trashingHost(name: string) {
       }),
     clocked(clock),
   );
-  return { clock, host };
+  return { clock, host, bucket };
 }
 
 const context = (remainingMs = 60_000) =>
@@ -330,6 +330,49 @@ describe("lambda handlers: events in, responses out", () => {
     }
   });
 
+  it("the scheduled handler with trash off deletes nothing, even trash left from when it was on, and says why", async () => {
+    const { clock, host, bucket } = await trashingHost("sweep-off");
+    // The same bucket, later deployed with trash off (a lifetime that would have expired them all).
+    const off = createLambdaHost(
+      () => baseEnv(bucket, { KEEP_TRASH_LIFETIME: "1h", KEEP_BLOB_SIGNING_TTL: "60", KEEP_SYSTEM_ROOT_TOKEN: ADMIN }),
+      clocked(clock),
+    );
+    const raw = server.client();
+    const keys = async (prefix = "") =>
+      ((await raw.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix }))).Contents ?? [])
+        .map((o) => `${o.Key} ${o.ETag}`)
+        .sort();
+    try {
+      const app = await host.app();
+      const hashes: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        const b = Buffer.from(`trashed, then trash turned off ${i}`);
+        hashes.push(md5(b));
+        await app.handler(new Request(`http://x/${md5(b)}`, { method: "PUT", body: b }));
+      }
+      clock.advance(120_000);
+      for (const h of hashes) {
+        const r = await app.handler(
+          new Request(`http://x/${h}`, { method: "DELETE", headers: { authorization: `Bearer ${ADMIN}` } }),
+        );
+        assert.equal(r.status, 200);
+      }
+      assert.deepEqual(
+        (await keys("trash/")).map((k) => k.split(" ")[0]),
+        hashes.map((h) => `trash/${h}`).sort(),
+      );
+      const before = await keys();
+      clock.advance(3600_000 + 2000);
+      const r = await off.sweep({ source: "aws.scheduler" }, context(60_000));
+      assert.deepEqual(r, { skipped: "trash is disabled (KEEP_TRASH_ENABLED is false)" });
+      assert.deepEqual(await keys(), before, "every trashed block is still there, past its lifetime; nothing changed");
+    } finally {
+      raw.destroy();
+      await off.close();
+      await host.close();
+    }
+  });
+
   it("works keep-balance's trash list before answering: a Lambda that has answered may be frozen", async () => {
     const { clock, host } = await trashingHost("worklist");
     try {
@@ -472,6 +515,47 @@ describe("lambda handlers: events in, responses out", () => {
       } finally {
         for (const h of hosts) await h.close();
       }
+    });
+
+    it("reuses what it read for KEEP_SECRETS_CACHE_TTL, then reads both stores again and gets the rotated values", async () => {
+      clearSecretCache();
+      stub.calls.length = 0;
+      stub.secrets.set("keepfn/rotating-key", "signing-key-before-rotation");
+      stub.parameters.set("/keepfn/rotating-token", "token-before-rotation");
+      const settings = loadSettings(
+        await envWith({
+          KEEP_BLOB_SIGNING_KEY_SECRET_ID: "keepfn/rotating-key",
+          KEEP_SYSTEM_ROOT_TOKEN_PARAM: "/keepfn/rotating-token",
+          KEEP_SECRETS_CACHE_TTL: "60s",
+        }),
+      );
+      assert.equal(settings.secretStores.cacheMs, 60_000);
+      const clock = new FakeClock();
+      const t0 = clock.now();
+      const reads = [
+        "AmazonSSM.GetParameters /keepfn/rotating-token",
+        "secretsmanager.GetSecretValue keepfn/rotating-key",
+      ];
+      const before = { blobSigningKey: "signing-key-before-rotation", systemRootToken: "token-before-rotation" };
+      assert.deepEqual(await resolveSecrets(settings, clock.now()), before);
+      assert.deepEqual(stub.calls.sort(), reads);
+      // Rotated in both stores: within the TTL the cached values are still what is used.
+      stub.secrets.set("keepfn/rotating-key", "signing-key-after-rotation");
+      stub.parameters.set("/keepfn/rotating-token", "token-after-rotation");
+      clock.set(t0 + 60_000 - 1);
+      assert.deepEqual(await resolveSecrets(settings, clock.now()), before, "1 ms short of the TTL: cached");
+      assert.equal(stub.calls.length, 2, "no store was asked again within the TTL");
+      clock.set(t0 + 60_000);
+      assert.deepEqual(
+        await resolveSecrets(settings, clock.now()),
+        { blobSigningKey: "signing-key-after-rotation", systemRootToken: "token-after-rotation" },
+        "at the TTL: read again, the rotated values",
+      );
+      assert.deepEqual(stub.calls.sort(), [...reads, ...reads].sort());
+      clock.advance(60_000 - 1);
+      await resolveSecrets(settings, clock.now());
+      assert.equal(stub.calls.length, 4, "the TTL runs again from the re-read");
+      clearSecretCache();
     });
 
     it("a missing, forbidden or keyless secret fails the cold start with what to fix, and the next invocation retries", async () => {

@@ -769,6 +769,51 @@ describe("s3 volume: faults", () => {
     }
   });
 
+  it("a two-step commit writes the recent/ marker with the commit's time, and refreshes an old one", async () => {
+    const clock = new FakeClock(Date.now());
+    const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR });
+    const marker = async (hash: string) => {
+      const r = await h.raw.send(new GetObjectCommand({ Bucket: h.bucket, Key: `recent/${hash}` }));
+      return { at: r.LastModified?.getTime() ?? 0, body: await r.Body?.transformToString() };
+    };
+    const commit = async (block: Buffer) => {
+      const hash = md5(block);
+      const t = await h.volume.presignUpload(hash, block.length, 900);
+      const r = await fetch(t.url, { method: t.method, headers: t.headers, body: new Uint8Array(block) });
+      assert.equal(r.status, 200, await r.text());
+      clock.advance(2 * HOUR); // committed well after it was staged
+      await h.volume.commitUpload(hash, block.length, t.uploadId);
+      return hash;
+    };
+    const near = (ms: number, want: number, what: string) =>
+      assert.ok(
+        Math.abs(ms - want) < 1000,
+        `${what}: ${new Date(ms).toISOString()}, not ${new Date(want).toISOString()}`,
+      );
+    try {
+      // A new block: no marker before the commit, one stamped with the commit's time after it.
+      const fresh = Buffer.from("committed in two steps, never written before");
+      assert.equal(await exists(h.raw, h.bucket, `recent/${md5(fresh)}`), false);
+      const hash = await commit(fresh);
+      const m = await marker(hash);
+      near(m.at, clock.now(), "the marker's time");
+      assert.match(m.body ?? "", new RegExp(`^${new Date(clock.now()).toISOString()} [0-9a-f]{16}\n$`));
+      assert.deepEqual(await collect((await h.volume.read(hash)).body), fresh);
+      // A block already stored (its marker an old write's): the commit moves its mtime to now.
+      const old = Buffer.from("written an hour ago, then committed in two steps again");
+      await h.volume.write(md5(old), chunks(old), { size: old.length });
+      const written = clock.now();
+      clock.advance(HOUR);
+      await commit(old);
+      const again = await marker(md5(old));
+      assert.ok(again.at > written + HOUR, "not the old write's marker");
+      near(again.at, clock.now(), "the refreshed marker's time");
+      assert.equal(await h.volume.mtime(md5(old)), msToNs(Math.floor(clock.now() / 1000) * 1000));
+    } finally {
+      await h.teardown();
+    }
+  });
+
   it("a read cancelled midway ends with CancelledError, and the volume reads on (GetContextCancel)", async () => {
     const h = await s3Harness(params());
     try {
