@@ -3,6 +3,7 @@
 import type { Writable } from "node:stream";
 import type { APIGatewayProxyStructuredResultV2, Context } from "aws-lambda";
 import { type AppDeps, createKeepApp, type KeepApp } from "../shared/app.js";
+import { systemClock } from "../shared/clock.js";
 import { validateConfig } from "../shared/config.js";
 import { createLogger } from "../shared/log.js";
 import { type HttpEvent, toBufferedResult, toRequest, writeStreamed } from "./events.js";
@@ -21,14 +22,22 @@ export interface LambdaHost {
 const MARGIN_MS = 2000;
 
 export function createLambdaHost(env: () => NodeJS.ProcessEnv, deps: AppDeps = {}): LambdaHost {
+  const now = () => (deps.clock ?? systemClock).now();
   let settings: LambdaSettings | undefined;
   let appPromise: Promise<KeepApp> | undefined;
+  /** The secrets the current app was built with, and when they were last read. */
+  let built: { secrets: string; at: number } | undefined;
+  const build = (secrets: Partial<Record<string, string>>) => {
+    const s = settings as LambdaSettings;
+    const logger = deps.logger ?? createLogger({ level: s.logLevel });
+    return createKeepApp(validateConfig({ ...s.config, ...secrets }), { ...deps, logger });
+  };
   const app = () => {
     appPromise ??= (async () => {
       settings ??= loadSettings(env());
-      const config = { ...settings.config, ...(await resolveSecrets(settings)) };
-      const logger = deps.logger ?? createLogger({ level: settings.logLevel });
-      return createKeepApp(validateConfig(config), { ...deps, logger });
+      const secrets = await resolveSecrets(settings, now());
+      built = { secrets: JSON.stringify(secrets), at: now() };
+      return build(secrets);
     })();
     // A failed cold start (secret store down, bad setting) is retried by the next invocation.
     appPromise.catch(() => {
@@ -36,8 +45,56 @@ export function createLambdaHost(env: () => NodeJS.ProcessEnv, deps: AppDeps = {
     });
     return appPromise;
   };
-  const invoke = async (event: HttpEvent, context: Context) => {
+
+  // Rotation. The app copies its secrets into its config (and the pull worker its signing key),
+  // so a warm container that only refreshed the cache would keep the old ones for its whole
+  // life. Once the cache TTL has passed, one request re-reads them; if they changed, requests
+  // from then on go to a new app built with them, and the old app closes when its last request
+  // (body streamed, sweep finished) is done. A store that cannot be read, or a new value that
+  // does not validate, keeps the app that works, and is tried again a TTL later.
+  const inFlight = new Map<KeepApp, number>();
+  const retired = new Set<KeepApp>();
+  const release = (a: KeepApp) => {
+    const n = (inFlight.get(a) ?? 1) - 1;
+    if (n > 0) return void inFlight.set(a, n);
+    inFlight.delete(a);
+    if (retired.delete(a)) void a.close().catch((err) => a.logger.warn({ err }, "closing the retired app failed"));
+  };
+  const current = async (): Promise<KeepApp> => {
     const a = await app();
+    if (!settings || !built || now() - built.at < settings.secretStores.cacheMs) return a;
+    const was = built;
+    was.at = now();
+    try {
+      const secrets = await resolveSecrets(settings, now());
+      const key = JSON.stringify(secrets);
+      if (key === was.secrets || appPromise === undefined) return a;
+      const next = await build(secrets);
+      was.secrets = key;
+      appPromise = Promise.resolve(next);
+      if (inFlight.has(a)) retired.add(a);
+      else void a.close().catch(() => {});
+      next.logger.info("secrets changed in their store: serving with the new values");
+      return next;
+    } catch (err) {
+      a.logger.warn(
+        { err },
+        "could not re-read the secrets; keeping the ones read before, next try after the cache TTL",
+      );
+      return a;
+    }
+  };
+  /** `fn` over the current app, which stays open until `fn` (and any body it streams) is done. */
+  const withApp = async <T>(fn: (a: KeepApp) => Promise<T>): Promise<T> => {
+    const a = await current();
+    inFlight.set(a, (inFlight.get(a) ?? 0) + 1);
+    try {
+      return await fn(a);
+    } finally {
+      release(a);
+    }
+  };
+  const invoke = async (a: KeepApp, event: HttpEvent, context: Context) => {
     const signal = AbortSignal.timeout(Math.max(1000, context.getRemainingTimeInMillis() - MARGIN_MS));
     let req: Request;
     try {
@@ -55,20 +112,20 @@ export function createLambdaHost(env: () => NodeJS.ProcessEnv, deps: AppDeps = {
   return {
     app,
     async buffered(event, context) {
-      return toBufferedResult(await invoke(event, context));
+      return withApp(async (a) => toBufferedResult(await invoke(a, event, context)));
     },
     async stream(event, responseStream, context) {
-      await writeStreamed(await invoke(event, context), responseStream);
+      await withApp(async (a) => writeStreamed(await invoke(a, event, context), responseStream));
     },
-    async sweep(_event, context) {
-      const a = await app();
-      if (!a.config.trashEnabled) return { skipped: "trash is disabled (KEEP_TRASH_ENABLED is false)" };
-      const budget = Math.min(settings?.sweepBudgetMs ?? 0, context.getRemainingTimeInMillis() - 5 * MARGIN_MS);
-      // Each volume resumes where a sweep that ran out of time stopped.
-      const reports = await a.emptyTrash({ deadlineMs: Date.now() + Math.max(0, budget) });
-      a.logger.info({ reports }, "scheduled empty-trash finished");
-      return { reports };
-    },
+    sweep: (_event, context) =>
+      withApp(async (a) => {
+        if (!a.config.trashEnabled) return { skipped: "trash is disabled (KEEP_TRASH_ENABLED is false)" };
+        const budget = Math.min(settings?.sweepBudgetMs ?? 0, context.getRemainingTimeInMillis() - 5 * MARGIN_MS);
+        // Each volume resumes where a sweep that ran out of time stopped.
+        const reports = await a.emptyTrash({ deadlineMs: Date.now() + Math.max(0, budget) });
+        a.logger.info({ reports }, "scheduled empty-trash finished");
+        return { reports };
+      }),
     async close() {
       const a = await appPromise?.catch(() => undefined);
       appPromise = undefined;

@@ -300,23 +300,33 @@ describe("lambda handlers: events in, responses out", () => {
     assert.match(String(buffered.body), /larger than a buffered Lambda response.*streaming Function URL/);
   });
 
+  /** PUTs `n` small blocks, lets them outlive the 60 s signing TTL, then trashes each (DELETE). */
+  async function putThenTrash(
+    app: { handler(r: Request): Promise<Response> },
+    clock: { advance(ms: number): void },
+    n: number,
+    label: string,
+  ): Promise<string[]> {
+    const hashes: string[] = [];
+    for (let i = 0; i < n; i++) {
+      const b = Buffer.from(`${label} ${i}`);
+      hashes.push(md5(b));
+      await app.handler(new Request(`http://x/${md5(b)}`, { method: "PUT", body: b }));
+    }
+    clock.advance(120_000);
+    for (const h of hashes) {
+      const r = await app.handler(
+        new Request(`http://x/${h}`, { method: "DELETE", headers: { authorization: `Bearer ${ADMIN}` } }),
+      );
+      assert.equal(r.status, 200);
+    }
+    return hashes;
+  }
+
   it("the scheduled handler empties trash within its time budget and finishes on a later run", async () => {
     const { clock, host } = await trashingHost("sweep");
     try {
-      const app = await host.app();
-      const hashes: string[] = [];
-      for (let i = 0; i < 6; i++) {
-        const b = Buffer.from(`sweep me ${i}`);
-        hashes.push(md5(b));
-        await app.handler(new Request(`http://x/${md5(b)}`, { method: "PUT", body: b }));
-      }
-      clock.advance(120_000);
-      for (const h of hashes) {
-        const r = await app.handler(
-          new Request(`http://x/${h}`, { method: "DELETE", headers: { authorization: `Bearer ${ADMIN}` } }),
-        );
-        assert.equal(r.status, 200);
-      }
+      const hashes = await putThenTrash(await host.app(), clock, 6, "sweep me");
       clock.advance(3600_000 + 2000);
       const none = await host.sweep({ source: "aws.scheduler" }, context(0));
       const first = (none.reports as Array<{ complete: boolean; deleted: number }>)[0];
@@ -343,20 +353,7 @@ describe("lambda handlers: events in, responses out", () => {
         .map((o) => `${o.Key} ${o.ETag}`)
         .sort();
     try {
-      const app = await host.app();
-      const hashes: string[] = [];
-      for (let i = 0; i < 3; i++) {
-        const b = Buffer.from(`trashed, then trash turned off ${i}`);
-        hashes.push(md5(b));
-        await app.handler(new Request(`http://x/${md5(b)}`, { method: "PUT", body: b }));
-      }
-      clock.advance(120_000);
-      for (const h of hashes) {
-        const r = await app.handler(
-          new Request(`http://x/${h}`, { method: "DELETE", headers: { authorization: `Bearer ${ADMIN}` } }),
-        );
-        assert.equal(r.status, 200);
-      }
+      const hashes = await putThenTrash(await host.app(), clock, 3, "trashed, then trash turned off");
       assert.deepEqual(
         (await keys("trash/")).map((k) => k.split(" ")[0]),
         hashes.map((h) => `trash/${h}`).sort(),
@@ -556,6 +553,47 @@ describe("lambda handlers: events in, responses out", () => {
       await resolveSecrets(settings, clock.now());
       assert.equal(stub.calls.length, 4, "the TTL runs again from the re-read");
       clearSecretCache();
+    });
+
+    it("a warm container serves with a rotated admin token once the cache TTL has passed; a failed re-read keeps the values that work", async () => {
+      clearSecretCache();
+      stub.parameters.set("/keepfn/rotating-admin", "admin-before-rotation");
+      const env = await envWith({
+        KEEP_SYSTEM_ROOT_TOKEN_PARAM: "/keepfn/rotating-admin",
+        KEEP_SECRETS_CACHE_TTL: "60s",
+        KEEP_ENFORCE_PERMISSIONS: "false",
+      });
+      const clock = new FakeClock();
+      const host = createLambdaHost(() => env, { clock, logger: silentLogger() });
+      const index = async (token: string) =>
+        (
+          await host.buffered(
+            functionUrlEvent("GET", "/index", { headers: { authorization: `Bearer ${token}` } }),
+            context(),
+          )
+        ).statusCode;
+      try {
+        assert.equal(await index("admin-before-rotation"), 200);
+        const first = await host.app();
+        stub.parameters.set("/keepfn/rotating-admin", "admin-after-rotation");
+        clock.advance(60_000 - 1);
+        assert.equal(await index("admin-before-rotation"), 200, "within the TTL: the token read at cold start");
+        assert.equal(await index("admin-after-rotation"), 403);
+        clock.advance(1);
+        assert.equal(await index("admin-after-rotation"), 200, "past the TTL: re-read, the rotated token");
+        assert.equal(await index("admin-before-rotation"), 403, "and the old one no longer opens the admin routes");
+        const second = await host.app();
+        assert.notEqual(second, first, "a new app holds the new secrets");
+        assert.equal(second.config.systemRootToken, "admin-after-rotation");
+        // The secret store down at the next re-read: the app that works keeps serving.
+        stub.parameters.delete("/keepfn/rotating-admin");
+        clock.advance(60_000);
+        assert.equal(await index("admin-after-rotation"), 200, "a failed re-read keeps the values that work");
+        assert.equal(await host.app(), second);
+      } finally {
+        await host.close();
+        clearSecretCache();
+      }
     });
 
     it("a missing, forbidden or keyless secret fails the cold start with what to fix, and the next invocation retries", async () => {
