@@ -6,6 +6,7 @@
 // too large for the platform.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { request } from "node:http";
 import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
@@ -733,6 +734,44 @@ describe("lambda over real HTTP (keepfn-local): platform limits and the two-step
   const big = Buffer.alloc(64 << 20);
   for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE((i * 2654435761) >>> 0, i);
   const bigHash = md5(big);
+
+  it("a request header sent more than once reaches the handler with every value, comma-joined as a Function URL does", async () => {
+    /** A PUT over real HTTP whose X-Keep-Storage-Classes is sent as one header line per value. */
+    const put = (block: Buffer, classes: string[]) =>
+      new Promise<{ status: number; confirmed: string | undefined; body: string }>((resolve, reject) => {
+        const req = request(
+          `${local.url}/${md5(block)}`,
+          { method: "PUT", headers: { "x-keep-storage-classes": classes, "content-length": block.length } },
+          (res) => {
+            let body = "";
+            res.setEncoding("utf8");
+            res.on("data", (c) => (body += c));
+            res.on("end", () =>
+              resolve({
+                status: res.statusCode ?? 0,
+                confirmed: res.headers["x-keep-storage-classes-confirmed"] as string | undefined,
+                body,
+              }),
+            );
+          },
+        );
+        req.on("error", reject);
+        req.end(block);
+      });
+    const only = await put(Buffer.from("a class no mount has"), ["archive"]);
+    assert.equal(only.status, 507, "archive alone: no mount has it");
+    // Either value alone would decide the answer (507 for archive): both must reach the store.
+    for (const classes of [
+      ["archive", "default"],
+      ["default", "archive"],
+    ]) {
+      const block = Buffer.from(`classes ${classes.join(" then ")}`);
+      const r = await put(block, classes);
+      assert.equal(r.status, 200, `${classes.join(", ")}: ${r.body}`);
+      assert.equal(r.body, `${md5(block)}+${block.length}\n`);
+      assert.equal(r.confirmed, "default=2", classes.join(", "));
+    }
+  });
 
   it("a PUT too large for the platform gets a 413 saying why and what to do", async () => {
     const body = Buffer.alloc(MAX_BINARY_BODY + 1024, 1);
