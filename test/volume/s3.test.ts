@@ -444,6 +444,66 @@ describe("s3 volume: trash's age check, at the signing TTL", () => {
   });
 });
 
+describe("s3 volume: the race boundaries, at the second", () => {
+  // fixRace: recent/X with no X is a Put/Trash race exactly when trash/X was made less than a
+  // signing TTL after the marker (the reference's `trashT.Sub(recentT) < BlobSigningTTL`).
+  it("fixRace restores a trash copy made a second less than TTL after the marker, not one exactly TTL or a second more", async () => {
+    const t0 = Math.floor(Date.now() / 1000) * 1000;
+    const clock = new FakeClock(t0);
+    const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: 2 * HOUR });
+    try {
+      const marked = t0 - 90 * MIN;
+      for (const [offset, raced] of [
+        [-1000, true],
+        [0, false],
+        [1000, false],
+      ] as const) {
+        const b = Buffer.from(`trashed TTL${offset >= 0 ? "+" : ""}${offset} ms after its marker`);
+        await putAt(h.raw, h.bucket, `recent/${md5(b)}`, new Uint8Array(0), marked);
+        await putAt(h.raw, h.bucket, `trash/${md5(b)}`, b, marked + HOUR + offset);
+        if (raced) assert.deepEqual(await collect((await h.volume.read(md5(b))).body), b, `TTL${offset}: repaired`);
+        else await assert.rejects(h.volume.read(md5(b)), NotFoundError, `TTL+${offset}: a plain trash`);
+        assert.equal(await exists(h.raw, h.bucket, md5(b)), raced, `TTL+${offset}: data object restored`);
+      }
+    } finally {
+      await h.teardown();
+    }
+  });
+
+  // RACES (4): Trash replacing a trash copy whose deadline is at most one race window away
+  // waits the window out before deleting the data; one whose deadline is further off does not.
+  it("Trash waits a race window for an old trash copy due exactly one window from now, or a second sooner, not a second later", async () => {
+    const WINDOW = 30_000; // under the 60 s cap on one wait
+    const t0 = Math.floor(Date.now() / 1000) * 1000;
+    const clock = new FakeClock(t0);
+    const waits: number[] = [];
+    const h = await s3Harness(
+      { clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR },
+      { raceWindowMs: WINDOW, sleep: async (ms) => void waits.push(ms) },
+    );
+    try {
+      for (const [offset, waited] of [
+        [-1000, true],
+        [0, true],
+        [1000, false],
+      ] as const) {
+        const b = Buffer.from(`old trash copy due a race window${offset >= 0 ? "+" : ""}${offset} ms from now`);
+        await putAt(h.raw, h.bucket, md5(b), b, t0 - 2 * HOUR);
+        await putAt(h.raw, h.bucket, `recent/${md5(b)}`, new Uint8Array(0), t0 - 2 * HOUR);
+        // Deadline = LastModified + lifetime = t0 + race window + offset.
+        await putAt(h.raw, h.bucket, `trash/${md5(b)}`, b, t0 - HOUR + WINDOW + offset);
+        waits.length = 0;
+        await h.volume.trash(md5(b));
+        assert.deepEqual(waits, waited ? [WINDOW] : [], `window${offset >= 0 ? "+" : ""}${offset} ms`);
+        assert.ok(!(await exists(h.raw, h.bucket, md5(b))), "trashed either way");
+        assert.ok(await exists(h.raw, h.bucket, `trash/${md5(b)}`));
+      }
+    } finally {
+      await h.teardown();
+    }
+  });
+});
+
 describe("s3 volume: the sweep's deadline, at the trash lifetime", () => {
   // The reference deletes trash/X once time.Since(its LastModified) >= BlobTrashLifetime.
   it("deletes a trash copy exactly one lifetime old and keeps one a second younger", async () => {
