@@ -333,6 +333,40 @@ describe("s3 volume: the reference's BackendStates table (TTL 1h, trash lifetime
   }
 });
 
+describe("s3 volume: the sweep's repair of a Put/Trash race", () => {
+  // recent/X, no X, and trash/X made within a TTL of the marker: the sweep copies the block
+  // back (fixRace) and, when the marker is within a race window of being TTL old (so the
+  // block could be trashed again at once), writes the marker again, as the reference does.
+  it("refreshes a marker at least TTL minus the race window old after restoring the block, and leaves a younger one", async () => {
+    const t0 = Math.floor(Date.now() / 1000) * 1000;
+    const clock = new FakeClock(t0);
+    const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR }, { raceWindowMs: 5 * MIN });
+    try {
+      const cases = [
+        { age: 2 * HOUR, refreshed: true },
+        { age: 55 * MIN, refreshed: true },
+        { age: 55 * MIN - 1000, refreshed: false },
+      ].map((c) => ({ ...c, b: Buffer.from(`raced, marker ${c.age} ms old`) }));
+      for (const { age, b } of cases) {
+        await putAt(h.raw, h.bucket, `recent/${md5(b)}`, new Uint8Array(0), t0 - age);
+        await putAt(h.raw, h.bucket, `trash/${md5(b)}`, b, t0 - age + MIN);
+      }
+      const report = await h.volume.emptyTrash();
+      assert.equal(report.deleted, 0, JSON.stringify(report));
+      for (const { age, refreshed, b } of cases) {
+        assert.ok(await exists(h.raw, h.bucket, md5(b)), `marker ${age} ms old: the block is restored`);
+        assert.equal(
+          await h.volume.mtime(md5(b)),
+          msToNs(refreshed ? t0 : t0 - age),
+          `marker ${age} ms old: ${refreshed ? "rewritten by the sweep" : "left as it was"}`,
+        );
+      }
+    } finally {
+      await h.teardown();
+    }
+  });
+});
+
 describe("s3 volume: a bucket written by the reference keepstore", () => {
   it("lays keys out by the reference's rule: <hash[:N]>/<hash> only for 0 < N < 31, else the bare hash", () => {
     const h = TEST_HASH;
