@@ -54,11 +54,15 @@ export function createLambdaHost(env: () => NodeJS.ProcessEnv, deps: AppDeps = {
   // does not validate, keeps the app that works, and is tried again a TTL later.
   const inFlight = new Map<KeepApp, number>();
   const retired = new Set<KeepApp>();
+  const closeIfIdle = (a: KeepApp) => {
+    if (inFlight.has(a) || !retired.delete(a)) return;
+    void a.close().catch((err) => a.logger.warn({ err }, "closing the retired app failed"));
+  };
   const release = (a: KeepApp) => {
     const n = (inFlight.get(a) ?? 1) - 1;
     if (n > 0) return void inFlight.set(a, n);
     inFlight.delete(a);
-    if (retired.delete(a)) void a.close().catch((err) => a.logger.warn({ err }, "closing the retired app failed"));
+    closeIfIdle(a);
   };
   const current = async (): Promise<KeepApp> => {
     const a = await app();
@@ -72,8 +76,9 @@ export function createLambdaHost(env: () => NodeJS.ProcessEnv, deps: AppDeps = {
       const next = await build(secrets);
       was.secrets = key;
       appPromise = Promise.resolve(next);
-      if (inFlight.has(a)) retired.add(a);
-      else void a.close().catch(() => {});
+      // After this turn: a request that got `a` from current() just now counts itself first.
+      retired.add(a);
+      setImmediate(() => closeIfIdle(a));
       next.logger.info("secrets changed in their store: serving with the new values");
       return next;
     } catch (err) {
