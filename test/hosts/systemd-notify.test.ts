@@ -8,13 +8,12 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { after, describe, it } from "node:test";
+import { KEEPSTORE } from "../harness/child-hosts.js";
 import { KEEPSTORE_LISTENING, listeningUrl } from "../harness/host-process.js";
 import { within } from "../harness/wait.js";
-
-const MAIN = resolve("dist/server/keepstore.cjs");
 
 const LISTENER = `
 import json, os, socket, struct, sys
@@ -79,7 +78,7 @@ async function notifySocket(dir: string): Promise<{ path: string; next(): Promis
 }
 
 function startKeepstore(dir: string, env: NodeJS.ProcessEnv): ChildProcess {
-  return spawn(process.execPath, [MAIN, "-listen=127.0.0.1:0", "-volume", dir], {
+  return spawn(process.execPath, [KEEPSTORE, "-listen=127.0.0.1:0", "-volume", dir], {
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

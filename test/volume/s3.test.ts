@@ -132,6 +132,11 @@ const HOUR = 3600_000;
 const MIN = 60_000;
 const md5 = (b: Uint8Array) => createHash("md5").update(b).digest("hex");
 const none = undefined;
+/** A fake clock at a whole second of now: S3's Last-Modified (and so every marker age) has 1 s resolution. */
+const wholeSecondClock = () => {
+  const t0 = Math.floor(Date.now() / 1000) * 1000;
+  return { t0, clock: new FakeClock(t0) };
+};
 
 async function exists(raw: S3Client, bucket: string, key: string): Promise<boolean> {
   try {
@@ -274,8 +279,7 @@ describe("s3 volume: the reference's BackendStates table (TTL 1h, trash lifetime
       fresh,
     ] of rows) {
       it(`${label} (PrefixLength=${prefixLength})`, async () => {
-        const t0 = Math.floor(Date.now() / 1000) * 1000;
-        const clock = new FakeClock(t0);
+        const { t0, clock } = wholeSecondClock();
         const h = await s3Harness(
           { clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR },
           { prefixLength, raceWindowMs: 5 * MIN },
@@ -338,8 +342,7 @@ describe("s3 volume: the sweep's repair of a Put/Trash race", () => {
   // back (fixRace) and, when the marker is within a race window of being TTL old (so the
   // block could be trashed again at once), writes the marker again, as the reference does.
   it("refreshes a marker at least TTL minus the race window old after restoring the block, and leaves a younger one", async () => {
-    const t0 = Math.floor(Date.now() / 1000) * 1000;
-    const clock = new FakeClock(t0);
+    const { t0, clock } = wholeSecondClock();
     const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR }, { raceWindowMs: 5 * MIN });
     try {
       const cases = [
@@ -384,8 +387,7 @@ describe("s3 volume: a bucket written by the reference keepstore", () => {
   // 32: the reference keeps bare keys when N >= 31 (its key() prefixes only for N < len-1).
   for (const prefixLength of [0, 3, 32]) {
     it(`reads, indexes, trashes, untrashes and sweeps it (PrefixLength=${prefixLength})`, async () => {
-      const t0 = Math.floor(Date.now() / 1000) * 1000;
-      const clock = new FakeClock(t0);
+      const { t0, clock } = wholeSecondClock();
       const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: 2 * HOUR }, { prefixLength });
       // The keys as the reference names them, computed here rather than by the volume under test.
       const refKey = (hash: string) =>
@@ -454,8 +456,7 @@ describe("s3 volume: trash's age check, at the signing TTL", () => {
   // The reference trashes once time.Since(recent/X) >= BlobSigningTTL: a block exactly TTL old
   // goes, one a second younger stays (a locator signed for it may still be unsaved).
   it("trashes a block whose marker is exactly TTL old and keeps one a second younger", async () => {
-    const t0 = Math.floor(Date.now() / 1000) * 1000;
-    const clock = new FakeClock(t0);
+    const { t0, clock } = wholeSecondClock();
     const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR });
     try {
       const old = Buffer.from("marked exactly one TTL ago");
@@ -482,8 +483,7 @@ describe("s3 volume: the race boundaries, at the second", () => {
   // fixRace: recent/X with no X is a Put/Trash race exactly when trash/X was made less than a
   // signing TTL after the marker (the reference's `trashT.Sub(recentT) < BlobSigningTTL`).
   it("fixRace restores a trash copy made a second less than TTL after the marker, not one exactly TTL or a second more", async () => {
-    const t0 = Math.floor(Date.now() / 1000) * 1000;
-    const clock = new FakeClock(t0);
+    const { t0, clock } = wholeSecondClock();
     const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: 2 * HOUR });
     try {
       const marked = t0 - 90 * MIN;
@@ -508,8 +508,7 @@ describe("s3 volume: the race boundaries, at the second", () => {
   // waits the window out before deleting the data; one whose deadline is further off does not.
   it("Trash waits a race window for an old trash copy due exactly one window from now, or a second sooner, not a second later", async () => {
     const WINDOW = 30_000; // under the 60 s cap on one wait
-    const t0 = Math.floor(Date.now() / 1000) * 1000;
-    const clock = new FakeClock(t0);
+    const { t0, clock } = wholeSecondClock();
     const waits: number[] = [];
     const h = await s3Harness(
       { clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR },
@@ -541,8 +540,7 @@ describe("s3 volume: the race boundaries, at the second", () => {
 describe("s3 volume: the sweep's deadline, at the trash lifetime", () => {
   // The reference deletes trash/X once time.Since(its LastModified) >= BlobTrashLifetime.
   it("deletes a trash copy exactly one lifetime old and keeps one a second younger", async () => {
-    const t0 = Math.floor(Date.now() / 1000) * 1000;
-    const clock = new FakeClock(t0);
+    const { t0, clock } = wholeSecondClock();
     const h = await s3Harness({ clock, signingTtlMs: HOUR, trashLifetimeMs: HOUR });
     try {
       const due = Buffer.from("trashed exactly one lifetime ago");
@@ -1036,7 +1034,7 @@ describe("s3 volume: faults", () => {
 
   it("a sweep stopped by its budget saves its place, and the next one resumes there", async () => {
     const proxy = await S3Proxy.start(server.endpoint);
-    const clock = new FakeClock(Math.floor(Date.now() / 1000) * 1000);
+    const { clock } = wholeSecondClock();
     const h = await s3Harness({ clock, signingTtlMs: 5 * MIN, trashLifetimeMs: HOUR }, { endpoint: proxy.url });
     try {
       const blocks = Array.from({ length: 10 }, (_, i) => Buffer.from(`sweep block ${i}`));
@@ -1118,7 +1116,7 @@ describe("s3 volume: races closed by strong consistency and conditional requests
   };
   const setup = async (o: Opts = {}) => {
     const proxy = await S3Proxy.start(server.endpoint);
-    const clock = new FakeClock(Math.floor(Date.now() / 1000) * 1000);
+    const { clock } = wholeSecondClock();
     const h = await s3Harness({ clock, signingTtlMs: TTL, trashLifetimeMs: HOUR }, { ...o, endpoint: proxy.url });
     await h.volume.write(TEST_HASH, chunks(TEST_BLOCK));
     await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
@@ -1154,7 +1152,7 @@ describe("s3 volume: races closed by strong consistency and conditional requests
     // With a signing TTL of 0 the marker Trash judged can be from this very second, so the
     // Put's fresh marker has the same LastModified: only its ETag (RACES (1)) shows the Put.
     const proxy = await S3Proxy.start(server.endpoint);
-    const clock = new FakeClock(Math.floor(Date.now() / 1000) * 1000);
+    const { clock } = wholeSecondClock();
     const h = await s3Harness({ clock, signingTtlMs: 0, trashLifetimeMs: HOUR }, { endpoint: proxy.url });
     const isKey = (path: string, key: string) => path.split("?")[0] === `/${h.bucket}/${key}`;
     try {
