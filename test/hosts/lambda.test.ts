@@ -327,7 +327,7 @@ describe("lambda handlers: events in, responses out", () => {
   it("the scheduled handler empties trash within its time budget and finishes on a later run", async () => {
     const { clock, host } = await trashingHost("sweep");
     try {
-      const hashes = await putThenTrash(await host.app(), clock, 6, "sweep me");
+      await putThenTrash(await host.app(), clock, 6, "sweep me");
       clock.advance(3600_000 + 2000);
       const none = await host.sweep({ source: "aws.scheduler" }, context(0));
       const first = (none.reports as Array<{ complete: boolean; deleted: number }>)[0];
