@@ -11,9 +11,8 @@ export type TimerHandler = (timer: Timer, context: InvocationContext) => Promise
 
 export function makeHandlers(instance: FunctionsInstance): { http: HttpHandler; timer: TimerHandler } {
   const http: HttpHandler = async (request, context) => {
-    let app: KeepApp;
     try {
-      app = await instance.app();
+      await instance.app();
     } catch (err) {
       // Bad settings are permanent (500); a cold start that could not reach Key Vault or the
       // like is worth a retry (503, which Keep clients retry). The next invocation tries again.
@@ -21,6 +20,10 @@ export function makeHandlers(instance: FunctionsInstance): { http: HttpHandler; 
       const status = err instanceof ConfigError ? 500 : 503;
       return { status, headers: { "content-type": "text/plain" }, body: `${(err as Error).message}\n` };
     }
+    return instance.use((app) => serve(app, request, context));
+  };
+
+  const serve = async (app: KeepApp, request: HttpRequest, context: InvocationContext): Promise<HttpResponseInit> => {
     const method = request.method.toUpperCase();
     const hasBody = method !== "GET" && method !== "HEAD" && request.body !== null;
     const headers = new Headers(request.headers);
@@ -38,8 +41,9 @@ export function makeHandlers(instance: FunctionsInstance): { http: HttpHandler; 
     return { status: res.status, headers: res.headers, body: (res.body ?? undefined) as HttpResponseInit["body"] };
   };
 
-  const timer: TimerHandler = async (t, context) => {
-    const app = await instance.app();
+  const timer: TimerHandler = (t, context) => instance.use((app) => sweep(app, t, context));
+
+  const sweep = async (app: KeepApp, t: Timer, context: InvocationContext) => {
     // As the reference's empty-trash ticker, which is off when BlobTrash is false: trash left
     // by an earlier configuration (or another keepstore) stays recoverable while trash is off.
     if (!app.config.trashEnabled) {

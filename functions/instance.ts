@@ -1,41 +1,38 @@
-// One KeepApp per Functions worker process, built on the first invocation (cold start) from
-// the app settings: secrets named in the settings are read from Key Vault here, once.
-import { type AppDeps, createKeepApp, type KeepApp } from "../shared/app.js";
+// One KeepApp per Functions worker process, built on the first invocation (cold start) from the
+// app settings. Secrets named in the settings are read from Key Vault then, and again once
+// KEEP_SECRETS_CACHE_TTL has passed: a rotated signing key or token is served without a restart
+// (shared/rotating-app.ts). Storage account keys are re-read on their own, when storage refuses one.
+import type { AppDeps, KeepApp } from "../shared/app.js";
+import { createKeepApp } from "../shared/app.js";
+import { systemClock } from "../shared/clock.js";
 import { validateConfig } from "../shared/config.js";
 import { readSecret } from "../shared/credentials/keyvault.js";
+import { createRotatingApp } from "../shared/rotating-app.js";
 import { type FunctionsSettings, parseSettings } from "./settings.js";
 
 export interface FunctionsInstance {
   settings: FunctionsSettings;
+  /** The app as built (at cold start), without a re-read of the secrets. */
   app(): Promise<KeepApp>;
+  /** `fn` over the app to serve with now; it stays open until `fn` and its responses are done. */
+  use<T>(fn: (app: KeepApp) => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }
 
 export function createInstance(env: NodeJS.ProcessEnv, deps: AppDeps = {}): FunctionsInstance {
   const settings = parseSettings(env);
-  let building: Promise<KeepApp> | undefined;
-  const build = async () => {
-    const config = { ...settings.config };
-    for (const [field, name] of Object.entries(settings.secrets)) {
-      if (settings.vault && name)
-        (config as unknown as Record<string, string>)[field] = (await readSecret(settings.vault, name)).trim();
-    }
-    return createKeepApp(validateConfig(config), deps);
-  };
-  return {
-    settings,
-    app() {
-      // A failed cold start is retried by the next invocation rather than cached forever.
-      building ??= build().catch((err) => {
-        building = undefined;
-        throw err;
-      });
-      return building;
-    },
-    async close() {
-      const b = building;
-      building = undefined;
-      if (b) await (await b).close();
-    },
-  };
+  const { vault } = settings;
+  const named = Object.entries(settings.secrets).filter((e): e is [string, string] => !!e[1]);
+  const rotating = createRotatingApp({
+    clock: deps.clock ?? systemClock,
+    ttlMs: () => (named.length ? settings.secretsCacheMs : Number.POSITIVE_INFINITY),
+    read: async () =>
+      vault
+        ? Object.fromEntries(
+            await Promise.all(named.map(async ([field, name]) => [field, (await readSecret(vault, name)).trim()])),
+          )
+        : {},
+    build: (secrets) => createKeepApp(validateConfig({ ...settings.config, ...secrets }), deps),
+  });
+  return { settings, app: rotating.app, use: rotating.use, close: rotating.close };
 }

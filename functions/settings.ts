@@ -1,5 +1,6 @@
 // The Function App's configuration: app settings (environment variables) parsed ONCE into the
-// core's KeepConfig. Secrets named here are read from Key Vault by instance.ts at cold start.
+// core's KeepConfig. Secrets named here are read from Key Vault by instance.ts at cold start
+// and after each KEEP_SECRETS_CACHE_TTL.
 
 import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec } from "../shared/config.js";
 import { applyKeepSettings, envDuration, envInt } from "../shared/config-values.js";
@@ -9,6 +10,8 @@ export interface FunctionsSettings {
   /** Key Vault secret names to resolve into config fields at cold start. */
   secrets: Partial<Record<"blobSigningKey" | "systemRootToken" | "managementToken", string>>;
   vault?: { vaultUrl: string; clientId?: string; caFile?: string };
+  /** How long the secrets read from Key Vault are used before a request reads them again. */
+  secretsCacheMs: number;
   /** Time budget of one timer-triggered sweep (kept under functionTimeout in host.json). */
   sweepBudgetMs: number;
   authLevel: "anonymous" | "function";
@@ -68,6 +71,7 @@ export function parseSettings(env: NodeJS.ProcessEnv): FunctionsSettings {
     config: c,
     secrets,
     vault,
+    secretsCacheMs: envDuration(get("KEEP_SECRETS_CACHE_TTL"), "KEEP_SECRETS_CACHE_TTL", 300_000),
     sweepBudgetMs: envDuration(get("KEEP_SWEEP_BUDGET"), "KEEP_SWEEP_BUDGET", 8 * 60_000),
     authLevel,
   };

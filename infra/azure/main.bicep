@@ -82,6 +82,9 @@ param trashSweepSchedule string = '0 */30 * * * *'
 @description('How long a trashed block stays recoverable before the sweep deletes it (Go duration, like -trash-lifetime).')
 param trashLifetime string = '336h'
 
+@description('How long an instance uses the signing key and tokens read from Key Vault before re-reading them (Go duration): a rotated secret is served within this time, without a restart.')
+param secretsCacheTtl string = '5m'
+
 @description('Honour trash requests at all (false = the reference\'s -never-delete=true).')
 param trashEnabled bool = true
 
@@ -514,6 +517,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     KEEP_BLOB_SIGNING_KEY_SECRET: secretBlobSigningKey
     KEEP_SYSTEM_ROOT_TOKEN_SECRET: secretSystemRootToken
     KEEP_MANAGEMENT_TOKEN_SECRET: secretManagementToken
+    KEEP_SECRETS_CACHE_TTL: secretsCacheTtl
     KEEP_ENFORCE_PERMISSIONS: string(enforcePermissions)
     KEEP_BLOB_SIGNING_TTL: string(blobSignatureTtlSeconds)
     KEEP_TRASH_ENABLED: string(trashEnabled)

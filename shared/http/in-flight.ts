@@ -28,6 +28,7 @@ interface Entry {
 
 export class InFlight {
   private readonly entries = new Set<Entry>();
+  private idleWaiters: Array<() => void> = [];
 
   constructor(private readonly clock: Clock) {}
 
@@ -49,8 +50,22 @@ export class InFlight {
     else req.signal.addEventListener("abort", onHangUp, { once: true });
     return () => {
       req.signal.removeEventListener("abort", onHangUp);
-      this.entries.delete(e);
+      if (!this.entries.delete(e) || this.entries.size > 0) return;
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
     };
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** Resolves once no request is in flight (at once if none is): an app retired after a
+   *  secret rotation closes only when the last response it was serving is done. */
+  whenIdle(): Promise<void> {
+    if (this.entries.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
   /** The report of /_inspect/requests: youngest first, as the reference sorts it. */

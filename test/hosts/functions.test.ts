@@ -576,6 +576,81 @@ describe("Function App configured from Key Vault through the managed identity", 
       await vault.close();
     }
   });
+  it("a warm instance serves with a signing key and admin token rotated in Key Vault once KEEP_SECRETS_CACHE_TTL has passed", async () => {
+    const vault = await KeyVaultStub.start((t) => identity.issued.has(t));
+    const { createInstance } = await import("../../functions/instance.js");
+    const { makeHandlers } = await import("../../functions/handlers.js");
+    const { resetKeyVaultCache } = await import("../../shared/credentials/keyvault.js");
+    resetKeyVaultCache();
+    const [key1, key2] = ["1".repeat(50), "2".repeat(50)];
+    vault.secrets.set("blob-signing-key", key1);
+    vault.secrets.set("data-manager-token", "admin-before-rotation");
+    const { env } = await settingsFor({ enforcePermissions: true });
+    Object.assign(env, {
+      KEEP_KEYVAULT_URL: vault.url,
+      KEEP_KEYVAULT_CA_FILE: vault.caFile,
+      KEEP_BLOB_SIGNING_KEY_SECRET: "blob-signing-key",
+      KEEP_SYSTEM_ROOT_TOKEN_SECRET: "data-manager-token",
+      KEEP_SECRETS_CACHE_TTL: "60s",
+    });
+    const clock = new FakeClock();
+    const instance = createInstance(env, { clock, logger: silentLogger() });
+    const { http } = makeHandlers(instance);
+    const call = async (method: string, path: string, token: string, body?: Uint8Array) => {
+      const res = await http(
+        new azf.HttpRequest({
+          method,
+          url: `https://example.azurewebsites.net/${path}`,
+          headers: { authorization: `Bearer ${token}` },
+          ...(body ? { body: { bytes: body } } : {}),
+        }),
+        ctx(),
+      );
+      return { status: res.status, text: (await new azf.HttpResponse(res).text()).trim() };
+    };
+    const signedWith = (key: string, loc: string) =>
+      loc ===
+      signLocator(`${FOO_HASH}+3`, "user", Number.parseInt(loc.split("@")[1] as string, 16), {
+        key,
+        ttlSeconds: DEFAULTS.blobSigningTtlSeconds,
+      });
+    try {
+      const before = await call("PUT", FOO_HASH, "user", FOO);
+      assert.equal(before.status, 200);
+      assert.ok(signedWith(key1, before.text), "signed with the key read at cold start");
+      assert.equal((await call("GET", "index", "admin-before-rotation")).status, 200);
+      const reads = vault.reads;
+
+      vault.secrets.set("blob-signing-key", key2);
+      vault.secrets.set("data-manager-token", "admin-after-rotation");
+      clock.advance(60_000 - 1);
+      assert.equal((await call("GET", "index", "admin-before-rotation")).status, 200, "within the TTL");
+      assert.equal((await call("GET", "index", "admin-after-rotation")).status, 403);
+      assert.equal(vault.reads, reads, "no Key Vault read within the TTL");
+
+      clock.advance(1);
+      assert.equal((await call("GET", "index", "admin-after-rotation")).status, 200, "past the TTL: re-read");
+      assert.equal(vault.reads, reads + 2, "both secrets read again");
+      assert.equal((await call("GET", "index", "admin-before-rotation")).status, 403);
+      const after = await call("PUT", FOO_HASH, "user", FOO);
+      assert.ok(signedWith(key2, after.text), "new locators are signed with the rotated key");
+      assert.equal((await call("GET", after.text, "user")).status, 200);
+      assert.deepEqual(
+        await call("GET", before.text, "user"),
+        { status: 400, text: "invalid signature" },
+        "a locator signed with the old key no longer verifies (the reference's 400)",
+      );
+
+      // Key Vault unreachable at the next re-read: the values that work keep serving.
+      await vault.stop();
+      clock.advance(60_000);
+      assert.equal((await call("GET", "index", "admin-after-rotation")).status, 200, "the vault down: kept");
+      assert.equal((await call("GET", after.text, "user")).status, 200);
+    } finally {
+      await instance.close();
+      await vault.close();
+    }
+  });
 });
 
 describe("Functions over Azurite that stops mid-request (keepfn-local, real HTTP)", () => {

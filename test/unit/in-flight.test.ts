@@ -73,4 +73,24 @@ describe("requests in flight", () => {
     );
     assert.equal(reg.list()[0]?.URL, "/acbd18db4cc2f85cedef654fccc4a4d8+3+A[redacted]?x=1&api_token=[redacted]&y=2");
   });
+
+  it("whenIdle resolves at once with nothing in flight, else when the last request is done", async () => {
+    const reg = new InFlight(new FakeClock());
+    await reg.whenIdle();
+    const a = new AbortController();
+    const doneOne = reg.add(...request("/index", a), "req-1");
+    const doneTwo = reg.add(...request("/mounts", a), "req-2");
+    let idle = false;
+    const waiting = reg.whenIdle().then(() => {
+      idle = true;
+    });
+    doneOne();
+    doneOne(); // a second call for the same request changes nothing
+    await new Promise((r) => setImmediate(r));
+    assert.equal(idle, false, "one request still in flight");
+    assert.equal(reg.size, 1);
+    doneTwo();
+    await waiting;
+    assert.equal(reg.size, 0);
+  });
 });

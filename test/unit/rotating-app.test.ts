@@ -1,0 +1,201 @@
+// The app a serverless host keeps per warm instance while its secrets rotate in their store
+// (shared/rotating-app.ts): real KeepApps over POSIX directories and real requests through
+// their handlers, a fake clock for the cache TTL, and an in-memory store in place of Key Vault
+// or SSM (each host's own reader is tested against its store's protocol in test/hosts/).
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { createKeepApp, type KeepApp } from "../../shared/app.js";
+import { FakeClock } from "../../shared/clock.js";
+import { DEFAULTS, validateConfig } from "../../shared/config.js";
+import { createRotatingApp, type Secrets } from "../../shared/rotating-app.js";
+import { capturedLogger } from "../harness/captured-logger.js";
+import { waitUntil } from "../harness/wait.js";
+
+const TTL = 60_000;
+
+describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", () => {
+  let root: string;
+  before(async () => {
+    root = await mkdtemp(join(tmpdir(), "keepfn-rotating-"));
+  });
+  after(() => rm(root, { recursive: true, force: true }));
+
+  /** A rotating app over one POSIX volume, its store, and what it built and closed. */
+  function setup() {
+    const clock = new FakeClock();
+    const store: { values: Secrets; down: boolean; reads: number } = {
+      values: { systemRootToken: "admin-1" },
+      down: false,
+      reads: 0,
+    };
+    const built: KeepApp[] = [];
+    const closed = new Set<KeepApp>();
+    const log = capturedLogger("warn");
+    const rotating = createRotatingApp({
+      clock,
+      ttlMs: () => TTL,
+      read: async () => {
+        store.reads++;
+        if (store.down) throw new Error("the secret store is unreachable");
+        return { ...store.values };
+      },
+      build: async (secrets) => {
+        const config = validateConfig({
+          ...DEFAULTS,
+          volumes: [
+            { driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"] },
+          ],
+          ...secrets,
+        });
+        const app = await createKeepApp(config, { clock, logger: log.logger });
+        const close = app.close;
+        app.close = async () => {
+          closed.add(app);
+          await close();
+        };
+        built.push(app);
+        return app;
+      },
+    });
+    const index = (token: string) =>
+      rotating.use(async (a) => {
+        const res = await a.handler(
+          new Request("http://keep.example/index", { headers: { authorization: `Bearer ${token}` } }),
+        );
+        await res.body?.cancel();
+        return res.status;
+      });
+    return { clock, store, built, closed, log, rotating, index };
+  }
+
+  it("reads once at cold start, again only once the TTL has passed, and keeps the app while nothing changed", async () => {
+    const { clock, store, built, rotating, index } = setup();
+    try {
+      assert.equal(await index("admin-1"), 200);
+      assert.equal(store.reads, 1);
+      clock.advance(TTL - 1);
+      assert.equal(await index("admin-1"), 200);
+      assert.equal(store.reads, 1, "within the TTL: no read");
+      clock.advance(1);
+      assert.equal(await index("admin-1"), 200);
+      assert.equal(store.reads, 2, "at the TTL: read again");
+      assert.equal(built.length, 1, "the same values: the same app");
+    } finally {
+      await rotating.close();
+    }
+  });
+
+  it("serves with changed values from the next request on; the old app closes only once the response it is streaming is done", async () => {
+    const { clock, store, built, closed, rotating, index } = setup();
+    try {
+      const block = randomBytes(1 << 20);
+      const hash = createHash("md5").update(block).digest("hex");
+      const put = await rotating.use((a) =>
+        a.handler(new Request(`http://keep.example/${hash}`, { method: "PUT", body: block })),
+      );
+      assert.equal(put.status, 200);
+      await put.text();
+      // A GET whose body the client has not read yet, as a Functions response still streaming.
+      const get = await rotating.use((a) => a.handler(new Request(`http://keep.example/${hash}+${block.length}`)));
+      assert.equal(get.status, 200);
+      const [first] = built;
+
+      store.values = { systemRootToken: "admin-2" };
+      clock.advance(TTL);
+      assert.equal(await index("admin-2"), 200, "past the TTL: the rotated token");
+      assert.equal(await index("admin-1"), 403, "and the old one no longer opens the admin routes");
+      assert.equal(built.length, 2);
+      assert.equal(await rotating.app(), built[1]);
+      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setImmediate(r));
+      assert.ok(first && !closed.has(first), "the old app stays open while its GET streams");
+
+      const body = Buffer.from(await get.arrayBuffer());
+      assert.ok(body.equals(block), "the streamed body is whole");
+      await waitUntil(() => !!first && closed.has(first), "the old app to close after its last response");
+      assert.ok(!closed.has(built[1] as KeepApp), "the new app is open");
+    } finally {
+      await rotating.close();
+    }
+  });
+
+  it("a sweep running on the old app keeps it open until the sweep is done", async () => {
+    const { clock, store, built, closed, rotating, index } = setup();
+    try {
+      assert.equal(await index("admin-1"), 200);
+      let finish = () => {};
+      let started = () => {};
+      const running = new Promise<void>((r) => (started = r));
+      const sweep = rotating.use((a) => {
+        started();
+        return new Promise<KeepApp>((r) => (finish = () => r(a)));
+      });
+      await running;
+      store.values = { systemRootToken: "admin-2" };
+      clock.advance(TTL);
+      assert.equal(await index("admin-2"), 200);
+      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setImmediate(r));
+      assert.ok(!closed.has(built[0] as KeepApp), "the sweep still holds the old app");
+      finish();
+      assert.equal(await sweep, built[0], "the sweep ran on the app it started with");
+      await waitUntil(() => closed.has(built[0] as KeepApp), "the old app to close after the sweep");
+    } finally {
+      await rotating.close();
+    }
+  });
+
+  it("a store that cannot be read, or a value that does not validate, keeps the app that works, and is tried again a TTL later", async () => {
+    const { clock, store, built, log, rotating, index } = setup();
+    try {
+      assert.equal(await index("admin-1"), 200);
+      store.down = true;
+      clock.advance(TTL);
+      assert.equal(await index("admin-1"), 200, "the store down: the values read before");
+      assert.equal(store.reads, 2);
+      assert.ok(log.lines.some((l) => l.includes("could not re-read the secrets")));
+      assert.equal(await index("admin-1"), 200);
+      assert.equal(store.reads, 2, "not tried again on every request");
+
+      store.down = false;
+      // Permissions enforced with no signing key: validateConfig refuses it.
+      store.values = { systemRootToken: "admin-2", enforcePermissions: true } as unknown as Secrets;
+      clock.advance(TTL - 1);
+      assert.equal(await index("admin-1"), 200);
+      assert.equal(store.reads, 2, "1 ms short of the TTL after the failed read: not yet");
+      clock.advance(1);
+      assert.equal(await index("admin-1"), 200, "a value that does not validate keeps the old app");
+      assert.equal(store.reads, 3);
+      assert.equal(built.length, 1);
+      assert.ok(log.lines.some((l) => l.includes("permissions are enforced but no blob signing key")));
+
+      store.values = { systemRootToken: "admin-2" };
+      clock.advance(TTL);
+      assert.equal(await index("admin-2"), 200, "valid again: served with it");
+      assert.equal(built.length, 2);
+    } finally {
+      await rotating.close();
+    }
+  });
+
+  it("a cold start whose read fails rejects, and the next call tries again", async () => {
+    const { store, rotating } = setup();
+    try {
+      store.down = true;
+      await assert.rejects(rotating.app(), /the secret store is unreachable/);
+      await assert.rejects(
+        rotating.use(async () => "never"),
+        /the secret store is unreachable/,
+      );
+      store.down = false;
+      assert.equal((await rotating.app()).config.systemRootToken, "admin-1");
+      assert.equal(store.reads, 3);
+    } finally {
+      await rotating.close();
+    }
+  });
+});
