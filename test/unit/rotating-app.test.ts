@@ -72,9 +72,25 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
     return { clock, store, built, closed, log, rotating, index };
   }
 
-  it("reads once at cold start, again only once the TTL has passed, and keeps the app while nothing changed", async () => {
-    const { clock, store, built, rotating, index } = setup();
+  /** `fn` over a fresh setup(), its rotating app closed after. */
+  const withRotating = (fn: (s: ReturnType<typeof setup>) => Promise<void>) => async () => {
+    const s = setup();
     try {
+      await fn(s);
+    } finally {
+      await s.rotating.close();
+    }
+  };
+
+  /** Two turns of the event loop: a retired app's close would have started by then. */
+  const turns = async () => {
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+  };
+
+  it(
+    "reads once at cold start, again only once the TTL has passed, and keeps the app while nothing changed",
+    withRotating(async ({ clock, store, built, index }) => {
       assert.equal(await index("admin-1"), 200);
       assert.equal(store.reads, 1);
       clock.advance(TTL - 1);
@@ -84,14 +100,12 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
       assert.equal(await index("admin-1"), 200);
       assert.equal(store.reads, 2, "at the TTL: read again");
       assert.equal(built.length, 1, "the same values: the same app");
-    } finally {
-      await rotating.close();
-    }
-  });
+    }),
+  );
 
-  it("serves with changed values from the next request on; the old app closes only once the response it is streaming is done", async () => {
-    const { clock, store, built, closed, rotating, index } = setup();
-    try {
+  it(
+    "serves with changed values from the next request on; the old app closes only once the response it is streaming is done",
+    withRotating(async ({ clock, store, built, closed, rotating, index }) => {
       const block = randomBytes(1 << 20);
       const hash = createHash("md5").update(block).digest("hex");
       const put = await rotating.use((a) =>
@@ -110,22 +124,19 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
       assert.equal(await index("admin-1"), 403, "and the old one no longer opens the admin routes");
       assert.equal(built.length, 2);
       assert.equal(await rotating.app(), built[1]);
-      await new Promise((r) => setImmediate(r));
-      await new Promise((r) => setImmediate(r));
+      await turns();
       assert.ok(first && !closed.has(first), "the old app stays open while its GET streams");
 
       const body = Buffer.from(await get.arrayBuffer());
       assert.ok(body.equals(block), "the streamed body is whole");
       await waitUntil(() => !!first && closed.has(first), "the old app to close after its last response");
       assert.ok(!closed.has(built[1] as KeepApp), "the new app is open");
-    } finally {
-      await rotating.close();
-    }
-  });
+    }),
+  );
 
-  it("a sweep running on the old app keeps it open until the sweep is done", async () => {
-    const { clock, store, built, closed, rotating, index } = setup();
-    try {
+  it(
+    "a sweep running on the old app keeps it open until the sweep is done",
+    withRotating(async ({ clock, store, built, closed, rotating, index }) => {
       assert.equal(await index("admin-1"), 200);
       let finish = () => {};
       let started = () => {};
@@ -138,20 +149,17 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
       store.values = { systemRootToken: "admin-2" };
       clock.advance(TTL);
       assert.equal(await index("admin-2"), 200);
-      await new Promise((r) => setImmediate(r));
-      await new Promise((r) => setImmediate(r));
+      await turns();
       assert.ok(!closed.has(built[0] as KeepApp), "the sweep still holds the old app");
       finish();
       assert.equal(await sweep, built[0], "the sweep ran on the app it started with");
       await waitUntil(() => closed.has(built[0] as KeepApp), "the old app to close after the sweep");
-    } finally {
-      await rotating.close();
-    }
-  });
+    }),
+  );
 
-  it("a store that cannot be read, or a value that does not validate, keeps the app that works, and is tried again a TTL later", async () => {
-    const { clock, store, built, log, rotating, index } = setup();
-    try {
+  it(
+    "a store that cannot be read, or a value that does not validate, keeps the app that works, and is tried again a TTL later",
+    withRotating(async ({ clock, store, built, log, index }) => {
       assert.equal(await index("admin-1"), 200);
       store.down = true;
       clock.advance(TTL);
@@ -177,14 +185,12 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
       clock.advance(TTL);
       assert.equal(await index("admin-2"), 200, "valid again: served with it");
       assert.equal(built.length, 2);
-    } finally {
-      await rotating.close();
-    }
-  });
+    }),
+  );
 
-  it("a cold start whose read fails rejects, and the next call tries again", async () => {
-    const { store, rotating } = setup();
-    try {
+  it(
+    "a cold start whose read fails rejects, and the next call tries again",
+    withRotating(async ({ store, rotating }) => {
       store.down = true;
       await assert.rejects(rotating.app(), /the secret store is unreachable/);
       await assert.rejects(
@@ -194,8 +200,6 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
       store.down = false;
       assert.equal((await rotating.app()).config.systemRootToken, "admin-1");
       assert.equal(store.reads, 3);
-    } finally {
-      await rotating.close();
-    }
-  });
+    }),
+  );
 });
