@@ -5,8 +5,9 @@
 // instance that only refreshed a cache would keep its cold start's values for life. Here, once
 // the TTL has passed, one request re-reads them; if they changed, requests from then on go to a
 // new app built with them, and the old app closes once nothing uses it: no host call holds it
-// (a sweep) and no response it began is still streaming (its InFlight). A store that cannot be
-// read, or a value that does not validate, keeps the app that works, tried again a TTL later.
+// (a sweep), no response it began is still streaming (its InFlight), and the trash and pull
+// lists it accepted are done (closing would drop them). A store that cannot be read, or a value
+// that does not validate, keeps the app that works, tried again a TTL later.
 // Host-neutral: each host passes how it reads its secrets and builds its app.
 import type { KeepApp } from "./app.js";
 import type { Clock } from "./clock.js";
@@ -59,8 +60,12 @@ export function createRotatingApp(o: RotatingAppOptions): RotatingApp {
 
   const closeIfUnused = (a: KeepApp) => {
     if (users.has(a) || !retired.delete(a)) return;
+    // The trash and pull lists keep-balance sent it are worked to the end as well (a queue
+    // with no workers never runs its items, so there is nothing to wait for there).
+    const queues = [a.trashWorker.queue, a.pullWorker.queue].filter((q) => q.working);
     a.inFlight
       .whenIdle()
+      .then(() => Promise.all(queues.map((q) => q.idle())))
       .then(() => a.close())
       .catch((err) => a.logger.warn({ err }, "closing the app retired by a secret rotation failed"));
   };

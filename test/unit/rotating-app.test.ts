@@ -10,9 +10,12 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { createKeepApp, type KeepApp } from "../../shared/app.js";
 import { FakeClock } from "../../shared/clock.js";
-import { DEFAULTS, validateConfig } from "../../shared/config.js";
+import { DEFAULTS, type KeepConfig, validateConfig } from "../../shared/config.js";
 import { createRotatingApp, type Secrets } from "../../shared/rotating-app.js";
+import { createVolume } from "../../shared/volume/factory.js";
+import type { Volume } from "../../shared/volume/volume.js";
 import { capturedLogger } from "../harness/captured-logger.js";
+import { RecordingVolume } from "../harness/recording-volume.js";
 import { waitUntil } from "../harness/wait.js";
 
 const TTL = 60_000;
@@ -25,7 +28,7 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
   after(() => rm(root, { recursive: true, force: true }));
 
   /** A rotating app over one POSIX volume, its store, and what it built and closed. */
-  function setup() {
+  function setup(opts: { config?: Partial<KeepConfig>; wrap?: (v: Volume) => Volume } = {}) {
     const clock = new FakeClock();
     const store: { values: Secrets; down: boolean; reads: number } = {
       values: { systemRootToken: "admin-1" },
@@ -49,9 +52,14 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
           volumes: [
             { driver: "posix", root, serialize: false, readOnly: false, replication: 1, storageClasses: ["default"] },
           ],
+          ...opts.config,
           ...secrets,
         });
-        const app = await createKeepApp(config, { clock, logger: log.logger });
+        const app = await createKeepApp(config, {
+          clock,
+          logger: log.logger,
+          createVolume: async (spec, params) => (opts.wrap ?? ((v) => v))(await createVolume(spec, params)),
+        });
         const close = app.close;
         app.close = async () => {
           closed.add(app);
@@ -73,14 +81,15 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
   }
 
   /** `fn` over a fresh setup(), its rotating app closed after. */
-  const withRotating = (fn: (s: ReturnType<typeof setup>) => Promise<void>) => async () => {
-    const s = setup();
-    try {
-      await fn(s);
-    } finally {
-      await s.rotating.close();
-    }
-  };
+  const withRotating =
+    (fn: (s: ReturnType<typeof setup>) => Promise<void>, opts?: Parameters<typeof setup>[0]) => async () => {
+      const s = setup(opts);
+      try {
+        await fn(s);
+      } finally {
+        await s.rotating.close();
+      }
+    };
 
   /** Two turns of the event loop: a retired app's close would have started by then. */
   const turns = async () => {
@@ -156,6 +165,89 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
       await waitUntil(() => closed.has(built[0] as KeepApp), "the old app to close after the sweep");
     }),
   );
+
+  {
+    // One trash at a time, the first held at the volume: the second is still queued when the
+    // rotation retires the app that accepted the list.
+    let release = () => {};
+    const recorded: RecordingVolume[] = [];
+    const gate = new Promise<void>((r) => (release = r));
+    it(
+      "a trash list keep-balance sent the old app is worked to its end before that app closes",
+      withRotating(
+        async ({ clock, store, built, closed, rotating, index }) => {
+          const blocks = [new Uint8Array(randomBytes(100)), new Uint8Array(randomBytes(200))];
+          const put = (b: Uint8Array<ArrayBuffer>) =>
+            rotating.use(async (a) => {
+              const hash = createHash("md5").update(b).digest("hex");
+              const res = await a.handler(new Request(`http://keep.example/${hash}`, { method: "PUT", body: b }));
+              assert.equal(res.status, 200);
+              await res.text();
+              return hash;
+            });
+          const hashes = [
+            await put(blocks[0] as Uint8Array<ArrayBuffer>),
+            await put(blocks[1] as Uint8Array<ArrayBuffer>),
+          ];
+          const mtimes = await rotating.use(async (a) => {
+            const res = await a.handler(
+              new Request("http://keep.example/index", { headers: { authorization: "Bearer admin-1" } }),
+            );
+            return new Map(
+              (await res.text())
+                .split("\n")
+                .filter((l) => l.includes("+"))
+                .map((l) => [l.slice(0, 32), Number(l.split(" ")[1])]),
+            );
+          });
+          clock.advance(DEFAULTS.blobSigningTtlSeconds * 1000 + 1); // old enough to trash
+          const volume = recorded[0] as RecordingVolume;
+          volume.gate = gate;
+          const seen = volume.log.length;
+          const sent = await rotating.use(async (a) => {
+            const res = await a.handler(
+              new Request("http://keep.example/trash", {
+                method: "PUT",
+                headers: { authorization: "Bearer admin-1" },
+                body: JSON.stringify(
+                  hashes.map((h, i) => ({ locator: `${h}+${blocks[i]?.length}`, block_mtime: mtimes.get(h) })),
+                ),
+              }),
+            );
+            await res.text();
+            return res.status;
+          });
+          assert.equal(sent, 200);
+          await waitUntil(() => volume.log.length > seen, "the trash worker to reach the volume");
+          const [first] = built;
+
+          store.values = { systemRootToken: "admin-2" };
+          clock.advance(TTL);
+          assert.equal(await index("admin-2"), 200);
+          assert.equal(built.length, 2, "rotated while the list is being worked");
+          await turns();
+          assert.ok(!closed.has(first as KeepApp), "the old app works on");
+          release();
+          await waitUntil(() => closed.has(first as KeepApp), "the old app to close once its list is done");
+          assert.deepEqual(
+            volume.log.filter((l) => l.startsWith("trash ")),
+            [`trash ${volume.label}`, `trash ${volume.label}`],
+            "both blocks trashed: the queued one was not dropped at the switch",
+          );
+        },
+        {
+          config: { trashEnabled: true, trashLifetimeMs: 3600_000, trashConcurrency: 1 },
+          wrap: (v) => {
+            // Only the first app's volume is recorded (and held); the new app's is left plain.
+            if (recorded.length > 0) return v;
+            const r = new RecordingVolume(v, "posix");
+            recorded.push(r);
+            return r;
+          },
+        },
+      ),
+    );
+  }
 
   it(
     "a store that cannot be read, or a value that does not validate, keeps the app that works, and is tried again a TTL later",
