@@ -32,7 +32,7 @@ export function createLambdaHost(env: () => NodeJS.ProcessEnv, deps: AppDeps = {
     ttlMs: () => settings?.secretStores.cacheMs ?? Number.POSITIVE_INFINITY,
     read: async () => {
       settings ??= loadSettings(env());
-      return resolveSecrets(settings, clock.now());
+      return resolveSecrets(settings);
     },
     build: (secrets) => {
       const s = settings as LambdaSettings;

@@ -1,25 +1,20 @@
 // Secrets (signing key, tokens) from SSM Parameter Store (SecureString, decrypted with the
-// execution role's KMS grant) and/or Secrets Manager, fetched at cold start (SSM in one
-// GetParameters call, Secrets Manager one GetSecretValue per secret, side by side) and cached
-// for the container's lifetime up to a TTL, so a rotated value is picked up without a redeploy.
+// execution role's KMS grant) and/or Secrets Manager: SSM in one GetParameters call, Secrets
+// Manager one GetSecretValue per secret, side by side. Read at cold start and again after
+// KEEP_SECRETS_CACHE_TTL (host.ts, through shared/rotating-app.ts, which keeps the values).
 import { GetSecretValueCommand, SecretsManagerClient } from "@aws-sdk/client-secrets-manager";
 import { GetParametersCommand, SSMClient } from "@aws-sdk/client-ssm";
 import { ConfigError } from "../shared/config.js";
 import type { LambdaSettings, SecretField } from "./settings.js";
 
 type Values = Partial<Record<SecretField, string>>;
-let cache: { key: string; at: number; values: Values } | undefined;
 
-export async function resolveSecrets(s: LambdaSettings, now = Date.now()): Promise<Values> {
+export async function resolveSecrets(s: LambdaSettings): Promise<Values> {
   const params = Object.entries(s.secretParams) as Array<[SecretField, string]>;
   const ids = Object.entries(s.secretIds) as Array<[SecretField, string]>;
   if (!params.length && !ids.length) return {};
-  const key = JSON.stringify([params, ids]);
-  if (cache && cache.key === key && now - cache.at < s.secretStores.cacheMs) return cache.values;
   const [fromSsm, fromSm] = await Promise.all([fromParameterStore(s, params), fromSecretsManager(s, ids)]);
-  const values = { ...fromSsm, ...fromSm };
-  cache = { key, at: now, values };
-  return values;
+  return { ...fromSsm, ...fromSm };
 }
 
 /** A value as stored, less the newline an editor or `echo` left at its end. */
@@ -99,9 +94,4 @@ async function fromSecretsManager(s: LambdaSettings, entries: Array<[SecretField
   } finally {
     sm.destroy();
   }
-}
-
-/** For tests: forget cached values. */
-export function clearSecretCache(): void {
-  cache = undefined;
 }

@@ -15,7 +15,6 @@ import { createLambdaHost } from "../../lambda/host.js";
 import { MAX_BINARY_BODY } from "../../lambda/limits.js";
 import { runLocal } from "../../lambda/local-host.js";
 import { installLocalLambdaRuntime } from "../../lambda/local-runtime.js";
-import { clearSecretCache, resolveSecrets } from "../../lambda/secrets.js";
 import { loadSettings } from "../../lambda/settings.js";
 import type { AppDeps } from "../../shared/app.js";
 import type { Clock } from "../../shared/clock.js";
@@ -432,24 +431,22 @@ describe("lambda handlers: events in, responses out", () => {
     const saved = { id: process.env.AWS_ACCESS_KEY_ID, secret: process.env.AWS_SECRET_ACCESS_KEY };
     process.env.AWS_ACCESS_KEY_ID = "AKIDEXAMPLEPLACEHOLDER";
     process.env.AWS_SECRET_ACCESS_KEY = "placeholder-secret";
-    clearSecretCache();
     const env = baseEnv(await server.createBucket("ssm"), {
       KEEP_BLOB_SIGNING_KEY_PARAM: "/keepfn/blob-signing-key",
       KEEP_ENFORCE_PERMISSIONS: "true",
       KEEP_SSM_ENDPOINT: stub.endpoint,
     });
-    const hosts = [createLambdaHost(() => env), createLambdaHost(() => env)];
+    const host = createLambdaHost(() => env);
     try {
-      for (const host of hosts) await signedRoundTrip(host, "SSM", block);
+      for (let i = 0; i < 2; i++) await signedRoundTrip(host, "SSM", block);
       assert.deepEqual(
         stub.calls,
         ["AmazonSSM.GetParameters /keepfn/blob-signing-key"],
-        "the second cold start used the cache",
+        "read at cold start only: the second round trip used what was read",
       );
     } finally {
-      for (const h of hosts) await h.close();
+      await host.close();
       await stub.close();
-      clearSecretCache();
       process.env.AWS_ACCESS_KEY_ID = saved.id;
       process.env.AWS_SECRET_ACCESS_KEY = saved.secret;
       if (saved.id === undefined) delete process.env.AWS_ACCESS_KEY_ID;
@@ -467,7 +464,6 @@ describe("lambda handlers: events in, responses out", () => {
     });
     after(async () => {
       await stub.close();
-      clearSecretCache();
       for (const [k, v] of [
         ["AWS_ACCESS_KEY_ID", saved.id],
         ["AWS_SECRET_ACCESS_KEY", saved.secret],
@@ -485,7 +481,6 @@ describe("lambda handlers: events in, responses out", () => {
       });
 
     it("reads the signing key from one key of a JSON secret, a token from a plain secret and one from SSM, once per warm container", async () => {
-      clearSecretCache();
       stub.calls.length = 0;
       stub.secrets.set("keepfn/keys", JSON.stringify({ blob_signing_key: KEY, other: "x" }));
       stub.secrets.set("keepfn/management-token", "mgmt-token-from-secrets-manager\n");
@@ -496,9 +491,9 @@ describe("lambda handlers: events in, responses out", () => {
         KEEP_MANAGEMENT_TOKEN_SECRET_ID: "keepfn/management-token",
         KEEP_SYSTEM_ROOT_TOKEN_PARAM: "/keepfn/system-root-token",
       });
-      const hosts = [createLambdaHost(() => env), createLambdaHost(() => env)];
+      const host = createLambdaHost(() => env);
       try {
-        for (const host of hosts) {
+        for (let i = 0; i < 2; i++) {
           await signedRoundTrip(host, "Secrets Manager", block);
           const app = await host.app();
           assert.equal(app.config.blobSigningKey, KEY);
@@ -511,53 +506,60 @@ describe("lambda handlers: events in, responses out", () => {
           "secretsmanager.GetSecretValue keepfn/management-token",
         ]);
       } finally {
-        for (const h of hosts) await h.close();
+        await host.close();
       }
     });
 
-    it("reuses what it read for KEEP_SECRETS_CACHE_TTL, then reads both stores again and gets the rotated values", async () => {
-      clearSecretCache();
+    it("reads both stores at cold start, again only once KEEP_SECRETS_CACHE_TTL has passed, and then serves with the rotated values", async () => {
       stub.calls.length = 0;
       stub.secrets.set("keepfn/rotating-key", "signing-key-before-rotation");
       stub.parameters.set("/keepfn/rotating-token", "token-before-rotation");
-      const settings = loadSettings(
-        await envWith({
-          KEEP_BLOB_SIGNING_KEY_SECRET_ID: "keepfn/rotating-key",
-          KEEP_SYSTEM_ROOT_TOKEN_PARAM: "/keepfn/rotating-token",
-          KEEP_SECRETS_CACHE_TTL: "60s",
-        }),
-      );
-      assert.equal(settings.secretStores.cacheMs, 60_000);
+      const env = await envWith({
+        KEEP_BLOB_SIGNING_KEY_SECRET_ID: "keepfn/rotating-key",
+        KEEP_SYSTEM_ROOT_TOKEN_PARAM: "/keepfn/rotating-token",
+        KEEP_SECRETS_CACHE_TTL: "60s",
+      });
+      assert.equal(loadSettings(env).secretStores.cacheMs, 60_000);
       const clock = new FakeClock();
-      const t0 = clock.now();
+      const host = createLambdaHost(() => env, { clock, logger: silentLogger() });
+      const request = () => host.buffered(functionUrlEvent("GET", "/_health/ping"), context());
+      const secrets = async () => {
+        const { blobSigningKey, systemRootToken } = (await host.app()).config;
+        return { blobSigningKey, systemRootToken };
+      };
       const reads = [
         "AmazonSSM.GetParameters /keepfn/rotating-token",
         "secretsmanager.GetSecretValue keepfn/rotating-key",
       ];
       const before = { blobSigningKey: "signing-key-before-rotation", systemRootToken: "token-before-rotation" };
-      assert.deepEqual(await resolveSecrets(settings, clock.now()), before);
-      assert.deepEqual(stub.calls.sort(), reads);
-      // Rotated in both stores: within the TTL the cached values are still what is used.
-      stub.secrets.set("keepfn/rotating-key", "signing-key-after-rotation");
-      stub.parameters.set("/keepfn/rotating-token", "token-after-rotation");
-      clock.set(t0 + 60_000 - 1);
-      assert.deepEqual(await resolveSecrets(settings, clock.now()), before, "1 ms short of the TTL: cached");
-      assert.equal(stub.calls.length, 2, "no store was asked again within the TTL");
-      clock.set(t0 + 60_000);
-      assert.deepEqual(
-        await resolveSecrets(settings, clock.now()),
-        { blobSigningKey: "signing-key-after-rotation", systemRootToken: "token-after-rotation" },
-        "at the TTL: read again, the rotated values",
-      );
-      assert.deepEqual(stub.calls.sort(), [...reads, ...reads].sort());
-      clock.advance(60_000 - 1);
-      await resolveSecrets(settings, clock.now());
-      assert.equal(stub.calls.length, 4, "the TTL runs again from the re-read");
-      clearSecretCache();
+      try {
+        await request();
+        assert.deepEqual(await secrets(), before);
+        assert.deepEqual(stub.calls.sort(), reads);
+        // Rotated in both stores: within the TTL the values read at cold start are still used.
+        stub.secrets.set("keepfn/rotating-key", "signing-key-after-rotation");
+        stub.parameters.set("/keepfn/rotating-token", "token-after-rotation");
+        clock.advance(60_000 - 1);
+        await request();
+        assert.deepEqual(await secrets(), before, "1 ms short of the TTL: as read before");
+        assert.equal(stub.calls.length, 2, "no store was asked again within the TTL");
+        clock.advance(1);
+        await request();
+        assert.deepEqual(
+          await secrets(),
+          { blobSigningKey: "signing-key-after-rotation", systemRootToken: "token-after-rotation" },
+          "at the TTL: read again, the rotated values",
+        );
+        assert.deepEqual(stub.calls.sort(), [...reads, ...reads].sort());
+        clock.advance(60_000 - 1);
+        await request();
+        assert.equal(stub.calls.length, 4, "the TTL runs again from the re-read");
+      } finally {
+        await host.close();
+      }
     });
 
     it("a warm container serves with a rotated admin token once the cache TTL has passed; a failed re-read keeps the values that work", async () => {
-      clearSecretCache();
       stub.parameters.set("/keepfn/rotating-admin", "admin-before-rotation");
       const env = await envWith({
         KEEP_SYSTEM_ROOT_TOKEN_PARAM: "/keepfn/rotating-admin",
@@ -593,7 +595,6 @@ describe("lambda handlers: events in, responses out", () => {
         assert.equal(await host.app(), second);
       } finally {
         await host.close();
-        clearSecretCache();
       }
     });
 
@@ -619,7 +620,6 @@ describe("lambda handlers: events in, responses out", () => {
           /secret keepfn\/json has no string key "missing"/,
         ],
       ] as const) {
-        clearSecretCache();
         setup();
         const env = await envWith({ KEEP_BLOB_SIGNING_KEY_SECRET_ID: id });
         const h = createLambdaHost(() => env);
