@@ -2,8 +2,7 @@
 // app settings. Secrets named in the settings are read from Key Vault then, and again once
 // KEEP_SECRETS_CACHE_TTL has passed: a rotated signing key or token is served without a restart
 // (shared/rotating-app.ts). Storage account keys are re-read on their own, when storage refuses one.
-import type { AppDeps, KeepApp } from "../shared/app.js";
-import { createKeepApp } from "../shared/app.js";
+import { type AppDeps, createKeepApp, type KeepApp } from "../shared/app.js";
 import { systemClock } from "../shared/clock.js";
 import { validateConfig } from "../shared/config.js";
 import { readSecret } from "../shared/credentials/keyvault.js";

@@ -64,7 +64,7 @@ export function createRotatingApp(o: RotatingAppOptions): RotatingApp {
     // with no workers never runs its items, so there is nothing to wait for there).
     const queues = [a.trashWorker.queue, a.pullWorker.queue].filter((q) => q.working);
     a.inFlight
-      .whenIdle()
+      .idle()
       .then(() => Promise.all(queues.map((q) => q.idle())))
       .then(() => a.close())
       .catch((err) => a.logger.warn({ err }, "closing the app retired by a secret rotation failed"));

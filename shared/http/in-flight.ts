@@ -63,7 +63,7 @@ export class InFlight {
 
   /** Resolves once no request is in flight (at once if none is): an app retired after a
    *  secret rotation closes only when the last response it was serving is done. */
-  whenIdle(): Promise<void> {
+  idle(): Promise<void> {
     if (this.entries.size === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }

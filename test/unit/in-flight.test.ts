@@ -74,14 +74,14 @@ describe("requests in flight", () => {
     assert.equal(reg.list()[0]?.URL, "/acbd18db4cc2f85cedef654fccc4a4d8+3+A[redacted]?x=1&api_token=[redacted]&y=2");
   });
 
-  it("whenIdle resolves at once with nothing in flight, else when the last request is done", async () => {
+  it("idle() resolves at once with nothing in flight, else when the last request is done", async () => {
     const reg = new InFlight(new FakeClock());
-    await reg.whenIdle();
+    await reg.idle();
     const a = new AbortController();
     const doneOne = reg.add(...request("/index", a), "req-1");
     const doneTwo = reg.add(...request("/mounts", a), "req-2");
     let idle = false;
-    const waiting = reg.whenIdle().then(() => {
+    const waiting = reg.idle().then(() => {
       idle = true;
     });
     doneOne();
