@@ -76,10 +76,12 @@ export function createRotatingApp(o: RotatingAppOptions): RotatingApp {
     const was = built;
     // Set before reading: requests arriving meanwhile keep serving with `a`, one re-read at a time.
     was.at = o.clock.now();
+    let step = "re-read the secrets";
     try {
       const secrets = await o.read();
       const key = JSON.stringify(secrets);
       if (key === was.secrets || appPromise === undefined) return a;
+      step = "serve with the changed secrets";
       const next = await o.build(secrets);
       built = { secrets: key, at: was.at };
       appPromise = Promise.resolve(next);
@@ -89,10 +91,7 @@ export function createRotatingApp(o: RotatingAppOptions): RotatingApp {
       next.logger.info("secrets changed in their store: serving with the new values");
       return next;
     } catch (err) {
-      a.logger.warn(
-        { err },
-        "could not re-read the secrets; keeping the ones read before, next try after the cache TTL",
-      );
+      a.logger.warn({ err }, `could not ${step}; keeping the ones read before, next try after the cache TTL`);
       return a;
     }
   };

@@ -271,7 +271,14 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
       assert.equal(await index("admin-1"), 200, "a value that does not validate keeps the old app");
       assert.equal(store.reads, 3);
       assert.equal(built.length, 1);
-      assert.ok(log.lines.some((l) => l.includes("permissions are enforced but no blob signing key")));
+      assert.ok(
+        log.lines.some(
+          (l) =>
+            l.includes("could not serve with the changed secrets") &&
+            l.includes("permissions are enforced but no blob signing key"),
+        ),
+        "the warning says the new values, not the store, were the problem",
+      );
 
       store.values = { systemRootToken: "admin-2" };
       clock.advance(TTL);
