@@ -19,6 +19,7 @@ import { FakeClock } from "../../shared/clock.js";
 import { DEFAULTS, type KeepConfig, type VolumeSpec } from "../../shared/config.js";
 import { createVolume } from "../../shared/volume/factory.js";
 import { S3Volume } from "../../shared/volume/s3.js";
+import { AwsSecretsStub } from "../harness/aws-secrets-stub.js";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
 import { capturedLogger } from "../harness/captured-logger.js";
 import { tryMount } from "../harness/fs-tools.js";
@@ -65,6 +66,8 @@ export interface StartedPair {
    * of wall time, so this lasts about that long: `npm run soak` only).
    */
   keyRotation?: (holdMs: number) => Fault;
+  /** The management token rotated in its store (Functions: Key Vault, Lambda: SSM) mid-run. */
+  secretRotation?: () => Fault;
   logs: string[];
   /** Secrets this pair's configuration holds besides SECRETS (e.g. a storage account key). */
   secrets: string[];
@@ -161,6 +164,35 @@ const restartFault = (name: string, stop: () => Promise<void>, start: () => Prom
     await start();
   },
 });
+
+/**
+ * The management token rotated in its secret store while the clients are busy. The host's
+ * KEEP_SECRETS_CACHE_TTL is 1 ms of the soak's clock, which this moves by 1 s (far from every
+ * TTL and trash boundary), so the next request re-reads the store and the host switches to a
+ * new app under load; whatever the old app was doing (streams, sweeps, lists) must finish
+ * there. Ends once /_health/ping takes the new token and refuses the old one.
+ */
+function secretRotationFault(url: string, clock: FakeClock, store: (token: string) => void, [old, next]: string[]) {
+  return (): Fault => ({
+    name: "management token rotated in its secret store (the host switches apps under load)",
+    at: 0.5,
+    async run() {
+      store(next as string);
+      clock.advance(1000);
+      const ping = async (token: string) => {
+        const res = await fetch(`${url}/_health/ping`, { headers: { authorization: `Bearer ${token}` } });
+        await res.body?.cancel();
+        return res.status;
+      };
+      for (const deadline = Date.now() + 60_000; ; ) {
+        const [now, before] = [await ping(next as string), await ping(old as string)];
+        if (now === 200 && before !== 200) return;
+        if (Date.now() > deadline) throw new Error(`the rotated token was not served: new ${now}, old ${before}`);
+        await sleep(100);
+      }
+    },
+  });
+}
 
 export async function startPair(name: PairName): Promise<StartedPair> {
   const clock = new FakeClock();
@@ -282,6 +314,11 @@ async function startHost(
     const keyAzurite = await Azurite.start({ accounts: [rotated] });
     await keyAzurite.createContainer(container, rotated.name, K1);
     vault.secrets.set("storage-key", K1);
+    const managementTokens = [
+      `soak-mgmt-${randomBytes(16).toString("hex")}`,
+      `soak-mgmt-${randomBytes(16).toString("hex")}`,
+    ];
+    vault.secrets.set("management-token", managementTokens[0] as string);
     const env: NodeJS.ProcessEnv = {
       KEEP_VOLUMES: JSON.stringify([
         { account: AZURITE_ACCOUNT, container, endpoint: azurite.endpoint, key: AZURITE_KEY, replication: 1 },
@@ -296,6 +333,8 @@ async function startHost(
       ]),
       KEEP_KEYVAULT_URL: vault.url,
       KEEP_KEYVAULT_CA_FILE: vault.caFile,
+      KEEP_MANAGEMENT_TOKEN_SECRET: "management-token",
+      KEEP_SECRETS_CACHE_TTL: "1ms",
       KEEP_BLOB_SIGNING_KEY: SECRETS.signingKey,
       KEEP_ENFORCE_PERMISSIONS: "true",
       KEEP_SYSTEM_ROOT_TOKEN: SECRETS.admin,
@@ -353,8 +392,14 @@ async function startHost(
           }
         },
       }),
+      secretRotation: secretRotationFault(
+        host.url,
+        clock,
+        (t) => vault.secrets.set("management-token", t),
+        managementTokens,
+      ),
       logs: lines,
-      secrets: [AZURITE_KEY, K1, K2],
+      secrets: [AZURITE_KEY, K1, K2, ...managementTokens],
       async close() {
         await host.close();
         await azurite.close();
@@ -408,8 +453,21 @@ async function startHost(
       },
     };
   }
+  // The management token comes from SSM Parameter Store (a protocol-level stub), whose client
+  // signs with the default credential chain: placeholders unless the environment has some.
+  const ssm = await AwsSecretsStub.start();
+  const managementTokens = [
+    `soak-mgmt-${randomBytes(16).toString("hex")}`,
+    `soak-mgmt-${randomBytes(16).toString("hex")}`,
+  ];
+  ssm.parameters.set("/keepfn/soak/management-token", managementTokens[0] as string);
+  process.env.AWS_ACCESS_KEY_ID ??= "AKIDEXAMPLEPLACEHOLDER";
+  process.env.AWS_SECRET_ACCESS_KEY ??= "placeholder-secret";
   const env: NodeJS.ProcessEnv = {
     ...s3.lambdaEnv(bucket),
+    KEEP_MANAGEMENT_TOKEN_PARAM: "/keepfn/soak/management-token",
+    KEEP_SSM_ENDPOINT: ssm.endpoint,
+    KEEP_SECRETS_CACHE_TTL: "1ms",
     KEEP_BLOB_SIGNING_KEY: SECRETS.signingKey,
     KEEP_ENFORCE_PERMISSIONS: "true",
     KEEP_SYSTEM_ROOT_TOKEN: SECRETS.admin,
@@ -440,13 +498,20 @@ async function startHost(
     },
     backendRestart,
     volumeFaults: () => [],
+    secretRotation: secretRotationFault(
+      local.url,
+      clock,
+      (t) => ssm.parameters.set("/keepfn/soak/management-token", t),
+      managementTokens,
+    ),
     logs: lines,
     // s3rver only accepts S3RVER/S3RVER, which is also the (public) access key id: not scanned.
-    secrets: [],
+    secrets: managementTokens,
     async close() {
       await local.close();
       await Promise.all(sweepers.map((s) => s.close()));
       await s3.close();
+      await ssm.close();
     },
   };
 }

@@ -30,6 +30,7 @@ for (const name of only) {
       ...(p.backendRestart ? [p.backendRestart(2000)] : []),
       ...p.volumeFaults(2000),
       ...(p.keyRotation ? [p.keyRotation(2000)] : []),
+      ...(p.secretRotation ? [p.secretRotation()] : []),
     ];
     if (p.volumeFaultsGap) console.log(`${name}: volume read-only/full faults skipped: ${p.volumeFaultsGap}`);
     const r = await runSoak(p.target, {
