@@ -7,7 +7,7 @@ import { applyKeepSettings, envDuration, envInt } from "../shared/config-values.
 
 export interface FunctionsSettings {
   config: KeepConfig;
-  /** Key Vault secret names to resolve into config fields at cold start. */
+  /** Key Vault secret names to resolve into config fields (at cold start, again after secretsCacheMs). */
   secrets: Partial<Record<"blobSigningKey" | "systemRootToken" | "managementToken", string>>;
   vault?: { vaultUrl: string; clientId?: string; caFile?: string };
   /** How long the secrets read from Key Vault are used before a request reads them again. */
