@@ -1,8 +1,7 @@
 // The Lambda functions' configuration: environment variables parsed ONCE into the core's
 // KeepConfig. Secrets are not in the environment: their SSM parameter names or Secrets
 // Manager secret ids are, and secrets.ts resolves them at cold start and after each
-// KEEP_SECRETS_CACHE_TTL. Literal secret values
-// are for local runs only.
+// KEEP_SECRETS_CACHE_TTL. Literal secret values are for local runs only.
 
 import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec, validateConfig } from "../shared/config.js";
 import { applyKeepSettings, envBool, envDuration, envInt, envList } from "../shared/config-values.js";
