@@ -71,8 +71,10 @@ export function createRotatingApp(o: RotatingAppOptions): RotatingApp {
   };
 
   const current = async (): Promise<KeepApp> => {
+    // A request that builds the app has just read the secrets: no second read (TTL 0).
+    const cold = appPromise === undefined;
     const a = await app();
-    if (!built || o.clock.now() - built.at < o.ttlMs()) return a;
+    if (cold || !built || o.clock.now() - built.at < o.ttlMs()) return a;
     const was = built;
     // Set before reading: requests arriving meanwhile keep serving with `a`, one re-read at a time.
     was.at = o.clock.now();

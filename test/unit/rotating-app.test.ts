@@ -28,7 +28,7 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
   after(() => rm(root, { recursive: true, force: true }));
 
   /** A rotating app over one POSIX volume, its store, and what it built and closed. */
-  function setup(opts: { config?: Partial<KeepConfig>; wrap?: (v: Volume) => Volume } = {}) {
+  function setup(opts: { config?: Partial<KeepConfig>; wrap?: (v: Volume) => Volume; ttlMs?: number } = {}) {
     const clock = new FakeClock();
     const store: { values: Secrets; down: boolean; reads: number } = {
       values: { systemRootToken: "admin-1" },
@@ -40,7 +40,7 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
     const log = capturedLogger("warn");
     const rotating = createRotatingApp({
       clock,
-      ttlMs: () => TTL,
+      ttlMs: () => opts.ttlMs ?? TTL,
       read: async () => {
         store.reads++;
         if (store.down) throw new Error("the secret store is unreachable");
@@ -285,6 +285,18 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
       assert.equal(await index("admin-2"), 200, "valid again: served with it");
       assert.equal(built.length, 2);
     }),
+  );
+
+  it(
+    "a TTL of 0 re-reads on every request (the README's warning about KEEP_SECRETS_CACHE_TTL=0)",
+    withRotating(
+      async ({ store, built, index }) => {
+        for (let i = 0; i < 3; i++) assert.equal(await index("admin-1"), 200);
+        assert.equal(store.reads, 3, "one store read per request, the clock not moving at all");
+        assert.equal(built.length, 1);
+      },
+      { ttlMs: 0 },
+    ),
   );
 
   it(
