@@ -85,6 +85,11 @@ export function createRotatingApp(o: RotatingAppOptions): RotatingApp {
       if (key === was.secrets || appPromise === undefined) return a;
       step = "serve with the changed secrets";
       const next = await o.build(secrets);
+      if (appPromise === undefined) {
+        // The host closed while this was built: nothing will serve with it.
+        await next.close();
+        return a;
+      }
       built = { secrets: key, at: was.at };
       appPromise = Promise.resolve(next);
       retired.add(a);

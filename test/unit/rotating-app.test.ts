@@ -28,7 +28,15 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
   after(() => rm(root, { recursive: true, force: true }));
 
   /** A rotating app over one POSIX volume, its store, and what it built and closed. */
-  function setup(opts: { config?: Partial<KeepConfig>; wrap?: (v: Volume) => Volume; ttlMs?: number } = {}) {
+  function setup(
+    opts: {
+      config?: Partial<KeepConfig>;
+      wrap?: (v: Volume) => Volume;
+      ttlMs?: number;
+      /** Holds every build after the first until it resolves. */
+      rebuildGate?: Promise<void>;
+    } = {},
+  ) {
     const clock = new FakeClock();
     const store: { values: Secrets; down: boolean; reads: number } = {
       values: { systemRootToken: "admin-1" },
@@ -47,6 +55,7 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
         return { ...store.values };
       },
       build: async (secrets) => {
+        if (built.length > 0) await opts.rebuildGate;
         const config = validateConfig({
           ...DEFAULTS,
           volumes: [
@@ -298,6 +307,30 @@ describe("an app whose secrets rotate in their store (shared/rotating-app.ts)", 
       { ttlMs: 0 },
     ),
   );
+
+  {
+    let release = () => {};
+    const rebuildGate = new Promise<void>((r) => (release = r));
+    it(
+      "an app built for changed secrets after the host closed is closed too, not left running",
+      withRotating(
+        async ({ clock, store, built, closed, rotating, index }) => {
+          assert.equal(await index("admin-1"), 200);
+          store.values = { systemRootToken: "admin-2" };
+          clock.advance(TTL);
+          const during = index("admin-2"); // re-reads, then waits in the build
+          await waitUntil(() => store.reads === 2, "the re-read");
+          await rotating.close();
+          assert.ok(closed.has(built[0] as KeepApp), "the host's close closed the app it had");
+          release();
+          await during;
+          assert.equal(built.length, 2);
+          assert.ok(closed.has(built[1] as KeepApp), "the app finished building after close is closed");
+        },
+        { rebuildGate },
+      ),
+    );
+  }
 
   it(
     "a cold start whose read fails rejects, and the next call tries again",
