@@ -165,6 +165,8 @@ const restartFault = (name: string, stop: () => Promise<void>, start: () => Prom
   },
 });
 
+const managementToken = () => `soak-mgmt-${randomBytes(16).toString("hex")}`;
+
 /**
  * The management token rotated in its secret store while the clients are busy. The host's
  * KEEP_SECRETS_CACHE_TTL is 1 ms of the soak's clock, which this moves by 1 s (far from every
@@ -231,7 +233,18 @@ async function startHost(
   remote: RemoteCluster,
 ): Promise<StartedPair> {
   const remoteClusters = { [REMOTE_CLUSTER]: { host: remote.apiHost, scheme: "http" as const } };
-  const remoteEnv = { KEEP_REMOTE_CLUSTERS: `${REMOTE_CLUSTER}=http://${remote.apiHost}` };
+  /** The settings both serverless pairs share (each reads its management token from its own store). */
+  const serverlessEnv = {
+    KEEP_SECRETS_CACHE_TTL: "1ms", // of the soak's clock: see secretRotationFault
+    KEEP_BLOB_SIGNING_KEY: SECRETS.signingKey,
+    KEEP_ENFORCE_PERMISSIONS: "true",
+    KEEP_SYSTEM_ROOT_TOKEN: SECRETS.admin,
+    KEEP_TRASH_ENABLED: "true",
+    KEEP_TRASH_LIFETIME: `${TRASH_LIFETIME_MS}ms`,
+    KEEP_MAX_BUFFERS: "32",
+    KEEP_MAX_REQUESTS: "64",
+    KEEP_REMOTE_CLUSTERS: `${REMOTE_CLUSTER}=http://${remote.apiHost}`,
+  };
   const base = {
     name,
     adminToken: SECRETS.admin,
@@ -314,10 +327,7 @@ async function startHost(
     const keyAzurite = await Azurite.start({ accounts: [rotated] });
     await keyAzurite.createContainer(container, rotated.name, K1);
     vault.secrets.set("storage-key", K1);
-    const managementTokens = [
-      `soak-mgmt-${randomBytes(16).toString("hex")}`,
-      `soak-mgmt-${randomBytes(16).toString("hex")}`,
-    ];
+    const managementTokens = [managementToken(), managementToken()];
     vault.secrets.set("management-token", managementTokens[0] as string);
     const env: NodeJS.ProcessEnv = {
       KEEP_VOLUMES: JSON.stringify([
@@ -334,15 +344,7 @@ async function startHost(
       KEEP_KEYVAULT_URL: vault.url,
       KEEP_KEYVAULT_CA_FILE: vault.caFile,
       KEEP_MANAGEMENT_TOKEN_SECRET: "management-token",
-      KEEP_SECRETS_CACHE_TTL: "1ms",
-      KEEP_BLOB_SIGNING_KEY: SECRETS.signingKey,
-      KEEP_ENFORCE_PERMISSIONS: "true",
-      KEEP_SYSTEM_ROOT_TOKEN: SECRETS.admin,
-      KEEP_TRASH_ENABLED: "true",
-      KEEP_TRASH_LIFETIME: `${TRASH_LIFETIME_MS}ms`,
-      KEEP_MAX_BUFFERS: "32",
-      KEEP_MAX_REQUESTS: "64",
-      ...remoteEnv,
+      ...serverlessEnv,
     };
     const host = await runFunctions("127.0.0.1:0", env, { clock, logger });
     const timer = {
@@ -456,10 +458,7 @@ async function startHost(
   // The management token comes from SSM Parameter Store (a protocol-level stub), whose client
   // signs with the default credential chain: placeholders unless the environment has some.
   const ssm = await AwsSecretsStub.start();
-  const managementTokens = [
-    `soak-mgmt-${randomBytes(16).toString("hex")}`,
-    `soak-mgmt-${randomBytes(16).toString("hex")}`,
-  ];
+  const managementTokens = [managementToken(), managementToken()];
   ssm.parameters.set("/keepfn/soak/management-token", managementTokens[0] as string);
   process.env.AWS_ACCESS_KEY_ID ??= "AKIDEXAMPLEPLACEHOLDER";
   process.env.AWS_SECRET_ACCESS_KEY ??= "placeholder-secret";
@@ -467,16 +466,8 @@ async function startHost(
     ...s3.lambdaEnv(bucket),
     KEEP_MANAGEMENT_TOKEN_PARAM: "/keepfn/soak/management-token",
     KEEP_SSM_ENDPOINT: ssm.endpoint,
-    KEEP_SECRETS_CACHE_TTL: "1ms",
-    KEEP_BLOB_SIGNING_KEY: SECRETS.signingKey,
-    KEEP_ENFORCE_PERMISSIONS: "true",
-    KEEP_SYSTEM_ROOT_TOKEN: SECRETS.admin,
-    KEEP_TRASH_ENABLED: "true",
-    KEEP_TRASH_LIFETIME: `${TRASH_LIFETIME_MS}ms`,
     KEEP_SWEEP_BUDGET: "60s",
-    KEEP_MAX_BUFFERS: "32",
-    KEEP_MAX_REQUESTS: "64",
-    ...remoteEnv,
+    ...serverlessEnv,
   };
   const deps = clocked(clock, logger);
   const local = await runLambda("127.0.0.1:0", env, deps);
