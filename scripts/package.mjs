@@ -106,6 +106,8 @@ export async function packageAll({
       // Prefer the ESM builds of dependencies (smaller, tree-shakable).
       mainFields: ["module", "main"],
       conditions: ["node", "import"],
+      // `keepstore -version` in an image that has no package.json (server/version.ts).
+      define: { KEEPFN_VERSION: JSON.stringify(pkgVersion(root)) },
     });
     for (const w of result.warnings)
       log(`  warning (${host}): ${w.text}${w.location ? ` at ${w.location.file}:${w.location.line}` : ""}`);

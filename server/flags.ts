@@ -17,9 +17,20 @@ export interface ServerOptions {
   listen: string;
   pidFile?: string;
   help: boolean;
+  /** -version: print the version line and exit 0, as Arvados services do. */
+  version?: boolean;
 }
 
-const BOOL = new Set(["readonly", "serialize", "enforce-permissions", "never-delete", "help", "h", "s3-unsafe-delete"]);
+const BOOL = new Set([
+  "readonly",
+  "serialize",
+  "enforce-permissions",
+  "never-delete",
+  "help",
+  "h",
+  "version",
+  "s3-unsafe-delete",
+]);
 const VALUE = new Set([
   "config",
   "listen",
@@ -62,7 +73,7 @@ export const DEFAULT_VOLUME = "./data/keep";
 export const ARVADOS_DEFAULT_CONFIG = "/etc/arvados/config.yml";
 
 /** Flags that may stand beside -config; everything else comes from the cluster config. */
-const WITH_CONFIG = new Set(["config", "listen", "pid", "help", "h"]);
+const WITH_CONFIG = new Set(["config", "listen", "pid", "help", "h", "version"]);
 
 export function parseFlags(
   argv: string[],
@@ -88,6 +99,7 @@ export function parseFlags(
   const given: string[] = [];
   let pidFile: string | undefined;
   let help = false;
+  let version = false;
   let readOnly = false;
   let serialize = false;
   let maxRequests: number | undefined;
@@ -130,6 +142,9 @@ export function parseFlags(
           break;
         case "s3-unsafe-delete":
           s3.unsafeDelete = b;
+          break;
+        case "version":
+          version = b;
           break;
         default:
           help = true;
@@ -277,6 +292,8 @@ export function parseFlags(
         break;
     }
   }
+  // As Arvados services: -version answers before any config is read or checked.
+  if (version) return { config: c, listen, pidFile, help, version };
   if (configFile !== undefined) {
     const other = given.find((n) => !WITH_CONFIG.has(n));
     if (other)
@@ -365,6 +382,7 @@ export const USAGE = `Usage: keepstore [flags]
   -max-requests N                 concurrent requests before 503 (default 2 x max-buffers)
   -request-timeout DURATION       per-request deadline (default 5m; index exempt)
   -pid FILE                       write the process id here
+  -version                        print the version and exit
   -remote-cluster ID=URL          a federated cluster's API server, for +R reads (repeatable;
                                   keepfn's own flag, as RemoteClusters in a cluster config)
   -azure-storage-account-name NAME, -azure-storage-account-key-file FILE,

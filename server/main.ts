@@ -8,6 +8,7 @@ import { createLogger } from "../shared/log.js";
 import { DEFAULT_VOLUME, parseFlags, USAGE } from "./flags.js";
 import { startKeepServer } from "./serve.js";
 import { notifySystemd } from "./systemd.js";
+import { versionLine } from "./version.js";
 
 // Block bodies arrive in fresh 64 KiB buffers, and V8 answers each 64 MB of them with a full
 // marking cycle. On two cores, V8's background GC threads compete with the event loop and the
@@ -24,6 +25,10 @@ async function main(): Promise<void> {
   const opts = parseFlags(process.argv.slice(2), process.env);
   if (opts.help) {
     process.stdout.write(USAGE);
+    return;
+  }
+  if (opts.version) {
+    process.stdout.write(versionLine());
     return;
   }
   for (const v of opts.config.volumes) {

@@ -254,6 +254,19 @@ describe("keepstore executable", () => {
     }
   });
 
+  it("answers -version with one line and exit 0, as Arvados services do, even beside -config or a bad setting", async () => {
+    const { version } = JSON.parse(await fs.readFile(resolve("package.json"), "utf8")) as { version: string };
+    for (const args of [
+      ["-version"],
+      ["--version"],
+      ["-config=/nonexistent/config.yml", "-version"],
+      ["-max-buffers=0", "-version"],
+    ]) {
+      const r = await run(process.execPath, [MAIN, ...args]);
+      assert.equal(r.stdout, `keepstore ${version} (keepfn; node ${process.version})\n`, args.join(" "));
+    }
+  });
+
   it("exits 2 with a clear message on a bad flag", async () => {
     const r = await run(process.execPath, [MAIN, "-volume"]).catch((e) => e);
     assert.equal(r.code, 2);

@@ -125,6 +125,11 @@ describe("scripts/package.mjs", () => {
     });
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /Usage: keepstore/);
+    // No package.json beside the bundle: its -version comes from the build.
+    const { version } = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string };
+    const v = spawnSync(process.execPath, [join(ctx, "keepstore.mjs"), "-version"], { cwd: ctx, encoding: "utf8" });
+    assert.equal(v.status, 0, v.stderr);
+    assert.equal(v.stdout, `keepstore ${version} (keepfn; node ${process.version})\n`);
   });
 
   it("functions: zip with host.json, package.json main and the bundle (when functions/ exists)", async (t) => {

@@ -103,6 +103,14 @@ describe("keepstore flags", () => {
     assert.throws(() => parseFlags(["-remote-cluster=xyzzy"]), /-remote-cluster: expected id=URL pairs/);
   });
 
+  it("-version (one or two dashes) asks for the version before anything is checked, also beside -config", () => {
+    assert.equal(parseFlags(["-version"]).version, true);
+    assert.equal(parseFlags(["--version"]).version, true);
+    assert.equal(parseFlags(["-config=/nonexistent.yml", "-version"]).version, true, "the config is not read");
+    assert.equal(parseFlags(["-max-buffers=0", "-version"]).version, true, "nor validated");
+    assert.equal(parseFlags(["-volume=/a"]).version ?? false, false);
+  });
+
   it("fails clearly on unknown flags, missing values and bad numbers", () => {
     assert.throws(() => parseFlags(["-no-such-flag"]), /unknown flag -no-such-flag/);
     assert.throws(() => parseFlags(["-listen"]), /needs a value/);
