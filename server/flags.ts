@@ -5,7 +5,7 @@
 // single-dash long flags or positional state, hence this small parser.
 import { existsSync, readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
-import { fromClusterConfig } from "../shared/cluster-config.js";
+import { fromClusterConfig, type TlsFiles } from "../shared/cluster-config.js";
 import { ConfigError, DEFAULTS, type DriverSpec, type KeepConfig, validateConfig } from "../shared/config.js";
 import { parseDuration, parseRemoteClusters } from "../shared/config-values.js";
 import { thisMachine } from "./this-machine.js";
@@ -19,6 +19,8 @@ export interface ServerOptions {
   help: boolean;
   /** -version: print the version line and exit 0, as Arvados services do. */
   version?: boolean;
+  /** Serve HTTPS with these PEM files (a cluster config whose InternalURL is https://). */
+  tls?: TlsFiles;
 }
 
 const BOOL = new Set([
@@ -302,7 +304,13 @@ export function parseFlags(
       );
     if (help) return { config: c, listen, pidFile, help };
     const fromFile = readClusterConfig(configFile, env);
-    return { config: fromFile.config, listen: listenGiven ? listen : fromFile.listen, pidFile, help };
+    return {
+      config: fromFile.config,
+      listen: listenGiven ? listen : fromFile.listen,
+      pidFile,
+      help,
+      ...(fromFile.tls ? { tls: fromFile.tls } : {}),
+    };
   }
   if (c.volumes.length === 0) vol({ driver: "posix", root: DEFAULT_VOLUME, serialize, replication: 1 });
   c.maxRequests = maxRequests ?? 2 * c.maxBuffers;

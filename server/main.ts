@@ -34,7 +34,7 @@ async function main(): Promise<void> {
   for (const v of opts.config.volumes) {
     if (v.driver === "posix" && v.root === DEFAULT_VOLUME) mkdirSync(v.root, { recursive: true });
   }
-  const running = await startKeepServer(opts.config, opts.listen, { logger });
+  const running = await startKeepServer(opts.config, opts.listen, { logger }, { tls: opts.tls });
   if (opts.pidFile) writeFileSync(opts.pidFile, `${process.pid}\n`);
   for (const m of running.app.keep.mounts) logger.info({ mount: m.toJSON() }, "using volume");
   // Say where it is exposed, not only where a local client finds it: ":25107" is every interface.
@@ -64,6 +64,18 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+  // As the reference: with TLS, SIGHUP re-reads the certificate and key (a renewed
+  // certificate needs no restart); a pair that cannot be loaded leaves the old one in use.
+  const { reloadTls } = running;
+  if (reloadTls)
+    process.on("SIGHUP", () => {
+      try {
+        reloadTls();
+        logger.info("SIGHUP: reloaded the TLS certificate and key");
+      } catch (err) {
+        logger.warn({ err }, "SIGHUP: error updating TLS certificate; still serving the one loaded before");
+      }
+    });
   // Last, so a stop systemd sends the moment it hears READY finds its handler in place.
   await notifySystemd("READY=1", process.env, logger);
 }

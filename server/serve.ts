@@ -1,8 +1,12 @@
-// Runs the core behind node:http: listen, empty trash on a timer, shut down gracefully.
+// Runs the core behind node:http (node:https for an https:// InternalURL): listen, empty trash
+// on a timer, shut down gracefully.
+import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
+import { createServer as createTlsServer, type Server as TlsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { type AppDeps, createKeepApp, type KeepApp } from "../shared/app.js";
-import type { KeepConfig } from "../shared/config.js";
+import type { TlsFiles } from "../shared/cluster-config.js";
+import { ConfigError, type KeepConfig } from "../shared/config.js";
 import { splitListen } from "../shared/config-values.js";
 import { nodeListener } from "./node-adapter.js";
 import { handleTouchClientError } from "./touch-method.js";
@@ -11,7 +15,7 @@ export { splitListen };
 
 export interface RunningServer {
   app: KeepApp;
-  server: Server;
+  server: Server | TlsServer;
   /** Where a client on this machine reaches it (loopback when bound to every interface). */
   url: string;
   /** The address actually bound, e.g. "0.0.0.0:25107" (every interface) or "127.0.0.1:25107". */
@@ -20,12 +24,46 @@ export interface RunningServer {
   everyInterface: boolean;
   /** Stop accepting, let in-flight requests finish (up to graceMs), then close volumes. */
   close(graceMs?: number): Promise<void>;
+  /**
+   * Read the certificate and key files again (TLS only): new connections get them, open ones
+   * keep theirs. Throws, keeping the certificate in use, if the pair cannot be loaded.
+   */
+  reloadTls?(): void;
 }
 
-export async function startKeepServer(config: KeepConfig, listen: string, deps: AppDeps = {}): Promise<RunningServer> {
+/** The PEM pair, or a ConfigError naming the file that cannot be read. */
+function readTls(tls: TlsFiles): { cert: Buffer; key: Buffer } {
+  const read = (what: string, path: string) => {
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new ConfigError(`TLS ${what} ${path}: cannot read it (${(err as NodeJS.ErrnoException).code ?? err})`);
+    }
+  };
+  return { cert: read("certificate", tls.certFile), key: read("key", tls.keyFile) };
+}
+
+/** A pair that does not load (not PEM, key not matching) stops the start with the files named. */
+function tlsServer(tls: TlsFiles, http: object, listener: ReturnType<typeof nodeListener>): TlsServer {
+  const pair = readTls(tls);
+  try {
+    return createTlsServer({ ...http, ...pair, minVersion: "TLSv1.2" }, listener);
+  } catch (err) {
+    throw new ConfigError(`TLS certificate ${tls.certFile} and key ${tls.keyFile}: ${(err as Error).message}`);
+  }
+}
+
+export async function startKeepServer(
+  config: KeepConfig,
+  listen: string,
+  deps: AppDeps = {},
+  opts: { tls?: TlsFiles } = {},
+): Promise<RunningServer> {
   const app = await createKeepApp(config, deps);
   const listener = nodeListener(app.handler, (err) => app.logger.error({ err }, "adapter error"));
-  const server = createServer({ requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 }, listener);
+  const http = { requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 };
+  // TLS 1.2 at least, as the reference's TLS config.
+  const server = opts.tls ? tlsServer(opts.tls, http, listener) : createServer(http, listener);
   // Expect: 100-continue (every PUT of the Arvados Python client). Node would answer
   // 100 Continue before the handler ran, so a PUT refused from its head alone (413 oversize,
   // 400, 401/403, 503 overload) still made libcurl upload megabytes first. Give the handler one
@@ -72,7 +110,7 @@ export async function startKeepServer(config: KeepConfig, listen: string, deps: 
   return {
     app,
     server,
-    url: `http://${everyInterface ? "127.0.0.1" : shownHost}:${addr.port}`,
+    url: `${opts.tls ? "https" : "http"}://${everyInterface ? "127.0.0.1" : shownHost}:${addr.port}`,
     bound: `${shownHost}:${addr.port}`,
     everyInterface,
     async close(graceMs = 30_000) {
@@ -87,5 +125,12 @@ export async function startKeepServer(config: KeepConfig, listen: string, deps: 
       clearTimeout(grace);
       await app.close();
     },
+    ...(opts.tls
+      ? {
+          reloadTls: () => {
+            (server as TlsServer).setSecureContext({ ...readTls(opts.tls as TlsFiles), minVersion: "TLSv1.2" });
+          },
+        }
+      : {}),
   };
 }

@@ -17,6 +17,13 @@ export interface ClusterConfigResult {
   listen: string;
   /** The InternalURL this server is (AccessViaHosts keys are compared with it). */
   selfUrl: string;
+  /** For an https:// InternalURL: the PEM files of TLS.Certificate and TLS.Key. */
+  tls?: TlsFiles;
+}
+
+export interface TlsFiles {
+  certFile: string;
+  keyFile: string;
 }
 
 /**
@@ -38,7 +45,8 @@ export function fromClusterConfig(
   const api = sub("API");
   const col = sub("Collections");
 
-  const { selfUrl, listen } = pickSelf(at, obj(`${at}.Services`, field(cl, "Services") ?? {}), opts);
+  const { selfUrl, listen, https } = pickSelf(at, obj(`${at}.Services`, field(cl, "Services") ?? {}), opts);
+  const tls = https ? tlsFiles(at, sub("TLS"), selfUrl) : undefined;
   const classes = obj(`${at}.StorageClasses`, field(cl, "StorageClasses") ?? { default: { Default: true } });
   const c: KeepConfig = {
     ...DEFAULTS,
@@ -86,7 +94,27 @@ export function fromClusterConfig(
     throw new ConfigError(
       `${at}.Collections.BlobSigning is true (the default) but ${at}.Collections.BlobSigningKey is empty: set the key, or BlobSigning: false`,
     );
-  return { config: validateConfig(c), listen, selfUrl };
+  return { config: validateConfig(c), listen, selfUrl, ...(tls ? { tls } : {}) };
+}
+
+/**
+ * An https:// InternalURL is served with TLS.Certificate and TLS.Key, which must be file://
+ * URLs, as the reference requires (it reads them at start and again on SIGHUP). keepfn has
+ * no ACME client: a config that relies on one is refused with what to do.
+ */
+function tlsFiles(at: string, t: Obj, selfUrl: string): TlsFiles {
+  const acme = field(t, "ACME");
+  if (acme && typeof acme === "object" && str(`${at}.TLS.ACME.Server`, field(acme as Obj, "Server"), ""))
+    throw new ConfigError(
+      `${at}.TLS.ACME: keepfn does not fetch certificates itself; give TLS.Certificate and TLS.Key files, or serve ${selfUrl} through a TLS proxy`,
+    );
+  const cert = str(`${at}.TLS.Certificate`, field(t, "Certificate"), "");
+  const key = str(`${at}.TLS.Key`, field(t, "Key"), "");
+  if (!cert.startsWith("file://") || !key.startsWith("file://"))
+    throw new ConfigError(
+      `${selfUrl} is https: ${at}.TLS.Key and ${at}.TLS.Certificate must be given as file:///path/to/file.pem (or use an http:// InternalURL behind a TLS proxy)`,
+    );
+  return { certFile: cert.slice("file://".length), keyFile: key.slice("file://".length) };
 }
 
 /**
@@ -267,7 +295,7 @@ function pickSelf(
   at: string,
   services: Obj,
   opts: { selfUrl?: string; isLocal?: (url: URL) => boolean },
-): { selfUrl: string; listen: string } {
+): { selfUrl: string; listen: string; https: boolean } {
   const ks = obj(`${at}.Services.Keepstore`, field(services, "Keepstore") ?? {});
   const urls = obj(`${at}.Services.Keepstore.InternalURLs`, field(ks, "InternalURLs") ?? {});
   const keys = Object.keys(urls);
@@ -293,11 +321,9 @@ function pickSelf(
   const listenUrl = str(`${at}.Services.Keepstore.InternalURLs.${self}.ListenURL`, entry.ListenURL, "");
   const u = url(`${at}.Services.Keepstore.InternalURLs`, listenUrl || self);
   const port = u.port || (u.protocol === "https:" ? "443" : "80");
-  if (u.protocol !== "http:")
-    throw new ConfigError(
-      `${listenUrl || self}: keepfn serves plain http; put TLS in front of it (a proxy or load balancer)`,
-    );
-  return { selfUrl: self, listen: `${u.hostname}:${port}` };
+  if (u.protocol !== "http:" && u.protocol !== "https:")
+    throw new ConfigError(`${listenUrl || self}: expected an http:// or https:// URL`);
+  return { selfUrl: self, listen: `${u.hostname}:${port}`, https: u.protocol === "https:" };
 }
 
 function sameUrl(a: string, b: string): boolean {

@@ -25,16 +25,15 @@
 // so a client's reads can be made to fail at keepfn.
 // Every request is logged; anything the stub does not implement answers 404 and is marked
 // "UNHANDLED" in the log, so a client's unexpected calls are visible.
-import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
-import { join } from "node:path";
 import { systemClock } from "../../shared/clock.js";
 import { EMPTY_HASH } from "../../shared/locator.js";
 import { type SigningParams, signLocator, verifyLocator } from "../../shared/signature.js";
+import { selfSignedCert } from "../harness/tls-cert.js";
 
 export interface StubUser {
   token: string;
@@ -133,31 +132,7 @@ export class ArvadosApiStub {
 
   /** Starts on a free loopback port with a fresh self-signed certificate. */
   static async start(opts: StubOptions): Promise<ArvadosApiStub> {
-    const keyFile = join(opts.dir, "api-stub-key.pem");
-    const certFile = join(opts.dir, "api-stub-cert.pem");
-    execFileSync(
-      "openssl",
-      [
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        keyFile,
-        "-out",
-        certFile,
-        "-days",
-        "2",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1",
-      ],
-      { stdio: "ignore" },
-    );
+    const { keyFile, certFile } = selfSignedCert(opts.dir, "api-stub");
     let stub: ArvadosApiStub | undefined;
     const server = createServer({ key: readFileSync(keyFile), cert: readFileSync(certFile) }, (req, res) =>
       stub?.handle(req, res),

@@ -4,7 +4,7 @@
 import type { ChildProcess } from "node:child_process";
 
 /** The container host's start-up log line (pino JSON); group 1 is its URL. */
-export const KEEPSTORE_LISTENING = /"url":"(http:\/\/[^"]+)".*"msg":"keepstore listening/;
+export const KEEPSTORE_LISTENING = /"url":"(https?:\/\/[^"]+)".*"msg":"keepstore listening/;
 /** keepfn-local's start-up line on stderr; group 1 is its URL. */
 export const KEEPFN_LOCAL_LISTENING = /handlers serving (http:\/\/\S+)/;
 

@@ -1,12 +1,12 @@
 // A protocol-level Key Vault (GET /secrets/{name}[/{version}]) over HTTPS with a throwaway
 // self-signed certificate made by `openssl` at test time, so @azure/keyvault-secrets' real
 // SecretClient (challenge-based auth, bearer token from the managed identity) runs against it.
-import { execFileSync } from "node:child_process";
 import { promises as fs } from "node:fs";
 import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { selfSignedCert } from "./tls-cert.js";
 
 export class KeyVaultStub {
   readonly secrets = new Map<string, string>();
@@ -25,34 +25,14 @@ export class KeyVaultStub {
   /** `tokenOk` checks the bearer token (e.g. against the identity stub's issued tokens). */
   static async start(tokenOk: (token: string) => boolean = () => true): Promise<KeyVaultStub> {
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-kv-"));
-    execFileSync(
-      "openssl",
-      [
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        join(dir, "key.pem"),
-        "-out",
-        join(dir, "cert.pem"),
-        "-days",
-        "1",
-        "-subj",
-        "/CN=localhost",
-        "-addext",
-        "subjectAltName=DNS:localhost,IP:127.0.0.1",
-      ],
-      { stdio: "ignore" },
-    );
+    selfSignedCert(dir, "vault");
     const kv = new KeyVaultStub(dir, tokenOk);
     await kv.listen();
     return kv;
   }
 
   get caFile(): string {
-    return join(this.dir, "cert.pem");
+    return join(this.dir, "vault-cert.pem");
   }
 
   get url(): string {
@@ -61,10 +41,7 @@ export class KeyVaultStub {
 
   /** Start (again) on the same port, as a vault coming back after an outage. */
   async listen(): Promise<void> {
-    const [key, cert] = await Promise.all([
-      fs.readFile(join(this.dir, "key.pem")),
-      fs.readFile(join(this.dir, "cert.pem")),
-    ]);
+    const [key, cert] = await Promise.all([fs.readFile(join(this.dir, "vault-key.pem")), fs.readFile(this.caFile)]);
     this.server = createServer({ key, cert }, (req, res) => {
       this.requests++;
       const m = /^\/secrets\/([^/?]+)(?:\/[^/?]*)?\/?(?:\?.*)?$/.exec(req.url ?? "");

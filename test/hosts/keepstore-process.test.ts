@@ -3,18 +3,20 @@
 // Expect: 100-continue, no Content-Type; Accept: application/octet-stream on GET).
 import assert from "node:assert/strict";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, X509Certificate } from "node:crypto";
 import { promises as fs } from "node:fs";
 import { type AddressInfo, connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
+import { connect as tlsConnect } from "node:tls";
 import { promisify } from "node:util";
 import { ListObjectsV2Command } from "@aws-sdk/client-s3";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
 import { KEEPSTORE_LISTENING, listeningUrl } from "../harness/host-process.js";
 import { startRemoteCluster } from "../harness/remote-cluster.js";
 import { S3rver } from "../harness/s3-server.js";
+import { type CertFiles, selfSignedCert } from "../harness/tls-cert.js";
 import { waitUntil } from "../harness/wait.js";
 
 const run = promisify(execFile);
@@ -27,18 +29,23 @@ async function start(
   args: string[],
   cwd: string,
   env?: NodeJS.ProcessEnv,
-): Promise<{ child: ChildProcess; url: string; stderr: () => string }> {
+): Promise<{ child: ChildProcess; url: string; stderr: () => string; stdout: () => string }> {
   const child = spawn(process.execPath, [MAIN, "-listen=127.0.0.1:0", ...args], {
     cwd,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let err = "";
+  let out = "";
   child.stderr?.on("data", (d) => {
     err += d;
   });
+  // The JSON log goes to stdout.
+  child.stdout?.on("data", (d) => {
+    out += d;
+  });
   const url = await listeningUrl(child, KEEPSTORE_LISTENING);
-  return { child, url, stderr: () => err };
+  return { child, url, stderr: () => err, stdout: () => out };
 }
 
 /**
@@ -92,6 +99,15 @@ async function curl(args: string[]): Promise<{ status: number; body: string }> {
   });
   const i = stdout.lastIndexOf("\n");
   return { status: Number(stdout.slice(i + 1)), body: stdout.slice(0, i) };
+}
+
+/** The image's HEALTHCHECK command (server/Dockerfile), run here with `env`: its exit code. */
+async function healthcheck(env: NodeJS.ProcessEnv): Promise<number> {
+  const dockerfile = await fs.readFile(resolve("server/Dockerfile"), "utf8");
+  const argv = JSON.parse(/HEALTHCHECK[^\n]*\\\n\s*CMD (\[.*\])\n/.exec(dockerfile)?.[1] ?? "null") as string[];
+  assert.equal(argv[0], "node");
+  const r = await run(process.execPath, argv.slice(1), { env: { ...process.env, ...env } }).catch((e) => e);
+  return r.code ?? 0;
 }
 
 // The Arvados Python SDK's own requests, as captured between its KeepClient (keep.py of
@@ -226,6 +242,28 @@ describe("keepstore executable", () => {
       await fs.access(join(cwd, "data/keep/acb/acbd18db4cc2f85cedef654fccc4a4d8"));
     } finally {
       await stop(k.child);
+      await fs.rm(cwd, { recursive: true, force: true });
+    }
+  });
+
+  it("passes the image's HEALTHCHECK: any answer without a token file, 200 with the management token, and fails when nothing listens", async () => {
+    const cwd = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    const tokenFile = join(cwd, "management.token");
+    await fs.writeFile(tokenFile, "health-token\n");
+    const wrongFile = join(cwd, "wrong.token");
+    await fs.writeFile(wrongFile, "not-the-token\n");
+    const k = await start([`-volume=${cwd}`, `-management-token-file=${tokenFile}`], cwd);
+    const port = new URL(k.url).port;
+    try {
+      assert.equal(await healthcheck({ KEEPSTORE_HEALTH_PORT: port }), 0, "no token file: any answer");
+      assert.equal(await healthcheck({ KEEPSTORE_HEALTH_PORT: port, KEEPSTORE_HEALTH_TOKEN_FILE: tokenFile }), 0);
+      assert.equal(await healthcheck({ KEEPSTORE_HEALTH_PORT: port, KEEPSTORE_HEALTH_TOKEN_FILE: wrongFile }), 1);
+    } finally {
+      await stop(k.child);
+    }
+    try {
+      assert.equal(await healthcheck({ KEEPSTORE_HEALTH_PORT: port }), 1, "nothing listening");
+    } finally {
       await fs.rm(cwd, { recursive: true, force: true });
     }
   });
@@ -374,6 +412,137 @@ describe("keepstore executable", () => {
     assert.equal(wrong.code, 2);
     assert.match(wrong.stderr, /Volumes\.xyzzy-nyw5e-000000000000000\.Driver: "Directry" is not a driver/);
     await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it("serves an https:// InternalURL with TLS.Certificate and TLS.Key, and re-reads them on SIGHUP, as the reference", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    const [a, b] = [selfSignedCert(dir, "a"), selfSignedCert(dir, "b")];
+    const served = { certFile: join(dir, "tls.crt"), keyFile: join(dir, "tls.key") };
+    const install = async (c: CertFiles) => {
+      await fs.copyFile(c.certFile, served.certFile);
+      await fs.copyFile(c.keyFile, served.keyFile);
+    };
+    await install(a);
+    await fs.mkdir(join(dir, "disk0"));
+    const config = clusterConfig({
+      keepstores: ["https://127.0.0.1:25107"],
+      more: `
+    TLS:
+      Certificate: "file://${served.certFile}"
+      Key: "file://${served.keyFile}"
+    Volumes:
+      xyzzy-nyw5e-000000000000000:
+        Driver: Directory
+        DriverParameters: {Root: ${join(dir, "disk0")}}
+`,
+    });
+    const k = await startWithConfig(dir, config);
+    /** The SHA-256 fingerprint of the certificate a new connection is shown. */
+    const presented = (url: string) =>
+      new Promise<string>((resolve, reject) => {
+        const u = new URL(url);
+        const s = tlsConnect({ host: u.hostname, port: Number(u.port), rejectUnauthorized: false }, () => {
+          resolve(s.getPeerCertificate().fingerprint256);
+          s.end();
+        });
+        s.once("error", reject);
+      });
+    const fingerprint = async (c: CertFiles) => new X509Certificate(await fs.readFile(c.certFile)).fingerprint256;
+    try {
+      assert.match(k.url, /^https:\/\/127\.0\.0\.1:\d+$/);
+      const hash = md5("over tls");
+      const put = await curl([
+        "--cacert",
+        a.certFile,
+        "-X",
+        "PUT",
+        "--data-binary",
+        "over tls",
+        "-H",
+        `Authorization: Bearer ${USER}`,
+        `${k.url}/${hash}`,
+      ]);
+      assert.equal(put.status, 200, put.body);
+      const loc = put.body.trim();
+      const get = await curl(["--cacert", a.certFile, "-H", `Authorization: Bearer ${USER}`, `${k.url}/${loc}`]);
+      assert.deepEqual(get, { status: 200, body: "over tls" });
+      const touch = await curl([
+        "--cacert",
+        a.certFile,
+        "-X",
+        "TOUCH",
+        "-H",
+        `Authorization: Bearer ${ADMIN}`,
+        `${k.url}/${hash}`,
+      ]);
+      assert.equal(touch.status, 200, `TOUCH over TLS: ${touch.body}`);
+      const plain = await curl([k.url.replace("https:", "http:") + "/_health/ping"]).catch((e) => ({
+        status: 0,
+        body: String(e),
+      }));
+      assert.notEqual(plain.status, 200, "no plain HTTP on the TLS port");
+      assert.equal(await presented(k.url), await fingerprint(a));
+      // The image's HEALTHCHECK: over TLS when told so, and a plain-HTTP check fails against it.
+      const port = new URL(k.url).port;
+      assert.equal(await healthcheck({ KEEPSTORE_HEALTH_PORT: port, KEEPSTORE_HEALTH_SCHEME: "https" }), 0);
+      assert.equal(await healthcheck({ KEEPSTORE_HEALTH_PORT: port }), 1, "http against the TLS port");
+
+      // A renewed certificate: new connections get it after SIGHUP, with no restart.
+      await install(b);
+      k.child.kill("SIGHUP");
+      await waitUntil(() => k.stdout().includes("reloaded the TLS certificate"), "the SIGHUP reload");
+      assert.equal(await presented(k.url), await fingerprint(b));
+      assert.equal(
+        (await curl(["--cacert", b.certFile, `${k.url}/${loc}`, "-H", `Authorization: Bearer ${USER}`])).status,
+        200,
+      );
+      // A pair that does not load: a warning, and the certificate in use stays.
+      await fs.writeFile(served.certFile, "not a certificate\n");
+      k.child.kill("SIGHUP");
+      await waitUntil(() => k.stdout().includes("error updating TLS certificate"), "the failed reload's warning");
+      assert.equal(await presented(k.url), await fingerprint(b));
+      assert.equal(await stop(k.child), 0);
+    } finally {
+      if (k.child.exitCode === null) k.child.kill("SIGKILL");
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses an https:// InternalURL without TLS files, or with an ACME server, saying what to give (exit 2)", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    try {
+      await fs.mkdir(join(dir, "disk0"));
+      const volumes = `
+    Volumes:
+      xyzzy-nyw5e-000000000000000:
+        Driver: Directory
+        DriverParameters: {Root: ${join(dir, "disk0")}}`;
+      for (const [tls, message] of [
+        [
+          "",
+          /https:\/\/127\.0\.0\.1:25107 is https: Clusters\.xyzzy\.TLS\.Key and Clusters\.xyzzy\.TLS\.Certificate must be given as file:\/\/\/path/,
+        ],
+        ['\n    TLS: {Certificate: "/etc/tls.crt", Key: "/etc/tls.key"}', /must be given as file:\/\/\/path/],
+        [
+          '\n    TLS: {ACME: {Server: "acme-v02.api.letsencrypt.org"}}',
+          /TLS\.ACME: keepfn does not fetch certificates itself/,
+        ],
+        [
+          `\n    TLS: {Certificate: "file://${dir}/missing.crt", Key: "file://${dir}/missing.key"}`,
+          /TLS certificate .*missing\.crt: cannot read it \(ENOENT\)/,
+        ],
+      ] as const) {
+        const path = await writeConfig(
+          dir,
+          clusterConfig({ keepstores: ["https://127.0.0.1:25107"], more: tls + volumes }),
+        );
+        const r = await run(process.execPath, [MAIN, `-config=${path}`, "-listen=127.0.0.1:0"]).catch((e) => e);
+        assert.equal(r.code, 2, r.stderr);
+        assert.match(r.stderr, message);
+      }
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("finds itself among several InternalURLs as Arvados does, by the address the host names (127.0.0.2), not its spelling", {

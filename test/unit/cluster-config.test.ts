@@ -263,7 +263,15 @@ Clusters:
     );
     fails(
       edit('"http://keep0.example:25107/": {}', '"https://keep0.example:25107/": {}'),
-      /serves plain http; put TLS in front/,
+      /https:\/\/keep0\.example:25107\/ is https: Clusters\.xyzzy\.TLS\.Key and Clusters\.xyzzy\.TLS\.Certificate must be given as file:\/\/\/path\/to\/file\.pem \(or use an http:\/\/ InternalURL behind a TLS proxy\)/,
+      "https://keep0.example:25107",
+    );
+    fails(
+      edit("    API:\n", '    TLS: {ACME: {Server: "acme.example"}}\n    API:\n').replace(
+        '"http://keep0.example:25107/"',
+        '"https://keep0.example:25107/"',
+      ),
+      /Clusters\.xyzzy\.TLS\.ACME: keepfn does not fetch certificates itself/,
       "https://keep0.example:25107",
     );
     fails(
@@ -309,5 +317,18 @@ describe("cluster config: RemoteClusters (for +R locators)", () => {
       withRemotes("      abcde: {Host: api.abcde.example, Scheme: ftp}\n"),
       /RemoteClusters\.abcde\.Scheme: expected https or http/,
     );
+  });
+});
+
+describe("cluster config: TLS", () => {
+  it("serves an https:// InternalURL (or ListenURL) with TLS.Certificate and TLS.Key given as file:// URLs; http needs none", () => {
+    const https = edit('"http://keep0.example:25107/": {}', '"https://keep0.example:25107/": {}').replace(
+      "    API:\n",
+      '    TLS:\n      Certificate: "file:///etc/arvados/tls.crt"\n      Key: "file:///etc/arvados/tls.key"\n    API:\n',
+    );
+    const r = load(https, "https://keep0.example:25107");
+    assert.deepEqual(r.tls, { certFile: "/etc/arvados/tls.crt", keyFile: "/etc/arvados/tls.key" });
+    assert.equal(r.listen, "keep0.example:25107");
+    assert.equal(load(CONFIG, "http://keep0.example:25107").tls, undefined, "http: no TLS, and no TLS section needed");
   });
 });
