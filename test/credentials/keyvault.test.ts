@@ -239,7 +239,7 @@ describe("Entra ID token to storage (no key at all)", () => {
     const secure = await Azurite.start({
       inMemory: true,
       cert: vault.caFile,
-      key: join(vault.dir, "key.pem"),
+      key: vault.keyFile,
       oauth: true,
     });
     try {

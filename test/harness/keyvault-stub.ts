@@ -31,8 +31,14 @@ export class KeyVaultStub {
     return kv;
   }
 
+  /** The vault's self-signed certificate (clients trust it as their CA). */
   get caFile(): string {
     return join(this.dir, "vault-cert.pem");
+  }
+
+  /** Its private key (a test may serve another local HTTPS endpoint with the same pair). */
+  get keyFile(): string {
+    return join(this.dir, "vault-key.pem");
   }
 
   get url(): string {
@@ -41,7 +47,7 @@ export class KeyVaultStub {
 
   /** Start (again) on the same port, as a vault coming back after an outage. */
   async listen(): Promise<void> {
-    const [key, cert] = await Promise.all([fs.readFile(join(this.dir, "vault-key.pem")), fs.readFile(this.caFile)]);
+    const [key, cert] = await Promise.all([fs.readFile(this.keyFile), fs.readFile(this.caFile)]);
     this.server = createServer({ key, cert }, (req, res) => {
       this.requests++;
       const m = /^\/secrets\/([^/?]+)(?:\/[^/?]*)?\/?(?:\?.*)?$/.exec(req.url ?? "");

@@ -4,11 +4,15 @@
 // by keepfn-local's Functions host over Azurite.
 import assert from "node:assert/strict";
 import { randomBytes, randomUUID } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
 import Module from "node:module";
 import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Volume } from "../../shared/volume/volume.js";
 import { KEEPFN_LOCAL_LISTENING, listeningUrl } from "../harness/host-process.js";
+import { selfSignedCert } from "../harness/tls-cert.js";
 import { waitUntil } from "../harness/wait.js";
 
 // Capture what app.http/app.timer register: @azure/functions-core is the virtual module the
@@ -739,11 +743,12 @@ describe("Functions over Azurite that stops mid-request (keepfn-local, real HTTP
 
 describe("Entra ID token to storage, configured by app settings (identity: true)", () => {
   it("keepfn-local serves blocks over Azurite (HTTPS, --oauth basic) with the managed identity's token and no key", async () => {
-    const certs = await KeyVaultStub.start(); // only for its throwaway certificate
+    const certDir = await mkdtemp(join(tmpdir(), "keepfn-azurite-tls-"));
+    const certs = selfSignedCert(certDir, "azurite");
     const secure = await Azurite.start({
       inMemory: true,
-      cert: certs.caFile,
-      key: `${certs.dir}/key.pem`,
+      cert: certs.certFile,
+      key: certs.keyFile,
       oauth: true,
     });
     const { spawn } = await import("node:child_process");
@@ -756,7 +761,7 @@ describe("Entra ID token to storage, configured by app settings (identity: true)
         secure.endpoint,
         new StorageSharedKeyCredential(AZURITE_ACCOUNT, AZURITE_KEY),
         {
-          tlsOptions: { ca: readFileSync(certs.caFile, "utf8") },
+          tlsOptions: { ca: readFileSync(certs.certFile, "utf8") },
         } as never,
       );
       await admin.getContainerClient("entra").create();
@@ -768,7 +773,7 @@ describe("Entra ID token to storage, configured by app settings (identity: true)
         {
           env: {
             ...process.env, // IDENTITY_ENDPOINT / IDENTITY_HEADER, as the platform sets them
-            NODE_EXTRA_CA_CERTS: certs.caFile,
+            NODE_EXTRA_CA_CERTS: certs.certFile,
             AZURE_CLIENT_ID: "11111111-2222-3333-4444-555555555555",
             KEEP_VOLUMES: JSON.stringify([
               { account: AZURITE_ACCOUNT, container: "entra", endpoint: secure.endpoint, identity: true },
@@ -799,7 +804,7 @@ describe("Entra ID token to storage, configured by app settings (identity: true)
         await exited;
       }
       await secure.close();
-      await certs.close();
+      await rm(certDir, { recursive: true, force: true });
     }
   });
 });

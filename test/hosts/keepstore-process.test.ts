@@ -476,7 +476,7 @@ describe("keepstore executable", () => {
         `${k.url}/${hash}`,
       ]);
       assert.equal(touch.status, 200, `TOUCH over TLS: ${touch.body}`);
-      const plain = await curl([k.url.replace("https:", "http:") + "/_health/ping"]).catch((e) => ({
+      const plain = await curl([`${k.url.replace("https:", "http:")}/_health/ping`]).catch((e) => ({
         status: 0,
         body: String(e),
       }));
