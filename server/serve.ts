@@ -4,6 +4,7 @@ import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { createServer as createTlsServer, type Server as TlsServer } from "node:https";
 import type { AddressInfo } from "node:net";
+import { createSecureContext, type SecureContextOptions } from "node:tls";
 import { type AppDeps, createKeepApp, type KeepApp } from "../shared/app.js";
 import type { TlsFiles } from "../shared/cluster-config.js";
 import { ConfigError, type KeepConfig } from "../shared/config.js";
@@ -31,8 +32,12 @@ export interface RunningServer {
   reloadTls?(): void;
 }
 
-/** The PEM pair, or a ConfigError naming the file that cannot be read. */
-function readTls(tls: TlsFiles): { cert: Buffer; key: Buffer } {
+/**
+ * The server's TLS options from the PEM pair, checked: a file that cannot be read, or a pair
+ * that does not load (not PEM, key not matching), is a ConfigError naming the files.
+ * TLS 1.2 at least, as the reference's TLS config.
+ */
+function loadTls(tls: TlsFiles): SecureContextOptions {
   const read = (what: string, path: string) => {
     try {
       return readFileSync(path);
@@ -40,17 +45,17 @@ function readTls(tls: TlsFiles): { cert: Buffer; key: Buffer } {
       throw new ConfigError(`TLS ${what} ${path}: cannot read it (${(err as NodeJS.ErrnoException).code ?? err})`);
     }
   };
-  return { cert: read("certificate", tls.certFile), key: read("key", tls.keyFile) };
-}
-
-/** A pair that does not load (not PEM, key not matching) stops the start with the files named. */
-function tlsServer(tls: TlsFiles, http: object, listener: ReturnType<typeof nodeListener>): TlsServer {
-  const pair = readTls(tls);
+  const options = {
+    cert: read("certificate", tls.certFile),
+    key: read("key", tls.keyFile),
+    minVersion: "TLSv1.2" as const,
+  };
   try {
-    return createTlsServer({ ...http, ...pair, minVersion: "TLSv1.2" }, listener);
+    createSecureContext(options);
   } catch (err) {
     throw new ConfigError(`TLS certificate ${tls.certFile} and key ${tls.keyFile}: ${(err as Error).message}`);
   }
+  return options;
 }
 
 export async function startKeepServer(
@@ -59,11 +64,12 @@ export async function startKeepServer(
   deps: AppDeps = {},
   opts: { tls?: TlsFiles } = {},
 ): Promise<RunningServer> {
+  // Before the volumes are opened: a bad certificate stops the start with nothing touched.
+  const tls = opts.tls ? loadTls(opts.tls) : undefined;
   const app = await createKeepApp(config, deps);
   const listener = nodeListener(app.handler, (err) => app.logger.error({ err }, "adapter error"));
   const http = { requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 };
-  // TLS 1.2 at least, as the reference's TLS config.
-  const server = opts.tls ? tlsServer(opts.tls, http, listener) : createServer(http, listener);
+  const server = tls ? createTlsServer({ ...http, ...tls }, listener) : createServer(http, listener);
   // Expect: 100-continue (every PUT of the Arvados Python client). Node would answer
   // 100 Continue before the handler ran, so a PUT refused from its head alone (413 oversize,
   // 400, 401/403, 503 overload) still made libcurl upload megabytes first. Give the handler one
@@ -127,9 +133,7 @@ export async function startKeepServer(
     },
     ...(opts.tls
       ? {
-          reloadTls: () => {
-            (server as TlsServer).setSecureContext({ ...readTls(opts.tls as TlsFiles), minVersion: "TLSv1.2" });
-          },
+          reloadTls: () => (server as TlsServer).setSecureContext(loadTls(opts.tls as TlsFiles)),
         }
       : {}),
   };

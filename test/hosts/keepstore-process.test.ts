@@ -512,6 +512,7 @@ describe("keepstore executable", () => {
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
     try {
       await fs.mkdir(join(dir, "disk0"));
+      await fs.writeFile(join(dir, "garbage.pem"), "not a certificate\n");
       const volumes = `
     Volumes:
       xyzzy-nyw5e-000000000000000:
@@ -530,6 +531,10 @@ describe("keepstore executable", () => {
         [
           `\n    TLS: {Certificate: "file://${dir}/missing.crt", Key: "file://${dir}/missing.key"}`,
           /TLS certificate .*missing\.crt: cannot read it \(ENOENT\)/,
+        ],
+        [
+          `\n    TLS: {Certificate: "file://${dir}/garbage.pem", Key: "file://${dir}/garbage.pem"}`,
+          /TLS certificate .*garbage\.pem and key .*garbage\.pem: /,
         ],
       ] as const) {
         const path = await writeConfig(
