@@ -4,7 +4,7 @@
 Run it through `npm run test:arvados-python` (test/clients/python-client.ts), which starts
 the hosts, writes the settings file and passes its path here:
 
-    arvados_keepclient.py SETTINGS.json [posix|functions|lambda|two ...]
+    arvados_keepclient.py SETTINGS.json [posix|functions|lambda|two|tls ...]
 
 Environment:
     ARVADOS_PYTHON_SDK  the directory holding arvados/ (keep.py of arvados/arvados; see
@@ -21,6 +21,7 @@ SETTINGS.json (written by the runner; every URL ends in "/"):
         "lambda":    {"url": ..., "trash": ..., "copies": 2}
       },
       "posix_b": "...",                         # a second container host, its own volume
+      "posix_tls": {"url": "https://...", "ca": "/path/cert.pem"},  # a container host serving TLS
       "posix_volumes": ["/dir/of/posix", "/dir/of/posix_b"]
     }
 
@@ -70,7 +71,8 @@ HOSTS = {
 POSIX_B = SETTINGS["posix_b"]
 POSIX_VOLUMES = SETTINGS["posix_volumes"]
 # How many checks each part has: a check skipped because an earlier step broke is a failure too.
-EXPECTED = {"posix": 35, "functions": 35, "lambda": 36, "posix x2": 3}
+EXPECTED = {"posix": 35, "functions": 35, "lambda": 36, "posix x2": 3, "posix tls": 4}
+POSIX_TLS = SETTINGS["posix_tls"]
 
 results = {}  # host -> [passed, failed]
 failures = []
@@ -435,17 +437,59 @@ def run_two_services():
     check(name, "get/head through the two services", read_either)
 
 
+def run_tls():
+    name = "posix tls"
+    print("\n=== a container host serving TLS (an https:// InternalURL) ===")
+    url = POSIX_TLS["url"]
+    # arvados.util.ca_certs_path() takes SSL_CERT_FILE first: the SDK then verifies the
+    # server's certificate against the test CA, as it would a cluster's own CA.
+    os.environ["SSL_CERT_FILE"] = POSIX_TLS["ca"]
+    try:
+        def small():
+            d = blob(4096)
+            loc = kc(url).put(d, copies=1)
+            return bool(SIGNED_RE.match(loc)) and kc(url).get(loc) == d and kc(url).head(loc) is True, f"locator={loc}"
+        check(name, "put, get and head of a small block over HTTPS, the certificate verified", small)
+
+        def empty():
+            loc = kc(url).put(b"", copies=1)
+            return loc.startswith("d41d8cd98f00b204e9800998ecf8427e+0+A") and kc(url).get(loc) == b"", f"locator={loc}"
+        check(name, "put and get of the empty block over HTTPS", empty)
+
+        def big():
+            d = os.urandom(64 * MiB)
+            t0 = time.time()
+            loc = kc(url).put(d, copies=1)
+            ok = kc(url).get(loc) == d
+            return ok, f"64 MiB put + get in {time.time() - t0:.2f}s"
+        check(name, "put and get of a 64 MiB block over HTTPS", big)
+
+        def untrusted():
+            # Without the test CA the SDK must refuse the server: the check above was real.
+            del os.environ["SSL_CERT_FILE"]
+            try:
+                loc = kc(url).put(blob(10), copies=1, num_retries=0)
+            except arvados.errors.KeepWriteError as e:
+                return True, f"KeepWriteError: {str(e)[:160]}"
+            return False, f"put succeeded without trusting the certificate: {loc}"
+        check(name, "an untrusted certificate is refused by the SDK", untrusted)
+    finally:
+        os.environ.pop("SSL_CERT_FILE", None)
+
+
 def main():
     import pycurl
     print("pycurl:", pycurl.version)
     print("python:", sys.version.split()[0])
     t0 = time.time()
-    only = sys.argv[2:] or list(HOSTS) + ["two"]
+    only = sys.argv[2:] or list(HOSTS) + ["two", "tls"]
     for name, cfg in HOSTS.items():
         if name in only:
             run_host(name, cfg)
     if "two" in only:
         run_two_services()
+    if "tls" in only:
+        run_tls()
     print("\n=== summary ===")
     tp = tf = 0
     for h, (p, f) in results.items():
@@ -458,7 +502,11 @@ def main():
             print(f"64 MiB via {h}: put {t[0]:.2f}s get {t[1]:.2f}s head {t[2]:.2f}s total {sum(t):.2f}s")
     for n in notes:
         print("note:", n)
-    wanted = [h for h in HOSTS if h in only] + (["posix x2"] if "two" in only else [])
+    wanted = (
+        [h for h in HOSTS if h in only]
+        + (["posix x2"] if "two" in only else [])
+        + (["posix tls"] if "tls" in only else [])
+    )
     short = [f"{h}: {sum(results.get(h, [0, 0]))} of {EXPECTED[h]} checks ran"
              for h in wanted if sum(results.get(h, [0, 0])) != EXPECTED[h]]
     if failures:

@@ -18,6 +18,7 @@ import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
 import { all, ChildHosts, pythonProbe, pythonSetup, ROOT, ScriptRun, writeSecrets } from "../harness/child-hosts.js";
 import { type RemoteCluster, startRemoteCluster } from "../harness/remote-cluster.js";
 import { S3rver } from "../harness/s3-server.js";
+import { selfSignedCert } from "../harness/tls-cert.js";
 
 const SCRIPT = join(ROOT, "test/clients/arvados_keepclient.py");
 /** Signing TTL (s) of the trash instances: the script waits this long before trashing. */
@@ -60,9 +61,33 @@ async function main(): Promise<number> {
   const script = new ScriptRun("python-client");
   let status = 1;
   try {
-    const [volA, volB, volT] = ["vol-a", "vol-b", "vol-t"].map((v) => join(dir, v)) as [string, string, string];
-    for (const d of [logDir, volA, volB, volT]) await fs.mkdir(d);
+    const [volA, volB, volT, volS] = ["vol-a", "vol-b", "vol-t", "vol-s"].map((v) => join(dir, v)) as [
+      string,
+      string,
+      string,
+      string,
+    ];
+    for (const d of [logDir, volA, volB, volT, volS]) await fs.mkdir(d);
     const { key, admin, flags: secrets } = await writeSecrets(dir, "arvpy");
+    // A container host whose cluster config gives it an https:// InternalURL: TLS with a
+    // throwaway certificate, which the script makes the SDK trust (SSL_CERT_FILE).
+    const tlsCert = selfSignedCert(dir, "keepstore-tls");
+    const tlsConfig = join(dir, "tls-config.yml");
+    await fs.writeFile(
+      tlsConfig,
+      [
+        "Clusters:",
+        "  zzzzz:",
+        `    SystemRootToken: ${JSON.stringify(admin)}`,
+        "    Services:",
+        '      Keepstore: {InternalURLs: {"https://127.0.0.1:25107": {}}}',
+        `    Collections: {BlobSigningKey: ${JSON.stringify(key)}}`,
+        `    TLS: {Certificate: "file://${tlsCert.certFile}", Key: "file://${tlsCert.keyFile}"}`,
+        `    Volumes: {zzzzz-nyw5e-000000000000000: {Driver: Directory, DriverParameters: {Root: "${volS}"}}}`,
+        "",
+      ].join("\n"),
+      { mode: 0o600 },
+    );
 
     // Another cluster for +R reads. Its user token's secret has 50 characters, as the API
     // server's do (the SDK's SaltToken takes a 40-character secret for one already salted).
@@ -94,10 +119,12 @@ async function main(): Promise<number> {
         "-never-delete=false",
         "-trash-lifetime=1h",
       ]),
+      hosts.keepstore("posix-tls", [`-config=${tlsConfig}`]),
     ];
-    const [, , posixA, posixB, posixT] = (await all<unknown>([...backends, ...posix])) as [
+    const [, , posixA, posixB, posixT, posixTls] = (await all<unknown>([...backends, ...posix])) as [
       unknown,
       unknown,
+      string,
       string,
       string,
       string,
@@ -138,6 +165,7 @@ async function main(): Promise<number> {
         lambda: { url: lambda, trash: lambdaT, copies: 2 },
       },
       posix_b: posixB,
+      posix_tls: { url: posixTls, ca: tlsCert.certFile },
       federation: { token: fedToken, blocks: fedBlocks },
       posix_volumes: [volA, volB],
     };
