@@ -5,6 +5,7 @@ import { availableParallelism } from "node:os";
 import { setFlagsFromString } from "node:v8";
 import { ConfigError } from "../shared/config.js";
 import { createLogger } from "../shared/log.js";
+import { ARVADOS_CA_FILE, trustArvadosCa } from "./arvados-ca.js";
 import { DEFAULT_VOLUME, parseFlags, USAGE } from "./flags.js";
 import { startKeepServer } from "./serve.js";
 import { notifySystemd } from "./systemd.js";
@@ -34,6 +35,8 @@ async function main(): Promise<void> {
   for (const v of opts.config.volumes) {
     if (v.driver === "posix" && v.root === DEFAULT_VOLUME) mkdirSync(v.root, { recursive: true });
   }
+  // KEEPFN_ARVADOS_CA_FILE: another place for the cluster's CA bundle (tests, unusual layouts).
+  trustArvadosCa(process.env.KEEPFN_ARVADOS_CA_FILE || ARVADOS_CA_FILE, logger);
   const running = await startKeepServer(opts.config, opts.listen, { logger }, { tls: opts.tls });
   if (opts.pidFile) writeFileSync(opts.pidFile, `${process.pid}\n`);
   for (const m of running.app.keep.mounts) logger.info({ mount: m.toJSON() }, "using volume");

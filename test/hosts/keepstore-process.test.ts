@@ -9,6 +9,7 @@ import { type AddressInfo, connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
+import * as tlsModule from "node:tls";
 import { connect as tlsConnect } from "node:tls";
 import { promisify } from "node:util";
 import { ListObjectsV2Command } from "@aws-sdk/client-s3";
@@ -504,6 +505,77 @@ describe("keepstore executable", () => {
       assert.equal(await stop(k.child), 0);
     } finally {
       if (k.child.exitCode === null) k.child.kill("SIGKILL");
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("pulls from an https keepstore whose certificate /etc/arvados/ca-certificates.crt vouches for (here KEEPFN_ARVADOS_CA_FILE), as Arvados software trusts it", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    const ca = selfSignedCert(dir, "cluster-ca");
+    for (const d of ["src", "trusting", "untrusting"]) await fs.mkdir(join(dir, d));
+    await fs.writeFile(join(dir, "key"), KEY);
+    await fs.writeFile(join(dir, "admin"), ADMIN);
+    const source = await startWithConfig(
+      dir,
+      clusterConfig({
+        keepstores: ["https://127.0.0.1:25107"],
+        more: `
+    TLS: {Certificate: "file://${ca.certFile}", Key: "file://${ca.keyFile}"}
+    Volumes:
+      xyzzy-nyw5e-000000000000000: {Driver: Directory, DriverParameters: {Root: ${join(dir, "src")}}}
+`,
+      }),
+    );
+    // Node 22.15+ (the project's) adds the CA while running; an older Node says to start with
+    // NODE_EXTRA_CA_CERTS instead, and is started so here (the child runs this test's Node).
+    const canAdd = typeof (tlsModule as { setDefaultCACertificates?: unknown }).setDefaultCACertificates === "function";
+    const puller = (volume: string, caFile: string, env: NodeJS.ProcessEnv = {}) =>
+      start(
+        [
+          `-volume=${join(dir, volume)}`,
+          `-blob-signing-key-file=${join(dir, "key")}`,
+          `-data-manager-token-file=${join(dir, "admin")}`,
+        ],
+        dir,
+        { KEEPFN_ARVADOS_CA_FILE: caFile, ...env },
+      );
+    const trusting = await puller("trusting", ca.certFile, canAdd ? {} : { NODE_EXTRA_CA_CERTS: ca.certFile });
+    const untrusting = await puller("untrusting", join(dir, "no-such-ca.crt"));
+    try {
+      const data = "pulled over tls";
+      const hash = md5(data);
+      const put = await curl(["--cacert", ca.certFile, "-X", "PUT", "--data-binary", data, `${source.url}/${hash}`]);
+      assert.equal(put.status, 200, put.body);
+      const list = JSON.stringify([{ locator: `${hash}+${data.length}`, servers: [source.url] }]);
+      for (const k of [trusting, untrusting]) {
+        const r = await fetch(`${k.url}/pull`, {
+          method: "PUT",
+          body: list,
+          headers: { authorization: `Bearer ${ADMIN}` },
+        });
+        assert.equal(r.status, 200, await r.text());
+      }
+      assert.match(
+        trusting.stdout(),
+        canAdd
+          ? /trusting 1 CA certificate\(s\) from .*cluster-ca-cert\.pem, with the system's/
+          : /cannot add CAs while running: start keepstore with NODE_EXTRA_CA_CERTS=.*cluster-ca-cert\.pem/,
+      );
+      await waitUntil(
+        () =>
+          fs.access(join(dir, "trusting", hash.slice(0, 3), hash)).then(
+            () => true,
+            () => false,
+          ),
+        "the pulled block on the trusting keepstore",
+      );
+      assert.equal(await fs.readFile(join(dir, "trusting", hash.slice(0, 3), hash), "utf8"), data);
+      // Without the CA the same pull fails on the certificate, and nothing is stored.
+      await waitUntil(() => untrusting.stdout().includes("pull failed"), "the untrusting keepstore's failed pull");
+      assert.match(untrusting.stdout(), /self[- ]signed|SELF_SIGNED|certificate/i);
+      await assert.rejects(fs.access(join(dir, "untrusting", hash.slice(0, 3), hash)));
+    } finally {
+      await Promise.all([stop(source.child), stop(trusting.child), stop(untrusting.child)]);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
