@@ -21,6 +21,8 @@ export interface ServerOptions {
   version?: boolean;
   /** Serve HTTPS with these PEM files (a cluster config whose InternalURL is https://). */
   tls?: TlsFiles;
+  /** The cluster config's SystemLogs.LogLevel (flags have none). */
+  logLevel?: string;
 }
 
 const BOOL = new Set([
@@ -309,6 +311,7 @@ export function parseFlags(
       listen: listenGiven ? listen : fromFile.listen,
       pidFile,
       help,
+      logLevel: fromFile.logLevel,
       ...(fromFile.tls ? { tls: fromFile.tls } : {}),
     };
   }

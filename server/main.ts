@@ -32,6 +32,8 @@ async function main(): Promise<void> {
     process.stdout.write(versionLine());
     return;
   }
+  // The cluster config's SystemLogs.LogLevel, unless KEEPFN_LOG_LEVEL says otherwise.
+  if (opts.logLevel && !process.env.KEEPFN_LOG_LEVEL) logger.level = opts.logLevel;
   for (const v of opts.config.volumes) {
     if (v.driver === "posix" && v.root === DEFAULT_VOLUME) mkdirSync(v.root, { recursive: true });
   }

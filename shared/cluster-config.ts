@@ -19,6 +19,8 @@ export interface ClusterConfigResult {
   selfUrl: string;
   /** For an https:// InternalURL: the PEM files of TLS.Certificate and TLS.Key. */
   tls?: TlsFiles;
+  /** SystemLogs.LogLevel as a pino level (the reference's "panic" is pino's "fatal"). */
+  logLevel: string;
 }
 
 export interface TlsFiles {
@@ -94,7 +96,34 @@ export function fromClusterConfig(
     throw new ConfigError(
       `${at}.Collections.BlobSigning is true (the default) but ${at}.Collections.BlobSigningKey is empty: set the key, or BlobSigning: false`,
     );
-  return { config: validateConfig(c), listen, selfUrl, ...(tls ? { tls } : {}) };
+  return {
+    config: validateConfig(c),
+    listen,
+    selfUrl,
+    logLevel: logLevel(at, sub("SystemLogs")),
+    ...(tls ? { tls } : {}),
+  };
+}
+
+/** SystemLogs.LogLevel, as Arvados services apply it to their log (default info). */
+function logLevel(at: string, logs: Obj): string {
+  const level = str(`${at}.SystemLogs.LogLevel`, field(logs, "LogLevel"), "info").toLowerCase();
+  const levels: Record<string, string> = {
+    panic: "fatal",
+    fatal: "fatal",
+    error: "error",
+    warn: "warn",
+    warning: "warn",
+    info: "info",
+    debug: "debug",
+    trace: "trace",
+  };
+  const mapped = levels[level];
+  if (!mapped)
+    throw new ConfigError(
+      `${at}.SystemLogs.LogLevel: ${JSON.stringify(level)} is not a level (panic, fatal, error, warn, info, debug or trace)`,
+    );
+  return mapped;
 }
 
 /**

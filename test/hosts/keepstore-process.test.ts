@@ -13,7 +13,7 @@ import * as tlsModule from "node:tls";
 import { connect as tlsConnect } from "node:tls";
 import { promisify } from "node:util";
 import { ListObjectsV2Command } from "@aws-sdk/client-s3";
-import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite } from "../harness/azurite.js";
+import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite, freePort } from "../harness/azurite.js";
 import { KEEPSTORE_LISTENING, listeningUrl } from "../harness/host-process.js";
 import { startRemoteCluster } from "../harness/remote-cluster.js";
 import { S3rver } from "../harness/s3-server.js";
@@ -576,6 +576,46 @@ describe("keepstore executable", () => {
       await assert.rejects(fs.access(join(dir, "untrusting", hash.slice(0, 3), hash)));
     } finally {
       await Promise.all([stop(source.child), stop(trusting.child), stop(untrusting.child)]);
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("logs at the cluster config's SystemLogs.LogLevel: warn leaves out the info lines (each request's, the start-up's)", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    await fs.mkdir(join(dir, "disk0"));
+    const port = await freePort();
+    const path = await writeConfig(
+      dir,
+      clusterConfig({
+        keepstores: [`http://127.0.0.1:${port}`],
+        more: `
+    SystemLogs: {LogLevel: warn}
+    Volumes:
+      xyzzy-nyw5e-000000000000000: {Driver: Directory, DriverParameters: {Root: ${join(dir, "disk0")}}}
+`,
+      }),
+    );
+    const { KEEPFN_LOG_LEVEL: _, ...env } = process.env;
+    const child = spawn(process.execPath, [MAIN, `-config=${path}`], {
+      cwd: dir,
+      env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout?.on("data", (d) => {
+      out += d;
+    });
+    try {
+      const index = () =>
+        fetch(`http://127.0.0.1:${port}/index`, { headers: { authorization: `Bearer ${ADMIN}` } }).then(
+          async (r) => (await r.text(), r.status === 200),
+          () => false,
+        );
+      await waitUntil(index, "the keepstore to answer on its InternalURL");
+      assert.equal(await stop(child), 0);
+      assert.equal(out.match(/"level":30/g), null, `no info lines at warn: ${out.slice(0, 300)}`);
+    } finally {
+      if (child.exitCode === null) child.kill("SIGKILL");
       await fs.rm(dir, { recursive: true, force: true });
     }
   });

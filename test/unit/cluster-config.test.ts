@@ -332,3 +332,17 @@ describe("cluster config: TLS", () => {
     assert.equal(load(CONFIG, "http://keep0.example:25107").tls, undefined, "http: no TLS, and no TLS section needed");
   });
 });
+
+describe("cluster config: SystemLogs.LogLevel", () => {
+  it("takes the reference's levels (info by default; panic is pino's fatal) and refuses others by name", () => {
+    const withLevel = (level: string) => edit("    API:\n", `    SystemLogs: {LogLevel: ${level}}\n    API:\n`);
+    assert.equal(load(CONFIG, "http://keep0.example:25107").logLevel, "info");
+    assert.equal(load(withLevel("warn"), "http://keep0.example:25107").logLevel, "warn");
+    assert.equal(load(withLevel("Debug"), "http://keep0.example:25107").logLevel, "debug");
+    assert.equal(load(withLevel("panic"), "http://keep0.example:25107").logLevel, "fatal");
+    fails(
+      withLevel("loud"),
+      /Clusters\.xyzzy\.SystemLogs\.LogLevel: "loud" is not a level \(panic, fatal, error, warn, info, debug or trace\)/,
+    );
+  });
+});
