@@ -608,7 +608,10 @@ describe("keepstore executable", () => {
     try {
       const index = () =>
         fetch(`http://127.0.0.1:${port}/index`, { headers: { authorization: `Bearer ${ADMIN}` } }).then(
-          async (r) => (await r.text(), r.status === 200),
+          async (r) => {
+            await r.text();
+            return r.status === 200;
+          },
           () => false,
         );
       await waitUntil(index, "the keepstore to answer on its InternalURL");
