@@ -14,6 +14,7 @@ import { connect as tlsConnect } from "node:tls";
 import { promisify } from "node:util";
 import { ListObjectsV2Command } from "@aws-sdk/client-s3";
 import { AZURITE_ACCOUNT, AZURITE_KEY, Azurite, freePort } from "../harness/azurite.js";
+import { filesUnder } from "../harness/fs-tools.js";
 import { KEEPSTORE_LISTENING, listeningUrl } from "../harness/host-process.js";
 import { startRemoteCluster } from "../harness/remote-cluster.js";
 import { S3rver } from "../harness/s3-server.js";
@@ -487,6 +488,25 @@ describe("keepstore executable", () => {
       const port = new URL(k.url).port;
       assert.equal(await healthcheck({ KEEPSTORE_HEALTH_PORT: port, KEEPSTORE_HEALTH_SCHEME: "https" }), 0);
       assert.equal(await healthcheck({ KEEPSTORE_HEALTH_PORT: port }), 1, "http against the TLS port");
+
+      // A client that hangs up mid-PUT over TLS leaves no block and no temp file.
+      const big = Buffer.alloc(8 << 20, 9);
+      const bigHash = createHash("md5").update(big).digest("hex");
+      const u = new URL(k.url);
+      const sock = tlsConnect({ host: u.hostname, port: Number(u.port), ca: await fs.readFile(a.certFile) });
+      sock.on("error", () => {});
+      const closed = new Promise<void>((r) => sock.on("close", () => r()));
+      sock.write(
+        `PUT /${bigHash} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${USER}\r\nContent-Length: ${big.length}\r\n\r\n`,
+      );
+      sock.write(big.subarray(0, 3 << 20));
+      const disk = join(dir, "disk0");
+      const temp = async () => (await filesUnder(disk)).some((f) => /\/tmp[0-9a-f]{32}[^/]*$/.test(f));
+      await waitUntil(temp, "the volume's temp file for the PUT over TLS");
+      sock.destroy();
+      await closed;
+      await waitUntil(async () => !(await temp()), "the temp file to be removed after the hang-up");
+      assert.ok(!(await filesUnder(disk)).some((f) => f.endsWith(`/${bigHash}`)), "no block from the cut-off PUT");
 
       // A renewed certificate: new connections get it after SIGHUP, with no restart.
       await install(b);
