@@ -23,6 +23,8 @@ export interface ServerOptions {
   tls?: TlsFiles;
   /** The cluster config's SystemLogs.LogLevel (flags have none). */
   logLevel?: string;
+  /** The cluster config's TLS.Insecure. */
+  tlsInsecure?: boolean;
 }
 
 const BOOL = new Set([
@@ -312,6 +314,7 @@ export function parseFlags(
       pidFile,
       help,
       logLevel: fromFile.logLevel,
+      tlsInsecure: fromFile.tlsInsecure,
       ...(fromFile.tls ? { tls: fromFile.tls } : {}),
     };
   }

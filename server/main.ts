@@ -39,6 +39,14 @@ async function main(): Promise<void> {
   }
   // KEEPFN_ARVADOS_CA_FILE: another place for the cluster's CA bundle (tests, unusual layouts).
   trustArvadosCa(process.env.KEEPFN_ARVADOS_CA_FILE || ARVADOS_CA_FILE, logger);
+  if (opts.tlsInsecure) {
+    // The reference skips verification for the cluster's services only; one Node process has
+    // one switch, so here it covers every TLS connection. Say so, loudly.
+    process.env.NODE_TLS_REJECT_UNAUTHORIZED = "0";
+    logger.warn(
+      "TLS.Insecure is true: no TLS certificate is verified, for other keepstores and remote clusters and also for S3 and Azure endpoints; for a private CA, put it in /etc/arvados/ca-certificates.crt instead",
+    );
+  }
   const running = await startKeepServer(opts.config, opts.listen, { logger }, { tls: opts.tls });
   if (opts.pidFile) writeFileSync(opts.pidFile, `${process.pid}\n`);
   for (const m of running.app.keep.mounts) logger.info({ mount: m.toJSON() }, "using volume");

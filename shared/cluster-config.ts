@@ -21,6 +21,8 @@ export interface ClusterConfigResult {
   tls?: TlsFiles;
   /** SystemLogs.LogLevel as a pino level (the reference's "panic" is pino's "fatal"). */
   logLevel: string;
+  /** TLS.Insecure: accept any certificate from the cluster's services (dev clusters). */
+  tlsInsecure: boolean;
 }
 
 export interface TlsFiles {
@@ -101,6 +103,7 @@ export function fromClusterConfig(
     listen,
     selfUrl,
     logLevel: logLevel(at, sub("SystemLogs")),
+    tlsInsecure: bool(`${at}.TLS.Insecure`, field(sub("TLS"), "Insecure"), false),
     ...(tls ? { tls } : {}),
   };
 }

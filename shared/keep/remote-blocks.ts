@@ -91,7 +91,7 @@ export class RemoteBlocks {
     if (!c) throw new BadRequestError("remote cluster not configured");
     if (c.insecure)
       throw new BackendError(
-        `remote cluster ${id} is configured with Insecure: true, which keepfn does not support: trust its certificate instead (NODE_EXTRA_CA_CERTS) and set Insecure: false`,
+        `remote cluster ${id} is configured with Insecure: true, which keepfn does not support: trust its certificate instead (its CA in /etc/arvados/ca-certificates.crt or NODE_EXTRA_CA_CERTS) and set Insecure: false`,
         500,
       );
     return c;

@@ -529,10 +529,10 @@ describe("keepstore executable", () => {
     }
   });
 
-  it("pulls from an https keepstore whose certificate /etc/arvados/ca-certificates.crt vouches for (here KEEPFN_ARVADOS_CA_FILE), as Arvados software trusts it", async () => {
+  it("pulls from an https keepstore whose certificate /etc/arvados/ca-certificates.crt vouches for (here KEEPFN_ARVADOS_CA_FILE), or with TLS.Insecure, as Arvados software does", async () => {
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
     const ca = selfSignedCert(dir, "cluster-ca");
-    for (const d of ["src", "trusting", "untrusting"]) await fs.mkdir(join(dir, d));
+    for (const d of ["src", "trusting", "untrusting", "insecure"]) await fs.mkdir(join(dir, d));
     await fs.writeFile(join(dir, "key"), KEY);
     await fs.writeFile(join(dir, "admin"), ADMIN);
     const source = await startWithConfig(
@@ -561,13 +561,28 @@ describe("keepstore executable", () => {
       );
     const trusting = await puller("trusting", ca.certFile, canAdd ? {} : { NODE_EXTRA_CA_CERTS: ca.certFile });
     const untrusting = await puller("untrusting", join(dir, "no-such-ca.crt"));
+    // A dev cluster's TLS.Insecure: true, as the reference honours it for its pulls.
+    const insecureDir = join(dir, "insecure-config");
+    await fs.mkdir(insecureDir);
+    const insecure = await startWithConfig(
+      insecureDir,
+      clusterConfig({
+        keepstores: ["http://127.0.0.1:25107"],
+        more: `
+    TLS: {Insecure: true}
+    Volumes:
+      xyzzy-nyw5e-000000000000001: {Driver: Directory, DriverParameters: {Root: ${join(dir, "insecure")}}}
+`,
+      }),
+      { KEEPFN_ARVADOS_CA_FILE: join(dir, "no-such-ca.crt") },
+    );
     try {
       const data = "pulled over tls";
       const hash = md5(data);
       const put = await curl(["--cacert", ca.certFile, "-X", "PUT", "--data-binary", data, `${source.url}/${hash}`]);
       assert.equal(put.status, 200, put.body);
       const list = JSON.stringify([{ locator: `${hash}+${data.length}`, servers: [source.url] }]);
-      for (const k of [trusting, untrusting]) {
+      for (const k of [trusting, untrusting, insecure]) {
         const r = await fetch(`${k.url}/pull`, {
           method: "PUT",
           body: list,
@@ -590,12 +605,21 @@ describe("keepstore executable", () => {
         "the pulled block on the trusting keepstore",
       );
       assert.equal(await fs.readFile(join(dir, "trusting", hash.slice(0, 3), hash), "utf8"), data);
+      await waitUntil(
+        () =>
+          fs.access(join(dir, "insecure", hash.slice(0, 3), hash)).then(
+            () => true,
+            () => false,
+          ),
+        "the pulled block on the TLS.Insecure keepstore",
+      );
+      assert.match(insecure.stdout(), /TLS\.Insecure is true: no TLS certificate is verified/);
       // Without the CA the same pull fails on the certificate, and nothing is stored.
       await waitUntil(() => untrusting.stdout().includes("pull failed"), "the untrusting keepstore's failed pull");
       assert.match(untrusting.stdout(), /self[- ]signed|SELF_SIGNED|certificate/i);
       await assert.rejects(fs.access(join(dir, "untrusting", hash.slice(0, 3), hash)));
     } finally {
-      await Promise.all([stop(source.child), stop(trusting.child), stop(untrusting.child)]);
+      await Promise.all([stop(source.child), stop(trusting.child), stop(untrusting.child), stop(insecure.child)]);
       await fs.rm(dir, { recursive: true, force: true });
     }
   });
