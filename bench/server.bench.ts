@@ -9,6 +9,7 @@ import { Agent, request } from "node:http";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { setFlagsFromString } from "node:v8";
+import { selfSignedCert } from "../test/harness/tls-cert.js";
 
 const MiB = 1 << 20;
 const BLOCK = 64 * MiB;
@@ -43,9 +44,9 @@ function http(method: string, url: string, body?: Buffer): Promise<{ status: num
  * reports them, or undefined when curl is not installed. It costs the shared cores far less
  * CPU per 64 MiB than a Node client, so it shows the server's own rate more faithfully.
  */
-function curlGet(url: string): Promise<{ bytes: number; seconds: number } | undefined> {
+function curlGet(url: string, extra: string[] = []): Promise<{ bytes: number; seconds: number } | undefined> {
   return new Promise((resolve, reject) => {
-    execFile("curl", ["-sS", "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url], (err, out) => {
+    execFile("curl", [...extra, "-sS", "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url], (err, out) => {
       if ((err as NodeJS.ErrnoException | null)?.code === "ENOENT") return resolve(undefined);
       if (err) return reject(err);
       const [bytes, seconds] = out.trim().split(" ").map(Number);
@@ -55,11 +56,15 @@ function curlGet(url: string): Promise<{ bytes: number; seconds: number } | unde
 }
 
 /** PUT of a file with curl (as pycurl uploads: Expect: 100-continue, file-backed body). */
-function curlPut(url: string, file: string): Promise<{ status: number; bytes: number; seconds: number } | undefined> {
+function curlPut(
+  url: string,
+  file: string,
+  extra: string[] = [],
+): Promise<{ status: number; bytes: number; seconds: number } | undefined> {
   return new Promise((resolve, reject) => {
     execFile(
       "curl",
-      ["-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_upload} %{time_total}", "-T", file, url],
+      [...extra, "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_upload} %{time_total}", "-T", file, url],
       (err, out) => {
         if ((err as NodeJS.ErrnoException | null)?.code === "ENOENT") return resolve(undefined);
         if (err) return reject(err);
@@ -419,5 +424,75 @@ export default async function run(): Promise<void> {
       await fs.rm(tokenFile, { force: true });
     }
   }
+  await tlsTransfers(data, hash, spread);
   agent.destroy();
+}
+
+/**
+ * The same 64 MiB transfers with curl over TLS (a cluster config whose InternalURL is
+ * https://, on tmpfs), next to plain HTTP in the same run: what encryption costs on these two
+ * cores, for operators whose keepstores are https.
+ */
+async function tlsTransfers(data: Buffer, hash: string, spread: (rates: number[]) => string): Promise<void> {
+  const dir = await fs.mkdtemp(join("/dev/shm", "keepfn-bench-tls-"));
+  try {
+    const cert = selfSignedCert(dir, "bench");
+    await fs.mkdir(join(dir, "vol"));
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const config = join(dir, "config.yml");
+    await fs.writeFile(
+      config,
+      [
+        "Clusters:",
+        "  zzzzz:",
+        `    Services: {Keepstore: {InternalURLs: {"https://127.0.0.1:${port}": {}}}}`,
+        "    Collections: {BlobSigning: false}",
+        `    TLS: {Certificate: "file://${cert.certFile}", Key: "file://${cert.keyFile}"}`,
+        `    Volumes: {zzzzz-nyw5e-000000000000000: {Driver: Directory, DriverParameters: {Root: "${join(dir, "vol")}"}}}`,
+        "",
+      ].join("\n"),
+    );
+    const child = spawn(process.execPath, ["dist/server/keepstore.cjs", `-config=${config}`], {
+      stdio: ["ignore", "ignore", "inherit"],
+      env: { ...process.env, KEEPFN_LOG_LEVEL: "warn" },
+    });
+    try {
+      const url = `https://127.0.0.1:${port}`;
+      const tls = ["--cacert", cert.certFile];
+      let up = false;
+      for (let i = 0; i < 100 && !up; i++) {
+        up = (await curlGet(`${url}/_health/ping`, tls).catch(() => undefined)) !== undefined;
+        if (!up) await new Promise((r) => setTimeout(r, 50));
+      }
+      if (!up) throw new Error("the TLS server did not start");
+      const src = join(dir, "block");
+      const puts: number[] = [];
+      for (let i = 0; i < RUNS; i++) {
+        // A new block each time (its first 4 bytes differ), as the plain-HTTP PUT lines do.
+        const b = Buffer.from(data);
+        b.writeUInt32LE(0x7100_0000 + i, 0);
+        await fs.writeFile(src, b);
+        const h = createHash("md5").update(b).digest("hex");
+        const c = await curlPut(`${url}/${h}`, src, tls);
+        if (!c) return void console.log("64 MiB over TLS: curl not installed, skipped");
+        if (c.status !== 200) throw new Error(`curl PUT over TLS: ${c.status}`);
+        puts.push(BLOCK / MiB / c.seconds);
+      }
+      await fs.writeFile(src, data);
+      const c0 = await curlPut(`${url}/${hash}`, src, tls);
+      if (c0?.status !== 200) throw new Error(`curl PUT over TLS: ${c0?.status}`);
+      const gets: number[] = [];
+      for (let i = 0; i < RUNS; i++) {
+        const g = await curlGet(`${url}/${hash}+${BLOCK}`, tls);
+        if (g?.bytes !== BLOCK) throw new Error(`curl GET over TLS returned ${g?.bytes} bytes`);
+        gets.push(BLOCK / MiB / g.seconds);
+      }
+      console.log(`[tmpfs, TLS] 64 MiB PUT (new block, curl): ${spread(puts)}`);
+      console.log(`[tmpfs, TLS] 64 MiB GET (curl client):    ${spread(gets)}`);
+    } finally {
+      child.kill("SIGTERM");
+    }
+  } finally {
+    await fs.rm(dir, { recursive: true, force: true });
+  }
 }
