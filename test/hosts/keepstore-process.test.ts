@@ -596,28 +596,23 @@ describe("keepstore executable", () => {
           ? /trusting 1 CA certificate\(s\) from .*cluster-ca-cert\.pem, with the system's/
           : /cannot add CAs while running: start keepstore with NODE_EXTRA_CA_CERTS=.*cluster-ca-cert\.pem/,
       );
-      await waitUntil(
-        () =>
-          fs.access(join(dir, "trusting", hash.slice(0, 3), hash)).then(
-            () => true,
-            () => false,
-          ),
-        "the pulled block on the trusting keepstore",
-      );
-      assert.equal(await fs.readFile(join(dir, "trusting", hash.slice(0, 3), hash), "utf8"), data);
-      await waitUntil(
-        () =>
-          fs.access(join(dir, "insecure", hash.slice(0, 3), hash)).then(
-            () => true,
-            () => false,
-          ),
-        "the pulled block on the TLS.Insecure keepstore",
-      );
+      const pulled = (volume: string) => join(dir, volume, hash.slice(0, 3), hash);
+      for (const volume of ["trusting", "insecure"]) {
+        await waitUntil(
+          () =>
+            fs.access(pulled(volume)).then(
+              () => true,
+              () => false,
+            ),
+          `the pulled block on the ${volume} keepstore`,
+        );
+        assert.equal(await fs.readFile(pulled(volume), "utf8"), data);
+      }
       assert.match(insecure.stdout(), /TLS\.Insecure is true: no TLS certificate is verified/);
       // Without the CA the same pull fails on the certificate, and nothing is stored.
       await waitUntil(() => untrusting.stdout().includes("pull failed"), "the untrusting keepstore's failed pull");
       assert.match(untrusting.stdout(), /self[- ]signed|SELF_SIGNED|certificate/i);
-      await assert.rejects(fs.access(join(dir, "untrusting", hash.slice(0, 3), hash)));
+      await assert.rejects(fs.access(pulled("untrusting")));
     } finally {
       await Promise.all([stop(source.child), stop(trusting.child), stop(untrusting.child), stop(insecure.child)]);
       await fs.rm(dir, { recursive: true, force: true });
