@@ -44,7 +44,7 @@ async function main(): Promise<void> {
     // one switch, so here it covers every TLS connection. Say so, loudly.
     process.env.NODE_TLS_REJECT_UNAUTHORIZED = "0";
     logger.warn(
-      "TLS.Insecure is true: no TLS certificate is verified, for other keepstores and remote clusters and also for S3 and Azure endpoints; for a private CA, put it in /etc/arvados/ca-certificates.crt instead",
+      `TLS.Insecure is true: no TLS certificate is verified, for other keepstores and remote clusters and also for S3 and Azure endpoints; for a private CA, put it in ${ARVADOS_CA_FILE} instead`,
     );
   }
   const running = await startKeepServer(opts.config, opts.listen, { logger }, { tls: opts.tls });

@@ -65,7 +65,8 @@ export async function startKeepServer(
   opts: { tls?: TlsFiles } = {},
 ): Promise<RunningServer> {
   // Before the volumes are opened: a bad certificate stops the start with nothing touched.
-  const tls = opts.tls ? loadTls(opts.tls) : undefined;
+  const tlsFiles = opts.tls;
+  const tls = tlsFiles ? loadTls(tlsFiles) : undefined;
   const app = await createKeepApp(config, deps);
   const listener = nodeListener(app.handler, (err) => app.logger.error({ err }, "adapter error"));
   const http = { requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 };
@@ -116,7 +117,7 @@ export async function startKeepServer(
   return {
     app,
     server,
-    url: `${opts.tls ? "https" : "http"}://${everyInterface ? "127.0.0.1" : shownHost}:${addr.port}`,
+    url: `${tls ? "https" : "http"}://${everyInterface ? "127.0.0.1" : shownHost}:${addr.port}`,
     bound: `${shownHost}:${addr.port}`,
     everyInterface,
     async close(graceMs = 30_000) {
@@ -131,10 +132,6 @@ export async function startKeepServer(
       clearTimeout(grace);
       await app.close();
     },
-    ...(opts.tls
-      ? {
-          reloadTls: () => (server as TlsServer).setSecureContext(loadTls(opts.tls as TlsFiles)),
-        }
-      : {}),
+    ...(tlsFiles ? { reloadTls: () => (server as TlsServer).setSecureContext(loadTls(tlsFiles)) } : {}),
   };
 }

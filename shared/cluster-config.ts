@@ -50,7 +50,8 @@ export function fromClusterConfig(
   const col = sub("Collections");
 
   const { selfUrl, listen, https } = pickSelf(at, obj(`${at}.Services`, field(cl, "Services") ?? {}), opts);
-  const tls = https ? tlsFiles(at, sub("TLS"), selfUrl) : undefined;
+  const tlsSection = sub("TLS");
+  const tls = https ? tlsFiles(at, tlsSection, selfUrl) : undefined;
   const classes = obj(`${at}.StorageClasses`, field(cl, "StorageClasses") ?? { default: { Default: true } });
   const c: KeepConfig = {
     ...DEFAULTS,
@@ -103,7 +104,7 @@ export function fromClusterConfig(
     listen,
     selfUrl,
     logLevel: logLevel(at, sub("SystemLogs")),
-    tlsInsecure: bool(`${at}.TLS.Insecure`, field(sub("TLS"), "Insecure"), false),
+    tlsInsecure: bool(`${at}.TLS.Insecure`, field(tlsSection, "Insecure"), false),
     ...(tls ? { tls } : {}),
   };
 }
