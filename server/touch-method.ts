@@ -1,7 +1,9 @@
 // keepstore's admin TOUCH method is not an HTTP method Node's parser (llhttp) knows, so it
 // fails the request before any handler runs. We catch that parse error, read the request
 // line and headers from the raw packet ourselves (TOUCH has no body), run the same fetch
-// handler, and write its answer on the socket. Anything else keeps Node's 400.
+// handler, and write its answer on the socket. Any other method llhttp does not know goes
+// the same way, so the router answers it as the reference's does (400 "Bad Request" with
+// the CORS headers and X-Request-Id); a request we cannot read keeps Node's bare 400.
 import { STATUS_CODES } from "node:http";
 import type { Socket } from "node:net";
 import type { FetchHandler } from "../shared/http/router.js";
@@ -11,13 +13,14 @@ export function handleTouchClientError(handler: FetchHandler) {
   return (err: Error & { code?: string; rawPacket?: Buffer }, socket: Socket): void => {
     const raw = err.rawPacket?.toString("latin1") ?? "";
     const end = raw.indexOf("\r\n\r\n");
-    if (err.code !== "HPE_INVALID_METHOD" || !raw.startsWith("TOUCH /") || end < 0 || !socket.writable) {
+    const [requestLine = "", ...headerLines] = raw.slice(0, Math.max(end, 0)).split("\r\n");
+    const parsed = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\/\S*) HTTP\/1\.[01]$/.exec(requestLine);
+    if (err.code !== "HPE_INVALID_METHOD" || !parsed || end < 0 || !socket.writable) {
       if (socket.writable)
         socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 12\r\n\r\nBad Request\n");
       return;
     }
-    const [requestLine = "", ...headerLines] = raw.slice(0, end).split("\r\n");
-    const target = requestLine.split(" ")[1] ?? "/";
+    const [, method = "", target = "/"] = parsed;
     const headers = new Headers();
     for (const line of headerLines) {
       const colon = line.indexOf(":");
@@ -31,14 +34,22 @@ export function handleTouchClientError(handler: FetchHandler) {
     }
     const abort = new AbortController();
     socket.once("close", () => abort.abort(new Error("client disconnected")));
-    handler(
-      new Request(`http://${headers.get("host") ?? "localhost"}${target}`, {
-        method: "TOUCH",
+    let req: Request;
+    try {
+      // The body of a method other than TOUCH is never read: the connection closes after.
+      req = new Request(`http://${headers.get("host") ?? "localhost"}${target}`, {
+        method,
         headers,
         signal: abort.signal,
-      }),
-      { remoteAddr: remoteAddr(socket) },
-    )
+      });
+      // fetch upper-cases "get", "put" and the like; Go's router matches methods exactly (400).
+      if (req.method !== method) throw new Error("method not as sent");
+    } catch {
+      // A method fetch forbids (CONNECT, TRACE, TRACK) or normalises, or an unusable URL.
+      socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 12\r\n\r\nBad Request\n");
+      return;
+    }
+    handler(req, { remoteAddr: remoteAddr(socket) })
       .then(async (res) => {
         const body = Buffer.from(await res.arrayBuffer());
         let head = `HTTP/1.1 ${res.status} ${res.statusText || STATUS_CODES[res.status] || "Status"}\r\n`;

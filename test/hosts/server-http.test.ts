@@ -124,6 +124,25 @@ describe("container host over real HTTP", () => {
     }
   });
 
+  it("answers a method Node's parser does not know as the router does: 400 with CORS headers and the request id", async () => {
+    // The reference's router answers every unmatched method 400 "Bad Request" with its CORS
+    // headers, and echoes X-Request-Id on every response; Node's own 400 has neither.
+    const s = await startPosixServer();
+    try {
+      const out = await rawRequest(s.url, "MAKE-COFFEE / HTTP/1.1\r\nHost: x\r\nX-Request-Id: req-coffee\r\n\r\n");
+      assert.match(out, /^HTTP\/1\.1 400 Bad Request\r\n/);
+      assert.match(out, /\r\nx-request-id: req-coffee\r\n/i);
+      assert.match(out, /\r\naccess-control-allow-origin: \*\r\n/i);
+      assert.match(out, /\r\n\r\nBad Request\n$/);
+      // A lower-case "get" is not GET to Go's router either (fetch would upper-case it).
+      await fetch(`${s.url}/${FOO_HASH}`, { method: "PUT", body: "foo" });
+      const lower = await rawRequest(s.url, `get /${FOO_HASH}+3 HTTP/1.1\r\nHost: x\r\n\r\n`);
+      assert.match(lower, /^HTTP\/1\.1 400 Bad Request\r\n/);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
   it("refuses a declared body over 64 MiB with 413 before reading it", async () => {
     const s = await startPosixServer();
     try {
