@@ -614,6 +614,32 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
     );
 
     it(
+      "/_health/ping as the reference's health handler: exactly 'Authorization: Bearer <token>', its error texts, any method",
+      withHost({ managementToken: MGMT }, async (url) => {
+        const ping = async (init: RequestInit = {}, query = "") => {
+          const r = await fetch(`${url}/_health/ping${query}`, init);
+          return `${r.status} ${await r.text()}`;
+        };
+        assert.equal(await ping(), "401 authorization required\n");
+        assert.equal(await ping({}, `?api_token=${MGMT}`), "401 authorization required\n");
+        assert.equal(await ping({ headers: bearer("wrong") }), "403 authorization error\n");
+        assert.equal(await ping({ headers: { authorization: `OAuth2 ${MGMT}` } }), "403 authorization error\n");
+        assert.equal(await ping({ headers: bearer(MGMT) }), '200 {"health":"OK"}\n');
+        // Its ServeMux route has no method: a load balancer's HEAD check is answered too.
+        const head = await fetch(`${url}/_health/ping`, { method: "HEAD", headers: bearer(MGMT) });
+        assert.equal(head.status, 200);
+      }),
+    );
+
+    it(
+      "/_health/ping is 404 'disabled' when no management token is configured",
+      withHost({}, async (url) => {
+        const r = await fetch(`${url}/_health/ping`, { headers: bearer(MGMT) });
+        assert.equal(`${r.status} ${await r.text()}`, "404 disabled\n");
+      }),
+    );
+
+    it(
       "/_inspect/requests: only with exactly 'Authorization: Bearer <management token>', else 401",
       withHost({ managementToken: MGMT }, async (url) => {
         const inspect = (headers: Record<string, string> = {}, query = "") =>

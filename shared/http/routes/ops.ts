@@ -1,5 +1,5 @@
 // /metrics, /metrics.json, /_health/ping and /_inspect/requests, behind the management token.
-import { NotFoundError, UnauthorizedError } from "../../errors.js";
+import { ForbiddenError, NotFoundError, UnauthorizedError } from "../../errors.js";
 import { constantTimeEqual } from "../../signature.js";
 import { type RequestContext, requireToken } from "../context.js";
 
@@ -14,10 +14,17 @@ export async function metrics(ctx: RequestContext, json: boolean): Promise<Respo
   return new Response(await reg.metrics(), { status: 200, headers: ctx.headers });
 }
 
+/**
+ * As the reference's health handler (sdk/go/health): only the Authorization header counts and
+ * it must be exactly `Bearer <ManagementToken>`; none → 401, anything else → 403; 404 when no
+ * token is configured; any method (the router lets every method through to it).
+ */
 export function healthPing(ctx: RequestContext): Response {
-  if (!ctx.services.config.managementToken)
-    throw new NotFoundError("health check is not configured (no management token)");
-  requireToken(ctx, ctx.services.config.managementToken);
+  const token = ctx.services.config.managementToken;
+  if (!token) throw new NotFoundError("disabled");
+  const auth = ctx.req.headers.get("authorization");
+  if (!auth) throw new UnauthorizedError("authorization required");
+  if (!constantTimeEqual(auth, `Bearer ${token}`)) throw new ForbiddenError("authorization error");
   ctx.headers.set("content-type", "application/json");
   return new Response('{"health":"OK"}\n', { status: 200, headers: ctx.headers });
 }
