@@ -38,7 +38,7 @@ export class Keepstore {
 
   mount(uuid: string): Mount {
     const m = this.mounts.find((x) => x.uuid === uuid);
-    if (!m) throw new NotFoundError(`mount not found: ${uuid}`);
+    if (!m) throw new NotFoundError(); // as the reference (os.ErrNotExist): "file does not exist"
     return m;
   }
 

@@ -438,6 +438,8 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
         await idx.text();
         idx = await fetch(`${url}/mounts/zzzzz-nyw5e-nonexistentmount/blocks`, { headers: bearer(ADMIN) });
         assert.equal(idx.status, 404);
+        // The reference's Index returns os.ErrNotExist for an unknown mount: its usual 404 text.
+        assert.equal(await idx.text(), "file does not exist\n");
       }),
     );
 
