@@ -240,6 +240,14 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
         const unknown = await fetch(`${h.url}/${other}`, { headers: bearer(USER) });
         assert.equal(unknown.status, 400);
         assert.equal(await unknown.text(), "remote cluster not configured\n");
+        // Only a value whose part before the first comma is exactly "local" asks for a local
+        // copy, as Go compares it; these stream through like a plain read.
+        for (const sig of ["LOCAL, 2026-12-08T00:00:00Z", "local-copy", "local;x"]) {
+          const r = await fetch(`${h.url}/${loc}`, { headers: { ...bearer(USER), "x-keep-signature": sig } });
+          assert.equal(r.status, 200, sig);
+          assert.equal(await r.text(), data.toString(), sig);
+          assert.equal(r.headers.get("x-keep-locator"), null, sig);
+        }
         // X-Keep-Signature: local → the block is stored here and a locator of ours comes back,
         // which reads with no further request to the remote.
         const before = remote.blockRequests.length;

@@ -35,7 +35,8 @@ export async function getBlock(ctx: RequestContext, locator: string, head: boole
 async function getRemoteBlock(ctx: RequestContext, locator: string, info: LocatorInfo, head: boolean) {
   const { keep, remote } = ctx.services;
   const got = await remote.read(locator, info, ctx.tokens[0], ctx.signal);
-  if (!/^local\b/i.test(ctx.req.headers.get("x-keep-signature") ?? "")) {
+  // Go compares the part before the first comma with "local", exactly.
+  if ((ctx.req.headers.get("x-keep-signature") ?? "").split(",", 1)[0] !== "local") {
     const body = verifiedDownload(got.body, info.hash, got.size);
     return blockResponse(ctx, { size: got.size, body }, got.size, head);
   }
