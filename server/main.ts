@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The keepstore executable: reference flags in, a Keep server out.
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { setFlagsFromString } from "node:v8";
 import { ConfigError } from "../shared/config.js";
@@ -47,6 +47,9 @@ async function main(): Promise<void> {
       `TLS.Insecure is true: no TLS certificate is verified, for other keepstores and remote clusters and also for S3 and Azure endpoints; for a private CA, put it in ${ARVADOS_CA_FILE} instead`,
     );
   }
+  // Before any volume is opened: a second keepstore started on the same -pid file (a runit
+  // restart racing the old one) stops here, as the reference's LOCK_EX pid file stops it.
+  if (opts.pidFile) refuseHeldPidFile(opts.pidFile);
   const running = await startKeepServer(opts.config, opts.listen, { logger }, { tls: opts.tls });
   if (opts.pidFile) writeFileSync(opts.pidFile, `${process.pid}\n`);
   for (const m of running.app.keep.mounts) logger.info({ mount: m.toJSON() }, "using volume");
@@ -71,7 +74,7 @@ async function main(): Promise<void> {
     logger.info({ signal }, "shutting down: finishing in-flight requests");
     void notifySystemd("STOPPING=1", process.env, logger);
     running.close().then(() => {
-      if (opts.pidFile) rmSync(opts.pidFile, { force: true });
+      if (opts.pidFile && pidIn(opts.pidFile) === process.pid) rmSync(opts.pidFile, { force: true });
       process.exit(0);
     });
   };
@@ -91,6 +94,33 @@ async function main(): Promise<void> {
     });
   // Last, so a stop systemd sends the moment it hears READY finds its handler in place.
   await notifySystemd("READY=1", process.env, logger);
+}
+
+/** The pid a pid file names, if it names one. */
+function pidIn(path: string): number | undefined {
+  try {
+    const pid = Number(readFileSync(path, "utf8").trim());
+    return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Node cannot flock, so the reference's locked pid file becomes: a file naming a live process
+ * other than this one is held. One naming a dead process (a crash, SIGKILL) is stale and taken.
+ */
+function refuseHeldPidFile(path: string): void {
+  const pid = pidIn(path);
+  if (pid === undefined || pid === process.pid) return;
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EPERM") return;
+  }
+  throw new ConfigError(
+    `-pid ${path}: process ${pid} is running and holds it (another keepstore?); stop it, or remove the file if that process is not a keepstore`,
+  );
 }
 
 main().catch((err) => {

@@ -1065,6 +1065,35 @@ describe("keepstore executable", () => {
     }
   });
 
+  it("refuses a -pid file a running keepstore holds, as the reference's locked pid file, and leaves it to that one", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    await fs.mkdir(join(dir, "a"));
+    await fs.mkdir(join(dir, "b"));
+    const pid = join(dir, "pid");
+    const first = await start([`-volume=${join(dir, "a")}`, `-pid=${pid}`], dir);
+    try {
+      const once = { timeout: 15_000 };
+      const second = await run(
+        process.execPath,
+        [MAIN, `-volume=${join(dir, "b")}`, `-pid=${pid}`, "-listen=127.0.0.1:0"],
+        once,
+      ).catch((e) => e);
+      assert.equal(second.code, 2, second.stderr);
+      assert.match(second.stderr, new RegExp(`-pid ${pid}: process ${first.child.pid} is running`));
+      assert.equal((await fs.readFile(pid, "utf8")).trim(), String(first.child.pid), "still the first one's");
+      // A stale file (its process gone) is taken over, as a lock of a dead process would be.
+      assert.equal(await stop(first.child), 0);
+      await fs.writeFile(pid, "999999999\n");
+      const third = await start([`-volume=${join(dir, "b")}`, `-pid=${pid}`], dir);
+      assert.equal((await fs.readFile(pid, "utf8")).trim(), String(third.child.pid));
+      assert.equal(await stop(third.child), 0);
+      await assert.rejects(fs.access(pid), "pid file removed on exit");
+    } finally {
+      first.child.kill("SIGKILL");
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("on SIGTERM lets an in-flight PUT finish before exiting", async () => {
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
     const k = await start([`-volume=${dir}`], dir);
