@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { fromClusterConfig, type TlsFiles } from "../shared/cluster-config.js";
 import { ConfigError, DEFAULTS, type DriverSpec, type KeepConfig, validateConfig } from "../shared/config.js";
-import { parseDuration, parseRemoteClusters } from "../shared/config-values.js";
+import { parseDuration, parseRemoteClusters, splitListen } from "../shared/config-values.js";
 import { thisMachine } from "./this-machine.js";
 
 export { parseDuration };
@@ -307,6 +307,7 @@ export function parseFlags(
         `-${other}: with -config every setting comes from the cluster config; drop the flag or -config`,
       );
     if (help) return { config: c, listen, pidFile, help };
+    if (listenGiven) splitListen(listen);
     const fromFile = readClusterConfig(configFile, env);
     return {
       config: fromFile.config,
@@ -321,6 +322,8 @@ export function parseFlags(
   if (c.volumes.length === 0) vol({ driver: "posix", root: DEFAULT_VOLUME, serialize, replication: 1 });
   c.maxRequests = maxRequests ?? 2 * c.maxBuffers;
   if (help) return { config: c, listen, pidFile, help };
+  // Here, not once the volumes are open: a typo'd -listen should not wait on a cloud check.
+  splitListen(listen);
   return { config: validateConfig(c), listen, pidFile, help };
 }
 

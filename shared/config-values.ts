@@ -52,7 +52,9 @@ export function envList(v: string | undefined): string[] | undefined {
 export function splitListen(listen: string): { host?: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(listen);
   if (!m) throw new ConfigError(`listen address ${listen}: expected host:port or :port`);
-  return { host: m[1] ?? (m[2] || undefined), port: Number(m[3]) };
+  const port = Number(m[3]);
+  if (port > 65535) throw new ConfigError(`listen address ${listen}: port ${m[3]} is not 0-65535`);
+  return { host: m[1] ?? (m[2] || undefined), port };
 }
 
 /** KEEP_TRASH_LIFETIME when unset: 336h, as Collections.BlobTrashLifetime in a cluster config. */

@@ -114,6 +114,10 @@ describe("keepstore flags", () => {
   it("fails clearly on unknown flags, missing values and bad numbers", () => {
     assert.throws(() => parseFlags(["-no-such-flag"]), /unknown flag -no-such-flag/);
     assert.throws(() => parseFlags(["-listen"]), /needs a value/);
+    // Before any volume is opened (an Azure container check can take seconds), not as a stack trace.
+    assert.throws(() => parseFlags(["-listen=foo"]), /listen address foo: expected host:port/);
+    assert.throws(() => parseFlags(["-listen=:99999"]), /listen address :99999: port 99999 is not 0-65535/);
+    assert.throws(() => parseFlags(["-config=/nonexistent.yml", "-listen=:99999"]), /port 99999/);
     assert.throws(() => parseFlags(["-max-buffers=lots"]), /whole number/);
     assert.throws(() => parseFlags(["-azure-storage-container-volume", "c"]), /azure-storage-account-name first/);
     assert.throws(() => parseFlags(["-s3-bucket-volume", "b"]), /s3-region or -s3-endpoint first/);
