@@ -1,7 +1,7 @@
 // Assembles the core from one KeepConfig: volumes → mounts → keepstore service, workers,
 // metrics and the fetch handler. Every host calls this and nothing else from shared/.
 import { type Clock, systemClock } from "./clock.js";
-import type { DriverSpec, KeepConfig } from "./config.js";
+import { ConfigError, type DriverSpec, type KeepConfig } from "./config.js";
 import type { KeepServices } from "./http/context.js";
 import { InFlight } from "./http/in-flight.js";
 import { createKeepHandler, type FetchHandler } from "./http/router.js";
@@ -44,9 +44,16 @@ export async function createKeepApp(config: KeepConfig, deps: AppDeps = {}): Pro
   const mounts: Mount[] = [];
   for (const spec of config.volumes) {
     const volume = await make(spec, params);
+    const uuid = spec.uuid ?? mountUuidFor(config.clusterId, volume.deviceId);
+    // Without a configured uuid (flags, KEEP_* settings) the uuid is the device's: one device
+    // given twice would be two mounts with one uuid, every block indexed and counted twice.
+    if (mounts.some((m) => m.uuid === uuid)) {
+      await Promise.all([volume, ...mounts.map((m) => m.volume)].map((v) => v.close?.()));
+      throw new ConfigError(`volume ${volume.deviceId} is given twice: give each directory, container or bucket once`);
+    }
     mounts.push(
       new Mount({
-        uuid: spec.uuid ?? mountUuidFor(config.clusterId, volume.deviceId),
+        uuid,
         volume,
         replication: spec.replication,
         storageClasses: spec.storageClasses,

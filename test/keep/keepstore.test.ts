@@ -726,3 +726,26 @@ describe("start-up warnings", () => {
     }
   });
 });
+
+describe("start-up checks", () => {
+  it("refuses one device given twice (-volume X -volume X): two mounts with one uuid would list every block twice", async () => {
+    const root = await fs.mkdtemp(join(tmpdir(), "keepfn-dup-"));
+    try {
+      const vol = {
+        driver: "posix" as const,
+        root,
+        serialize: false,
+        readOnly: false,
+        replication: 1,
+        storageClasses: ["default"],
+      };
+      await assert.rejects(
+        createKeepApp({ ...DEFAULTS, volumes: [vol, { ...vol }] }, { logger: silentLogger() }),
+        (err: Error) =>
+          err.name === "ConfigError" && err.message.includes("is given twice") && err.message.includes(root),
+      );
+    } finally {
+      await fs.rm(root, { recursive: true, force: true });
+    }
+  });
+});
