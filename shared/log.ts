@@ -15,7 +15,15 @@ export const REDACT_PATHS = [
 
 export function createLogger(opts: { level?: string; destination?: pino.DestinationStream } = {}): Logger {
   return pino(
-    { level: opts.level ?? "info", redact: { paths: REDACT_PATHS, censor: "[redacted]" }, base: undefined },
+    {
+      level: opts.level ?? "info",
+      redact: { paths: REDACT_PATHS, censor: "[redacted]" },
+      base: undefined,
+      // pino's default appends every cause's message to the error's, but ours already quote
+      // their cause ("volume X: cannot read key file Y: ENOENT…"): the reason came out three
+      // times. Keep the message as thrown and each cause as its own object.
+      serializers: { err: pino.stdSerializers.errWithCause },
+    },
     opts.destination,
   );
 }
