@@ -107,8 +107,9 @@ function pidIn(path: string): number | undefined {
 }
 
 /**
- * Node cannot flock, so the reference's locked pid file becomes: a file naming a live process
- * other than this one is held. One naming a dead process (a crash, SIGKILL) is stale and taken.
+ * Node cannot flock, so the reference's locked pid file becomes: a file naming a live keepstore
+ * other than this one is held. One naming a dead process (a crash, SIGKILL), or a process that
+ * /proc shows is not a keepstore (the pid reused after a reboot), is stale and taken.
  */
 function refuseHeldPidFile(path: string): void {
   const pid = pidIn(path);
@@ -117,6 +118,11 @@ function refuseHeldPidFile(path: string): void {
     process.kill(pid, 0);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "EPERM") return;
+  }
+  try {
+    if (!readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("keepstore")) return;
+  } catch {
+    // No /proc (not Linux) or not ours to read: assume it is held, as the lock would say.
   }
   throw new ConfigError(
     `-pid ${path}: process ${pid} is running and holds it (another keepstore?); stop it, or remove the file if that process is not a keepstore`,

@@ -1083,6 +1083,15 @@ describe("keepstore executable", () => {
       assert.equal((await fs.readFile(pid, "utf8")).trim(), String(first.child.pid), "still the first one's");
       // A stale file (its process gone) is taken over, as a lock of a dead process would be.
       assert.equal(await stop(first.child), 0);
+      const other = spawn("sleep", ["30"]);
+      try {
+        // A live process that is not a keepstore: the pid reused since the file was written.
+        await fs.writeFile(pid, `${other.pid}\n`);
+        const reused = await start([`-volume=${join(dir, "b")}`, `-pid=${pid}`], dir);
+        assert.equal(await stop(reused.child), 0);
+      } finally {
+        other.kill();
+      }
       await fs.writeFile(pid, "999999999\n");
       const third = await start([`-volume=${join(dir, "b")}`, `-pid=${pid}`], dir);
       assert.equal((await fs.readFile(pid, "utf8")).trim(), String(third.child.pid));
