@@ -49,9 +49,16 @@ async function main(): Promise<void> {
   }
   // Before any volume is opened: a second keepstore started on the same -pid file (a runit
   // restart racing the old one) stops here, as the reference's LOCK_EX pid file stops it.
-  if (opts.pidFile) refuseHeldPidFile(opts.pidFile);
-  const running = await startKeepServer(opts.config, opts.listen, { logger }, { tls: opts.tls });
-  if (opts.pidFile) writeFileSync(opts.pidFile, `${process.pid}\n`);
+  // Written during start-up, as the reference's, so a file that cannot be written stops the
+  // start before a volume is opened or a client served; removed again if the start fails.
+  if (opts.pidFile) writePidFile(opts.pidFile);
+  let running: Awaited<ReturnType<typeof startKeepServer>>;
+  try {
+    running = await startKeepServer(opts.config, opts.listen, { logger }, { tls: opts.tls });
+  } catch (err) {
+    if (opts.pidFile) rmSync(opts.pidFile, { force: true });
+    throw err;
+  }
   for (const m of running.app.keep.mounts) logger.info({ mount: m.toJSON() }, "using volume");
   // Say where it is exposed, not only where a local client finds it: ":25107" is every interface.
   const where = running.everyInterface ? `${running.bound}, every interface` : running.bound;
@@ -127,6 +134,15 @@ function refuseHeldPidFile(path: string): void {
   throw new ConfigError(
     `-pid ${path}: process ${pid} is running and holds it (another keepstore?); stop it, or remove the file if that process is not a keepstore`,
   );
+}
+
+function writePidFile(path: string): void {
+  refuseHeldPidFile(path);
+  try {
+    writeFileSync(path, `${process.pid}\n`);
+  } catch (err) {
+    throw new ConfigError(`-pid ${path}: cannot write the file (${(err as NodeJS.ErrnoException).code ?? err})`);
+  }
 }
 
 main().catch((err) => {

@@ -1081,6 +1081,15 @@ describe("keepstore executable", () => {
       assert.equal(second.code, 2, second.stderr);
       assert.match(second.stderr, new RegExp(`-pid ${pid}: process ${first.child.pid} is running`));
       assert.equal((await fs.readFile(pid, "utf8")).trim(), String(first.child.pid), "still the first one's");
+      // A file that cannot be written stops the start, as the reference's, saying which.
+      const unwritable = join(dir, "no-such-dir", "pid");
+      const w = await run(
+        process.execPath,
+        [MAIN, `-volume=${join(dir, "b")}`, `-pid=${unwritable}`, "-listen=127.0.0.1:0"],
+        once,
+      ).catch((e) => e);
+      assert.equal(w.code, 2, w.stderr);
+      assert.match(w.stderr, new RegExp(`-pid ${unwritable}: cannot write the file \\(ENOENT\\)`));
       // A stale file (its process gone) is taken over, as a lock of a dead process would be.
       assert.equal(await stop(first.child), 0);
       const other = spawn("sleep", ["30"]);
