@@ -58,6 +58,14 @@ function loadTls(tls: TlsFiles): SecureContextOptions {
   return options;
 }
 
+/** What to do about the usual reasons a listen fails, said once, in one line. */
+const LISTEN_HINTS: Record<string, string> = {
+  EADDRINUSE: "the port is in use (another keepstore?): stop that process or choose another port",
+  EACCES: "a port below 1024 needs root or CAP_NET_BIND_SERVICE: choose another port",
+  EADDRNOTAVAIL: "that address is not one of this machine's",
+  ENOTFOUND: "that host name does not resolve here",
+};
+
 export async function startKeepServer(
   config: KeepConfig,
   listen: string,
@@ -87,6 +95,9 @@ export async function startKeepServer(
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => resolve());
+  }).catch(async (err: NodeJS.ErrnoException) => {
+    await app.close();
+    throw new ConfigError(`cannot listen on ${listen}: ${LISTEN_HINTS[err.code ?? ""] ?? err.message}`);
   });
   const addr = server.address() as AddressInfo;
   const shownHost = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;

@@ -313,6 +313,29 @@ describe("keepstore executable", () => {
     assert.match(r.stderr, /flag -volume needs a value/);
   });
 
+  it("says in one line why it cannot listen (port in use, host not here) and exits 2", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, "127.0.0.1", () => r()));
+    try {
+      const port = (taken.address() as AddressInfo).port;
+      const once = { timeout: 15_000 };
+      const r = await run(process.execPath, [MAIN, `-volume=${dir}`, `-listen=127.0.0.1:${port}`], once).catch(
+        (e) => e,
+      );
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, new RegExp(`^keepstore: cannot listen on 127.0.0.1:${port}: the port is in use`, "m"));
+      const away = await run(process.execPath, [MAIN, `-volume=${dir}`, "-listen=192.0.2.1:25107"], once).catch(
+        (e) => e,
+      );
+      assert.equal(away.code, 2, away.stderr);
+      assert.match(away.stderr, /cannot listen on 192.0.2.1:25107: that address is not one of this machine's/);
+    } finally {
+      taken.close();
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("refuses to start on a -volume that does not exist or is not a directory, creating nothing", async () => {
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
     try {
