@@ -73,6 +73,9 @@ const VALUE = new Set([
   "s3-conditional-writes",
 ]);
 
+/** Every flag the parser takes, for the check that -help names them all. */
+export const FLAG_NAMES: readonly string[] = [...BOOL, ...VALUE];
+
 export const DEFAULT_LISTEN = "127.0.0.1:25107";
 export const DEFAULT_VOLUME = "./data/keep";
 /** Where Arvados services look for the cluster config when $ARVADOS_CONFIG is not set. */
@@ -384,7 +387,8 @@ export const USAGE = `Usage: keepstore [flags]
   -config FILE                    an Arvados cluster config (config.yml): volumes, tokens, keys and
                                   limits come from it (only -listen and -pid may be given beside it)
   -listen host:port               address to serve (default ${DEFAULT_LISTEN})
-  -volume DIR                     a local directory volume; repeat for more (default ${DEFAULT_VOLUME})
+  -volume DIR                     a local directory volume; repeat for more (default ${DEFAULT_VOLUME});
+                                  -volumes is a deprecated synonym
   -readonly[=false]               following volumes are read-only (or writable again)
   -serialize[=false]              one reader/writer at a time on following volumes
   -blob-signing-key-file FILE     key for +A signatures (synonym -permission-key-file)
@@ -400,6 +404,7 @@ export const USAGE = `Usage: keepstore [flags]
   -request-timeout DURATION       per-request deadline (default 5m; index exempt)
   -pid FILE                       write the process id here
   -version                        print the version and exit
+  -cluster-id ID                  the cluster id that starts the mount uuids (default zzzzz)
   -remote-cluster ID=URL          a federated cluster's API server, for +R reads (repeatable;
                                   keepfn's own flag, as RemoteClusters in a cluster config)
   -azure-storage-account-name NAME, -azure-storage-account-key-file FILE,

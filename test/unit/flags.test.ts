@@ -3,7 +3,7 @@ import { promises as fs } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { parseDuration, parseFlags } from "../../server/flags.js";
+import { FLAG_NAMES, parseDuration, parseFlags, USAGE } from "../../server/flags.js";
 import { resolveSync, thisMachine } from "../../server/this-machine.js";
 import { ConfigError } from "../../shared/config.js";
 
@@ -109,6 +109,11 @@ describe("keepstore flags", () => {
     assert.equal(parseFlags(["-config=/nonexistent.yml", "-version"]).version, true, "the config is not read");
     assert.equal(parseFlags(["-max-buffers=0", "-version"]).version, true, "nor validated");
     assert.equal(parseFlags(["-volume=/a"]).version ?? false, false);
+  });
+
+  it("-help names every flag it accepts", () => {
+    const unnamed = FLAG_NAMES.filter((n) => n !== "h" && n !== "help" && !new RegExp(`-${n}\\b`).test(USAGE));
+    assert.deepEqual(unnamed, []);
   });
 
   it("fails clearly on unknown flags, missing values and bad numbers", () => {
