@@ -135,8 +135,15 @@ export async function startKeepServer(
       if (timer) clearInterval(timer);
       const closed = new Promise<void>((r) => server.close(() => r()));
       // Keep-alive connections go idle as their requests finish: close them as they do.
-      const sweep = setInterval(() => server.closeIdleConnections(), 50);
-      server.closeIdleConnections();
+      // A connection that has not sent a request yet (a load balancer's spare, a port check, a
+      // client that opened it early) is not idle to Node, and held the exit for the whole grace
+      // period: once no request is in flight, no connection carries anything to finish.
+      const closeIdle = () => {
+        server.closeIdleConnections();
+        if (app.inFlight.size === 0) server.closeAllConnections();
+      };
+      const sweep = setInterval(closeIdle, 50);
+      closeIdle();
       const grace = setTimeout(() => server.closeAllConnections(), graceMs);
       await closed;
       clearInterval(sweep);

@@ -1135,6 +1135,28 @@ describe("keepstore executable", () => {
     }
   });
 
+  it("on SIGTERM exits at once when no request is in flight, though a connection is open that sent none", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    const k = await start([`-volume=${dir}`], dir);
+    const u = new URL(k.url);
+    const silent: Socket = connect(Number(u.port), u.hostname);
+    const partial: Socket = connect(Number(u.port), u.hostname);
+    try {
+      await Promise.all([silent, partial].map((s) => new Promise((r) => s.once("connect", r))));
+      partial.write("GET /index HTTP/1.1\r\nHost: x\r\n");
+      silent.on("error", () => {});
+      partial.on("error", () => {});
+      const t0 = Date.now();
+      assert.equal(await stop(k.child), 0);
+      assert.ok(Date.now() - t0 < 10_000, `exited after ${Date.now() - t0} ms, not the 30 s grace`);
+    } finally {
+      silent.destroy();
+      partial.destroy();
+      k.child.kill("SIGKILL");
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("on SIGTERM lets an in-flight PUT finish before exiting", async () => {
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
     const k = await start([`-volume=${dir}`], dir);
