@@ -165,6 +165,10 @@ describe("container host deployment files (no Docker engine here: read, not buil
     const stopSec = Number(/^TimeoutStopSec=(\d+)/m.exec(unit)?.[1]);
     assert.ok(stopSec > 30, "TimeoutStopSec must exceed keepstore's 30 s drain");
     assert.match(unit, /^Restart=(always|on-failure)$/m);
+    // keepstore.mjs is bundled from server/main.ts, not keepstore.cts, so nothing sizes libuv's
+    // pool for it: the unit must, as the image's ENV does, or 4 stuck calls stall every volume.
+    const pool = Number(/^Environment=UV_THREADPOOL_SIZE=(\d+)$/m.exec(unit)?.[1]);
+    assert.ok(pool >= 64, "Environment=UV_THREADPOOL_SIZE (at least 64) missing");
     const rw = /^ReadWritePaths=(.*)$/m.exec(unit)?.[1]?.split(/\s+/) ?? [];
     for (const v of [...exec.matchAll(/-volume=(\S+)/g)].map((m) => m[1] as string))
       assert.ok(rw.includes(v), `ReadWritePaths must include ${v}`);
