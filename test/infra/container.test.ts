@@ -169,6 +169,10 @@ describe("container host deployment files (no Docker engine here: read, not buil
     // pool for it: the unit must, as the image's ENV does, or 4 stuck calls stall every volume.
     const pool = Number(/^Environment=UV_THREADPOOL_SIZE=(\d+)$/m.exec(unit)?.[1]);
     assert.ok(pool >= 64, "Environment=UV_THREADPOOL_SIZE (at least 64) missing");
+    // The device_id is the disk's /dev/disk/by-uuid name, so one disk is one device to
+    // keep-balance whichever host mounts it; PrivateDevices=true hides /dev/disk and every
+    // disk node, and each host would report host:DIR instead (one disk counted twice).
+    assert.doesNotMatch(unit, /^PrivateDevices=(true|yes|1|on)$/m, "PrivateDevices hides /dev/disk/by-uuid");
     const rw = /^ReadWritePaths=(.*)$/m.exec(unit)?.[1]?.split(/\s+/) ?? [];
     for (const v of [...exec.matchAll(/-volume=(\S+)/g)].map((m) => m[1] as string))
       assert.ok(rw.includes(v), `ReadWritePaths must include ${v}`);
