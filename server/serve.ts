@@ -76,7 +76,15 @@ export async function startKeepServer(
   const tlsFiles = opts.tls;
   const tls = tlsFiles ? loadTls(tlsFiles) : undefined;
   const app = await createKeepApp(config, deps);
-  const listener = nodeListener(app.handler, (err) => app.logger.error({ err }, "adapter error"));
+  const handle = nodeListener(app.handler, (err) => app.logger.error({ err }, "adapter error"));
+  // Requests whose response has not gone out whole yet, counted where Node writes them: the
+  // core's in-flight set forgets a small response (a PUT's locator) before it is written.
+  let responding = 0;
+  const listener: typeof handle = (req, res) => {
+    responding++;
+    res.once("close", () => responding--);
+    return handle(req, res);
+  };
   const http = { requestTimeout: 0, headersTimeout: 60_000, keepAliveTimeout: 65_000 };
   const server = tls ? createTlsServer({ ...http, ...tls }, listener) : createServer(http, listener);
   // Expect: 100-continue (every PUT of the Arvados Python client). Node would answer
@@ -140,7 +148,7 @@ export async function startKeepServer(
       // period: once no request is in flight, no connection carries anything to finish.
       const closeIdle = () => {
         server.closeIdleConnections();
-        if (app.inFlight.size === 0) server.closeAllConnections();
+        if (responding === 0) server.closeAllConnections();
       };
       const sweep = setInterval(closeIdle, 50);
       closeIdle();
