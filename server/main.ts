@@ -4,6 +4,7 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { setFlagsFromString } from "node:v8";
 import { ConfigError } from "../shared/config.js";
+import { KeepError } from "../shared/errors.js";
 import { createLogger } from "../shared/log.js";
 import { ARVADOS_CA_FILE, trustArvadosCa } from "./arvados-ca.js";
 import { DEFAULT_VOLUME, parseFlags, USAGE } from "./flags.js";
@@ -150,6 +151,9 @@ main().catch((err) => {
     process.stderr.write(`keepstore: ${err.message}\n`);
     process.exit(2);
   }
-  logger.fatal({ err }, "keepstore failed to start");
+  // A volume that cannot be opened (a key file missing, an account not reachable) says so in
+  // one line, as a bad flag does; only an error nothing typed (a bug) needs its stack logged.
+  process.stderr.write(`keepstore: cannot start: ${err instanceof Error ? err.message : String(err)}\n`);
+  if (!(err instanceof KeepError)) logger.fatal({ err }, "keepstore failed to start");
   process.exit(1);
 });

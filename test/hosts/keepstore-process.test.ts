@@ -336,6 +336,30 @@ describe("keepstore executable", () => {
     }
   });
 
+  it("says in one line why a cloud volume cannot be opened (a missing key file), without a stack", async () => {
+    const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
+    try {
+      const keyFile = join(dir, "no-such-key");
+      const args = [
+        "-listen=127.0.0.1:0",
+        "-azure-storage-account-name=devstoreaccount1",
+        `-azure-storage-account-key-file=${keyFile}`,
+        // Never reached: the key is read before the first request.
+        "-azure-blob-endpoint=http://127.0.0.1:9/devstoreaccount1",
+        "-azure-storage-container-volume=c1",
+      ];
+      const r = await run(process.execPath, [MAIN, ...args], { timeout: 15_000 }).catch((e) => e);
+      assert.equal(r.code, 1, r.stderr);
+      assert.equal(
+        r.stderr,
+        `keepstore: cannot start: azure container c1: cannot read the storage account key from key file ${keyFile}: ENOENT: no such file or directory, open '${keyFile}'\n`,
+      );
+      assert.doesNotMatch(r.stdout, /"stack"/, "a typed error is not logged with its stack");
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("refuses to start on a -volume that does not exist or is not a directory, creating nothing", async () => {
     const dir = await fs.mkdtemp(join(tmpdir(), "keepfn-proc-"));
     try {
