@@ -334,11 +334,9 @@ function pickSelf(
   const keys = Object.keys(urls);
   let chosen: string | undefined;
   if (opts.selfUrl) {
-    chosen = keys.find((k) => sameUrl(k, opts.selfUrl as string));
-    if (!chosen)
-      throw new ConfigError(
-        `ARVADOS_SERVICE_INTERNAL_URL=${opts.selfUrl} is not one of ${at}.Services.Keepstore.InternalURLs (${keys.join(", ") || "none"})`,
-      );
+    // As Arvados' lib/service: the variable is taken as given. Not being one of the
+    // InternalURLs only means no AccessViaHosts entry names it (the shared volumes only).
+    chosen = keys.find((k) => sameUrl(k, opts.selfUrl as string)) ?? opts.selfUrl;
   } else if (keys.length === 1) {
     chosen = keys[0];
   } else {

@@ -174,9 +174,13 @@ describe("cluster config (config.yml) as keepstore reads it", () => {
       /0 of 2 name this machine; set ARVADOS_SERVICE_INTERNAL_URL/,
     );
     assert.throws(() => load(CONFIG, undefined, () => true), /2 of 2 name this machine/);
-    assert.throws(
-      () => load(CONFIG, "http://keep9.example:25107"),
-      /ARVADOS_SERVICE_INTERNAL_URL=http:\/\/keep9.example:25107 is not one of/,
+    // Not one of them: taken as given, as Arvados' lib/service does; no AccessViaHosts names it.
+    const other = load(CONFIG, "http://keep9.example:25108");
+    assert.deepEqual([other.selfUrl, other.listen], ["http://keep9.example:25108", "keep9.example:25108"]);
+    assert.deepEqual(
+      other.config.volumes.map((v) => v.uuid),
+      ["xyzzy-nyw5e-000000000000002"],
+      "only the volume without AccessViaHosts",
     );
   });
 
