@@ -49,7 +49,8 @@ const INSPECT = /^\/_inspect\/requests$/;
 /** Served before the request limiter, as the reference does. */
 const OPS_ROUTES: Array<[string[], RegExp, Route]> = [
   [["GET"], INSPECT, (c) => inspectRequests(c)],
-  [["*"], /^\/_health\/ping$/, (c) => healthPing(c)], // any method, as the reference's ServeMux route
+  // GET as the reference's route; HEAD too, for load balancers whose checks use it.
+  [["GET", "HEAD"], /^\/_health\/ping$/, (c) => healthPing(c)],
   [["GET", "HEAD"], /^\/metrics$/, (c) => metrics(c, false)],
   [["GET", "HEAD"], /^\/metrics\.json$/, (c) => metrics(c, true)],
 ];
@@ -119,7 +120,7 @@ async function dispatch(
   if (method === "OPTIONS") return new Response(null, { status: 200, headers: ctx.headers });
   for (const [methods, re, route] of OPS_ROUTES) {
     const m = re.exec(ctx.path);
-    if (m && (methods.includes(method) || methods[0] === "*")) return route(ctx, m);
+    if (m && methods.includes(method)) return route(ctx, m);
   }
   const release = await limiter.admit(ctx.req.headers.has("origin") ? 1 : 0, ctx.signal);
   let res: Response | undefined;

@@ -635,9 +635,10 @@ export function describeHttpContract(name: string, factory: HostFactory, caps: H
         assert.equal(await ping({ headers: bearer("wrong") }), "403 authorization error\n");
         assert.equal(await ping({ headers: { authorization: `OAuth2 ${MGMT}` } }), "403 authorization error\n");
         assert.equal(await ping({ headers: bearer(MGMT) }), '200 {"health":"OK"}\n');
-        // Its ServeMux route has no method: a load balancer's HEAD check is answered too.
+        // A load balancer's HEAD check is answered too; other methods are not this route.
         const head = await fetch(`${url}/_health/ping`, { method: "HEAD", headers: bearer(MGMT) });
         assert.equal(head.status, 200);
+        assert.equal(await ping({ method: "POST", headers: bearer(MGMT) }), "400 Bad Request\n");
       }),
     );
 

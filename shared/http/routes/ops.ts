@@ -17,7 +17,7 @@ export async function metrics(ctx: RequestContext, json: boolean): Promise<Respo
 /**
  * As the reference's health handler (sdk/go/health): only the Authorization header counts and
  * it must be exactly `Bearer <ManagementToken>`; none → 401, anything else → 403; 404 when no
- * token is configured; any method (the router lets every method through to it).
+ * token is configured.
  */
 export function healthPing(ctx: RequestContext): Response {
   const token = ctx.services.config.managementToken;
