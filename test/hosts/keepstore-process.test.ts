@@ -1119,22 +1119,17 @@ describe("keepstore executable", () => {
     const pid = join(dir, "pid");
     const first = await start([`-volume=${join(dir, "a")}`, `-pid=${pid}`], dir);
     try {
-      const once = { timeout: 15_000 };
-      const second = await run(
-        process.execPath,
-        [MAIN, `-volume=${join(dir, "b")}`, `-pid=${pid}`, "-listen=127.0.0.1:0"],
-        once,
-      ).catch((e) => e);
+      const startOn = (pidFile: string) =>
+        run(process.execPath, [MAIN, `-volume=${join(dir, "b")}`, `-pid=${pidFile}`, "-listen=127.0.0.1:0"], {
+          timeout: 15_000,
+        }).catch((e) => e);
+      const second = await startOn(pid);
       assert.equal(second.code, 2, second.stderr);
       assert.match(second.stderr, new RegExp(`-pid ${pid}: process ${first.child.pid} is running`));
       assert.equal((await fs.readFile(pid, "utf8")).trim(), String(first.child.pid), "still the first one's");
       // A file that cannot be written stops the start, as the reference's, saying which.
       const unwritable = join(dir, "no-such-dir", "pid");
-      const w = await run(
-        process.execPath,
-        [MAIN, `-volume=${join(dir, "b")}`, `-pid=${unwritable}`, "-listen=127.0.0.1:0"],
-        once,
-      ).catch((e) => e);
+      const w = await startOn(unwritable);
       assert.equal(w.code, 2, w.stderr);
       assert.match(w.stderr, new RegExp(`-pid ${unwritable}: cannot write the file \\(ENOENT\\)`));
       // A stale file (its process gone) is taken over, as a lock of a dead process would be.
