@@ -64,7 +64,8 @@ export class PosixVolume implements Volume {
   /** Interlocks touch and trash on one block (the reference uses flock for this). */
   private readonly blockLocks = new KeyedMutex();
   /** Block directories this process has made or seen (at most 4,096). */
-  private readonly knownDirs = new Set<string>();
+  /** Block directories made durable by this process (shared by concurrent first writes). */
+  private readonly readyDirs = new Map<string, Promise<void>>();
   /** The last "not full" answer: until when, and for how many more bytes written, it holds. */
   private notFull?: { until: number; outBytes: number; margin: number };
   /** The device the root was on at start (undefined if it did not exist then). */
@@ -198,12 +199,14 @@ export class PosixVolume implements Volume {
       const { size } = await f.stat();
       if (size !== written) throw new KeepError(`temp file holds ${size} bytes, ${written} were written`);
       digest = md5?.digest();
-      const [got] = await Promise.all([digest, syncing.then(() => f.sync())]);
+      // Set mtime explicitly from our clock (ext4 may otherwise record a slightly stale time),
+      // before the fsync, so the acknowledged block's timestamp is on disk with its bytes.
+      await syncing;
+      const now = this.params.clock.now() / 1000;
+      await f.utimes(now, now);
+      const [got] = await Promise.all([digest, f.sync()]);
       if (got !== undefined && got !== hash)
         throw new HashMismatchError(`content hash ${got} did not match specified locator ${hash}`);
-      // Set mtime explicitly from our clock: ext4 may otherwise record a slightly stale time.
-      const now = this.params.clock.now() / 1000;
-      await fh.utimes(now, now);
       await fh.close();
       fh = undefined;
       this.stats.op("rename");
@@ -228,21 +231,40 @@ export class PosixVolume implements Volume {
 
   /**
    * The temp file, read-write (with hashUnchecked the hasher reads back what was written).
-   * Block directories are created once per process, not on every PUT; one deleted behind
+   * Block directories are made durable once per process, not on every PUT; one deleted behind
    * our back (or the whole root) is made again.
    */
   private async createTemp(dir: string, tmp: string): Promise<fs.FileHandle> {
     const open = () => fs.open(tmp, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o644);
-    if (this.knownDirs.has(dir)) {
+    const ready = this.readyDirs.get(dir);
+    if (ready) {
+      await ready;
       try {
         return await open();
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
       }
+      if (this.readyDirs.get(dir) === ready) this.readyDirs.delete(dir);
     }
-    await this.makeBlockDir(dir);
-    this.knownDirs.add(dir);
+    await this.blockDirReady(dir);
     return open();
+  }
+
+  /**
+   * One promise per directory, so a second PUT into a directory the first one is still making
+   * waits for the root's fsync instead of finding it there (EEXIST) and acknowledging early.
+   */
+  private blockDirReady(dir: string): Promise<void> {
+    let ready = this.readyDirs.get(dir);
+    if (!ready) {
+      const made = this.makeBlockDir(dir);
+      this.readyDirs.set(dir, made);
+      made.catch(() => {
+        if (this.readyDirs.get(dir) === made) this.readyDirs.delete(dir);
+      });
+      ready = made;
+    }
+    return ready;
   }
 
   /**
@@ -251,27 +273,24 @@ export class PosixVolume implements Volume {
    * Node reports EROFS there as ENOENT, so a disk remounted read-only answered PUTs with "file
    * does not exist". A directory made here must be in its parent on disk before a block in it
    * is acknowledged: POSIX promises that only after the parent's fsync (ext4 happens to commit
-   * it with the block's, other file systems need not).
+   * it with the block's, other file systems need not). The root is synced also when the
+   * directory was already there: a process killed between its mkdir and that fsync left one
+   * that may exist only in the page cache.
    */
   private async makeBlockDir(dir: string): Promise<void> {
     const mkdir = () =>
-      fs.mkdir(dir, { mode: 0o755 }).then(
-        () => true,
-        (err: NodeJS.ErrnoException) => {
-          if (err.code === "EEXIST") return false;
-          throw err;
-        },
-      );
-    let made: boolean;
+      fs.mkdir(dir, { mode: 0o755 }).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== "EEXIST") throw err;
+      });
     try {
-      made = await mkdir();
+      await mkdir();
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
       const root = await fs.mkdir(this.root, { recursive: true, mode: 0o755 });
       if (root !== undefined) await fsyncDir(dirname(this.root));
-      made = await mkdir();
+      await mkdir();
     }
-    if (made) await fsyncDir(this.root);
+    await fsyncDir(this.root);
   }
 
   async touch(hash: string): Promise<void> {
