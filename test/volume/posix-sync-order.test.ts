@@ -11,8 +11,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 
 const probe = spawnSync("strace", ["-f", "-o", "/dev/null", "true"], { encoding: "utf8" });
-const skip =
-  probe.status === 0 ? false : `strace cannot trace here: ${probe.error?.message ?? probe.stderr.trim()}`;
+const skip = probe.status === 0 ? false : `strace cannot trace here: ${probe.error?.message ?? probe.stderr.trim()}`;
 
 const POSIX = new URL("../../shared/volume/posix.js", import.meta.url).href;
 const md5 = (b: Uint8Array) => createHash("md5").update(b).digest("hex");
@@ -24,7 +23,11 @@ function twoBlocksInOneDir(): Array<{ data: string; hash: string }> {
     const data = `block ${i}`;
     const hash = md5(Buffer.from(data));
     const other = seen.get(hash.slice(0, 3));
-    if (other !== undefined) return [{ data: other, hash: md5(Buffer.from(other)) }, { data, hash }];
+    if (other !== undefined)
+      return [
+        { data: other, hash: md5(Buffer.from(other)) },
+        { data, hash },
+      ];
     seen.set(hash.slice(0, 3), data);
   }
 }
