@@ -22,6 +22,8 @@ export interface Head {
   size: number;
   lastModified: Date;
   etag: string;
+  /** Encrypted with SSE-KMS or a customer key: then even a single-part ETag is not the MD5. */
+  etagNotMd5: boolean;
 }
 
 const MAX_COPY_SKEW_MS = 600_000;
@@ -89,7 +91,12 @@ export class S3Objects {
       const r = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }), {
         abortSignal: signal,
       });
-      return { size: Number(r.ContentLength ?? 0), lastModified: r.LastModified ?? new Date(0), etag: r.ETag ?? "" };
+      return {
+        size: Number(r.ContentLength ?? 0),
+        lastModified: r.LastModified ?? new Date(0),
+        etag: r.ETag ?? "",
+        etagNotMd5: String(r.ServerSideEncryption ?? "").startsWith("aws:kms") || r.SSECustomerAlgorithm !== undefined,
+      };
     } catch (err) {
       const e = translateS3Error(err, `HEAD ${key}`, this.stats, signal);
       if (e instanceof NotFoundError) return undefined;
@@ -137,8 +144,11 @@ export class S3Objects {
     return this.putSmall(`recent/${key}`, Buffer.from(stamp));
   }
 
-  /** Server-side copy; refuses a result whose timestamp was not updated (as safeCopy does). */
-  async copy(dst: string, src: string): Promise<void> {
+  /**
+   * Server-side copy; refuses a result whose timestamp was not updated (as safeCopy does).
+   * With `ifMatch`, only the source version with that ETag is copied (else 412).
+   */
+  async copy(dst: string, src: string, ifMatch?: string): Promise<void> {
     this.stats.op("put");
     const r = await this.client
       .send(
@@ -146,6 +156,7 @@ export class S3Objects {
           Bucket: this.bucket,
           Key: dst,
           CopySource: `${this.bucket}/${src}`,
+          CopySourceIfMatch: ifMatch,
           ContentType: "application/octet-stream",
         }),
       )

@@ -156,18 +156,18 @@ export class HeldBackBody {
 
 /**
  * Why a staged object is not the block `hash`+`size`, or undefined if it is. A single-part
- * upload's ETag is the MD5 of its bytes; any other ETag (multipart, SSE-KMS) is not, so then
- * the object is read and hashed here.
+ * upload's ETag is the MD5 of its bytes; any other ETag (multipart; SSE-KMS or SSE-C, whose
+ * ETags look like an MD5 but are not one) is not, so then the object is read and hashed here.
  */
 export async function verifyStaged(
-  head: { size: number; etag: string },
+  head: { size: number; etag: string; etagNotMd5?: boolean },
   hash: string,
   size: number,
   open: () => Promise<BlockData>,
 ): Promise<string | undefined> {
   if (head.size !== size) return `it holds ${head.size} bytes, not ${size}`;
   const etag = head.etag.replace(/"/g, "").toLowerCase();
-  if (/^[0-9a-f]{32}$/.test(etag)) return etag === hash ? undefined : `its MD5 is ${etag}`;
+  if (!head.etagNotMd5 && /^[0-9a-f]{32}$/.test(etag)) return etag === hash ? undefined : `its MD5 is ${etag}`;
   const md5 = createHash("md5");
   for await (const c of (await open()).body) md5.update(c);
   const got = md5.digest("hex");

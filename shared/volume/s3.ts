@@ -522,8 +522,16 @@ export class S3Volume implements Volume {
       throw new HashMismatchError(`uploaded object does not match ${hash}+${size}: ${problem}; nothing was stored`);
     }
     // Verified, so as write(): marker first, then the data object (the copy), no HEAD after.
+    // Only the version that was checked is copied: the upload URL stays valid for minutes, and
+    // a store that does not enforce its signed Content-MD5 would take a second PUT to it.
     await this.o.writeMarker(key);
-    await this.o.copy(key, staged);
+    await this.o.copy(key, staged, h.etag).catch((err) => {
+      if (err instanceof ConditionNotMetError)
+        throw new HashMismatchError(
+          `upload ${uploadId} for ${hash} changed while it was committed; nothing was stored`,
+        );
+      throw err;
+    });
     await this.o.del(staged).catch(() => {});
   }
 

@@ -389,7 +389,8 @@ export type Interceptor = (req: SeenRequest) => Promise<{ status: number; code: 
  * happened. It also does what s3rver does not: with `enforceIfMatch`, a DELETE carrying
  * If-Match is checked against the object's current ETag first (412 if it differs), like S3;
  * with `enforceIfNoneMatch`, a PUT carrying If-None-Match: * is refused (412) when the object
- * exists, as S3 has done since 2024.
+ * exists, as S3 has done since 2024; with `enforceCopySourceIfMatch`, a COPY carrying
+ * x-amz-copy-source-if-match is refused (412) when the source's ETag differs, as S3 does.
  *
  * The check is atomic per object key, as S3's is: while either enforcement is on, every PUT
  * and DELETE (conditional or not) of one key path (the URL without its query string) takes
@@ -408,6 +409,7 @@ export class S3Proxy {
   intercept?: Interceptor;
   enforceIfMatch = false;
   enforceIfNoneMatch = false;
+  enforceCopySourceIfMatch = false;
   /** Per key path: a PUT or DELETE holds it from its check until its answer has completed. */
   private readonly keyLocks = new KeyedMutex();
   private constructor(
@@ -435,9 +437,9 @@ export class S3Proxy {
         ? await this.keyLocks.lock(keyPath)
         : () => {};
     const ifMatch = req.headers["if-match"];
-    const etagNow = () =>
+    const etagNow = (path = keyPath) =>
       new Promise<string | undefined>((resolve) => {
-        const h = httpRequest(`${this.target}${keyPath}`, { method: "HEAD" }, (r) => {
+        const h = httpRequest(`${this.target}${path}`, { method: "HEAD" }, (r) => {
           r.resume();
           resolve(r.statusCode === 200 ? String(r.headers.etag) : undefined);
         });
@@ -451,6 +453,12 @@ export class S3Proxy {
     }
     if (!fault && this.enforceIfNoneMatch && seen.method === "PUT" && req.headers["if-none-match"] === "*") {
       if ((await etagNow()) !== undefined) fault = { status: 412, code: "PreconditionFailed" };
+    }
+    const copyIfMatch = req.headers["x-amz-copy-source-if-match"];
+    const copySource = req.headers["x-amz-copy-source"];
+    if (!fault && this.enforceCopySourceIfMatch && typeof copyIfMatch === "string" && typeof copySource === "string") {
+      const source = `/${decodeURIComponent(copySource).replace(/^\//, "")}`;
+      if ((await etagNow(source)) !== copyIfMatch) fault = { status: 412, code: "PreconditionFailed" };
     }
     if (fault) {
       release();

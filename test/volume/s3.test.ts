@@ -28,6 +28,7 @@ import { isHash } from "../../shared/locator.js";
 import { silentLogger } from "../../shared/log.js";
 import { PROBE_KEY, S3Volume } from "../../shared/volume/s3.js";
 import { S3Keys } from "../../shared/volume/s3-support.js";
+import { verifyStaged } from "../../shared/volume/s3-upload.js";
 import { chunks, collect, MD5_COLLISION, MD5_COLLISION_HASH, TEST_BLOCK, TEST_HASH } from "../conformance/fixtures.js";
 import { describeVolumeContract, type HarnessParams, type VolumeHarness } from "../conformance/volume-contract.js";
 import { followClock, type Interceptor, putAt, S3Proxy, S3rver } from "../harness/s3-server.js";
@@ -836,6 +837,53 @@ describe("s3 volume: faults", () => {
     } finally {
       await h.teardown();
     }
+  });
+
+  it("a two-step commit copies only the version it checked: bytes PUT to the upload URL again after the check are not stored", async () => {
+    // The URL stays valid for minutes. S3 refuses a body that does not match its signed
+    // Content-MD5, but a store that does not check it (s3rver, some S3-compatible servers)
+    // would take a second PUT between the commit's check and its copy.
+    const proxy = await S3Proxy.start(server.endpoint);
+    proxy.enforceCopySourceIfMatch = true;
+    const h = await s3Harness(params(), { endpoint: proxy.url });
+    try {
+      const t = await h.volume.presignUpload(TEST_HASH, TEST_BLOCK.length, 900);
+      const r = await fetch(t.url, { method: t.method, headers: t.headers, body: TEST_BLOCK });
+      assert.equal(r.status, 200, await r.text());
+      let swapped = false;
+      proxy.intercept = async (req) => {
+        const source = req.headers["x-amz-copy-source"];
+        if (req.method !== "PUT" || typeof source !== "string" || swapped) return undefined;
+        swapped = true;
+        const staged = decodeURIComponent(source).replace(/^\/?[^/]+\//, "");
+        const other = Buffer.alloc(TEST_BLOCK.length, 7); // same size, other bytes
+        await h.raw.send(new PutObjectCommand({ Bucket: h.bucket, Key: staged, Body: other }));
+        return undefined;
+      };
+      await assert.rejects(
+        h.volume.commitUpload(TEST_HASH, TEST_BLOCK.length, t.uploadId),
+        (err: Error) => err instanceof HashMismatchError && /changed while it was committed/.test(err.message),
+      );
+      assert.ok(swapped, "the staged object was replaced between the check and the copy");
+      await assert.rejects(h.volume.read(TEST_HASH), NotFoundError, "nothing stored under the block's key");
+    } finally {
+      await h.teardown();
+      await proxy.close();
+    }
+  });
+
+  it("a staged object encrypted with SSE-KMS or SSE-C is checked by reading it: its ETag looks like an MD5 and is not one", async () => {
+    const open = (data: Uint8Array) => async () => ({ size: data.length, body: chunks(data) });
+    const kms = { size: TEST_BLOCK.length, etag: `"${"0f".repeat(16)}"`, etagNotMd5: true };
+    assert.equal(await verifyStaged(kms, TEST_HASH, TEST_BLOCK.length, open(TEST_BLOCK)), undefined);
+    const wrong = Buffer.alloc(TEST_BLOCK.length, 7);
+    assert.equal(await verifyStaged(kms, TEST_HASH, TEST_BLOCK.length, open(wrong)), `its MD5 is ${md5(wrong)}`);
+    // Unencrypted, the ETag is the MD5 and decides without a read.
+    const plain = { ...kms, etagNotMd5: false };
+    assert.equal(
+      await verifyStaged(plain, TEST_HASH, TEST_BLOCK.length, open(TEST_BLOCK)),
+      `its MD5 is ${"0f".repeat(16)}`,
+    );
   });
 
   it("a sweep leaves a staged two-step upload alone for a day, then removes it", async () => {
