@@ -366,8 +366,9 @@ export class AzureBlobVolume implements Volume {
         const p = await this.conn.call("get_properties", (c) => this.blob(c, hash).getProperties());
         if (!p.metadata?.[EXPIRES_KEY]) throw new NotFoundError();
         try {
-          // The mtime from before the trash comes back with it (as a POSIX rename keeps it).
-          const touch = String(Math.floor(this.mtimeMs(p.metadata, p.lastModified) / 1000));
+          // A fresh mtime, as the reference's metadata update gives one (Last-Modified): the
+          // block is as young as a new write, and a trash list made before no longer matches.
+          const touch = this.nowS();
           await this.conn.call("set_metadata", (c) =>
             this.blob(c, hash).setMetadata({ [TOUCH_KEY]: touch }, { conditions: { ifMatch: p.etag } }),
           );

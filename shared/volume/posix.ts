@@ -406,9 +406,23 @@ export class PosixVolume implements Volume {
     if (!best) throw new NotFoundError();
     const unlock = await this.blockLocks.lock(hash);
     try {
+      // A fresh timestamp, synced, before the copy is back under its name (the reference's S3
+      // and Azure untrash give one; its POSIX rename does not): a trash list keep-balance made
+      // from an index before the untrash names the old mtime and no longer matches, and the
+      // block is as young as a new write.
+      const trashed = join(dir, best.name);
+      const now = this.params.clock.now() / 1000;
+      this.stats.op("utimes");
+      const fh = await fs.open(trashed, constants.O_RDONLY);
+      try {
+        await fh.utimes(now, now);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
       // Written again since it was trashed: that copy is newer and already live, and the
       // trash copy expires as usual.
-      await this.restore(join(dir, best.name), path);
+      await this.restore(trashed, path);
     } catch (err) {
       throw this.translateError(err);
     } finally {

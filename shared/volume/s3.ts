@@ -406,7 +406,9 @@ export class S3Volume implements Volume {
   async untrash(hash: string): Promise<void> {
     const key = this.blockKey(hash);
     await this.o.copy(key, `trash/${key}`);
-    if (!(await this.o.head(`recent/${key}`))) await this.o.writeMarker(key);
+    // A fresh marker, as the reference's untrash writes: the block is as young as a new write,
+    // and a trash list made from an index before the untrash no longer matches its mtime.
+    await this.o.writeMarker(key);
   }
 
   /** recent/X exists, X does not: if trash/X was made less than TTL after the marker, Put and Trash raced. */

@@ -446,14 +446,23 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
     );
 
     it(
-      "untrash brings a trashed block back",
+      "untrash brings a trashed block back with a fresh timestamp, so a trash list made before it cannot take it again",
       { skip: ro },
       withVolume(HOUR, async (h, clock) => {
         await writeOld(h, clock);
+        const old = await h.volume.mtime(TEST_HASH);
         await h.volume.trash(TEST_HASH);
         await assert.rejects(readAll(h.volume, TEST_HASH), NotFoundError);
+        clock.advance(1000);
         await h.volume.untrash(TEST_HASH);
         assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK);
+        // As the reference's S3 and Azure volumes do: keep-balance's index from before the
+        // untrash (the old mtime) no longer matches, and the block is as young as a new write.
+        const now = await h.volume.mtime(TEST_HASH);
+        assert.ok(Math.abs(Number(now / 1_000_000n) - clock.now()) < res, `untrashed at ${clock.now()}, mtime ${now}`);
+        assert.ok(now > old);
+        await h.volume.trash(TEST_HASH);
+        assert.deepEqual(await readAll(h.volume, TEST_HASH), TEST_BLOCK, "too young to be trashed again");
       }),
     );
 
@@ -536,6 +545,8 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
         await h.volume.trash(TEST_HASH);
         await h.volume.untrash(TEST_HASH);
         await checkGet(h);
+        // Untrash gave it a fresh timestamp: old again, as a block untrashed long ago.
+        await h.setMtime(TEST_HASH, clock.now() - 2 * TTL);
         await h.volume.trash(TEST_HASH);
         clock.advance(HOUR + 2000);
         const report = await h.volume.emptyTrash();
@@ -621,7 +632,7 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
             /** Per block: live with this mtime, and the newest trashed copy (its mtime, when). */
             const model = hashes.map(() => ({
               live: undefined as number | undefined,
-              trash: undefined as { mtime: number; at: number } | undefined,
+              trash: undefined as { at: number } | undefined,
             }));
             const check = async (i: number, step: string) => {
               const m = model[i] as (typeof model)[number];
@@ -670,7 +681,7 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
                   // Of a missing block either answer is the contract's; of a young one, a no-op.
                   if (m.live !== undefined) assert.equal(outcome, "ok", `${step}: trash`);
                   if (m.live !== undefined && now - m.live >= TTL) {
-                    m.trash = { mtime: m.live, at: now };
+                    m.trash = { at: now };
                     m.live = undefined;
                   }
                   break;
@@ -679,7 +690,7 @@ export function describeVolumeContract(name: string, factory: VolumeFactory, cap
                   if (m.live === undefined) {
                     assert.equal(outcome, m.trash ? "ok" : "not found", `${step}: untrash`);
                     if (m.trash) {
-                      m.live = m.trash.mtime;
+                      m.live = now;
                       m.trash = undefined;
                     }
                   }
