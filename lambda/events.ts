@@ -3,7 +3,7 @@
 import type { Writable } from "node:stream";
 import { finished } from "node:stream/promises";
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2, LambdaFunctionURLEvent } from "aws-lambda";
-import { MAX_EVENT_BYTES } from "./limits.js";
+import { EVENT_OVERHEAD_BYTES, MAX_EVENT_BYTES } from "./limits.js";
 
 export type HttpEvent = APIGatewayProxyEventV2 | LambdaFunctionURLEvent;
 
@@ -64,12 +64,14 @@ function splitHeaders(res: Response): { headers: Record<string, string>; cookies
 export async function toBufferedResult(res: Response): Promise<APIGatewayProxyStructuredResultV2> {
   const { headers, cookies } = splitHeaders(res);
   const declared = Number(res.headers.get("content-length") ?? 0);
-  if (res.body && (declared * 4) / 3 > MAX_EVENT_BYTES - 16 * 1024) {
-    await res.body.cancel().catch(() => {});
-    return text(
+  const tooLarge = (bytes: number) =>
+    text(
       502,
-      `the response (${declared} bytes) is larger than a buffered Lambda response (6 MB); read large blocks through the streaming Function URL or the container host`,
+      `the response (${bytes} bytes) is larger than a buffered Lambda response (6 MB); read large blocks and indexes through the streaming Function URL or the container host`,
     );
+  if (res.body && (declared * 4) / 3 > MAX_EVENT_BYTES - EVENT_OVERHEAD_BYTES) {
+    await res.body.cancel().catch(() => {});
+    return tooLarge(declared);
   }
   let body: Buffer;
   try {
@@ -78,6 +80,9 @@ export async function toBufferedResult(res: Response): Promise<APIGatewayProxySt
     // Buffered, we can still say so properly (a streamed response is cut short instead).
     return text(502, err instanceof Error ? err.message : "error reading the response body");
   }
+  // A body without Content-Length (/index, streamed as it is listed) is only known now: past
+  // 6 MB, Lambda itself would fail the invocation and the front end answer a bare 502.
+  if ((body.length * 4) / 3 > MAX_EVENT_BYTES - EVENT_OVERHEAD_BYTES) return tooLarge(body.length);
   return { statusCode: res.status, headers, cookies, body: body.toString("base64"), isBase64Encoded: true };
 }
 

@@ -11,6 +11,7 @@ import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import type { APIGatewayProxyEventV2, Context, LambdaFunctionURLEvent } from "aws-lambda";
+import { toBufferedResult } from "../../lambda/events.js";
 import { createLambdaHost } from "../../lambda/host.js";
 import { MAX_BINARY_BODY } from "../../lambda/limits.js";
 import { runLocal } from "../../lambda/local-host.js";
@@ -298,6 +299,20 @@ describe("lambda handlers: events in, responses out", () => {
     const buffered = await handlers.handler(functionUrlEvent("GET", `/${h}+${big.length}`), context());
     assert.equal(buffered.statusCode, 502);
     assert.match(String(buffered.body), /larger than a buffered Lambda response.*streaming Function URL/);
+  });
+
+  it("a buffered response with no Content-Length (a large /index) that outgrows 6 MB is a 502 saying why", async () => {
+    // /index streams without a Content-Length; ~80,000 blocks make more than 6 MB once base64.
+    const line = `${"0".repeat(32)}+67108864 1700000000000000000\n`;
+    const body = new ReadableStream<Uint8Array>({
+      start(c) {
+        for (let i = 0; i < 100_000; i++) c.enqueue(Buffer.from(line));
+        c.close();
+      },
+    });
+    const r = await toBufferedResult(new Response(body, { status: 200, headers: { "content-type": "text/plain" } }));
+    assert.equal(r.statusCode, 502);
+    assert.match(String(r.body), /larger than a buffered Lambda response.*streaming Function URL/);
   });
 
   /** PUTs `n` small blocks, lets them outlive the 60 s signing TTL, then trashes each (DELETE). */
