@@ -133,9 +133,16 @@ variable "http_timeout_seconds" {
 }
 
 variable "sweep_timeout_seconds" {
-  description = "Timeout of the sweep function; the sweep stops at its time budget below this and resumes on the next run."
+  description = "Timeout of the sweep function; the sweep stops at its time budget (this less 60 s, KEEP_SWEEP_BUDGET) and resumes on the next run."
   type        = number
   default     = 900
+
+  # KEEP_SWEEP_BUDGET is in the environment of both functions: at 60 s or less it would be 0 (no
+  # sweep ever deletes) or negative (every invocation, HTTP ones too, fails on the setting).
+  validation {
+    condition     = var.sweep_timeout_seconds >= 120 && var.sweep_timeout_seconds <= 900
+    error_message = "sweep_timeout_seconds must be 120-900: the sweep's budget is this less 60 s, and Lambda stops a function at 900 s."
+  }
 }
 
 variable "sweep_reserved_concurrency" {

@@ -252,6 +252,13 @@ export async function checkAws(files: Record<string, string>): Promise<string[]>
     if (/var\.(blob_signing_key|system_root_token|management_token)|\.value\b/.test(String(out.value)))
       p.push(`output ${n} exposes a secret`);
   }
+  // --- KEEP_SWEEP_BUDGET is the sweep's timeout less a minute, in the environment both functions
+  // read: 60 s or less would be a budget of 0 (no sweep ever deletes) or a negative duration,
+  // which fails every invocation of the HTTP function too. Lambda itself stops at 900 s.
+  const sweepTimeout = String(one(one(j.variable?.sweep_timeout_seconds).validation).condition ?? "");
+  const sweepMin = Number(/var\.sweep_timeout_seconds\s*>=\s*(\d+)/.exec(sweepTimeout)?.[1]);
+  if (!(sweepMin > 60) || !/var\.sweep_timeout_seconds\s*<=\s*900\b/.test(sweepTimeout))
+    p.push("variable sweep_timeout_seconds: validation must keep it above 60 s and at most 900 s");
   // --- the optional container host on ECS Fargate.
   const task = res(j, "aws_ecs_task_definition", "keepstore");
   if (task) {
@@ -512,6 +519,13 @@ describe("infra/aws (Terraform, parsed with @cdktf/hcl2json; no provider schemas
       /only from the load balancer/,
     ],
     ["short stop timeout", "container-host.tf", "stopTimeout = 45", "stopTimeout = 10", /stopTimeout/],
+    [
+      "a sweep timeout with no room for its budget",
+      "variables.tf",
+      "var.sweep_timeout_seconds >= 120",
+      "var.sweep_timeout_seconds >= 1",
+      /sweep_timeout_seconds: validation/,
+    ],
     [
       "URL without the InvokeFunction statement",
       "main.tf",
