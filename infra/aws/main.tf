@@ -42,6 +42,7 @@ locals {
     KEEP_MANAGEMENT_TOKEN_PARAM         = aws_ssm_parameter.management_token.name
     KEEP_SECRETS_CACHE_TTL              = var.secrets_cache_ttl
     KEEP_SWEEP_BUDGET                   = "${var.sweep_timeout_seconds - 60}s"
+    KEEP_REQUEST_TIMEOUT                = "${var.http_timeout_seconds}s" # the HTTP function's deadline; the sweep ignores it
     AWS_NODEJS_CONNECTION_REUSE_ENABLED = "1"
   }
 }

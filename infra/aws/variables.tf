@@ -127,7 +127,7 @@ variable "http_memory_mb" {
 }
 
 variable "http_timeout_seconds" {
-  description = "Timeout of the HTTP function. A streamed 64 MiB GET runs at 2 MB/s after its first 6 MB (about 35 s)."
+  description = "Timeout of the HTTP function, also keepfn's request deadline (KEEP_REQUEST_TIMEOUT). A streamed 64 MiB GET runs at 2 MB/s after its first 6 MB (about 35 s)."
   type        = number
   default     = 120
 }

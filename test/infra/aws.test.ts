@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { pathToFileURL } from "node:url";
 import { parse } from "@cdktf/hcl2json";
+import type { KeepConfig } from "../../shared/config.js";
 import { exists, ROOT, read, sourcesUnder } from "./paths.js";
 
 type J = Record<string, any>;
@@ -621,6 +622,20 @@ describe("infra/aws (Terraform, parsed with @cdktf/hcl2json; no provider schemas
     assert.equal(s.config.trashLifetimeMs, 336 * 3600_000);
     assert.equal(s.sweepBudgetMs, (900 - 60) * 1000, "the sweep stops a minute before the function timeout");
     assert.equal(s.secretStores.cacheMs, 5 * 60_000);
+  });
+
+  it("keepfn's request deadline follows http_timeout_seconds (a longer timeout is not cut at 120 s)", async (t) => {
+    if (!exists("dist/lambda/settings.js")) {
+      t.skip("lambda/settings.ts not written yet");
+      return;
+    }
+    const { loadSettings } = (await import(pathToFileURL(join(ROOT, "dist/lambda/settings.js")).href)) as {
+      loadSettings(env: NodeJS.ProcessEnv): { config: KeepConfig };
+    };
+    const longer = mutate("variables.tf", /(variable "http_timeout_seconds" \{[\s\S]*?default\s*=\s*)120/, "$1300");
+    const c = loadSettings(lambdaEnv(await parseAll(longer))).config;
+    assert.equal(c.requestTimeoutMs, 300_000);
+    assert.equal(c.workListBudgetMs, 290_000, "keep-balance's lists are held up to 10 s short of it");
   });
 
   it("terraform fmt -check (only where a terraform binary exists; CI may not have one)", (t) => {
