@@ -4,7 +4,7 @@
 // KEEP_SECRETS_CACHE_TTL. Literal secret values are for local runs only.
 
 import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec, validateConfig } from "../shared/config.js";
-import { applyKeepSettings, envBool, envDuration, envInt, envList } from "../shared/config-values.js";
+import { applyKeepSettings, envBool, envDuration, envInt, envList, envLogLevel } from "../shared/config-values.js";
 
 export type SecretField = "blobSigningKey" | "systemRootToken" | "managementToken";
 
@@ -90,6 +90,6 @@ export function loadSettings(env: NodeJS.ProcessEnv): LambdaSettings {
       cacheMs: envDuration(get("KEEP_SECRETS_CACHE_TTL"), "KEEP_SECRETS_CACHE_TTL", 300_000),
     },
     sweepBudgetMs: envDuration(get("KEEP_SWEEP_BUDGET"), "KEEP_SWEEP_BUDGET", 10 * 60_000),
-    logLevel: get("KEEP_LOG_LEVEL") ?? "info",
+    logLevel: envLogLevel(get("KEEP_LOG_LEVEL"), "KEEP_LOG_LEVEL", "info"),
   };
 }

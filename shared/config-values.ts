@@ -39,6 +39,27 @@ export function envDuration(v: string | undefined, name: string, dflt: number): 
   return v === undefined ? dflt : parseDuration(name, v);
 }
 
+/** Log levels as Arvados' SystemLogs.LogLevel names them, to the logger's (pino) names. */
+const LOG_LEVELS: Record<string, string> = {
+  panic: "fatal",
+  fatal: "fatal",
+  error: "error",
+  warn: "warn",
+  warning: "warn",
+  info: "info",
+  debug: "debug",
+  trace: "trace",
+  silent: "silent",
+};
+
+/** An optional log level (any case); a value the logger would refuse names the setting. */
+export function envLogLevel(v: string | undefined, name: string, dflt: string): string {
+  if (v === undefined) return dflt;
+  const level = LOG_LEVELS[v.toLowerCase()];
+  if (!level) throw new ConfigError(`${name}=${v}: expected a log level (error, warn, info, debug, trace or silent)`);
+  return level;
+}
+
 /** A comma-separated list; undefined when absent or empty. */
 export function envList(v: string | undefined): string[] | undefined {
   const items = v

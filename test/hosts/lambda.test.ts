@@ -650,6 +650,15 @@ describe("lambda handlers: events in, responses out", () => {
       }
     });
 
+    it("takes KEEP_LOG_LEVEL as Arvados' SystemLogs.LogLevel, and names the setting when it is not a level", () => {
+      assert.equal(loadSettings({ ...server.lambdaEnv("any"), KEEP_LOG_LEVEL: "warning" }).logLevel, "warn");
+      assert.equal(loadSettings({ ...server.lambdaEnv("any"), KEEP_LOG_LEVEL: "DEBUG" }).logLevel, "debug");
+      assert.throws(
+        () => loadSettings({ ...server.lambdaEnv("any"), KEEP_LOG_LEVEL: "verbose" }),
+        /KEEP_LOG_LEVEL=verbose: expected a log level \(error, warn, info, debug/,
+      );
+    });
+
     it("refuses a secret named in both stores", () => {
       assert.throws(
         () =>
