@@ -6,6 +6,7 @@ import { type AppDeps, createKeepApp, type KeepApp } from "../shared/app.js";
 import { systemClock } from "../shared/clock.js";
 import { validateConfig } from "../shared/config.js";
 import { readSecret } from "../shared/credentials/keyvault.js";
+import { createLogger } from "../shared/log.js";
 import { createRotatingApp } from "../shared/rotating-app.js";
 import { type FunctionsSettings, parseSettings } from "./settings.js";
 
@@ -20,6 +21,7 @@ export interface FunctionsInstance {
 
 export function createInstance(env: NodeJS.ProcessEnv, deps: AppDeps = {}): FunctionsInstance {
   const settings = parseSettings(env);
+  deps = { ...deps, logger: deps.logger ?? createLogger({ level: settings.logLevel }) };
   const { vault } = settings;
   const named = Object.entries(settings.secrets).filter((e): e is [string, string] => !!e[1]);
   const rotating = createRotatingApp({

@@ -3,7 +3,7 @@
 // and after each KEEP_SECRETS_CACHE_TTL.
 
 import { ConfigError, DEFAULTS, type KeepConfig, type VolumeSpec } from "../shared/config.js";
-import { applyKeepSettings, envDuration, envInt } from "../shared/config-values.js";
+import { applyKeepSettings, envDuration, envInt, envLogLevel } from "../shared/config-values.js";
 
 export interface FunctionsSettings {
   config: KeepConfig;
@@ -15,6 +15,7 @@ export interface FunctionsSettings {
   /** Time budget of one timer-triggered sweep (kept under functionTimeout in host.json). */
   sweepBudgetMs: number;
   authLevel: "anonymous" | "function";
+  logLevel: string;
 }
 
 /** One entry of KEEP_VOLUMES (JSON array). */
@@ -74,6 +75,7 @@ export function parseSettings(env: NodeJS.ProcessEnv): FunctionsSettings {
     secretsCacheMs: envDuration(get("KEEP_SECRETS_CACHE_TTL"), "KEEP_SECRETS_CACHE_TTL", 300_000),
     sweepBudgetMs: envDuration(get("KEEP_SWEEP_BUDGET"), "KEEP_SWEEP_BUDGET", 8 * 60_000),
     authLevel,
+    logLevel: envLogLevel(get("KEEP_LOG_LEVEL"), "KEEP_LOG_LEVEL", "info"),
   };
 }
 

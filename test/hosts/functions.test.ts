@@ -441,6 +441,14 @@ describe("Azure Functions app", () => {
     const now = parseSettings({ KEEP_VOLUMES: vols, KEEP_TRASH_ENABLED: "true", KEEP_TRASH_LIFETIME: "0" }).config;
     assert.equal(now.trashLifetimeMs, 0, "0 still deletes at once when asked for");
   });
+
+  it("reads KEEP_LOG_LEVEL as the Lambda host does (debug logs on Azure too; a bad level names the setting)", async () => {
+    const { parseSettings } = await import("../../functions/settings.js");
+    const vols = JSON.stringify([{ account: "a", container: "c", key: "k" }]);
+    assert.equal(parseSettings({ KEEP_VOLUMES: vols }).logLevel, "info");
+    assert.equal(parseSettings({ KEEP_VOLUMES: vols, KEEP_LOG_LEVEL: "warning" }).logLevel, "warn");
+    assert.throws(() => parseSettings({ KEEP_VOLUMES: vols, KEEP_LOG_LEVEL: "verbose" }), /KEEP_LOG_LEVEL=verbose/);
+  });
 });
 
 describe("keepfn-local --host functions (the CLI)", () => {
