@@ -7,7 +7,7 @@
 // and is ignored, as keepstore ignores it. Inside a volume, a key keepfn does not know is an
 // error naming it: a misspelt ReadOnly must not leave a volume writable.
 import { ConfigError, DEFAULTS, type DriverSpec, type KeepConfig, type VolumeSpec, validateConfig } from "./config.js";
-import { parseDuration } from "./config-values.js";
+import { LOG_LEVELS, parseDuration } from "./config-values.js";
 
 type Obj = Record<string, unknown>;
 
@@ -112,17 +112,7 @@ export function fromClusterConfig(
 /** SystemLogs.LogLevel, as Arvados services apply it to their log (default info). */
 function logLevel(at: string, logs: Obj): string {
   const level = str(`${at}.SystemLogs.LogLevel`, field(logs, "LogLevel"), "info").toLowerCase();
-  const levels: Record<string, string> = {
-    panic: "fatal",
-    fatal: "fatal",
-    error: "error",
-    warn: "warn",
-    warning: "warn",
-    info: "info",
-    debug: "debug",
-    trace: "trace",
-  };
-  const mapped = levels[level];
+  const mapped = level === "silent" ? undefined : LOG_LEVELS[level];
   if (!mapped)
     throw new ConfigError(
       `${at}.SystemLogs.LogLevel: ${JSON.stringify(level)} is not a level (panic, fatal, error, warn, info, debug or trace)`,

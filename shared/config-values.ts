@@ -39,8 +39,11 @@ export function envDuration(v: string | undefined, name: string, dflt: number): 
   return v === undefined ? dflt : parseDuration(name, v);
 }
 
-/** Log levels as Arvados' SystemLogs.LogLevel names them, to the logger's (pino) names. */
-const LOG_LEVELS: Record<string, string> = {
+/**
+ * Log levels as Arvados' SystemLogs.LogLevel names them, to the logger's (pino) names; `silent`
+ * is keepfn's own (tests, or a host whose platform logs enough).
+ */
+export const LOG_LEVELS: Readonly<Record<string, string>> = {
   panic: "fatal",
   fatal: "fatal",
   error: "error",
