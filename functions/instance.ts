@@ -21,7 +21,14 @@ export interface FunctionsInstance {
 
 export function createInstance(env: NodeJS.ProcessEnv, deps: AppDeps = {}): FunctionsInstance {
   const settings = parseSettings(env);
-  deps = { ...deps, logger: deps.logger ?? createLogger({ level: settings.logLevel }) };
+  const logger = deps.logger ?? createLogger({ level: settings.logLevel });
+  deps = { ...deps, logger };
+  // The timer's schedule is "%KEEP_TRASH_SCHEDULE%": unset, the Functions host cannot index
+  // it, says so only in its own log, and the trash is never emptied.
+  if (env.FUNCTIONS_WORKER_RUNTIME && settings.config.trashEnabled && !env.KEEP_TRASH_SCHEDULE)
+    logger.warn(
+      "KEEP_TRASH_ENABLED is true but KEEP_TRASH_SCHEDULE is not set: the emptyTrash timer cannot run and trash is never emptied; set it to an NCRONTAB schedule such as 0 0 */6 * * *",
+    );
   const { vault } = settings;
   const named = Object.entries(settings.secrets).filter((e): e is [string, string] => !!e[1]);
   const rotating = createRotatingApp({

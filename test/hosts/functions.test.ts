@@ -451,6 +451,26 @@ describe("Azure Functions app", () => {
   });
 });
 
+describe("functions instance: settings the host needs", () => {
+  it("warns when trash is on and the timer's KEEP_TRASH_SCHEDULE is not set (the host cannot index the timer)", async () => {
+    const { createInstance } = await import("../../functions/instance.js");
+    const { capturedLogger } = await import("../harness/captured-logger.js");
+    const env = {
+      FUNCTIONS_WORKER_RUNTIME: "node",
+      KEEP_VOLUMES: JSON.stringify([{ account: "a", container: "c", key: "k" }]),
+      KEEP_TRASH_ENABLED: "true",
+    };
+    const warned = (e: Record<string, string>) => {
+      const { lines, logger } = capturedLogger();
+      void createInstance(e, { logger }).close();
+      return lines.some((l) => /KEEP_TRASH_SCHEDULE is not set/.test(l));
+    };
+    assert.ok(warned(env));
+    assert.ok(!warned({ ...env, KEEP_TRASH_SCHEDULE: "0 0 */6 * * *" }));
+    assert.ok(!warned({ ...env, KEEP_TRASH_ENABLED: "false" }), "no timer work without trash");
+  });
+});
+
 describe("keepfn-local --host functions (the CLI)", () => {
   it("serves small and 64 MiB blocks over Azurite, configured by app settings in the environment", async () => {
     const { env } = await settingsFor({ blobSigningKey: "k".repeat(40) });
