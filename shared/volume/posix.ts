@@ -63,8 +63,7 @@ export class PosixVolume implements Volume {
   private readonly serial?: Mutex;
   /** Interlocks touch and trash on one block (the reference uses flock for this). */
   private readonly blockLocks = new KeyedMutex();
-  /** Block directories this process has made or seen (at most 4,096). */
-  /** Block directories made durable by this process (shared by concurrent first writes). */
+  /** Block directories (at most 4,096) made durable by this process, shared by concurrent first writes. */
   private readonly readyDirs = new Map<string, Promise<void>>();
   /** The last "not full" answer: until when, and for how many more bytes written, it holds. */
   private notFull?: { until: number; outBytes: number; margin: number };
