@@ -121,6 +121,14 @@ export class VolumeUnavailableError extends KeepError {
   }
 }
 
+/**
+ * A PUT failed on a mount after its body was streamed there, while another writable mount has
+ * room: a retry on this server goes there. Rendered 500, not 503: the Go SDK's BlockWrite
+ * retries every 5xx on the same server except 503 (sdk/go/keepclient/support.go), the Python
+ * SDK 500 and 503 but not 507.
+ */
+export class RetryableWriteError extends VolumeUnavailableError {}
+
 /** A write or trash was attempted on a mount that does not allow it. */
 export class ReadOnlyError extends KeepError {
   override readonly code: string = "read_only";

@@ -14,6 +14,7 @@ const TABLE: Array<[new (...args: never[]) => Error, number]> = [
   [E.ChecksumMismatchError, 502],
   [E.InsufficientStorageError, 507],
   [E.VolumeFullError, 507],
+  [E.RetryableWriteError, 500],
   [E.VolumeUnavailableError, 503],
   [E.OverloadedError, 503],
   [E.ReadOnlyError, 405],

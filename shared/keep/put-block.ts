@@ -9,6 +9,7 @@ import {
   HashMismatchError,
   InsufficientStorageError,
   KeepError,
+  RetryableWriteError,
   TooLargeError,
   VolumeFullError,
   VolumeUnavailableError,
@@ -273,20 +274,27 @@ export async function putBlock(
   if (final.total > 0) {
     return { locator: `${hash}+${size.n}`, replicas: final.total, classesConfirmed: final.confirmedHeader() };
   }
-  if (fulls >= attempts + fullSeen && fulls > 0 && triedError === undefined) {
-    // 507 tells clients not to try this server again. A volume that filled up during this
-    // write does not make that true while another writable mount has room (not full, no
-    // failure in the last minute): the reference would have written there from its buffer;
-    // ours answers 503, and the retry goes there.
-    const later = opts.clock.now();
+  // Another writable mount with room (not full, no failure in the last minute): the reference
+  // would have written there from its buffer; ours answers 500, which clients retry on this
+  // server, and the retry goes there.
+  const later = opts.clock.now();
+  const roomElsewhere = async () => {
     for (const m of writable) {
       if (planned.includes(m) || m.writeFailedRecently(later)) continue;
-      if (!(await m.volume.isFull?.().catch(() => false)))
-        throw new VolumeUnavailableError("a volume filled up during the write; retry: another volume has room");
+      if (!(await m.volume.isFull?.().catch(() => false))) return true;
     }
+    return false;
+  };
+  if (fulls >= attempts + fullSeen && fulls > 0 && triedError === undefined) {
+    // 507 tells the Python SDK not to try this server again; not true while a mount has room.
+    if (await roomElsewhere())
+      throw new RetryableWriteError("a volume filled up during the write; retry: another volume has room");
     throw new InsufficientStorageError();
   }
-  throw unavailable(triedError ?? lastErr);
+  const err = unavailable(triedError ?? lastErr);
+  if (pulled && !signal?.aborted && (await roomElsewhere()))
+    throw new RetryableWriteError(`${err.message}; retry: another volume has room`, { cause: err.cause });
+  throw err;
 }
 
 /**

@@ -17,6 +17,7 @@ import {
   VolumeFullError,
   VolumeUnavailableError,
 } from "../../shared/errors.js";
+import { statusFor } from "../../shared/http/error-response.js";
 import { type Mount, orderForBlock, WRITE_FAILURE_MS } from "../../shared/keep/mount.js";
 import { TrashWorker } from "../../shared/keep/trash-worker.js";
 import { silentLogger } from "../../shared/log.js";
@@ -174,8 +175,14 @@ describe("keepstore service", () => {
       const [first, second] = ranked(s, TEST_HASH);
       s.vols[first]!.writeFaultAfterBody = () => new Error("EIO: i/o error");
       // The body was streamed once, into the failed write: this PUT cannot move on as the
-      // reference's buffered one does. 503, and the client retries.
-      await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), VolumeUnavailableError);
+      // reference's buffered one does. 500, which the Go SDK's BlockWrite retries on this
+      // server (it never retries a 503 there) and the Python SDK too.
+      await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), (err: unknown) => {
+        assert.ok(err instanceof VolumeUnavailableError, String(err));
+        assert.match(err.message, /^volume unavailable.*; retry: another volume has room$/);
+        assert.equal(statusFor(err), 500);
+        return true;
+      });
       s.log.length = 0;
       const r = await put(s.keep, TEST_HASH, TEST_BLOCK);
       assert.equal(r.replicas, 1);
@@ -199,15 +206,17 @@ describe("keepstore service", () => {
     }
   });
 
-  it("a volume that fills up during the write is a 503 while another has room (not 507), and the retry goes there", async () => {
+  it("a volume that fills up during the write is a 500 while another has room (not 507), and the retry goes there", async () => {
     const s = await makeStore([{ label: "a" }, { label: "b" }]);
     try {
       const [first, second] = ranked(s, TEST_HASH);
       s.vols[first]!.writeFaultAfterBody = () => new VolumeFullError();
-      // 507 would tell the client not to try this server again (the Go SDK does not retry it).
+      // 507 would tell the Python SDK not to try this server again, 503 the Go SDK's BlockWrite
+      // (sdk/go/keepclient/support.go retries 0, 408, 429 and 5xx but 503): 500, which both retry.
       await assert.rejects(put(s.keep, TEST_HASH, TEST_BLOCK), (err: unknown) => {
         assert.ok(err instanceof VolumeUnavailableError, String(err));
         assert.match(err.message, /filled up during the write; retry/);
+        assert.equal(statusFor(err), 500);
         return true;
       });
       s.log.length = 0;
