@@ -144,11 +144,15 @@ export async function writeBody(
       const r = await reader.read();
       if (r.done) break;
       const chunk = r.value;
+      // The client left while this chunk was being read: a write now returns false and no
+      // 'drain' or 'close' would ever end the wait below, holding the body (and its slots).
+      if (signal?.aborted) throw signal.reason;
+      if (res.destroyed) throw new Error("client disconnected");
       // Written to the socket: a lent chunk can go back to its pool (chunk-pool.ts).
       const written = res.write(chunk, (err) => {
         if (!err) release(chunk);
       });
-      if (!written) {
+      if (!written && !res.destroyed) {
         await new Promise<void>((resolve) => {
           const done = () => {
             res.off("drain", done);

@@ -7,6 +7,7 @@ import { createServer as createHttpServer, request } from "node:http";
 import { type AddressInfo, connect } from "node:net";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { writeBody } from "../../server/node-adapter.js";
 import { idleChunks } from "../../shared/chunk-pool.js";
 import { FakeClock } from "../../shared/clock.js";
 import { BackendError } from "../../shared/errors.js";
@@ -205,6 +206,52 @@ describe("container host over real HTTP", () => {
       assert.deepEqual(await filesUnder(s.roots[0] as string), []);
     } finally {
       await s.cleanup();
+    }
+  });
+
+  it("a GET body whose next chunk comes after its client left is cancelled, not waited on forever", async () => {
+    // The client hangs up while the body's next read is pending (a volume read in progress):
+    // the chunk then arrives for a response already closed. A write to it returns false and
+    // no 'drain' or 'close' ever follows, so the body, its buffer slot and request slot were
+    // held for good.
+    let more!: ReadableStreamDefaultController<Uint8Array>;
+    let cancelled = false;
+    let closed!: () => void;
+    const resClosed = new Promise<void>((r) => {
+      closed = r;
+    });
+    let written: Promise<void> | undefined;
+    const server = createHttpServer((_req, res) => {
+      const body = new ReadableStream<Uint8Array>(
+        {
+          start(c) {
+            more = c;
+            c.enqueue(new Uint8Array(10).fill(65));
+          },
+          cancel() {
+            cancelled = true;
+          },
+        },
+        { highWaterMark: 0 },
+      );
+      res.writeHead(200, { "content-length": "20" });
+      res.on("close", closed);
+      written = writeBody(body, res);
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const sock = connect((server.address() as AddressInfo).port, "127.0.0.1");
+      sock.on("error", () => {});
+      sock.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+      await new Promise((r) => sock.once("data", r));
+      sock.destroy();
+      await resClosed;
+      more.enqueue(new Uint8Array(10));
+      await within(written as Promise<void>, "writeBody to finish");
+      assert.ok(cancelled, "the body is cancelled");
+    } finally {
+      server.closeAllConnections();
+      server.close();
     }
   });
 
