@@ -123,6 +123,9 @@ export async function writeStreamed(res: Response, responseStream: Writable): Pr
       if (failed) throw failed;
       const { done, value } = await reader.read();
       if (done) break;
+      // The client left while this chunk was being read: a write to the destroyed stream
+      // returns false and nothing would ever end the wait for its drain.
+      if (out.destroyed) throw new Error("the response stream closed");
       if (!out.write(value)) await drained(out);
     }
   } catch (err) {
@@ -138,6 +141,7 @@ export async function writeStreamed(res: Response, responseStream: Writable): Pr
 
 /** Resolves once `w` wants more, rejects if it fails or closes first. */
 function drained(w: Writable): Promise<void> {
+  if (w.destroyed) return Promise.reject(w.errored ?? new Error("the response stream closed"));
   return new Promise((resolve, reject) => {
     const settle = (err?: Error) => {
       w.off("drain", onDrain);

@@ -11,7 +11,7 @@ import { Writable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import type { APIGatewayProxyEventV2, Context, LambdaFunctionURLEvent } from "aws-lambda";
-import { toBufferedResult } from "../../lambda/events.js";
+import { toBufferedResult, writeStreamed } from "../../lambda/events.js";
 import { createLambdaHost } from "../../lambda/host.js";
 import { MAX_BINARY_BODY } from "../../lambda/limits.js";
 import { runLocal } from "../../lambda/local-host.js";
@@ -27,6 +27,7 @@ import { S3Volume } from "../../shared/volume/s3.js";
 import { describeHttpContract } from "../conformance/http-contract.js";
 import { AwsSecretsStub } from "../harness/aws-secrets-stub.js";
 import { followClock, S3rver } from "../harness/s3-server.js";
+import { within } from "../harness/wait.js";
 
 installLocalLambdaRuntime();
 let server: S3rver;
@@ -204,6 +205,44 @@ describe("lambda handlers: events in, responses out", () => {
     assert.equal(streamed.statusCode, 200);
     assert.equal(streamed.headers["content-length"], String(block.length));
     assert.deepEqual(streamed.body, block);
+  });
+
+  it("a streamed body whose next chunk comes after the response stream closed is cancelled, not waited on", async () => {
+    // The client hangs up while the body's next read is pending: a write to the closed stream
+    // returns false and no 'drain' or 'close' follows, so the invocation (and the S3 read it
+    // holds) ran until the function's timeout.
+    installLocalLambdaRuntime();
+    let more!: ReadableStreamDefaultController<Uint8Array>;
+    let cancelled = false;
+    const body = new ReadableStream<Uint8Array>(
+      {
+        start(c) {
+          more = c;
+          c.enqueue(new Uint8Array(10));
+        },
+        cancel() {
+          cancelled = true;
+        },
+      },
+      { highWaterMark: 0 },
+    );
+    let wrote!: () => void;
+    const firstChunk = new Promise<void>((r) => {
+      wrote = r;
+    });
+    const sink = new Writable({
+      write(c: Buffer, _e, cb) {
+        if (c.length === 10) wrote();
+        cb();
+      },
+    });
+    const streamed = writeStreamed(new Response(body), sink);
+    await firstChunk;
+    sink.destroy();
+    await new Promise((r) => sink.once("close", r));
+    more.enqueue(new Uint8Array(10));
+    await assert.rejects(within(streamed, "writeStreamed to give up"), /closed/);
+    assert.ok(cancelled, "the body is cancelled");
   });
 
   it("a corrupt stored block streams short of its Content-Length, and the next read works", async () => {
