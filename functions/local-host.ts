@@ -32,7 +32,9 @@ export async function runLocal(
   const instance = createInstance(env, deps);
   await instance.app(); // fail fast on bad settings or credentials, as a cold start would
   const handlers = makeHandlers(instance);
-  const server = createServer({ requestTimeout: 0 }, (req, res) => {
+  // headersTimeout as the container host's: Node's default is min(60 s, requestTimeout),
+  // which is none at all with requestTimeout 0, so slow headers would hold a connection forever.
+  const server = createServer({ requestTimeout: 0, headersTimeout: 60_000 }, (req, res) => {
     serve(handlers.http, req, res).catch(() => res.destroy());
   });
   // keepstore's TOUCH is not a method Node's parser accepts: the container host's raw-line

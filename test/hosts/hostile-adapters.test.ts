@@ -360,6 +360,18 @@ describe("hostile input over raw HTTP on every host", () => {
       }
     });
   }
+
+  it("Functions (keepfn-local) gives up on headers that never end (slowloris), as the container host does", async () => {
+    // Node's headersTimeout defaults to min(60 s, requestTimeout): with requestTimeout 0 (the
+    // core has its own deadline) it was 0, and a client sending a header byte now and then held
+    // its connection for ever.
+    const { host } = await functionsHost();
+    try {
+      assert.equal(host.server.headersTimeout, 60_000);
+    } finally {
+      await host.close();
+    }
+  });
 });
 
 describe("a body that never ends", () => {
