@@ -16,8 +16,7 @@ export function handleTouchClientError(handler: FetchHandler) {
     const [requestLine = "", ...headerLines] = raw.slice(0, Math.max(end, 0)).split("\r\n");
     const parsed = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\/\S*) HTTP\/1\.[01]$/.exec(requestLine);
     if (err.code !== "HPE_INVALID_METHOD" || !parsed || end < 0 || !socket.writable) {
-      if (socket.writable)
-        socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 12\r\n\r\nBad Request\n");
+      if (socket.writable) socket.end(parseErrorAnswer(err.code));
       return;
     }
     const [, method = "", target = "/"] = parsed;
@@ -61,4 +60,14 @@ export function handleTouchClientError(handler: FetchHandler) {
       })
       .catch(() => socket.destroy());
   };
+}
+
+/**
+ * What Node's own clientError handler (and Go's server, for headers too large) answers a
+ * request it cannot parse: 431 for headers too large, 408 for headers too slow, else 400.
+ */
+function parseErrorAnswer(code: string | undefined): string {
+  const status = code === "HPE_HEADER_OVERFLOW" ? 431 : code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400;
+  const body = `${STATUS_CODES[status]}\n`;
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
 }

@@ -125,6 +125,21 @@ describe("container host over real HTTP", () => {
     }
   });
 
+  it("answers headers too large to parse 431, as Go's server and Node's own handler do, not 400", async () => {
+    // The unknown-method fallback answered every parse error 400, which tells a client its
+    // request is malformed rather than that its headers (a long cookie, a long URL) are too big.
+    const s = await startPosixServer();
+    try {
+      const out = await rawRequest(
+        s.url,
+        `GET /${FOO_HASH}+3 HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`,
+      );
+      assert.match(out, /^HTTP\/1\.1 431 Request Header Fields Too Large\r\n/);
+    } finally {
+      await s.cleanup();
+    }
+  });
+
   it("answers a method Node's parser does not know as the router does: 400 with CORS headers and the request id", async () => {
     // The reference's router answers every unmatched method 400 "Bad Request" with its CORS
     // headers, and echoes X-Request-Id on every response; Node's own 400 has neither.
