@@ -71,21 +71,32 @@ export async function* verifiedDownload(
     onCorrupt?.();
     return new ChecksumMismatchError();
   };
+  let held: Uint8Array | undefined;
   try {
     let total = 0;
-    let held: Uint8Array | undefined;
     for await (const chunk of source) {
       total += chunk.length;
-      if (total > expectedSize) throw corrupt();
+      if (total > expectedSize) {
+        release(chunk);
+        throw corrupt();
+      }
       const wait = md5.update(chunk);
       if (wait) await wait;
-      if (held) yield held;
+      // This chunk is withheld before the previous one goes out, so that a reader stopping at
+      // that yield leaves it for the finally below to give back.
+      const out = held;
       held = chunk;
+      if (out) yield out;
     }
     if (total !== expectedSize || (await md5.digest()) !== hash) throw corrupt();
-    if (held) yield held;
+    const last = held;
+    held = undefined;
+    if (last) yield last;
   } finally {
     md5.abort();
+    // Withheld and never sent (a client gone, a corrupt block): lent memory goes back to its
+    // pool, or every aborted GET leaves the pool a chunk short and allocates a new one.
+    if (held) release(held);
   }
 }
 

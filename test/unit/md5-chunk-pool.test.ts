@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { idleChunks, isLent, LENT_CHUNK_SIZE, lend, release, retain } from "../../shared/chunk-pool.js";
-import { sameBytes } from "../../shared/keep/block-streams.js";
+import { sameBytes, verifiedDownload } from "../../shared/keep/block-streams.js";
 import { configureMd5Workers, md5Stream } from "../../shared/md5.js";
 import { chunks, md5hex } from "../conformance/fixtures.js";
 
@@ -140,5 +140,30 @@ describe("consumers of lent chunks", () => {
       assert.ok(seen.length > 0);
       for (const c of seen) assert.equal(isLent(c), false, "every lent chunk read was given back");
     }
+  });
+
+  it("verifiedDownload gives back the chunk it withholds when its reader stops early (a GET cut off)", async () => {
+    // The verifier holds one chunk back until the next has been hashed. A client that hangs
+    // up ends the iteration there: that chunk was never sent, and was never given back, so
+    // every aborted GET left the pool a chunk short and allocated a fresh one.
+    const data = randomBytes(3 * LENT_CHUNK_SIZE);
+    const seen: Uint8Array[] = [];
+    async function* stored() {
+      for (let off = 0; off < data.length; off += LENT_CHUNK_SIZE) {
+        const c = lend();
+        data.copy(c, 0, off, off + LENT_CHUNK_SIZE);
+        seen.push(c);
+        yield c;
+      }
+    }
+    const it = verifiedDownload(stored(), md5hex(data), data.length)[Symbol.asyncIterator]();
+    const first = await it.next();
+    assert.equal(first.done, false);
+    release(first.value as Uint8Array); // sent, as the host's writer does
+    await it.return(undefined);
+    assert.equal(seen.length, 2, "the second chunk was read and withheld");
+    // The MD5 worker's acks give back what it hashed asynchronously: poll, bounded.
+    for (let i = 0; i < 500 && seen.some(isLent); i++) await new Promise((r) => setTimeout(r, 10));
+    for (const c of seen) assert.equal(isLent(c), false, "every lent chunk read was given back");
   });
 });
