@@ -146,12 +146,13 @@ export async function writeBody(
       const chunk = r.value;
       // The client left while this chunk was being read: a write now returns false and no
       // 'drain' or 'close' would ever end the wait below, holding the body (and its slots).
-      if (signal?.aborted) throw signal.reason;
-      if (res.destroyed) throw new Error("client disconnected");
-      // Written to the socket: a lent chunk can go back to its pool (chunk-pool.ts).
-      const written = res.write(chunk, (err) => {
-        if (!err) release(chunk);
-      });
+      if (signal?.aborted || res.destroyed) {
+        release(chunk); // never written: lent memory goes back to its pool (chunk-pool.ts)
+        throw signal?.aborted ? signal.reason : new Error("client disconnected");
+      }
+      // Written to the socket, or dropped by it (it failed): either way the socket is done
+      // with the chunk, and a lent one can go back to its pool (chunk-pool.ts).
+      const written = res.write(chunk, () => release(chunk));
       if (!written && !res.destroyed) {
         await new Promise<void>((resolve) => {
           const done = () => {

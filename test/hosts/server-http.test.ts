@@ -8,7 +8,7 @@ import { type AddressInfo, connect } from "node:net";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { writeBody } from "../../server/node-adapter.js";
-import { idleChunks } from "../../shared/chunk-pool.js";
+import { idleChunks, isLent, lend } from "../../shared/chunk-pool.js";
 import { FakeClock } from "../../shared/clock.js";
 import { BackendError } from "../../shared/errors.js";
 import { md5hex } from "../conformance/fixtures.js";
@@ -224,7 +224,7 @@ describe("container host over real HTTP", () => {
     }
   });
 
-  it("a GET body whose next chunk comes after its client left is cancelled, not waited on forever", async () => {
+  it("a GET body whose next chunk comes after its client left is cancelled, not waited on forever, and the chunk given back", async () => {
     // The client hangs up while the body's next read is pending (a volume read in progress):
     // the chunk then arrives for a response already closed. A write to it returns false and
     // no 'drain' or 'close' ever follows, so the body, its buffer slot and request slot were
@@ -249,7 +249,7 @@ describe("container host over real HTTP", () => {
         },
         { highWaterMark: 0 },
       );
-      res.writeHead(200, { "content-length": "20" });
+      res.writeHead(200, { "content-length": String(10 + (1 << 20)) });
       res.on("close", closed);
       written = writeBody(body, res);
     });
@@ -261,9 +261,12 @@ describe("container host over real HTTP", () => {
       await new Promise((r) => sock.once("data", r));
       sock.destroy();
       await resClosed;
-      more.enqueue(new Uint8Array(10));
+      // A lent chunk (chunk-pool.ts), as a volume read gives: never written, it goes back.
+      const late = lend();
+      more.enqueue(late);
       await within(written as Promise<void>, "writeBody to finish");
       assert.ok(cancelled, "the body is cancelled");
+      assert.equal(isLent(late), false, "the chunk it could not write went back to the pool");
     } finally {
       server.closeAllConnections();
       server.close();
