@@ -25,7 +25,12 @@ export async function runLocal(listen: string, env: NodeJS.ProcessEnv, deps: App
   // cannot cover a client trickling it: bound the whole request by KEEP_REQUEST_TIMEOUT (408).
   const timeout = app.config.requestTimeoutMs;
   const server = createServer(
-    { requestTimeout: timeout, connectionsCheckingInterval: Math.min(30_000, Math.max(100, timeout / 4)) },
+    {
+      requestTimeout: timeout,
+      // Node's default, min(60 s, requestTimeout), is no timeout at all for a timeout of 0.
+      headersTimeout: timeout > 0 ? Math.min(60_000, timeout) : 60_000,
+      connectionsCheckingInterval: Math.min(30_000, Math.max(100, (timeout || 60_000) / 4)),
+    },
     (req, res) => {
       serve(req, res).catch(() => res.destroy());
     },
@@ -71,6 +76,7 @@ export async function runLocal(listen: string, env: NodeJS.ProcessEnv, deps: App
   const addr = server.address() as AddressInfo;
   return {
     url: `http://${addr.family === "IPv6" ? `[${addr.address}]` : addr.address}:${addr.port}`,
+    server,
     async close() {
       server.closeAllConnections();
       await new Promise((r) => server.close(r));

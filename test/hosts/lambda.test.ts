@@ -798,6 +798,18 @@ describe("lambda over real HTTP (keepfn-local): platform limits and the two-step
   for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE((i * 2654435761) >>> 0, i);
   const bigHash = md5(big);
 
+  it("with KEEP_REQUEST_TIMEOUT=0 (no deadline) headers that never end still time out (slowloris)", async () => {
+    // Node's headersTimeout defaults to min(60 s, requestTimeout): the request timeout of 0
+    // made it none, and a client sending a header byte now and then held its connection.
+    const b = await server.createBucket("no-deadline");
+    const h = await runLocal("127.0.0.1:0", baseEnv(b, { KEEP_REQUEST_TIMEOUT: "0" }), { logger: silentLogger() });
+    try {
+      assert.equal(h.server.headersTimeout, 60_000);
+    } finally {
+      await h.close();
+    }
+  });
+
   it("a request header sent more than once reaches the handler with every value, comma-joined as a Function URL does", async () => {
     /** A PUT over real HTTP whose X-Keep-Storage-Classes is sent as one header line per value. */
     const put = (block: Buffer, classes: string[]) =>
