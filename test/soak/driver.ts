@@ -694,7 +694,7 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
           else if (!inIndex.has(b.hash)) lost.push(`${b.hash}+${b.size} (readable but missing from the index)`);
         } else if (res.status === 404) {
           if (b.state === "unref") goneAfterTrash++;
-          if (inIndex.has(b.hash)) violations.push(`${b.hash} is in the index but GET answers 404`);
+          if (inIndex.has(b.hash)) violations.push(`${b.hash} (${b.state}) is in the index but GET answers 404`);
         } else if (!ok)
           violations.push(
             `${b.state} block ${b.hash}: GET ${res.status}${got ? ` md5 ${got.hash}` : " (no complete body)"}`,
