@@ -37,6 +37,12 @@ export interface SoakTarget {
    * its federated (`+R`) locator, which clients then read through the target.
    */
   remote?: { put(data: Uint8Array): Promise<string> };
+  /**
+   * How long the final index must stay unchanged before the checks (default 1 s): longer than
+   * any wait a volume makes inside one operation (S3's trash waits out its race window before
+   * it deletes the data, so a trash in progress can look settled for that long).
+   */
+  settleMs?: number;
 }
 
 export interface Fault {
@@ -651,12 +657,13 @@ export async function runSoak(t: SoakTarget, o: SoakOptions): Promise<SoakReport
   let pullsPending = 0;
   for (const hash of [...pulling.keys()]) if (!(await adoptPulled(hash).catch(() => false))) pullsPending++;
   let settled = "";
+  const settleMs = t.settleMs ?? 1000;
   for (let i = 0; i < 30; i++) {
     const r = await retrying(() => call("/index", { headers: bearer(t.adminToken) }));
     const text = r.status === 200 ? await r.text() : "";
     if (r.status === 200 && text === settled) break;
     settled = text;
-    await new Promise((done) => setTimeout(done, 1000));
+    await new Promise((done) => setTimeout(done, settleMs));
   }
   let full = "";
   const ires = await retrying(() => call("/index", { headers: bearer(t.adminToken) }));

@@ -439,11 +439,14 @@ async function startHost(
       forcePathStyle: true,
       prefixLength: 0,
       maxAttempts: 3,
+      // Trash waits out this window (real time) when an old trash copy is about to expire;
+      // the final check waits longer than that for the index to settle.
+      raceWindowMs: 2000,
       ...common,
     } as VolumeSpec;
     const srv = await startKeepServer(config([spec], { remoteClusters }), "127.0.0.1:0", clocked(clock, logger));
     return {
-      target: { ...base, url: srv.url, sweep: async () => void (await srv.app.emptyTrash()) },
+      target: { ...base, url: srv.url, sweep: async () => void (await srv.app.emptyTrash()), settleMs: 3000 },
       backendRestart,
       volumeFaults: () => [],
       logs: lines,
@@ -467,6 +470,7 @@ async function startHost(
     KEEP_MANAGEMENT_TOKEN_PARAM: "/keepfn/soak/management-token",
     KEEP_SSM_ENDPOINT: ssm.endpoint,
     KEEP_SWEEP_BUDGET: "60s",
+    KEEP_S3_RACE_WINDOW: "2s", // waited out in real time by a trash (see settleMs below)
     ...serverlessEnv,
   };
   const deps = clocked(clock, logger);
@@ -486,6 +490,7 @@ async function startHost(
       maxBlockBytes: MAX_BINARY_BODY,
       touch: false,
       sweep: async () => void (await (sweepers[turn++ % 2] as ReturnType<typeof createLambdaHost>).sweep({}, ctx)),
+      settleMs: 3000,
     },
     backendRestart,
     volumeFaults: () => [],
