@@ -45,7 +45,7 @@ export function handleTouchClientError(handler: FetchHandler) {
       if (req.method !== method) throw new Error("method not as sent");
     } catch {
       // A method fetch forbids (CONNECT, TRACE, TRACK) or normalises, or an unusable URL.
-      socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 12\r\n\r\nBad Request\n");
+      socket.end(bareAnswer(400));
       return;
     }
     handler(req, { remoteAddr: remoteAddr(socket) })
@@ -67,7 +67,11 @@ export function handleTouchClientError(handler: FetchHandler) {
  * request it cannot parse: 431 for headers too large, 408 for headers too slow, else 400.
  */
 function parseErrorAnswer(code: string | undefined): string {
-  const status = code === "HPE_HEADER_OVERFLOW" ? 431 : code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400;
+  return bareAnswer(code === "HPE_HEADER_OVERFLOW" ? 431 : code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400);
+}
+
+/** A status with its reason phrase as the body, and the connection closed after it. */
+function bareAnswer(status: number): string {
   const body = `${STATUS_CODES[status]}\n`;
   return `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
 }
