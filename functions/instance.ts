@@ -23,9 +23,8 @@ export function createInstance(env: NodeJS.ProcessEnv, deps: AppDeps = {}): Func
   const settings = parseSettings(env);
   const logger = deps.logger ?? createLogger({ level: settings.logLevel });
   deps = { ...deps, logger };
-  // The timer's schedule is "%KEEP_TRASH_SCHEDULE%": unset, the Functions host cannot index
-  // it, says so only in its own log, and the trash is never emptied.
-  if (env.FUNCTIONS_WORKER_RUNTIME && settings.config.trashEnabled && !env.KEEP_TRASH_SCHEDULE)
+  // The Functions host says so only in its own log, and the trash is never emptied.
+  if (settings.trashScheduleMissing)
     logger.warn(
       "KEEP_TRASH_ENABLED is true but KEEP_TRASH_SCHEDULE is not set: the emptyTrash timer cannot run and trash is never emptied; set it to an NCRONTAB schedule such as 0 0 */6 * * *",
     );

@@ -16,6 +16,11 @@ export interface FunctionsSettings {
   sweepBudgetMs: number;
   authLevel: "anonymous" | "function";
   logLevel: string;
+  /**
+   * Set when the Functions runtime runs us (FUNCTIONS_WORKER_RUNTIME) and trash is on but the
+   * timer's schedule, "%KEEP_TRASH_SCHEDULE%", is not: the host cannot index the timer then.
+   */
+  trashScheduleMissing: boolean;
 }
 
 /** One entry of KEEP_VOLUMES (JSON array). */
@@ -76,6 +81,7 @@ export function parseSettings(env: NodeJS.ProcessEnv): FunctionsSettings {
     sweepBudgetMs: envDuration(get("KEEP_SWEEP_BUDGET"), "KEEP_SWEEP_BUDGET", 8 * 60_000),
     authLevel,
     logLevel: envLogLevel(get("KEEP_LOG_LEVEL"), "KEEP_LOG_LEVEL", "info"),
+    trashScheduleMissing: !!get("FUNCTIONS_WORKER_RUNTIME") && c.trashEnabled && !get("KEEP_TRASH_SCHEDULE"),
   };
 }
 
